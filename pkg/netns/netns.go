@@ -58,11 +58,16 @@ func Do(path string, fn func() error) error {
 }
 
 // Listen opens a listener inside the namespace at path ("" = current).
+// MPTCP is off: since Go 1.24 net.Listen opens MPTCP sockets where the kernel
+// has it, and the kernel refuses an MPTCP listener in a SOCKHASH, which is
+// where steering puts the agent's listeners.
 func Listen(path, network, addr string) (net.Listener, error) {
 	var ln net.Listener
 	err := Do(path, func() error {
+		var lc net.ListenConfig
+		lc.SetMultipathTCP(false)
 		var err error
-		ln, err = net.Listen(network, addr)
+		ln, err = lc.Listen(context.Background(), network, addr)
 		return err
 	})
 	return ln, err
