@@ -1,0 +1,375 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/detourdev/detour/pkg/redirect/http1"
+)
+
+// client is one accepted connection being served.
+type client struct {
+	p    *Proxy
+	ctx  context.Context
+	c    net.Conn
+	bufs *connBufs
+	req  http1.Request
+	resp http1.Response
+}
+
+// ServeConn serves requests on c until it closes, ctx ends or the proxy
+// closes. If the first request is not HTTP/1 (other bytes, a malformed or
+// oversized head) or does not arrive within FirstByteTimeout (a protocol
+// where the server speaks first), the whole connection goes to the app
+// untouched, the bytes read so far first.
+func (p *Proxy) ServeConn(ctx context.Context, c net.Conn) {
+	if !p.track(c, true) {
+		c.Close()
+		return
+	}
+	defer p.wg.Done()
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+
+	b := p.bufs.Get().(*connBufs)
+	b.r.Reset(c)
+	b.w.Reset(c)
+	cl := &client{p: p, ctx: ctx, c: c, bufs: b}
+	cl.serve()
+
+	c.Close()
+	p.forget(c)
+	b.r.Reset(nil)
+	b.w.Reset(nil)
+	p.bufs.Put(b)
+}
+
+func (cl *client) serve() {
+	br := cl.bufs.r
+	cl.c.SetReadDeadline(time.Now().Add(cl.p.cfg.FirstByteTimeout))
+	n, err := readHead(br, cl.req.Parse)
+	cl.c.SetReadDeadline(time.Time{})
+	if err != nil {
+		var ne net.Error
+		if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) ||
+			errors.As(err, &ne) && !ne.Timeout() {
+			return // connected and left, reset, or the proxy closed
+		}
+		cl.passthrough(err)
+		return
+	}
+	for cl.exchange(n) {
+		n, err = readHead(br, cl.req.Parse)
+		if err != nil {
+			cl.reject(err)
+			return
+		}
+	}
+}
+
+// readHead reads until parse finds a complete head at the start of br's
+// buffer. io.EOF means the peer closed between messages.
+func readHead(br *bufio.Reader, parse func([]byte) (int, error)) (int, error) {
+	for {
+		buf, _ := br.Peek(br.Buffered())
+		n, err := parse(buf)
+		if !errors.Is(err, http1.ErrIncomplete) {
+			return n, err
+		}
+		if _, err := br.Peek(len(buf) + 1); err != nil {
+			if errors.Is(err, io.EOF) && br.Buffered() > 0 {
+				return 0, io.ErrUnexpectedEOF
+			}
+			return 0, err
+		}
+	}
+}
+
+// exchange routes and forwards the request whose head is the first n bytes
+// buffered, then its response. It reports whether the client connection
+// can carry another request.
+func (cl *client) exchange(n int) bool {
+	p, req, br := cl.p, &cl.req, cl.bufs.r
+	start := time.Now()
+
+	// Everything needed later, before the head leaves the buffer.
+	method := req.Method()
+	keepAlive, expect := req.KeepAlive, req.Expect100
+	chunked, length, hasBody := req.Chunked, req.ContentLength, req.HasBody()
+
+	intercept, outcome := "", OutcomeUnmatched
+	var up *upConn
+	if rt := p.route(req); rt != nil {
+		intercept, outcome = rt.Intercept, OutcomeFallback
+		if !p.isDown(rt.Destination) {
+			uc, err := p.get(cl.ctx, rt.Destination)
+			if err == nil {
+				up, outcome = uc, OutcomeMatched
+			} else {
+				p.log.Info("destination unreachable, falling back to the app",
+					"intercept", rt.Intercept, "destination", rt.Destination, "err", err)
+				p.markDown(rt.Destination)
+			}
+		}
+	}
+	if up == nil {
+		uc, err := p.get(cl.ctx, p.cfg.App)
+		if err != nil {
+			p.log.Warn("app unreachable", "app", p.cfg.App, "err", err)
+			cl.fail()
+			p.observe(intercept, outcome, start)
+			return false
+		}
+		up = uc
+	}
+	head, _ := br.Peek(n)
+	up.bufs.w.Write(head)
+
+	var bodyDone chan error
+	var res result
+	if hasBody {
+		br.Discard(n)
+		if expect {
+			// The client waits for 100 Continue: the upstream must see
+			// the head now, not once the body fills the buffer.
+			if err := up.bufs.w.Flush(); err != nil {
+				res.err = err
+			}
+		}
+		// The body is copied while the response is read: the upstream
+		// may answer before (or while) it reads the body, and the
+		// client may wait for 100 Continue before sending it.
+		bodyDone = make(chan error, 1)
+		go func() {
+			var err error
+			if chunked {
+				_, err = http1.ForwardChunked(up.bufs.w, br)
+			} else {
+				_, err = http1.ForwardFixed(up.bufs.w, br, length)
+			}
+			if err == nil {
+				err = up.bufs.w.Flush()
+			}
+			if err != nil {
+				up.c.Close() // unblocks the response reader
+			}
+			bodyDone <- err
+		}()
+		if res.err == nil {
+			res = cl.forwardResponse(up, method)
+		}
+	} else {
+		res = cl.sendAndForward(up, method)
+		if res.err != nil && !res.forwarded && up.reused && replayable(method) {
+			// The pooled connection died between the liveness probe
+			// and the request: the upstream saw nothing, so send the
+			// head again on a fresh connection, as net/http does.
+			up.close()
+			uc, err := p.dial(cl.ctx, up.addr)
+			if err == nil {
+				up = uc
+				up.bufs.w.Write(head)
+				res = cl.sendAndForward(up, method)
+			}
+		}
+		br.Discard(n)
+	}
+
+	bodyOK := true
+	if bodyDone != nil {
+		select {
+		case err := <-bodyDone:
+			bodyOK = err == nil
+		default:
+			if res.err != nil || expect && !res.sawContinue {
+				// The client will not send the body (it got a final
+				// answer instead of 100 Continue), or there is no one
+				// left to send it to: stop waiting for it.
+				cl.c.SetReadDeadline(time.Now())
+				up.c.Close()
+			}
+			bodyOK = <-bodyDone == nil
+			cl.c.SetReadDeadline(time.Time{})
+		}
+	}
+
+	if res.err != nil {
+		p.log.Debug("exchange failed", "upstream", up.addr, "err", res.err)
+		if !res.forwarded {
+			cl.fail()
+		}
+		up.close()
+		p.observe(intercept, outcome, start)
+		return false
+	}
+	if res.framing == http1.Tunnel {
+		p.observe(intercept, outcome, start)
+		if bodyOK {
+			// Switched protocols: the connection now belongs to this
+			// upstream until either side is done with it.
+			splice(cl.c, br, up.c, up.bufs.r)
+		}
+		up.close()
+		return false
+	}
+	reusable := bodyOK && keepAlive && res.keepAlive
+	if reusable && res.framing != http1.UntilClose {
+		p.put(up)
+	} else {
+		up.close()
+	}
+	p.observe(intercept, outcome, start)
+	return reusable
+}
+
+// result is how forwarding a response went.
+type result struct {
+	err         error
+	forwarded   bool // response bytes reached the client writer
+	sawContinue bool // a 100 Continue was forwarded
+	framing     http1.Framing
+	keepAlive   bool
+}
+
+func (cl *client) sendAndForward(up *upConn, method string) result {
+	if err := up.bufs.w.Flush(); err != nil {
+		return result{err: err}
+	}
+	return cl.forwardResponse(up, method)
+}
+
+// forwardResponse copies interim responses and then the final response
+// from up to the client, heads and bodies unchanged.
+func (cl *client) forwardResponse(up *upConn, method string) result {
+	var res result
+	ur, cw := up.bufs.r, cl.bufs.w
+	parse := func(b []byte) (int, error) { return cl.resp.Parse(b, method) }
+	for {
+		n, err := readHead(ur, parse)
+		if err != nil {
+			res.err = err
+			return res
+		}
+		head, _ := ur.Peek(n)
+		cw.Write(head)
+		ur.Discard(n)
+		res.forwarded = true
+		if cl.resp.Interim() {
+			if cl.resp.Status == 100 {
+				res.sawContinue = true
+			}
+			if res.err = cw.Flush(); res.err != nil {
+				return res
+			}
+			continue
+		}
+		break
+	}
+	resp := &cl.resp
+	res.framing, res.keepAlive = resp.Framing, resp.KeepAlive
+	switch resp.Framing {
+	case http1.FixedLength:
+		_, res.err = http1.ForwardFixed(cw, ur, resp.ContentLength)
+	case http1.Chunked:
+		_, res.err = http1.ForwardChunked(cw, ur)
+	case http1.UntilClose:
+		_, res.err = http1.ForwardUntilEOF(cw, ur)
+	}
+	if res.err == nil {
+		res.err = cw.Flush()
+	}
+	return res
+}
+
+func replayable(method string) bool {
+	switch method {
+	case "GET", "HEAD", "OPTIONS", "TRACE":
+		return true
+	}
+	return false
+}
+
+// passthrough hands the whole connection to the app: the bytes already
+// read, then everything else in both directions.
+func (cl *client) passthrough(why error) {
+	p := cl.p
+	start := time.Now()
+	p.log.Debug("passing connection through to the app", "remote", cl.c.RemoteAddr(), "why", why)
+	uc, err := p.dial(cl.ctx, p.cfg.App)
+	if err != nil {
+		p.log.Warn("app unreachable", "app", p.cfg.App, "err", err)
+		p.observe("", OutcomePassthrough, start)
+		return
+	}
+	splice(cl.c, cl.bufs.r, uc.c, uc.bufs.r)
+	uc.close()
+	p.observe("", OutcomePassthrough, start)
+}
+
+// reject answers a malformed request after the first and ends the
+// connection: where the bad request ends is unknown, so nothing after it
+// can be trusted.
+func (cl *client) reject(err error) {
+	var pe *http1.ParseError
+	switch {
+	case errors.Is(err, http1.ErrHeadTooLarge):
+		cl.writeStatus("431 Request Header Fields Too Large")
+	case errors.As(err, &pe), errors.Is(err, http1.ErrNotHTTP1):
+		cl.p.log.Debug("malformed request", "remote", cl.c.RemoteAddr(), "err", err)
+		cl.writeStatus("400 Bad Request")
+	}
+	// Anything else is the connection ending; nobody to answer.
+}
+
+func (cl *client) fail() { cl.writeStatus("502 Bad Gateway") }
+
+func (cl *client) writeStatus(status string) {
+	w := cl.bufs.w
+	w.WriteString("HTTP/1.1 ")
+	w.WriteString(status)
+	w.WriteString("\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+	w.Flush()
+}
+
+// splice copies both ways between a and b, each side's already-buffered
+// bytes first, until both directions have ended. A direction that ends
+// cleanly half-closes its destination so the peer sees the end of input
+// and the other direction can finish; one that fails closes both.
+func splice(a net.Conn, ar *bufio.Reader, b net.Conn, br *bufio.Reader) {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		pipe(b, a, ar)
+	}()
+	pipe(a, b, br)
+	wg.Wait()
+}
+
+func pipe(dst, src net.Conn, pending *bufio.Reader) {
+	err := func() error {
+		if n := pending.Buffered(); n > 0 {
+			buf, _ := pending.Peek(n)
+			if _, err := dst.Write(buf); err != nil {
+				return err
+			}
+			pending.Discard(n)
+		}
+		// Between two TCP sockets io.Copy uses splice(2): the bytes
+		// stay in the kernel.
+		_, err := io.Copy(dst, src)
+		return err
+	}()
+	if cw, ok := dst.(interface{ CloseWrite() error }); ok && err == nil {
+		if cw.CloseWrite() == nil {
+			return
+		}
+	}
+	dst.Close()
+	src.Close()
+}

@@ -1,0 +1,262 @@
+// Package proxy routes each HTTP/1.x request on an intercepted connection to
+// a developer's pod or to the original app (DESIGN.md, data path steps 2 and
+// 5).
+//
+// It reads only request and response heads, decides from the head, and
+// forwards every byte unchanged, with buffers that are pooled and reused, so
+// a hop costs close to a blind copy (notes/performance-here.md). Because the
+// decision is per request, one keep-alive connection from a shared client
+// can carry requests for several developers. Anything that is not plainly
+// HTTP/1 on its first request is passed to the app untouched: the proxy must
+// never be the reason a service stops working.
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/detourdev/detour/pkg/redirect/http1"
+	"github.com/detourdev/detour/pkg/redirect/match"
+)
+
+// Outcome is what happened to one request, for metrics.
+type Outcome string
+
+const (
+	OutcomeMatched     Outcome = "matched"     // went to the intercept's destination
+	OutcomeUnmatched   Outcome = "unmatched"   // no intercept selected it; went to the app
+	OutcomePassthrough Outcome = "passthrough" // not HTTP/1: the connection went to the app untouched
+	OutcomeFallback    Outcome = "fallback"    // selected, but the destination was unreachable; went to the app
+)
+
+// Route sends the requests its Matcher selects to Destination.
+type Route struct {
+	Intercept   string
+	Matcher     *match.Matcher
+	Destination string // host:port
+}
+
+// Observer learns the outcome and duration of each request; intercept is ""
+// for unmatched and passthrough. It is called from many goroutines.
+type Observer interface {
+	Request(intercept string, o Outcome, d time.Duration)
+}
+
+// Config configures a Proxy. Zero durations and sizes take the defaults.
+type Config struct {
+	App              string // host:port of the original app
+	Dial             func(ctx context.Context, network, addr string) (net.Conn, error)
+	DialTimeout      time.Duration // default 500ms; slower destinations fall back
+	FirstByteTimeout time.Duration // default 1s; see ServeConn
+	IdleTimeout      time.Duration // pooled upstream idle timeout, default 90s
+	MaxIdlePerHost   int           // default 64
+	Observer         Observer      // may be nil
+	Logger           *slog.Logger  // may be nil
+}
+
+// downFor is how long a destination that failed to answer a dial is skipped:
+// long enough that a burst of requests does not each wait DialTimeout, short
+// enough that a restarted pod is used again almost at once.
+const downFor = time.Second
+
+// Proxy routes HTTP/1 requests; it is safe for concurrent use.
+type Proxy struct {
+	cfg    Config
+	log    *slog.Logger
+	routes atomic.Pointer[[]Route]
+
+	mu     sync.Mutex
+	closed bool
+	conns  map[net.Conn]struct{} // every client and upstream conn, to close on Close
+	idle   map[string][]*upConn  // per address, oldest first
+	down   map[string]time.Time  // destination -> skip until
+	wg     sync.WaitGroup        // ServeConn calls and the janitor
+	stop   chan struct{}         // closed by Close; stops the janitor
+	janny  bool                  // janitor started
+	bufs   sync.Pool             // *connBufs
+	upBufs sync.Pool             // *connBufs for upstream conns
+}
+
+// connBufs are the buffers one connection needs; pooled because a proxy
+// with many short connections would otherwise allocate 80 KiB per accept.
+type connBufs struct {
+	r *bufio.Reader
+	w *bufio.Writer
+}
+
+// writeBufSize coalesces a head and a small body into one write.
+const writeBufSize = 16 << 10
+
+// New returns a Proxy with no routes: every request goes to cfg.App.
+func New(cfg Config) *Proxy {
+	if cfg.Dial == nil {
+		var d net.Dialer
+		cfg.Dial = d.DialContext
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 500 * time.Millisecond
+	}
+	if cfg.FirstByteTimeout <= 0 {
+		cfg.FirstByteTimeout = time.Second
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 90 * time.Second
+	}
+	if cfg.MaxIdlePerHost <= 0 {
+		cfg.MaxIdlePerHost = 64
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	p := &Proxy{
+		cfg:   cfg,
+		log:   log,
+		conns: map[net.Conn]struct{}{},
+		idle:  map[string][]*upConn{},
+		down:  map[string]time.Time{},
+		stop:  make(chan struct{}),
+	}
+	newBufs := func() any {
+		return &connBufs{
+			r: bufio.NewReaderSize(nil, http1.MaxHeadBytes),
+			w: bufio.NewWriterSize(nil, writeBufSize),
+		}
+	}
+	p.bufs.New, p.upBufs.New = newBufs, newBufs
+	empty := []Route{}
+	p.routes.Store(&empty)
+	return p
+}
+
+// SetRoutes replaces the routes atomically; requests already routed keep
+// their destination. The first route whose matcher selects a request wins.
+func (p *Proxy) SetRoutes(rs []Route) {
+	cp := append([]Route(nil), rs...)
+	p.routes.Store(&cp)
+}
+
+// Serve accepts connections from ln and serves each on its own goroutine.
+// It returns nil once ln is closed, or the accept error that stopped it.
+func (p *Proxy) Serve(ln net.Listener) error {
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || isTemporary(err) {
+				// Out of file descriptors and the like: wait, do not spin.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				p.log.Warn("accept", "err", err, "retry_in", backoff)
+				select {
+				case <-time.After(backoff):
+					continue
+				case <-p.stop:
+					return nil
+				}
+			}
+			return err
+		}
+		backoff = 0
+		go p.ServeConn(context.Background(), c)
+	}
+}
+
+func isTemporary(err error) bool {
+	var t interface{ Temporary() bool }
+	return errors.As(err, &t) && t.Temporary()
+}
+
+// Close closes every client and upstream connection and waits for the
+// connections being served to finish. Closing listeners given to Serve is
+// the caller's job. Close is idempotent.
+func (p *Proxy) Close() error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		p.wg.Wait()
+		return nil
+	}
+	p.closed = true
+	close(p.stop)
+	conns := make([]net.Conn, 0, len(p.conns))
+	for c := range p.conns {
+		conns = append(conns, c)
+	}
+	p.idle = map[string][]*upConn{}
+	p.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
+	p.wg.Wait()
+	return nil
+}
+
+// track registers c so Close can reach it; it fails once the proxy closed.
+func (p *Proxy) track(c net.Conn, serving bool) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return false
+	}
+	p.conns[c] = struct{}{}
+	if serving {
+		p.wg.Add(1)
+	}
+	return true
+}
+
+func (p *Proxy) forget(c net.Conn) {
+	p.mu.Lock()
+	delete(p.conns, c)
+	p.mu.Unlock()
+}
+
+func (p *Proxy) observe(intercept string, o Outcome, start time.Time) {
+	if p.cfg.Observer != nil {
+		p.cfg.Observer.Request(intercept, o, time.Since(start))
+	}
+}
+
+// route picks the first route whose matcher selects r.
+func (p *Proxy) route(r match.Request) *Route {
+	rs := *p.routes.Load()
+	for i := range rs {
+		if rs[i].Matcher != nil && rs[i].Matcher.Match(r) {
+			return &rs[i]
+		}
+	}
+	return nil
+}
+
+func (p *Proxy) isDown(addr string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	until, ok := p.down[addr]
+	if ok && time.Now().After(until) {
+		delete(p.down, addr)
+		return false
+	}
+	return ok
+}
+
+func (p *Proxy) markDown(addr string) {
+	p.mu.Lock()
+	p.down[addr] = time.Now().Add(downFor)
+	p.mu.Unlock()
+}
+
+func (p *Proxy) markUp(addr string) {
+	p.mu.Lock()
+	delete(p.down, addr)
+	p.mu.Unlock()
+}
