@@ -1,0 +1,125 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	detourv1 "github.com/detourdev/detour/api/detour/v1"
+)
+
+func TestFlags(t *testing.T) {
+	var out bytes.Buffer
+	_, err := parseFlags([]string{"--help"}, &out)
+	if !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("--help: %v", err)
+	}
+	for _, want := range []string{"-listen", "127.0.0.1:7070", "-metrics-listen", "127.0.0.1:9470", "-store", "/var/lib/detour/controller.db", "-inventory", "/run/detour/lab/inventory.json", "-log-level"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("--help does not mention %q", want)
+		}
+	}
+	if _, err := parseFlags([]string{"extra"}, io.Discard); err == nil {
+		t.Error("stray argument accepted")
+	}
+	if _, err := newLogger(&options{logLevel: "loud", logFormat: "text"}, io.Discard); err == nil {
+		t.Error("bad --log-level accepted")
+	}
+	if _, err := newLogger(&options{logLevel: "debug", logFormat: "xml"}, io.Discard); err == nil {
+		t.Error("bad --log-format accepted")
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// TestRunServesAndStops runs the whole controller with a missing inventory
+// file, talks to it, and stops it as a signal would.
+func TestRunServesAndStops(t *testing.T) {
+	dir := t.TempDir()
+	o := &options{
+		listen:        freeAddr(t),
+		metricsListen: freeAddr(t),
+		storePath:     filepath.Join(dir, "state", "controller.db"),
+		inventoryPath: filepath.Join(dir, "missing.json"),
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, o, slog.New(slog.DiscardHandler)) }()
+
+	conn, err := grpc.NewClient(o.listen, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c := detourv1.NewControlServiceClient(conn)
+	deadline := time.Now().Add(5 * time.Second)
+	var st *detourv1.GetStatusResponse
+	for {
+		cctx, ccancel := context.WithTimeout(context.Background(), time.Second)
+		st, err = c.GetStatus(cctx, &detourv1.GetStatusRequest{}, grpc.WaitForReady(true))
+		ccancel()
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("GetStatus: %v", err)
+	}
+	if st.GetControllerVersion() != version {
+		t.Errorf("version %q", st.GetControllerVersion())
+	}
+	// A watch stream open at shutdown must not hold the stop up.
+	ws, err := detourv1.NewAgentSyncServiceClient(conn).WatchDesiredState(context.Background(), &detourv1.WatchDesiredStateRequest{Node: "lab"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ws.Recv(); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, path := range []string{"/healthz", "/metrics"} {
+		resp, err := http.Get(fmt.Sprintf("http://%s%s", o.metricsListen, path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: %d", path, resp.StatusCode)
+		}
+		if path == "/metrics" && !strings.Contains(string(body), "detour_controller_intercepts_active") {
+			t.Errorf("/metrics lacks the controller's series")
+		}
+	}
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run: %v", err)
+		}
+	case <-time.After(4 * time.Second):
+		t.Fatal("controller did not stop")
+	}
+}

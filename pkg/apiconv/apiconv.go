@@ -1,0 +1,93 @@
+// Package apiconv converts between the wire types of the Detour API
+// (api/detour/v1) and the types the data path works with, so that neither
+// side has to import the other's representation.
+package apiconv
+
+import (
+	"fmt"
+
+	detourv1 "github.com/detourdev/detour/api/detour/v1"
+	"github.com/detourdev/detour/pkg/redirect/match"
+)
+
+// kinds is the one table both directions use, so they cannot drift apart.
+var kinds = []struct {
+	api   detourv1.Condition_Kind
+	match match.Kind
+}{
+	{detourv1.Condition_KIND_SESSION, match.Session},
+	{detourv1.Condition_KIND_HEADER_EXACT, match.HeaderExact},
+	{detourv1.Condition_KIND_HEADER_PREFIX, match.HeaderPrefix},
+	{detourv1.Condition_KIND_HEADER_REGEX, match.HeaderRegex},
+	{detourv1.Condition_KIND_BAGGAGE, match.Baggage},
+	{detourv1.Condition_KIND_PATH_EXACT, match.PathExact},
+	{detourv1.Condition_KIND_PATH_PREFIX, match.PathPrefix},
+	{detourv1.Condition_KIND_METHOD, match.Method},
+}
+
+// KindFromProto maps an API condition kind to the matcher's kind.
+func KindFromProto(k detourv1.Condition_Kind) (match.Kind, error) {
+	for _, e := range kinds {
+		if e.api == k {
+			return e.match, nil
+		}
+	}
+	return "", fmt.Errorf("unknown condition kind %v", k)
+}
+
+// KindToProto maps a matcher kind to the API's.
+func KindToProto(k match.Kind) (detourv1.Condition_Kind, error) {
+	for _, e := range kinds {
+		if e.match == k {
+			return e.api, nil
+		}
+	}
+	return detourv1.Condition_KIND_UNSPECIFIED, fmt.Errorf("unknown condition kind %q", k)
+}
+
+// ConditionFromProto converts one API condition.
+func ConditionFromProto(c *detourv1.Condition) (match.Condition, error) {
+	if c == nil {
+		return match.Condition{}, fmt.Errorf("empty condition")
+	}
+	k, err := KindFromProto(c.GetKind())
+	if err != nil {
+		return match.Condition{}, err
+	}
+	return match.Condition{Kind: k, Name: c.GetName(), Value: c.GetValue()}, nil
+}
+
+// ConditionToProto converts one matcher condition.
+func ConditionToProto(c match.Condition) (*detourv1.Condition, error) {
+	k, err := KindToProto(c.Kind)
+	if err != nil {
+		return nil, err
+	}
+	return &detourv1.Condition{Kind: k, Name: c.Name, Value: c.Value}, nil
+}
+
+// ConditionsFromProto converts a list, naming the position of the first bad one.
+func ConditionsFromProto(cs []*detourv1.Condition) ([]match.Condition, error) {
+	out := make([]match.Condition, 0, len(cs))
+	for i, c := range cs {
+		mc, err := ConditionFromProto(c)
+		if err != nil {
+			return nil, fmt.Errorf("condition %d: %w", i+1, err)
+		}
+		out = append(out, mc)
+	}
+	return out, nil
+}
+
+// ConditionsToProto converts a list, naming the position of the first bad one.
+func ConditionsToProto(cs []match.Condition) ([]*detourv1.Condition, error) {
+	out := make([]*detourv1.Condition, 0, len(cs))
+	for i, c := range cs {
+		ac, err := ConditionToProto(c)
+		if err != nil {
+			return nil, fmt.Errorf("condition %d: %w", i+1, err)
+		}
+		out = append(out, ac)
+	}
+	return out, nil
+}
