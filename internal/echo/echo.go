@@ -1,0 +1,150 @@
+// Package echo is the lab's test server: an HTTP server that names the pod
+// it runs in on every response, so a test or a demo can tell who answered a
+// request after Detour has (or has not) detoured it. It also checks body
+// integrity both ways (upload hashes, deterministic downloads) and echoes
+// WebSocket messages, the traffic shapes the data path must carry intact.
+package echo
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// PodHeader names the pod that answered; every response carries it.
+const PodHeader = "X-Detour-Pod"
+
+// UploadResult is the JSON answer to POST /upload.
+type UploadResult struct {
+	Pod    string `json:"pod"`
+	Bytes  int64  `json:"bytes"`
+	SHA256 string `json:"sha256"`
+}
+
+// Stream returns the endless deterministic byte stream that GET /download
+// serves for seed, so a client can check a download of any size without
+// holding a copy. ChaCha8's output is fixed by its specification, so the
+// bytes do not change with the Go version.
+func Stream(seed uint64) io.Reader {
+	var key [32]byte
+	binary.LittleEndian.PutUint64(key[:8], seed)
+	return rand.NewChaCha8(key)
+}
+
+// NewHandler serves the echo endpoints as pod name:
+//
+//	GET  /healthz                  200 "ok"
+//	POST /upload                   reads the whole body (chunked or not), answers UploadResult
+//	GET  /download?bytes=N&seed=S  N bytes of Stream(S), chunked (no Content-Length)
+//	GET  /ws                       WebSocket; echoes each message as "<name>: <message>"
+//	any  other path                200 "<name>\n"
+func NewHandler(name string) http.Handler {
+	h := &handler{name: name}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("POST /upload", h.upload)
+	mux.HandleFunc("GET /download", h.download)
+	mux.HandleFunc("GET /ws", h.ws)
+	mux.HandleFunc("/", h.hello)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(PodHeader, name)
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// NewServer returns a server for NewHandler(name) on addr that speaks
+// HTTP/1.1 and, with prior knowledge, cleartext HTTP/2 (h2c) on the same
+// port, as gRPC clients and meshes do. It uses net/http's own h2c support:
+// golang.org/x/net/http2/h2c is deprecated, and the HTTP/1.1 Upgrade route
+// to h2c it also offered was deprecated by RFC 9113.
+func NewServer(name, addr string) *http.Server {
+	p := new(http.Protocols)
+	p.SetHTTP1(true)
+	p.SetUnencryptedHTTP2(true)
+	return &http.Server{
+		Addr:              addr,
+		Handler:           NewHandler(name),
+		Protocols:         p,
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+}
+
+type handler struct{ name string }
+
+func (h *handler) hello(w http.ResponseWriter, r *http.Request) {
+	// Drain a body so a keep-alive connection stays usable for the next
+	// request, which is what a proxy test sends next.
+	_, _ = io.Copy(io.Discard, r.Body)
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	io.WriteString(w, h.name+"\n")
+}
+
+func (h *handler) upload(w http.ResponseWriter, r *http.Request) {
+	sum := sha256.New()
+	n, err := io.Copy(sum, r.Body)
+	if err != nil {
+		http.Error(w, fmt.Sprintf("read body after %d bytes: %v", n, err), http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(UploadResult{Pod: h.name, Bytes: n, SHA256: hex.EncodeToString(sum.Sum(nil))})
+}
+
+func (h *handler) download(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	n, err := strconv.ParseInt(q.Get("bytes"), 10, 64)
+	if err != nil || n < 0 {
+		http.Error(w, "bytes: want a count >= 0", http.StatusBadRequest)
+		return
+	}
+	var seed uint64
+	if s := q.Get("seed"); s != "" {
+		if seed, err = strconv.ParseUint(s, 10, 64); err != nil {
+			http.Error(w, "seed: want an unsigned integer", http.StatusBadRequest)
+			return
+		}
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.WriteHeader(http.StatusOK)
+	// Flushing the header before any body byte keeps net/http from
+	// computing a Content-Length for small bodies: the download is always
+	// chunked on HTTP/1.1, the harder case for a proxy.
+	if err := http.NewResponseController(w).Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
+		return
+	}
+	_, _ = io.CopyN(w, Stream(seed), n)
+}
+
+var upgrader = websocket.Upgrader{
+	// A test server on a private lab network: any origin may connect.
+	CheckOrigin: func(*http.Request) bool { return true },
+}
+
+func (h *handler) ws(w http.ResponseWriter, r *http.Request) {
+	// Upgrade writes its own response, so the pod header is passed to it.
+	c, err := upgrader.Upgrade(w, r, http.Header{PodHeader: {h.name}})
+	if err != nil {
+		return // Upgrade has answered with an error status
+	}
+	defer c.Close()
+	prefix := []byte(h.name + ": ")
+	for {
+		typ, msg, err := c.ReadMessage()
+		if err != nil {
+			return
+		}
+		if err := c.WriteMessage(typ, append(prefix[:len(prefix):len(prefix)], msg...)); err != nil {
+			return
+		}
+	}
+}

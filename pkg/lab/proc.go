@@ -1,0 +1,116 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// procStat is the part of /proc/<pid>/stat the lab needs.
+type procStat struct {
+	state     byte
+	pgrp      int
+	startTime uint64
+}
+
+func readProc(pid int) (procStat, error) {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return procStat{}, err
+	}
+	return parseProcStat(string(b))
+}
+
+// parseProcStat parses /proc/<pid>/stat. The command name (field 2) may hold
+// spaces and parentheses, so fields are counted from the last ')'.
+func parseProcStat(s string) (procStat, error) {
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return procStat{}, errors.New("malformed /proc stat")
+	}
+	f := strings.Fields(s[i+1:])
+	// f[0] is field 3 (state), f[2] field 5 (pgrp), f[19] field 22 (starttime).
+	if len(f) < 20 || len(f[0]) != 1 {
+		return procStat{}, errors.New("malformed /proc stat")
+	}
+	pgrp, err := strconv.Atoi(f[2])
+	if err != nil {
+		return procStat{}, fmt.Errorf("malformed /proc stat pgrp: %w", err)
+	}
+	st, err := strconv.ParseUint(f[19], 10, 64)
+	if err != nil {
+		return procStat{}, fmt.Errorf("malformed /proc stat starttime: %w", err)
+	}
+	return procStat{state: f[0][0], pgrp: pgrp, startTime: st}, nil
+}
+
+// groupLive counts the live (non-zombie) processes in a process group.
+// kill(-pgid, 0) cannot tell: it succeeds on zombies, and a zombie whose
+// parent never reaps it (an init that does not, in a container) would look
+// alive forever.
+func groupLive(pgid int) int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		ps, err := readProc(pid)
+		if err != nil || ps.pgrp != pgid || ps.state == 'Z' || ps.state == 'X' {
+			continue
+		}
+		n++
+	}
+	return n
+}
+
+// stopGroup ends the process group a pod's command leads: SIGTERM, then
+// SIGKILL if it is still alive after timeout. It acts only if the recorded
+// leader is still the process Up started (same start time) or is gone while
+// members of its group remain: the kernel does not hand out a PID that is
+// still some group's ID, so those members are ours.
+func stopGroup(ctx context.Context, pid int, startTime uint64, timeout time.Duration) (stopped bool, err error) {
+	if ps, err := readProc(pid); err == nil && ps.startTime != startTime {
+		return false, nil // PID recycled: our process and its group are long gone
+	}
+	if groupLive(pid) == 0 {
+		return false, nil
+	}
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
+		if err := syscall.Kill(-pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+			return false, fmt.Errorf("signal process group %d: %w", pid, err)
+		}
+		if waitFor(ctx, timeout, func() bool { return groupLive(pid) == 0 }) {
+			return true, nil
+		}
+	}
+	return false, fmt.Errorf("process group %d still alive after SIGKILL", pid)
+}
+
+// waitFor polls cond until it holds, the timeout passes or ctx ends.
+func waitFor(ctx context.Context, timeout time.Duration, cond func() bool) bool {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if cond() {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return cond()
+		case <-tick.C:
+		}
+	}
+}

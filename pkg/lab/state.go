@@ -1,0 +1,137 @@
+package lab
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// File names inside the state directory.
+const (
+	StateFile     = "state.json"
+	InventoryFile = "inventory.json"
+	LogDir        = "logs"
+)
+
+// ErrNotUp means the state directory holds no lab.
+var ErrNotUp = errors.New("no lab is up")
+
+// ErrConflict means Up refused because something it would create exists.
+var ErrConflict = errors.New("conflict")
+
+// State records everything Up made, as it makes it. Down trusts nothing else:
+// a field is set only once the thing exists, so a half-finished Up is undone
+// exactly and nothing that was there before is touched.
+type State struct {
+	Lab      string    `json:"lab"`
+	Node     string    `json:"node"`
+	StateDir string    `json:"stateDir"`
+	Started  time.Time `json:"started"`
+	Subnet   string    `json:"subnet"`
+	Bridge   string    `json:"bridge"`
+	// BridgeCreated: Up made the bridge, so Down deletes it.
+	BridgeCreated bool `json:"bridgeCreated,omitempty"`
+	// BridgeAddr is the gateway address (CIDR); BridgeAddrAdded says Up put
+	// it on a bridge that existed before, so Down removes only the address.
+	BridgeAddr      string `json:"bridgeAddr"`
+	BridgeAddrAdded bool   `json:"bridgeAddrAdded,omitempty"`
+	// CreatedDirs are directories Up made (state dir parents, /etc/netns),
+	// removed by Down only if empty, deepest first.
+	CreatedDirs []string   `json:"createdDirs,omitempty"`
+	Pods        []PodState `json:"pods"`
+	// Inventory is the path of the inventory file once written.
+	Inventory string `json:"inventory,omitempty"`
+}
+
+// PodState is one pod and what Up made for it.
+type PodState struct {
+	Name      string   `json:"name"`
+	Namespace string   `json:"namespace"`
+	IP        string   `json:"ip"`
+	Command   []string `json:"command,omitempty"`
+	// NetNS is the namespace path, set once created.
+	NetNS string `json:"netns,omitempty"`
+	// HostVeth is the node-side veth, set once created.
+	HostVeth string `json:"hostVeth,omitempty"`
+	// HostsDir is /etc/netns/<pod>, set once created.
+	HostsDir string `json:"hostsDir,omitempty"`
+	// PID leads the command's own session and process group.
+	PID int `json:"pid,omitempty"`
+	// StartTime is the process's start time in clock ticks since boot, from
+	// /proc: with it a recycled PID is never mistaken for the pod's.
+	StartTime uint64 `json:"startTime,omitempty"`
+	Log       string `json:"log,omitempty"`
+}
+
+// Running reports whether the pod's command is still alive.
+func (p *PodState) Running() bool {
+	if p.PID <= 0 {
+		return false
+	}
+	ps, err := readProc(p.PID)
+	return err == nil && ps.startTime == p.StartTime && ps.state != 'Z' && ps.state != 'X'
+}
+
+// LoadState reads the state of the lab in stateDir. It returns an error
+// wrapping ErrNotUp if there is none.
+func LoadState(stateDir string) (*State, error) {
+	path := filepath.Join(stateDir, StateFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w (no %s)", ErrNotUp, path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read lab state: %w", err)
+	}
+	var st State
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("parse lab state %s: %w", path, err)
+	}
+	return &st, nil
+}
+
+// save writes the state atomically: a crash leaves the old or the new record,
+// never half of one.
+func (st *State) save() error {
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(st.StateDir, StateFile)
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("save lab state: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("save lab state: %w", err)
+	}
+	return nil
+}
+
+// mkdirAll is os.MkdirAll that records each directory it creates, so Down
+// can remove exactly those.
+func mkdirAll(dir string, perm os.FileMode) (created []string, err error) {
+	dir = filepath.Clean(dir)
+	var missing []string
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(d); err == nil {
+			break
+		}
+		missing = append(missing, d)
+		if d == filepath.Dir(d) {
+			break
+		}
+	}
+	for i := len(missing) - 1; i >= 0; i-- {
+		if err := os.Mkdir(missing[i], perm); err != nil && !errors.Is(err, fs.ErrExist) {
+			return created, err
+		} else if err == nil {
+			created = append(created, missing[i])
+		}
+	}
+	return created, nil
+}
