@@ -1,0 +1,260 @@
+// Package agent is the node agent's runtime: it follows the controller's
+// desired state for its node, applies it to the kernel steering and the
+// per-port routers, keeps serving the last state while the controller is
+// away, and reports what it does.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	detourv1 "github.com/detourdev/detour/api/detour/v1"
+)
+
+// Config is what an agent needs besides its steering.
+type Config struct {
+	Node       string
+	Controller string // gRPC address of the controller
+	// StateFile keeps the last desired state, so an agent restarted while
+	// the controller is away still serves it. Empty disables it.
+	StateFile      string
+	ReportInterval time.Duration
+	Version        string
+	Logger         *slog.Logger
+	Registry       *prometheus.Registry
+}
+
+// Agent follows the controller and drives the data path of one node.
+type Agent struct {
+	cfg Config
+	log *slog.Logger
+	m   *metrics
+	dp  *dataplane
+
+	mu          sync.Mutex
+	assignments map[string]*detourv1.Assignment
+	connected   bool
+}
+
+// New builds an agent around an already loaded steering.
+func New(cfg Config, s Steerer) (*Agent, error) {
+	if cfg.Node == "" {
+		return nil, errors.New("agent: node name is required")
+	}
+	if cfg.ReportInterval <= 0 {
+		cfg.ReportInterval = time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+	}
+	m := newMetrics(cfg.Registry)
+	return &Agent{
+		cfg:         cfg,
+		log:         cfg.Logger,
+		m:           m,
+		dp:          newDataplane(s, cfg.Logger, m),
+		assignments: map[string]*detourv1.Assignment{},
+	}, nil
+}
+
+// Run serves until ctx ends, then removes all steering.
+func (a *Agent) Run(ctx context.Context) error {
+	if err := a.loadState(); err != nil {
+		a.log.Warn("ignoring saved state", "err", err)
+	}
+	conn, err := grpc.NewClient(a.cfg.Controller, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return fmt.Errorf("controller client: %w", err)
+	}
+	defer conn.Close()
+	client := detourv1.NewAgentSyncServiceClient(conn)
+
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); a.reportLoop(ctx, client) }()
+	a.syncLoop(ctx, client)
+	wg.Wait()
+	return a.dp.Close()
+}
+
+// syncLoop keeps a desired-state watch open, reconnecting with a short
+// backoff: a restarted agent or controller is back in sync within a second
+// or two, and meanwhile the last applied state keeps serving.
+func (a *Agent) syncLoop(ctx context.Context, c detourv1.AgentSyncServiceClient) {
+	backoff := 100 * time.Millisecond
+	for first := true; ctx.Err() == nil; first = false {
+		if !first {
+			a.m.syncReconnects.Inc()
+		}
+		err := a.watch(ctx, c)
+		a.setConnected(false)
+		if ctx.Err() != nil {
+			return
+		}
+		a.log.Warn("controller watch ended; serving the last state", "err", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, time.Second)
+	}
+}
+
+func (a *Agent) watch(ctx context.Context, c detourv1.AgentSyncServiceClient) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if _, err := c.Register(ctx, &detourv1.RegisterRequest{Node: a.cfg.Node, Version: a.cfg.Version}); err != nil {
+		return fmt.Errorf("register: %w", err)
+	}
+	stream, err := c.WatchDesiredState(ctx, &detourv1.WatchDesiredStateRequest{Node: a.cfg.Node})
+	if err != nil {
+		return fmt.Errorf("watch: %w", err)
+	}
+	for {
+		ev, err := stream.Recv()
+		if err != nil {
+			return fmt.Errorf("watch: %w", err)
+		}
+		a.setConnected(true)
+		a.m.syncEvents.WithLabelValues(ev.Type.String()).Inc()
+		a.handle(ev)
+	}
+}
+
+func (a *Agent) setConnected(v bool) {
+	a.mu.Lock()
+	a.connected = v
+	a.mu.Unlock()
+	if v {
+		a.m.syncConnected.Set(1)
+	} else {
+		a.m.syncConnected.Set(0)
+	}
+}
+
+// handle applies one desired-state event.
+func (a *Agent) handle(ev *detourv1.WatchDesiredStateResponse) {
+	a.mu.Lock()
+	switch ev.Type {
+	case detourv1.WatchDesiredStateResponse_TYPE_SNAPSHOT:
+		a.assignments = map[string]*detourv1.Assignment{}
+		for _, as := range ev.Assignments {
+			a.assignments[interceptID(as.Namespace, as.Name)] = as
+		}
+	case detourv1.WatchDesiredStateResponse_TYPE_UPSERT:
+		for _, as := range ev.Assignments {
+			a.assignments[interceptID(as.Namespace, as.Name)] = as
+		}
+	case detourv1.WatchDesiredStateResponse_TYPE_DELETE:
+		delete(a.assignments, interceptID(ev.Namespace, ev.Name))
+	default:
+		a.mu.Unlock()
+		a.log.Warn("ignoring unknown desired-state event", "type", ev.Type)
+		return
+	}
+	list := a.list()
+	a.mu.Unlock()
+	a.dp.Apply(list)
+	if err := a.saveState(list); err != nil {
+		a.log.Warn("could not save state", "err", err)
+	}
+}
+
+func (a *Agent) list() []*detourv1.Assignment {
+	out := make([]*detourv1.Assignment, 0, len(a.assignments))
+	for _, as := range a.assignments {
+		out = append(out, as)
+	}
+	return out
+}
+
+func (a *Agent) reportLoop(ctx context.Context, c detourv1.AgentSyncServiceClient) {
+	t := time.NewTicker(a.cfg.ReportInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rctx, cancel := context.WithTimeout(ctx, a.cfg.ReportInterval)
+		_, err := c.ReportStatus(rctx, &detourv1.ReportStatusRequest{Node: a.cfg.Node, Intercepts: a.dp.Reports()})
+		cancel()
+		if err != nil {
+			a.log.Debug("status report failed", "err", err)
+		}
+	}
+}
+
+// saveState writes the applied assignments as a snapshot event.
+func (a *Agent) saveState(list []*detourv1.Assignment) error {
+	if a.cfg.StateFile == "" {
+		return nil
+	}
+	b, err := protojson.Marshal(&detourv1.WatchDesiredStateResponse{
+		Type: detourv1.WatchDesiredStateResponse_TYPE_SNAPSHOT, Assignments: list,
+	})
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(a.cfg.StateFile), 0o755); err != nil {
+		return err
+	}
+	tmp := a.cfg.StateFile + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, a.cfg.StateFile)
+}
+
+func (a *Agent) loadState() error {
+	if a.cfg.StateFile == "" {
+		return nil
+	}
+	b, err := os.ReadFile(a.cfg.StateFile)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var ev detourv1.WatchDesiredStateResponse
+	if err := protojson.Unmarshal(b, &ev); err != nil {
+		return fmt.Errorf("parse %s: %w", a.cfg.StateFile, err)
+	}
+	a.log.Info("applying the last saved state until the controller answers", "intercepts", len(ev.Assignments))
+	a.handle(&ev)
+	return nil
+}
+
+// Handler serves /metrics and /healthz. The agent is healthy once its BPF
+// objects are loaded, whether or not the controller is reachable: a
+// controller outage must not restart agents that are serving.
+func (a *Agent) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(a.cfg.Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		a.mu.Lock()
+		connected := a.connected
+		a.mu.Unlock()
+		fmt.Fprintf(w, "ok\ncontroller_connected=%v\n", connected)
+	})
+	return mux
+}
