@@ -1,0 +1,53 @@
+# Detour. `make help` lists the targets.
+SHELL := /bin/bash
+GO ?= go
+BIN := $(CURDIR)/bin
+# The pinned BPF compiler: Debian 12's clang-19. `make generate` refuses any other.
+CLANG ?= clang-19
+CLANG_VERSION := 19.1.7
+BINARIES := detour detour-agent detour-controller detour-echo
+FUZZTIME ?= 10s
+
+.PHONY: help build generate check-generated test test-unit fuzz demo lint clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
+
+build: ## build the binaries into bin/ (no clang needed: BPF objects are committed)
+	@mkdir -p $(BIN)
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/detour ./cmd/ctl
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/detour-agent ./cmd/agent
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/detour-controller ./cmd/controller
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/detour-echo ./cmd/echo
+
+generate: ## rebuild the eBPF objects (pinned clang) and the gRPC code (buf)
+	@$(CLANG) --version | grep -q 'version $(CLANG_VERSION)' || { echo "generate needs $(CLANG) $(CLANG_VERSION) (apt-get install clang-19)"; exit 1; }
+	$(GO) generate ./pkg/redirect/...
+	cd api && $(GO) tool -modfile=../tools/go.mod buf lint
+	cd api && $(GO) tool -modfile=../tools/go.mod buf generate
+
+check-generated: generate ## fail if the committed generated files differ from what the sources build to
+	@git diff --exit-code -- '*_bpfel.go' '*_bpfel.o' '*.pb.go' || { echo "generated files are stale: run make generate and commit"; exit 1; }
+	@test -z "$$(git status --porcelain -- '*_bpfel.go' '*_bpfel.o' '*.pb.go')" || { git status --porcelain; echo "generate made new files: commit them"; exit 1; }
+
+test: ## run every test (as root: the privileged ones load BPF and make namespaces), then the fuzzers briefly
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 25m ./...
+	$(MAKE) fuzz
+
+fuzz: ## run each fuzz target for FUZZTIME (default 10s)
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+	    echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; done
+
+demo: build ## bring up the lab, intercept for alice and bob, send traffic, print who answered, tear down
+	bash test/demo/demo.sh
+
+lint: ## gofmt, go vet and buf lint
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel.go$$'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+	$(GO) vet ./...
+	cd api && $(GO) tool -modfile=../tools/go.mod buf lint
+
+clean: ## remove build output
+	rm -rf $(BIN)
