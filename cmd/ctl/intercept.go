@@ -96,6 +96,9 @@ func newInterceptCreateCmd(g *globals) *cobra.Command {
 		ttl     time.Duration
 		wait    time.Duration
 		conds   []match.Condition
+		l4      bool
+		fromPod []string
+		fromNS  []string
 	)
 	cmd := &cobra.Command{
 		Use:   "create NAME --service [NS/]SVC --port PORT CONDITION... --to HOST:PORT [--ttl D]",
@@ -103,13 +106,17 @@ func newInterceptCreateCmd(g *globals) *cobra.Command {
 		Long: `Create an intercept on one port of a shared service. A request that meets
 every condition goes to --to; every other request reaches the service as
 before. Give at least one condition; repeat flags to add more (all must hold).
+With --l4 no request is read: every connection to the port goes to --to.
+--from-pod and --from-namespace restrict an intercept to connections from
+those pods.
 An intercept that could select a request another intercept on the same port
 selects is refused, and the message names that intercept.
 
 --to is HOST:PORT where HOST is a pod in the service's namespace, NS/POD, or
 an IP address. With --ttl the intercept expires unless renewed in time.`,
 		Example: `  detour intercept create alice --service default/api --port 80 --session alice --to api-alice:8080 --ttl 1h
-  detour intercept create beta --service api --port 80 --header x-user=beta --path-prefix /v2 --to 10.0.0.9:8080`,
+  detour intercept create beta --service api --port 80 --header x-user=beta --path-prefix /v2 --to 10.0.0.9:8080
+  detour intercept create db --service default/postgres --port 5432 --l4 --from-pod client --to pg-alice:5432`,
 		Args: exactArgs(1, "one intercept NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkOutputFlag(g); err != nil {
@@ -131,11 +138,15 @@ an IP address. With --ttl the intercept expires unless renewed in time.`,
 			if ttl < 0 {
 				return usageErrorf("--ttl %s is negative", ttl)
 			}
-			if len(conds) == 0 {
-				return usageErrorf("give at least one condition (--session, --header, --header-prefix, --header-regex, --baggage, --path, --path-prefix or --method)")
-			}
-			if err := match.Validate(conds); err != nil {
-				return usageErrorf("%v", err)
+			switch {
+			case l4 && len(conds) > 0:
+				return usageErrorf("--l4 takes whole connections and reads no request: drop the request conditions")
+			case !l4 && len(conds) == 0:
+				return usageErrorf("give at least one condition (--session, --header, --header-prefix, --header-regex, --baggage, --path, --path-prefix or --method), or --l4")
+			case !l4:
+				if err := match.Validate(conds); err != nil {
+					return usageErrorf("%v", err)
+				}
 			}
 			apiConds, err := apiconv.ConditionsToProto(conds)
 			if err != nil {
@@ -150,6 +161,9 @@ an IP address. With --ttl the intercept expires unless renewed in time.`,
 					Port:             port,
 					Match:            apiConds,
 					Destination:      to,
+					L4:               l4,
+					SourcePods:       fromPod,
+					SourceNamespaces: fromNS,
 				},
 			}
 			if ttl > 0 {
@@ -165,7 +179,7 @@ an IP address. With --ttl the intercept expires unless renewed in time.`,
 				}
 				got := resp.GetIntercept()
 				fmt.Fprintf(cmd.OutOrStdout(), "intercept %s/%s created: %s on %s/%s port %d goes to %s, expires %s\n",
-					got.GetNamespace(), got.GetName(), describeMatch(got.GetSpec().GetMatch()),
+					got.GetNamespace(), got.GetName(), apiconv.DescribeSpec(got.GetSpec()),
 					got.GetSpec().GetServiceNamespace(), got.GetSpec().GetServiceName(), got.GetSpec().GetPort(),
 					got.GetSpec().GetDestination(), expiresIn(got, time.Now()))
 				return nil
@@ -181,6 +195,9 @@ an IP address. With --ttl the intercept expires unless renewed in time.`,
 	f.Uint32Var(&port, "port", 0, "the service `PORT` to intercept")
 	f.StringVar(&to, "to", "", "where matching requests go, `HOST:PORT`: POD:PORT, NS/POD:PORT or IP:PORT")
 	f.DurationVar(&ttl, "ttl", 0, "lease `DURATION`: the intercept expires this long after creation or renewal (0: never)")
+	f.BoolVar(&l4, "l4", false, "take every connection to the port (no request is read; TLS passes through), spliced in the kernel")
+	f.StringArrayVar(&fromPod, "from-pod", nil, "only detour connections from this pod, `[NS/]POD` (repeatable)")
+	f.StringArrayVar(&fromNS, "from-namespace", nil, "only detour connections from pods of this `NAMESPACE` (repeatable)")
 	f.DurationVar(&wait, "wait", 0, "after creating, wait up to `DURATION` until every targeted node reports steering attached (exit 1 if not)")
 	for _, cf := range []struct {
 		name, typ, usage string

@@ -14,7 +14,6 @@ import (
 
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
 	"github.com/detourdev/detour/pkg/apiconv"
-	"github.com/detourdev/detour/pkg/redirect/match"
 )
 
 // Output formats of -o.
@@ -59,15 +58,6 @@ func printMessage(w io.Writer, format string, m proto.Message) error {
 	return err
 }
 
-// describeMatch renders an intercept's conditions as the CLI takes them.
-func describeMatch(cs []*detourv1.Condition) string {
-	mc, err := apiconv.ConditionsFromProto(cs)
-	if err != nil {
-		return "(" + err.Error() + ")"
-	}
-	return match.Describe(mc)
-}
-
 // printIntercepts writes the intercept table.
 func printIntercepts(w io.Writer, ics []*detourv1.Intercept, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -76,7 +66,7 @@ func printIntercepts(w io.Writer, ics []*detourv1.Intercept, now time.Time) erro
 		s := ic.GetSpec()
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n",
 			ic.GetNamespace(), ic.GetName(), s.GetServiceName(), s.GetPort(),
-			describeMatch(s.GetMatch()), s.GetDestination(),
+			apiconv.DescribeSpec(s), s.GetDestination(),
 			expiresIn(ic, now), ageOf(ic.GetCreatedAt().AsTime(), now))
 	}
 	return tw.Flush()

@@ -5,6 +5,7 @@ package apiconv
 
 import (
 	"fmt"
+	"strings"
 
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
 	"github.com/detourdev/detour/pkg/redirect/match"
@@ -90,4 +91,24 @@ func ConditionsToProto(cs []match.Condition) ([]*detourv1.Condition, error) {
 		out = append(out, ac)
 	}
 	return out, nil
+}
+
+// DescribeSpec is the human form of what an intercept selects, as the CLI
+// takes it: its request conditions (or "l4") and its source filter.
+func DescribeSpec(spec *detourv1.InterceptSpec) string {
+	var parts []string
+	if spec.GetL4() {
+		parts = append(parts, "l4")
+	} else if conds, err := ConditionsFromProto(spec.GetMatch()); err != nil {
+		parts = append(parts, "("+err.Error()+")")
+	} else {
+		parts = append(parts, match.Describe(conds))
+	}
+	for _, p := range spec.GetSourcePods() {
+		parts = append(parts, "from-pod="+p)
+	}
+	for _, ns := range spec.GetSourceNamespaces() {
+		parts = append(parts, "from-namespace="+ns)
+	}
+	return strings.Join(parts, " & ")
 }

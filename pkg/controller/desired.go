@@ -149,16 +149,20 @@ func computePlan(inv *inventory.Inventory, ics []*detourv1.Intercept) plan {
 			p.problems[k] = err.Error()
 			continue
 		}
+		restricted, sources := sourceAddrs(spec, inv)
 		for _, n := range nodes {
 			if p.nodes[n] == nil {
 				p.nodes[n] = map[string]*detourv1.Assignment{}
 			}
 			p.nodes[n][k] = &detourv1.Assignment{
-				Namespace:   ic.GetNamespace(),
-				Name:        ic.GetName(),
-				Match:       spec.GetMatch(),
-				Targets:     byNode[n],
-				Destination: addr,
+				Namespace:       ic.GetNamespace(),
+				Name:            ic.GetName(),
+				Match:           spec.GetMatch(),
+				Targets:         byNode[n],
+				Destination:     addr,
+				L4:              spec.GetL4(),
+				RestrictSources: restricted,
+				Sources:         sources,
 			}
 		}
 	}

@@ -124,8 +124,15 @@ func validateSpec(ic *detourv1.Intercept, inv *inventory.Inventory) ([]match.Con
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "match: %v", err)
 	}
-	if err := match.Validate(conds); err != nil {
+	if spec.GetL4() {
+		if len(conds) > 0 {
+			return nil, status.Error(codes.InvalidArgument, "an l4 intercept takes whole connections and reads no request: give no request conditions")
+		}
+	} else if err := match.Validate(conds); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "match: %v", err)
+	}
+	if err := validateSources(spec, inv); err != nil {
+		return nil, err
 	}
 	dest, err := parseDestination(spec.GetDestination(), spec.GetServiceNamespace())
 	if err != nil {
@@ -172,9 +179,9 @@ func (s *Server) checkOverlapLocked(ic *detourv1.Intercept, conds []match.Condit
 			// A stored intercept we cannot read could match anything.
 			return status.Errorf(codes.FailedPrecondition, "overlaps intercept %s: its match cannot be read: %v", k, err)
 		}
-		if overlap, why := match.Overlap(conds, oc); overlap {
+		if overlap, why := overlaps(spec, conds, o, oc); overlap {
 			return status.Errorf(codes.FailedPrecondition, "overlaps intercept %s on %s/%s port %d (%s): %s",
-				k, spec.GetServiceNamespace(), spec.GetServiceName(), spec.GetPort(), match.Describe(oc), why)
+				k, spec.GetServiceNamespace(), spec.GetServiceName(), spec.GetPort(), apiconv.DescribeSpec(o), why)
 		}
 	}
 	return nil

@@ -283,9 +283,18 @@ type InterceptSpec struct {
 	// namespace), NAMESPACE/POD, or an IP address.
 	Destination string `protobuf:"bytes,5,opt,name=destination,proto3" json:"destination,omitempty"`
 	// Lease length; zero means the intercept does not expire.
-	Ttl           *durationpb.Duration `protobuf:"bytes,6,opt,name=ttl,proto3" json:"ttl,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Ttl *durationpb.Duration `protobuf:"bytes,6,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	// Layer 4: every connection to the port goes to the destination; no
+	// request is read, so match must be empty. Settled flows are spliced in
+	// the kernel.
+	L4 bool `protobuf:"varint,7,opt,name=l4,proto3" json:"l4,omitempty"`
+	// Only connections from these pods ("POD" in the service's namespace, or
+	// "NS/POD") or from pods of these namespaces are detoured. Both empty:
+	// connections from anywhere.
+	SourcePods       []string `protobuf:"bytes,8,rep,name=source_pods,json=sourcePods,proto3" json:"source_pods,omitempty"`
+	SourceNamespaces []string `protobuf:"bytes,9,rep,name=source_namespaces,json=sourceNamespaces,proto3" json:"source_namespaces,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *InterceptSpec) Reset() {
@@ -356,6 +365,27 @@ func (x *InterceptSpec) GetDestination() string {
 func (x *InterceptSpec) GetTtl() *durationpb.Duration {
 	if x != nil {
 		return x.Ttl
+	}
+	return nil
+}
+
+func (x *InterceptSpec) GetL4() bool {
+	if x != nil {
+		return x.L4
+	}
+	return false
+}
+
+func (x *InterceptSpec) GetSourcePods() []string {
+	if x != nil {
+		return x.SourcePods
+	}
+	return nil
+}
+
+func (x *InterceptSpec) GetSourceNamespaces() []string {
+	if x != nil {
+		return x.SourceNamespaces
 	}
 	return nil
 }
@@ -1494,9 +1524,14 @@ type Assignment struct {
 	Match     []*Condition           `protobuf:"bytes,3,rep,name=match,proto3" json:"match,omitempty"`
 	Targets   []*Target              `protobuf:"bytes,4,rep,name=targets,proto3" json:"targets,omitempty"`
 	// Resolved IP:PORT of the developer's pod.
-	Destination   string `protobuf:"bytes,5,opt,name=destination,proto3" json:"destination,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Destination string `protobuf:"bytes,5,opt,name=destination,proto3" json:"destination,omitempty"`
+	L4          bool   `protobuf:"varint,6,opt,name=l4,proto3" json:"l4,omitempty"`
+	// True when the intercept admits only some sources; then sources holds
+	// their IPv4 addresses (none: nothing is detoured right now).
+	RestrictSources bool     `protobuf:"varint,7,opt,name=restrict_sources,json=restrictSources,proto3" json:"restrict_sources,omitempty"`
+	Sources         []string `protobuf:"bytes,8,rep,name=sources,proto3" json:"sources,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Assignment) Reset() {
@@ -1562,6 +1597,27 @@ func (x *Assignment) GetDestination() string {
 		return x.Destination
 	}
 	return ""
+}
+
+func (x *Assignment) GetL4() bool {
+	if x != nil {
+		return x.L4
+	}
+	return false
+}
+
+func (x *Assignment) GetRestrictSources() bool {
+	if x != nil {
+		return x.RestrictSources
+	}
+	return false
+}
+
+func (x *Assignment) GetSources() []string {
+	if x != nil {
+		return x.Sources
+	}
+	return nil
 }
 
 type WatchDesiredStateRequest struct {
@@ -1875,14 +1931,18 @@ const file_detour_v1_detour_proto_rawDesc = "" +
 	"\fKIND_BAGGAGE\x10\x05\x12\x13\n" +
 	"\x0fKIND_PATH_EXACT\x10\x06\x12\x14\n" +
 	"\x10KIND_PATH_PREFIX\x10\a\x12\x0f\n" +
-	"\vKIND_METHOD\x10\b\"\xee\x01\n" +
+	"\vKIND_METHOD\x10\b\"\xcc\x02\n" +
 	"\rInterceptSpec\x12+\n" +
 	"\x11service_namespace\x18\x01 \x01(\tR\x10serviceNamespace\x12!\n" +
 	"\fservice_name\x18\x02 \x01(\tR\vserviceName\x12\x12\n" +
 	"\x04port\x18\x03 \x01(\rR\x04port\x12*\n" +
 	"\x05match\x18\x04 \x03(\v2\x14.detour.v1.ConditionR\x05match\x12 \n" +
 	"\vdestination\x18\x05 \x01(\tR\vdestination\x12+\n" +
-	"\x03ttl\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"\xe1\x01\n" +
+	"\x03ttl\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12\x0e\n" +
+	"\x02l4\x18\a \x01(\bR\x02l4\x12\x1f\n" +
+	"\vsource_pods\x18\b \x03(\tR\n" +
+	"sourcePods\x12+\n" +
+	"\x11source_namespaces\x18\t \x03(\tR\x10sourceNamespaces\"\xe1\x01\n" +
 	"\tIntercept\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12,\n" +
@@ -1961,14 +2021,17 @@ const file_detour_v1_detour_proto_rawDesc = "" +
 	"\bpod_name\x18\x02 \x01(\tR\apodName\x12\x15\n" +
 	"\x06pod_ip\x18\x03 \x01(\tR\x05podIp\x12\x14\n" +
 	"\x05netns\x18\x04 \x01(\tR\x05netns\x12\x12\n" +
-	"\x04port\x18\x05 \x01(\rR\x04port\"\xb9\x01\n" +
+	"\x04port\x18\x05 \x01(\rR\x04port\"\x8e\x02\n" +
 	"\n" +
 	"Assignment\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12*\n" +
 	"\x05match\x18\x03 \x03(\v2\x14.detour.v1.ConditionR\x05match\x12+\n" +
 	"\atargets\x18\x04 \x03(\v2\x11.detour.v1.TargetR\atargets\x12 \n" +
-	"\vdestination\x18\x05 \x01(\tR\vdestination\".\n" +
+	"\vdestination\x18\x05 \x01(\tR\vdestination\x12\x0e\n" +
+	"\x02l4\x18\x06 \x01(\bR\x02l4\x12)\n" +
+	"\x10restrict_sources\x18\a \x01(\bR\x0frestrictSources\x12\x18\n" +
+	"\asources\x18\b \x03(\tR\asources\".\n" +
 	"\x18WatchDesiredStateRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\"\x98\x02\n" +
 	"\x19WatchDesiredStateResponse\x12=\n" +
