@@ -23,7 +23,9 @@ type client struct {
 }
 
 // ServeConn serves requests on c until it closes, ctx ends or the proxy
-// closes. If the first request is not HTTP/1 (other bytes, a malformed or
+// closes. A connection that starts with the HTTP/2 preface, or upgrades to
+// h2c, is served as HTTP/2 and each stream routed on its own. If the first
+// request is neither HTTP/1 nor HTTP/2 (other bytes, a malformed or
 // oversized head) or does not arrive within FirstByteTimeout (a protocol
 // where the server speaks first), the whole connection goes to the app
 // untouched, the bytes read so far first.
@@ -53,6 +55,11 @@ func (cl *client) serve() {
 	br := cl.bufs.r
 	cl.c.SetReadDeadline(time.Now().Add(cl.p.cfg.FirstByteTimeout))
 	n, err := readHead(br, cl.req.Parse)
+	if errors.Is(err, http1.ErrNotHTTP1) && cl.sawPreface() {
+		cl.c.SetReadDeadline(time.Time{})
+		cl.serveH2(nil, nil) // HTTP/2 with prior knowledge (h2.go)
+		return
+	}
 	cl.c.SetReadDeadline(time.Time{})
 	if err != nil {
 		var ne net.Error
@@ -94,6 +101,9 @@ func readHead(br *bufio.Reader, parse func([]byte) (int, error)) (int, error) {
 // buffered, then its response. It reports whether the client connection
 // can carry another request.
 func (cl *client) exchange(n int) bool {
+	if cl.upgradeH2C(n) {
+		return false // the connection was served as HTTP/2
+	}
 	p, req, br := cl.p, &cl.req, cl.bufs.r
 	start := time.Now()
 

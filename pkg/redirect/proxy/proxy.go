@@ -1,14 +1,17 @@
-// Package proxy routes each HTTP/1.x request on an intercepted connection to
-// a developer's pod or to the original app (DESIGN.md, data path steps 2 and
-// 5).
+// Package proxy routes each HTTP/1.x request, and each HTTP/2 stream, on an
+// intercepted connection to a developer's pod or to the original app
+// (DESIGN.md, data path steps 2 and 5).
 //
-// It reads only request and response heads, decides from the head, and
-// forwards every byte unchanged, with buffers that are pooled and reused, so
-// a hop costs close to a blind copy (notes/performance-here.md). Because the
-// decision is per request, one keep-alive connection from a shared client
-// can carry requests for several developers. Anything that is not plainly
-// HTTP/1 on its first request is passed to the app untouched: the proxy must
-// never be the reason a service stops working.
+// For HTTP/1 it reads only request and response heads, decides from the
+// head, and forwards every byte unchanged, with buffers that are pooled and
+// reused, so a hop costs close to a blind copy (notes/performance-here.md).
+// Because the decision is per request, one keep-alive connection from a
+// shared client can carry requests for several developers. HTTP/2 (prior
+// knowledge, as gRPC uses, or h2c Upgrade) multiplexes developers on one
+// connection, so it is terminated and each stream forwarded over pooled
+// HTTP/2 connections to its backend (h2.go, h2route.go). Anything else is
+// passed to the app untouched: the proxy must never be the reason a service
+// stops working.
 package proxy
 
 import (
@@ -31,7 +34,7 @@ type Outcome string
 const (
 	OutcomeMatched     Outcome = "matched"     // went to the intercept's destination
 	OutcomeUnmatched   Outcome = "unmatched"   // no intercept selected it; went to the app
-	OutcomePassthrough Outcome = "passthrough" // not HTTP/1: the connection went to the app untouched
+	OutcomePassthrough Outcome = "passthrough" // neither HTTP/1 nor HTTP/2: the connection went to the app untouched
 	OutcomeFallback    Outcome = "fallback"    // selected, but the destination was unreachable; went to the app
 )
 
@@ -65,7 +68,8 @@ type Config struct {
 // enough that a restarted pod is used again almost at once.
 const downFor = time.Second
 
-// Proxy routes HTTP/1 requests; it is safe for concurrent use.
+// Proxy routes HTTP/1 requests and HTTP/2 streams; it is safe for
+// concurrent use.
 type Proxy struct {
 	cfg    Config
 	log    *slog.Logger
@@ -81,6 +85,7 @@ type Proxy struct {
 	janny  bool                  // janitor started
 	bufs   sync.Pool             // *connBufs
 	upBufs sync.Pool             // *connBufs for upstream conns
+	h2     *h2Side               // HTTP/2 front and upstream pool (h2.go)
 }
 
 // connBufs are the buffers one connection needs; pooled because a proxy
@@ -130,6 +135,7 @@ func New(cfg Config) *Proxy {
 		}
 	}
 	p.bufs.New, p.upBufs.New = newBufs, newBufs
+	p.h2 = newH2(p)
 	empty := []Route{}
 	p.routes.Store(&empty)
 	return p
@@ -177,8 +183,8 @@ func isTemporary(err error) bool {
 }
 
 // Close closes every client and upstream connection and waits for the
-// connections being served to finish. Closing listeners given to Serve is
-// the caller's job. Close is idempotent.
+// connections being served to finish; HTTP/2 clients are sent GOAWAY first.
+// Closing listeners given to Serve is the caller's job. Close is idempotent.
 func (p *Proxy) Close() error {
 	p.mu.Lock()
 	if p.closed {
@@ -193,10 +199,13 @@ func (p *Proxy) Close() error {
 		conns = append(conns, c)
 	}
 	p.idle = map[string][]*upConn{}
+	fronts := p.h2.takeFronts()
 	p.mu.Unlock()
+	p.h2.goAway(fronts)
 	for _, c := range conns {
 		c.Close()
 	}
+	p.h2.up.CloseIdleConnections()
 	p.wg.Wait()
 	return nil
 }

@@ -1,0 +1,415 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/detourdev/detour/pkg/redirect/match"
+)
+
+// grpcBackend is a gRPC TestService that names itself in a response header
+// and trailer of every call, and in payloads where there is one.
+type grpcBackend struct {
+	testgrpc.UnimplementedTestServiceServer
+	name      string
+	addr      string
+	cancelled atomic.Int64 // endless server streams that saw the client cancel
+}
+
+var _ testgrpc.TestServiceServer = (*grpcBackend)(nil)
+
+const maxGRPCMsg = 32 << 20
+
+func newGRPCBackend(t *testing.T, name string) *grpcBackend {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &grpcBackend{name: name, addr: ln.Addr().String()}
+	s := grpc.NewServer(grpc.MaxRecvMsgSize(maxGRPCMsg), grpc.MaxSendMsgSize(maxGRPCMsg))
+	testgrpc.RegisterTestServiceServer(s, b)
+	go s.Serve(ln)
+	t.Cleanup(s.Stop)
+	return b
+}
+
+func (b *grpcBackend) tag(set func(metadata.MD) error, setTrailer func(metadata.MD)) {
+	set(metadata.Pairs("backend", b.name))
+	setTrailer(metadata.Pairs("backend-trailer", b.name))
+}
+
+func (b *grpcBackend) tagCtx(ctx context.Context) {
+	grpc.SetHeader(ctx, metadata.Pairs("backend", b.name))
+	grpc.SetTrailer(ctx, metadata.Pairs("backend-trailer", b.name))
+}
+
+func (b *grpcBackend) EmptyCall(ctx context.Context, _ *testgrpc.Empty) (*testgrpc.Empty, error) {
+	b.tagCtx(ctx)
+	return &testgrpc.Empty{}, nil
+}
+
+func (b *grpcBackend) UnaryCall(ctx context.Context, req *testgrpc.SimpleRequest) (*testgrpc.SimpleResponse, error) {
+	b.tagCtx(ctx)
+	if s := req.GetResponseStatus(); s != nil {
+		return nil, status.Error(codes.Code(s.Code), s.Message)
+	}
+	body := req.GetPayload().GetBody()
+	return &testgrpc.SimpleResponse{
+		Hostname: b.name,
+		Username: fmt.Sprintf("%d %s", len(body), sum(body)),
+		Payload:  &testgrpc.Payload{Body: payload(int(req.ResponseSize))},
+	}, nil
+}
+
+// StreamingOutputCall sends one message per response parameter, or, with
+// none, one every few milliseconds until the client cancels.
+func (b *grpcBackend) StreamingOutputCall(req *testgrpc.StreamingOutputCallRequest, s testgrpc.TestService_StreamingOutputCallServer) error {
+	b.tag(s.SetHeader, s.SetTrailer)
+	msg := &testgrpc.StreamingOutputCallResponse{Payload: &testgrpc.Payload{Body: []byte(b.name)}}
+	if len(req.ResponseParameters) == 0 {
+		for {
+			if err := s.Send(msg); err != nil {
+				return err
+			}
+			select {
+			case <-s.Context().Done():
+				b.cancelled.Add(1)
+				return s.Context().Err()
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}
+	for range req.ResponseParameters {
+		if err := s.Send(msg); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *grpcBackend) StreamingInputCall(s testgrpc.TestService_StreamingInputCallServer) error {
+	b.tag(s.SetHeader, s.SetTrailer)
+	var n int32
+	for {
+		req, err := s.Recv()
+		if errors.Is(err, io.EOF) {
+			return s.SendAndClose(&testgrpc.StreamingInputCallResponse{AggregatedPayloadSize: n})
+		}
+		if err != nil {
+			return err
+		}
+		n += int32(len(req.GetPayload().GetBody()))
+	}
+}
+
+func (b *grpcBackend) FullDuplexCall(s testgrpc.TestService_FullDuplexCallServer) error {
+	b.tag(s.SetHeader, s.SetTrailer)
+	for {
+		req, err := s.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		body := append([]byte(b.name+":"), req.GetPayload().GetBody()...)
+		if err := s.Send(&testgrpc.StreamingOutputCallResponse{Payload: &testgrpc.Payload{Body: body}}); err != nil {
+			return err
+		}
+	}
+}
+
+func withSession(ctx context.Context, s string) context.Context {
+	if s == "" {
+		return ctx
+	}
+	return metadata.AppendToOutgoingContext(ctx, "x-detour-session", s)
+}
+
+func checkMD(md metadata.MD, key, want string) error {
+	if got := md.Get(key); len(got) != 1 || got[0] != want {
+		return fmt.Errorf("%s %v, want %s", key, got, want)
+	}
+	return nil
+}
+
+// TestGRPC sends every kind of gRPC call for alice, bob and nobody over
+// one client connection through the proxy.
+func TestGRPC(t *testing.T) {
+	rec := &recorder{}
+	app, alice, bob, carol := newGRPCBackend(t, "app"), newGRPCBackend(t, "alice"), newGRPCBackend(t, "bob"), newGRPCBackend(t, "carol")
+	p, addr, ln := startProxy(t, Config{App: app.addr, Observer: rec})
+	emptyCall, err := match.Compile([]match.Condition{{Kind: match.PathExact, Value: "/grpc.testing.TestService/EmptyCall"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.SetRoutes([]Route{
+		sessionRoute(t, "alice", "alice", alice.addr),
+		sessionRoute(t, "bob", "bob", bob.addr),
+		{Intercept: "carol", Matcher: emptyCall, Destination: carol.addr},
+	})
+	cc, err := grpc.NewClient("passthrough:///"+addr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxGRPCMsg), grpc.MaxCallSendMsgSize(maxGRPCMsg)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	client := testgrpc.NewTestServiceClient(cc)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	calls := map[string]func(ctx context.Context, want string) error{
+		"unary": func(ctx context.Context, want string) error {
+			var hdr, tr metadata.MD
+			res, err := client.UnaryCall(ctx, &testgrpc.SimpleRequest{Payload: &testgrpc.Payload{Body: []byte("hi")}}, grpc.Header(&hdr), grpc.Trailer(&tr))
+			if err != nil {
+				return err
+			}
+			if res.Hostname != want {
+				return fmt.Errorf("answered by %s", res.Hostname)
+			}
+			return errors.Join(checkMD(hdr, "backend", want), checkMD(tr, "backend-trailer", want))
+		},
+		"server streaming": func(ctx context.Context, want string) error {
+			s, err := client.StreamingOutputCall(ctx, &testgrpc.StreamingOutputCallRequest{ResponseParameters: make([]*testgrpc.ResponseParameters, 3)})
+			if err != nil {
+				return err
+			}
+			n := 0
+			for {
+				msg, err := s.Recv()
+				if errors.Is(err, io.EOF) {
+					break
+				}
+				if err != nil {
+					return err
+				}
+				if string(msg.Payload.Body) != want {
+					return fmt.Errorf("message from %s", msg.Payload.Body)
+				}
+				n++
+			}
+			hdr, _ := s.Header()
+			if n != 3 {
+				return fmt.Errorf("%d messages, want 3", n)
+			}
+			return errors.Join(checkMD(hdr, "backend", want), checkMD(s.Trailer(), "backend-trailer", want))
+		},
+		"client streaming": func(ctx context.Context, want string) error {
+			s, err := client.StreamingInputCall(ctx)
+			if err != nil {
+				return err
+			}
+			for range 3 {
+				if err := s.Send(&testgrpc.StreamingInputCallRequest{Payload: &testgrpc.Payload{Body: make([]byte, 1000)}}); err != nil {
+					return err
+				}
+			}
+			res, err := s.CloseAndRecv()
+			if err != nil {
+				return err
+			}
+			hdr, _ := s.Header()
+			if res.AggregatedPayloadSize != 3000 {
+				return fmt.Errorf("aggregated %d, want 3000", res.AggregatedPayloadSize)
+			}
+			return errors.Join(checkMD(hdr, "backend", want), checkMD(s.Trailer(), "backend-trailer", want))
+		},
+		"bidi": func(ctx context.Context, want string) error {
+			s, err := client.FullDuplexCall(ctx)
+			if err != nil {
+				return err
+			}
+			for i := range 3 {
+				msg := fmt.Sprintf("m%d", i)
+				if err := s.Send(&testgrpc.StreamingOutputCallRequest{Payload: &testgrpc.Payload{Body: []byte(msg)}}); err != nil {
+					return err
+				}
+				res, err := s.Recv() // each answer before the next message: full duplex
+				if err != nil {
+					return err
+				}
+				if got := string(res.Payload.Body); got != want+":"+msg {
+					return fmt.Errorf("echo %q, want %q", got, want+":"+msg)
+				}
+			}
+			s.CloseSend()
+			if _, err := s.Recv(); !errors.Is(err, io.EOF) {
+				return fmt.Errorf("after CloseSend: %v", err)
+			}
+			return checkMD(s.Trailer(), "backend-trailer", want)
+		},
+	}
+
+	t.Run("mixed calls on one connection", func(t *testing.T) {
+		var wg sync.WaitGroup
+		for round := range 3 {
+			for name, call := range calls {
+				for _, s := range []string{"alice", "bob", ""} {
+					wg.Go(func() {
+						if err := call(withSession(ctx, s), wantBackend(s)); err != nil {
+							t.Errorf("round %d, %s, session %q: %v", round, name, s, err)
+						}
+					})
+				}
+			}
+		}
+		wg.Wait()
+		rec.waitCount(t, event{"alice", OutcomeMatched}, 12)
+		rec.waitCount(t, event{"bob", OutcomeMatched}, 12)
+		rec.waitCount(t, event{"", OutcomeUnmatched}, 12)
+	})
+
+	t.Run("route on the method path", func(t *testing.T) {
+		for _, tc := range []struct{ session, want string }{{"", "carol"}, {"alice", "alice"}} {
+			var hdr metadata.MD
+			if _, err := client.EmptyCall(withSession(ctx, tc.session), &testgrpc.Empty{}, grpc.Header(&hdr)); err != nil {
+				t.Fatal(err)
+			}
+			if err := checkMD(hdr, "backend", tc.want); err != nil {
+				t.Errorf("EmptyCall, session %q: %v", tc.session, err)
+			}
+		}
+	})
+
+	t.Run("large messages", func(t *testing.T) {
+		const size = 6<<20 + 321
+		data := payload(size)
+		res, err := client.UnaryCall(withSession(ctx, "bob"), &testgrpc.SimpleRequest{
+			Payload:      &testgrpc.Payload{Body: data},
+			ResponseSize: 7 << 20,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := fmt.Sprintf("%d %s", size, sum(data)); res.Hostname != "bob" || res.Username != want {
+			t.Fatalf("from %s: %q, want %q", res.Hostname, res.Username, want)
+		}
+		if got := res.Payload.Body; len(got) != 7<<20 || sum(got) != sum(payload(7<<20)) {
+			t.Fatalf("response payload of %d bytes, corrupted", len(got))
+		}
+	})
+
+	t.Run("status error", func(t *testing.T) {
+		for _, s := range []string{"alice", ""} {
+			var tr metadata.MD
+			msg := "no such order: 42 (ünïcode, 100%)"
+			_, err := client.UnaryCall(withSession(ctx, s), &testgrpc.SimpleRequest{
+				ResponseStatus: &testgrpc.EchoStatus{Code: int32(codes.NotFound), Message: msg},
+			}, grpc.Trailer(&tr))
+			st, _ := status.FromError(err)
+			if st.Code() != codes.NotFound || st.Message() != msg {
+				t.Fatalf("session %q: got %v, want NotFound %q", s, err, msg)
+			}
+			if err := checkMD(tr, "backend-trailer", wantBackend(s)); err != nil {
+				t.Errorf("session %q: %v", s, err)
+			}
+		}
+	})
+
+	t.Run("client cancels one stream", func(t *testing.T) {
+		// A bidi stream to bob stays open throughout.
+		bidi, err := client.FullDuplexCall(withSession(ctx, "bob"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		echo := func(msg string) {
+			t.Helper()
+			if err := bidi.Send(&testgrpc.StreamingOutputCallRequest{Payload: &testgrpc.Payload{Body: []byte(msg)}}); err != nil {
+				t.Fatal(err)
+			}
+			if res, err := bidi.Recv(); err != nil || string(res.Payload.Body) != "bob:"+msg {
+				t.Fatalf("bidi: %v, %v", res, err)
+			}
+		}
+		echo("before")
+
+		sctx, scancel := context.WithCancel(withSession(ctx, "alice"))
+		endless, err := client.StreamingOutputCall(sctx, &testgrpc.StreamingOutputCallRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 2 {
+			if msg, err := endless.Recv(); err != nil || string(msg.Payload.Body) != "alice" {
+				t.Fatalf("endless stream: %v, %v", msg, err)
+			}
+		}
+		scancel() // RST_STREAM from the client
+		for {
+			_, err := endless.Recv()
+			if err == nil {
+				continue // messages already in flight
+			}
+			if status.Code(err) != codes.Canceled {
+				t.Fatalf("cancelled stream ended with %v", err)
+			}
+			break
+		}
+		eventually(t, 5*time.Second, func() error {
+			if alice.cancelled.Load() != 1 {
+				return errors.New("the cancellation did not reach alice's server")
+			}
+			return nil
+		})
+		echo("after")
+		for name, call := range calls {
+			if err := call(ctx, "app"); err != nil {
+				t.Errorf("%s after the cancel: %v", name, err)
+			}
+		}
+		bidi.CloseSend()
+		if _, err := bidi.Recv(); !errors.Is(err, io.EOF) {
+			t.Fatalf("bidi end: %v", err)
+		}
+	})
+
+	if got := ln.n.Load(); got != 1 {
+		t.Errorf("%d client connections, want 1: gRPC multiplexes", got)
+	}
+}
+
+// TestGRPCFallback: a call for an unreachable destination is served by the
+// app.
+func TestGRPCFallback(t *testing.T) {
+	rec := &recorder{}
+	app := newGRPCBackend(t, "app")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	down := l.Addr().String()
+	l.Close()
+	p, addr, _ := startProxy(t, Config{App: app.addr, Observer: rec})
+	p.SetRoutes([]Route{sessionRoute(t, "dave", "dave", down)})
+	cc, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	client := testgrpc.NewTestServiceClient(cc)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for range 3 {
+		res, err := client.UnaryCall(withSession(ctx, "dave"), &testgrpc.SimpleRequest{Payload: &testgrpc.Payload{Body: []byte("x")}})
+		if err != nil || res.Hostname != "app" {
+			t.Fatalf("with the destination down: %v, %v", res, err)
+		}
+	}
+	rec.waitCount(t, event{"dave", OutcomeFallback}, 3)
+}

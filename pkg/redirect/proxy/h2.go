@@ -1,0 +1,427 @@
+package proxy
+
+// The HTTP/2 front: how a client connection becomes an HTTP/2 server
+// connection whose streams are routed one by one (h2route.go).
+//
+// HTTP/1 can be routed by reading heads and copying bytes, but HTTP/2
+// multiplexes streams for different developers over one connection, with
+// one HPACK state and one flow-control window per direction: no stream can
+// be moved to another backend without re-encoding the frames. So the proxy
+// terminates HTTP/2 on both sides: golang.org/x/net/http2's server reads the
+// client's streams, and pooled HTTP/2 connections carry each one to its
+// backend.
+//
+// The x/net server is used although its API is deprecated in favour of
+// net/http's: net/http has no way to serve a connection the proxy has
+// already read from, nor to take over an h2c Upgrade request, and the proxy
+// needs both. Only ServeConn, ServeConnOpts and ConfigureServer are used,
+// which the go1.27 x/net implementation keeps by wrapping net/http.
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+)
+
+// maxUpgradeBody bounds the body of an h2c Upgrade request, which must be
+// read whole before the connection switches protocols. Larger (or chunked)
+// bodies are not upgraded: RFC 9113 lets a server ignore the Upgrade, and
+// the request is then proxied as HTTP/1 like any other Upgrade.
+const maxUpgradeBody = 1 << 20
+
+// goAwayGrace bounds how long Close waits for every HTTP/2 client to have
+// been sent its GOAWAY before closing connections anyway.
+const goAwayGrace = 500 * time.Millisecond
+
+// h2Side is what a Proxy shares between its HTTP/2 connections.
+type h2Side struct {
+	srv  *http2.Server
+	base *http.Server // logger for srv; its Shutdown makes srv send GOAWAY
+	up   *http2.Transport
+	bufs sync.Pool // *[]byte for response bodies
+
+	fronts map[*h2Front]struct{} // guarded by Proxy.mu
+	probes map[string]probe      // guarded by Proxy.mu
+}
+
+func newH2(p *Proxy) *h2Side {
+	h := &h2Side{
+		srv: &http2.Server{},
+		base: &http.Server{
+			// The server logs protocol errors of clients; they are
+			// the client's problem, not the operator's.
+			ErrorLog: slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+		},
+		fronts: map[*h2Front]struct{}{},
+		probes: map[string]probe{},
+	}
+	h.bufs.New = func() any { b := make([]byte, 32<<10); return &b }
+	// ConfigureServer registers srv's connections with base, so that
+	// base.Shutdown sends GOAWAY on all of them; it fails only on TLS
+	// settings, which base has none of.
+	if err := http2.ConfigureServer(h.base, h.srv); err != nil {
+		p.log.Warn("http2 server", "err", err)
+	}
+	h.up = newUpstreamTransport(p)
+	return h
+}
+
+// sawPreface reports whether the client's first bytes are the HTTP/2
+// connection preface. It is asked once the HTTP/1 parser has ruled the
+// bytes out, which for the preface happens after its first line, and reads
+// the rest of it under the same first-byte deadline.
+func (cl *client) sawPreface() bool {
+	br := cl.bufs.r
+	b, _ := br.Peek(br.Buffered())
+	k := min(len(b), len(http2.ClientPreface))
+	if string(b[:k]) != http2.ClientPreface[:k] {
+		return false
+	}
+	b, err := br.Peek(len(http2.ClientPreface))
+	return err == nil && string(b) == http2.ClientPreface
+}
+
+// upgradeH2C takes over an HTTP/1.1 request that asks to switch to h2c
+// (RFC 7540 3.2), whose head is the first n bytes buffered: it answers 101
+// and serves the connection as HTTP/2, the request itself becoming stream 1.
+// It reports false, having consumed nothing, when the request is not an
+// upgrade the proxy takes; the request is then proxied as HTTP/1.
+func (cl *client) upgradeH2C(n int) bool {
+	req := &cl.req
+	if !req.Upgrade || req.Minor < 1 || req.Chunked || req.Expect100 || req.ContentLength > maxUpgradeBody {
+		return false
+	}
+	upg, _ := req.Header("Upgrade")
+	conn, _ := req.Header("Connection")
+	if !hasToken(upg, "h2c") || !hasToken(conn, "HTTP2-Settings") {
+		return false
+	}
+	// Everything the request needs is copied out of the read buffer,
+	// which the body and the HTTP/2 frames will overwrite.
+	hdr := http.Header{}
+	var settings64 []string
+	req.Fields(func(name, value []byte) {
+		k := http.CanonicalHeaderKey(string(name))
+		if k == "Http2-Settings" {
+			settings64 = append(settings64, string(value))
+		}
+		hdr.Add(k, string(value))
+	})
+	if len(settings64) != 1 { // RFC 7540 3.2.1: exactly one
+		return false
+	}
+	settings, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(settings64[0], "="))
+	if err != nil || len(settings)%6 != 0 {
+		return false
+	}
+	target := req.Target()
+	u, err := url.ParseRequestURI(target)
+	if err != nil {
+		return false
+	}
+	// Before the proxy, a backend that does not speak HTTP/2 ignored the
+	// Upgrade and answered in HTTP/1.1; the proxy talks HTTP/2 to
+	// backends, so it upgrades only when the request's backend can.
+	addr := cl.p.cfg.App
+	if rt := cl.p.route(req); rt != nil && !cl.p.isDown(rt.Destination) {
+		addr = rt.Destination
+	}
+	if !cl.p.speaksH2(cl.ctx, addr) {
+		return false
+	}
+	host := hdr.Get("Host")
+	hdr.Del("Host")
+	r := &http.Request{
+		Method:     req.Method(),
+		URL:        u,
+		Proto:      "HTTP/1.1",
+		ProtoMajor: 1,
+		ProtoMinor: 1,
+		Header:     hdr,
+		Host:       host,
+		RequestURI: target,
+		RemoteAddr: cl.c.RemoteAddr().String(),
+		Body:       http.NoBody,
+	}
+	length := req.ContentLength
+
+	br := cl.bufs.r
+	br.Discard(n)
+	if length > 0 {
+		body := make([]byte, length)
+		if _, err := io.ReadFull(br, body); err != nil {
+			return true // the client left mid-body: nothing to answer
+		}
+		r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(body)), length
+	}
+	w := cl.bufs.w
+	w.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+	if w.Flush() != nil {
+		return true
+	}
+	cl.serveH2(r, settings)
+	return true
+}
+
+// h2ProbeTTL is how long the proxy remembers whether a backend speaks
+// HTTP/2 with prior knowledge: a backend's protocol changes only with a new
+// deployment, and a probe costs a connection.
+const h2ProbeTTL = time.Minute
+
+type probe struct {
+	ok    bool
+	until time.Time
+}
+
+// speaksH2 reports whether addr answers the HTTP/2 preface with SETTINGS,
+// probing at most once per h2ProbeTTL. A backend that cannot be reached
+// counts as not speaking it, and is probed again next time.
+func (p *Proxy) speaksH2(ctx context.Context, addr string) bool {
+	h := p.h2
+	p.mu.Lock()
+	pr, ok := h.probes[addr]
+	p.mu.Unlock()
+	if ok && time.Now().Before(pr.until) {
+		return pr.ok
+	}
+	ok, reached := p.probeH2(ctx, addr)
+	if reached {
+		p.mu.Lock()
+		h.probes[addr] = probe{ok: ok, until: time.Now().Add(h2ProbeTTL)}
+		p.mu.Unlock()
+	}
+	return ok
+}
+
+func (p *Proxy) probeH2(ctx context.Context, addr string) (ok, reached bool) {
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.DialTimeout)
+	defer cancel()
+	c, err := p.cfg.Dial(ctx, "tcp", addr)
+	if err != nil {
+		return false, false
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(p.cfg.FirstByteTimeout))
+	var hello bytes.Buffer
+	hello.WriteString(http2.ClientPreface)
+	http2.NewFramer(&hello, nil).WriteSettings()
+	if _, err := c.Write(hello.Bytes()); err != nil {
+		return false, true
+	}
+	// An HTTP/1 server answers with a status line, which does not
+	// parse as a frame.
+	f, err := http2.NewFramer(nil, c).ReadFrame()
+	if err != nil {
+		return false, true
+	}
+	sf, ok := f.(*http2.SettingsFrame)
+	return ok && !sf.IsAck(), true
+}
+
+// hasToken reports whether the comma-separated list v holds tok, ignoring
+// case and whitespace.
+func hasToken(v, tok string) bool {
+	for part := range strings.SplitSeq(v, ",") {
+		if strings.EqualFold(strings.TrimSpace(part), tok) {
+			return true
+		}
+	}
+	return false
+}
+
+// serveH2 serves the client connection as HTTP/2 from the bytes buffered so
+// far on; upgrade and settings come from an h2c Upgrade request.
+func (cl *client) serveH2(upgrade *http.Request, settings []byte) {
+	// The server's reader may outlive ServeConn by a moment, so it must
+	// not read from the pooled buffer, which is reused once this returns.
+	br := cl.bufs.r
+	b, _ := br.Peek(br.Buffered())
+	pending := bytes.Clone(b)
+	br.Discard(len(b))
+	cl.p.serveH2(cl.ctx, cl.c, pending, upgrade, settings)
+}
+
+func (p *Proxy) serveH2(ctx context.Context, c net.Conn, pending []byte, upgrade *http.Request, settings []byte) {
+	f := &h2Front{Conn: c, pending: pending, goAway: make(chan struct{}), done: make(chan struct{})}
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.h2.fronts[f] = struct{}{}
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		delete(p.h2.fronts, f)
+		p.mu.Unlock()
+		close(f.done)
+	}()
+
+	ctx, cancel := context.WithCancel(ctx)
+	var gate handlerGate
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !gate.enter() {
+			return // the connection is gone; see handlerGate
+		}
+		defer gate.exit()
+		p.serveStream(w, r)
+	})
+	if upgrade != nil {
+		// Stream 1's request is ours, not the server's: tie it to
+		// the connection at least.
+		upgrade = upgrade.WithContext(ctx)
+	}
+	p.h2.srv.ServeConn(f, &http2.ServeConnOpts{
+		Context:        ctx,
+		BaseConfig:     p.h2.base,
+		Handler:        handler,
+		UpgradeRequest: upgrade,
+		Settings:       settings,
+	})
+	// ServeConn returns when the connection ends, but handlers may still
+	// be running: cancel their requests and wait, so that Close waits for
+	// them too and nothing outlives the connection.
+	cancel()
+	gate.closeAndWait()
+}
+
+// goAway sends GOAWAY to every HTTP/2 client of the closing proxy and waits,
+// at most goAwayGrace, until it has gone out, so clients learn that the
+// connection ended on purpose and which streams were not processed.
+func (h *h2Side) goAway(fronts []*h2Front) {
+	if len(fronts) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), goAwayGrace)
+	defer cancel()
+	h.base.Shutdown(ctx) // runs the GOAWAY hook; no listeners or conns of its own
+	for _, f := range fronts {
+		select {
+		case <-f.goAway:
+		case <-f.done:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// takeFronts returns the HTTP/2 client connections; p.mu must be held.
+func (h *h2Side) takeFronts() []*h2Front {
+	fs := make([]*h2Front, 0, len(h.fronts))
+	for f := range h.fronts {
+		fs = append(fs, f)
+	}
+	return fs
+}
+
+// h2Front is a client connection served as HTTP/2: the bytes already read
+// come first, and writes are watched for the GOAWAY frame.
+type h2Front struct {
+	net.Conn
+	pending []byte    // read by the server's single reader goroutine only
+	scan    frameScan // written by the server's single writer at a time
+	goAway  chan struct{}
+	once    sync.Once
+	done    chan struct{} // closed when the connection has been served
+}
+
+func (f *h2Front) Read(b []byte) (int, error) {
+	if len(f.pending) > 0 {
+		n := copy(b, f.pending)
+		f.pending = f.pending[n:]
+		return n, nil
+	}
+	return f.Conn.Read(b)
+}
+
+func (f *h2Front) Write(b []byte) (int, error) {
+	sawGoAway := f.scan.goAway(b)
+	n, err := f.Conn.Write(b)
+	if sawGoAway || err != nil {
+		f.once.Do(func() { close(f.goAway) })
+	}
+	return n, err
+}
+
+// frameScan follows frame boundaries in what the HTTP/2 server writes (it
+// writes nothing but frames) to tell when a GOAWAY frame goes out.
+type frameScan struct {
+	hdr  [9]byte
+	nhdr int
+	left int // payload bytes of the current frame still to come
+}
+
+func (s *frameScan) goAway(p []byte) bool {
+	saw := false
+	for len(p) > 0 {
+		if s.left > 0 {
+			n := min(s.left, len(p))
+			s.left -= n
+			p = p[n:]
+			continue
+		}
+		n := copy(s.hdr[s.nhdr:], p)
+		s.nhdr += n
+		p = p[n:]
+		if s.nhdr == len(s.hdr) {
+			s.nhdr = 0
+			s.left = int(s.hdr[0])<<16 | int(s.hdr[1])<<8 | int(s.hdr[2])
+			saw = saw || http2.FrameType(s.hdr[3]) == http2.FrameGoAway
+		}
+	}
+	return saw
+}
+
+// handlerGate counts the stream handlers of one connection. The server
+// starts each handler on its own goroutine, which may first run after
+// ServeConn has returned; once closeAndWait has begun such a late handler
+// must not start work nobody waits for, so enter refuses it.
+type handlerGate struct {
+	mu     sync.Mutex
+	n      int
+	closed bool
+	idle   chan struct{}
+}
+
+func (g *handlerGate) enter() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return false
+	}
+	g.n++
+	return true
+}
+
+func (g *handlerGate) exit() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.n--
+	if g.n == 0 && g.idle != nil {
+		close(g.idle)
+		g.idle = nil
+	}
+}
+
+func (g *handlerGate) closeAndWait() {
+	g.mu.Lock()
+	g.closed = true
+	if g.n == 0 {
+		g.mu.Unlock()
+		return
+	}
+	idle := make(chan struct{})
+	g.idle = idle
+	g.mu.Unlock()
+	<-idle
+}
