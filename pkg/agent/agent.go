@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -35,6 +36,9 @@ type Config struct {
 	Version        string
 	Logger         *slog.Logger
 	Registry       *prometheus.Registry
+	// Relay moves the bytes of L4 connections (the kernel splice); nil
+	// copies them in userspace.
+	Relay func(ctx context.Context, client, upstream *net.TCPConn) error
 }
 
 // Agent follows the controller and drives the data path of one node.
@@ -64,11 +68,13 @@ func New(cfg Config, s Steerer) (*Agent, error) {
 		cfg.Registry = prometheus.NewRegistry()
 	}
 	m := newMetrics(cfg.Registry)
+	dp := newDataplane(s, cfg.Logger, m)
+	dp.relay = cfg.Relay
 	return &Agent{
 		cfg:         cfg,
 		log:         cfg.Logger,
 		m:           m,
-		dp:          newDataplane(s, cfg.Logger, m),
+		dp:          dp,
 		assignments: map[string]*detourv1.Assignment{},
 	}, nil
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net"
@@ -59,6 +60,8 @@ type dataplane struct {
 	// drain is how long a removed port's router keeps serving connections
 	// it already accepted (now all routed to the app) before closing them.
 	drain time.Duration
+	// relay moves L4 connections' bytes; nil copies in userspace.
+	relay func(ctx context.Context, client, upstream *net.TCPConn) error
 
 	mu       sync.Mutex
 	ports    map[portKey]*port
@@ -107,7 +110,15 @@ func (d *dataplane) Apply(assignments []*detourv1.Assignment) {
 	for _, a := range assignments {
 		id := interceptID(a.Namespace, a.Name)
 		targets[id] = nil
-		m, err := compile(a.Match)
+		var m *match.Matcher
+		if !a.L4 {
+			var err error
+			if m, err = compile(a.Match); err != nil {
+				errs[id] = err.Error()
+				continue
+			}
+		}
+		sources, err := sourceSet(a)
 		if err != nil {
 			errs[id] = err.Error()
 			continue
@@ -125,7 +136,7 @@ func (d *dataplane) Apply(assignments []*detourv1.Assignment) {
 				dp = &desiredPort{app: netip.AddrPortFrom(addr, k.port).String()}
 				want[k] = dp
 			}
-			dp.routes = append(dp.routes, proxy.Route{Intercept: id, Matcher: m, Destination: a.Destination})
+			dp.routes = append(dp.routes, proxy.Route{Intercept: id, Matcher: m, Destination: a.Destination, L4: a.L4, Sources: sources})
 		}
 	}
 
@@ -165,6 +176,22 @@ func (d *dataplane) Apply(assignments []*detourv1.Assignment) {
 	d.m.attachments.Set(float64(len(d.netnsRef)))
 }
 
+// sourceSet is the assignment's source filter; nil admits every source.
+func sourceSet(a *detourv1.Assignment) (map[netip.Addr]struct{}, error) {
+	if !a.RestrictSources {
+		return nil, nil
+	}
+	set := make(map[netip.Addr]struct{}, len(a.Sources))
+	for _, s := range a.Sources {
+		addr, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("bad source address %q", s)
+		}
+		set[addr.Unmap()] = struct{}{}
+	}
+	return set, nil
+}
+
 func compile(conds []*detourv1.Condition) (*match.Matcher, error) {
 	mc, err := apiconv.ConditionsFromProto(conds)
 	if err != nil {
@@ -201,6 +228,7 @@ func (d *dataplane) addPort(k portKey, app string) (_ *port, err error) {
 		Dial:     dialer.DialContext,
 		Observer: observerFunc(d.observe),
 		Logger:   d.log.With("port", k.String()),
+		Relay:    d.relay,
 	})
 	go func() { _ = px.Serve(tl) }()
 	if err := d.steer.Steer(k.addr, k.port, tl); err != nil {

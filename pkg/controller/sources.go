@@ -115,4 +115,3 @@ func sourceAddrs(spec *detourv1.InterceptSpec, inv *inventory.Inventory) (bool, 
 	slices.Sort(addrs)
 	return true, slices.Compact(addrs)
 }
-

@@ -81,12 +81,15 @@ type Dialer struct {
 
 // DialContext creates the socket inside the namespace and connects it. The
 // connect itself completes after the thread has left the namespace: a socket
-// belongs to the namespace it was created in.
+// belongs to the namespace it was created in. MPTCP is off, as in Listen, so
+// the connection can go into a sockmap.
 func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	nd := d.Dialer
+	nd.SetMultipathTCP(false)
 	var c net.Conn
 	err := Do(d.Path, func() error {
 		var err error
-		c, err = d.Dialer.DialContext(ctx, network, addr)
+		c, err = nd.DialContext(ctx, network, addr)
 		return err
 	})
 	return c, err

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -20,6 +21,7 @@ type client struct {
 	bufs *connBufs
 	req  http1.Request
 	resp http1.Response
+	src  netip.Addr // the client's address, for source-restricted routes
 }
 
 // ServeConn serves requests on c until it closes, ctx ends or the proxy
@@ -41,8 +43,12 @@ func (p *Proxy) ServeConn(ctx context.Context, c net.Conn) {
 	b := p.bufs.Get().(*connBufs)
 	b.r.Reset(c)
 	b.w.Reset(c)
-	cl := &client{p: p, ctx: ctx, c: c, bufs: b}
-	cl.serve()
+	cl := &client{p: p, ctx: ctx, c: c, bufs: b, src: sourceOf(c)}
+	if rt := p.l4Route(cl.src); rt != nil {
+		cl.relay(rt)
+	} else {
+		cl.serve()
+	}
 
 	c.Close()
 	p.forget(c)
@@ -114,7 +120,7 @@ func (cl *client) exchange(n int) bool {
 
 	intercept, outcome := "", OutcomeUnmatched
 	var up *upConn
-	if rt := p.route(req); rt != nil {
+	if rt := p.route(req, cl.src); rt != nil {
 		intercept, outcome = rt.Intercept, OutcomeFallback
 		if !p.isDown(rt.Destination) {
 			uc, err := p.get(cl.ctx, rt.Destination)
@@ -302,6 +308,45 @@ func replayable(method string) bool {
 		return true
 	}
 	return false
+}
+
+// relay hands the whole connection to an L4 route's destination, or to the
+// app if the destination cannot be dialled, without reading a byte.
+func (cl *client) relay(rt *Route) {
+	p := cl.p
+	start := time.Now()
+	outcome := OutcomeFallback
+	var uc *upConn
+	if !p.isDown(rt.Destination) {
+		var err error
+		if uc, err = p.dial(cl.ctx, rt.Destination); err == nil {
+			outcome = OutcomeMatched
+		} else {
+			p.log.Info("destination unreachable, falling back to the app",
+				"intercept", rt.Intercept, "destination", rt.Destination, "err", err)
+			p.markDown(rt.Destination)
+		}
+	}
+	if uc == nil {
+		var err error
+		if uc, err = p.dial(cl.ctx, p.cfg.App); err != nil {
+			p.log.Warn("app unreachable", "app", p.cfg.App, "err", err)
+			p.observe(rt.Intercept, outcome, start)
+			return
+		}
+	}
+	// Counted at connect: an L4 connection's life says nothing of latency.
+	p.observe(rt.Intercept, outcome, start)
+	a, aok := cl.c.(*net.TCPConn)
+	b, bok := uc.c.(*net.TCPConn)
+	if p.cfg.Relay != nil && aok && bok {
+		if err := p.cfg.Relay(cl.ctx, a, b); err != nil {
+			p.log.Debug("relay ended", "intercept", rt.Intercept, "err", err)
+		}
+	} else {
+		splice(cl.c, cl.bufs.r, uc.c, uc.bufs.r)
+	}
+	uc.close()
 }
 
 // passthrough hands the whole connection to the app: the bytes already

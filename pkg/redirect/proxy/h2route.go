@@ -15,6 +15,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/textproto"
 	"net/url"
 	"strings"
@@ -96,7 +97,8 @@ func (c *trackedConn) Close() error {
 func (p *Proxy) serveStream(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	intercept, outcome, addr := "", OutcomeUnmatched, p.cfg.App
-	if rt := p.route(h2Request{r}); rt != nil {
+	src, _ := netip.ParseAddrPort(r.RemoteAddr) // set from the client connection
+	if rt := p.route(h2Request{r}, src.Addr().Unmap()); rt != nil {
 		intercept, outcome = rt.Intercept, OutcomeFallback
 		if !p.isDown(rt.Destination) {
 			outcome, addr = OutcomeMatched, rt.Destination

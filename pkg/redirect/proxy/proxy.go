@@ -20,6 +20,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -43,6 +44,21 @@ type Route struct {
 	Intercept   string
 	Matcher     *match.Matcher
 	Destination string // host:port
+	// L4 routes take whole connections: no request is read and Matcher is
+	// unused. The bytes are relayed by Config.Relay.
+	L4 bool
+	// Sources, when not nil, admits only connections from these addresses
+	// (an empty non-nil set admits none).
+	Sources map[netip.Addr]struct{}
+}
+
+// admits reports whether a connection from src may take the route.
+func (r *Route) admits(src netip.Addr) bool {
+	if r.Sources == nil {
+		return true
+	}
+	_, ok := r.Sources[src.Unmap()]
+	return ok
 }
 
 // Observer learns the outcome and duration of each request; intercept is ""
@@ -61,6 +77,10 @@ type Config struct {
 	MaxIdlePerHost   int           // default 64
 	Observer         Observer      // may be nil
 	Logger           *slog.Logger  // may be nil
+	// Relay moves the bytes of an L4 connection until both directions end.
+	// Nil copies in userspace (io.Copy, which uses splice(2) between TCP
+	// sockets); the agent may pass the kernel sockmap splice instead.
+	Relay func(ctx context.Context, client, upstream *net.TCPConn) error
 }
 
 // downFor is how long a destination that failed to answer a dial is skipped:
@@ -236,15 +256,36 @@ func (p *Proxy) observe(intercept string, o Outcome, start time.Time) {
 	}
 }
 
-// route picks the first route whose matcher selects r.
-func (p *Proxy) route(r match.Request) *Route {
+// route picks the first request route that admits the connection's source
+// and whose matcher selects r.
+func (p *Proxy) route(r match.Request, src netip.Addr) *Route {
 	rs := *p.routes.Load()
 	for i := range rs {
-		if rs[i].Matcher != nil && rs[i].Matcher.Match(r) {
+		if !rs[i].L4 && rs[i].admits(src) && rs[i].Matcher != nil && rs[i].Matcher.Match(r) {
 			return &rs[i]
 		}
 	}
 	return nil
+}
+
+// l4Route picks the L4 route that takes connections from src, if any.
+func (p *Proxy) l4Route(src netip.Addr) *Route {
+	rs := *p.routes.Load()
+	for i := range rs {
+		if rs[i].L4 && rs[i].admits(src) {
+			return &rs[i]
+		}
+	}
+	return nil
+}
+
+// sourceOf is the address a connection comes from (invalid if unknown).
+func sourceOf(c net.Conn) netip.Addr {
+	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return ta.AddrPort().Addr().Unmap()
+	}
+	ap, _ := netip.ParseAddrPort(c.RemoteAddr().String())
+	return ap.Addr().Unmap()
 }
 
 func (p *Proxy) isDown(addr string) bool {
