@@ -44,6 +44,9 @@ fuzz: ## run each fuzz target for FUZZTIME (default 10s)
 demo: build ## bring up the lab, intercept for alice and bob, send traffic, print who answered, tear down
 	bash test/demo/demo.sh
 
+bench: build ## measure the data path (as root, ~5 min): ratios to direct and nginx; JSON to BENCH_OUT (default bench/out/results.json); BENCH_FLAGS=-h lists options
+	$(GO) run ./test/bench $(BENCH_FLAGS)
+
 lint: ## gofmt, go vet and buf lint
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel.go$$'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
