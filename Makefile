@@ -7,6 +7,8 @@ CLANG ?= clang-19
 CLANG_VERSION := 19.1.7
 BINARIES := detour detour-agent detour-controller detour-echo
 FUZZTIME ?= 10s
+# What `make generate` writes; CI checks it matches the sources.
+GENERATED := '*_bpfel.go' '*_bpfel.o' '*.pb.go' 'zz_generated.*.go' 'pkg/generated' 'deploy/crds'
 
 .PHONY: help build generate check-generated test test-unit fuzz demo lint clean
 
@@ -20,15 +22,16 @@ build: ## build the binaries into bin/ (no clang needed: BPF objects are committ
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/detour-controller ./cmd/controller
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/detour-echo ./cmd/echo
 
-generate: ## rebuild the eBPF objects (pinned clang) and the gRPC code (buf)
+generate: ## rebuild the eBPF objects (pinned clang), the gRPC code (buf) and the Kubernetes API code and CRDs
 	@$(CLANG) --version | grep -q 'version $(CLANG_VERSION)' || { echo "generate needs $(CLANG) $(CLANG_VERSION) (apt-get install clang-19)"; exit 1; }
 	$(GO) generate ./pkg/redirect/...
 	cd api && $(GO) tool -modfile=../tools/go.mod buf lint
 	cd api && $(GO) tool -modfile=../tools/go.mod buf generate
+	GO=$(GO) bash hack/update-codegen.sh
 
 check-generated: generate ## fail if the committed generated files differ from what the sources build to
-	@git diff --exit-code -- '*_bpfel.go' '*_bpfel.o' '*.pb.go' || { echo "generated files are stale: run make generate and commit"; exit 1; }
-	@test -z "$$(git status --porcelain -- '*_bpfel.go' '*_bpfel.o' '*.pb.go')" || { git status --porcelain; echo "generate made new files: commit them"; exit 1; }
+	@git diff --exit-code -- $(GENERATED) || { echo "generated files are stale: run make generate and commit"; exit 1; }
+	@test -z "$$(git status --porcelain -- $(GENERATED))" || { git status --porcelain -- $(GENERATED); echo "generate made or removed files: commit them"; exit 1; }
 
 test: ## run every test (as root: the privileged ones load BPF and make namespaces), then the fuzzers briefly
 	$(GO) vet ./...
