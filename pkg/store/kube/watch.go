@@ -1,0 +1,148 @@
+package kube
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"google.golang.org/protobuf/proto"
+	"k8s.io/client-go/tools/cache"
+
+	detourv1 "github.com/detourdev/detour/api/detour/v1"
+	"github.com/detourdev/detour/pkg/apis/detour/v1alpha1"
+	"github.com/detourdev/detour/pkg/generated/informers/externalversions"
+)
+
+// EventType says what happened to an intercept.
+type EventType int
+
+// The event types.
+const (
+	// Added: the intercept is new to the watcher; every intercept that
+	// exists when Watch starts arrives as Added first.
+	Added EventType = iota + 1
+	// Updated: the intercept's gRPC form changed (spec or expires_at).
+	Updated
+	// Deleted: the intercept is gone; Intercept is its last known state.
+	Deleted
+)
+
+func (t EventType) String() string {
+	switch t {
+	case Added:
+		return "Added"
+	case Updated:
+		return "Updated"
+	case Deleted:
+		return "Deleted"
+	}
+	return fmt.Sprintf("EventType(%d)", int(t))
+}
+
+// Event is one change to an intercept, in the gRPC API's form.
+type Event struct {
+	Type      EventType
+	Intercept *detourv1.Intercept
+}
+
+// Watch reports every change to the intercepts of all namespaces, whoever
+// made it (this Store, another controller, kubectl), until ctx ends or the
+// Store is closed; then the channel is closed. It returns once the
+// informer's cache has synced, so the intercepts that exist by then have
+// been or are being sent as Added.
+//
+// Status writes that leave the gRPC form unchanged (node reports,
+// conditions) send nothing, so a controller that writes status does not wake
+// itself. Events wait for the reader: an informer buffers them without
+// bound, so the reader should not stall for long.
+//
+// Wiring into cmd/controller is the next step: the controller's reconcile
+// loop should take these events (or the keys in them) into its workqueue.
+func (s *Store) Watch(ctx context.Context) (<-chan Event, error) {
+	select {
+	case <-s.closed:
+		return nil, errors.New("watch intercepts: store closed")
+	default:
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	factory := externalversions.NewSharedInformerFactory(s.client, 0)
+	informer := factory.Detour().V1alpha1().Intercepts().Informer()
+	events := make(chan Event)
+
+	send := func(t EventType, obj any) {
+		ic, ok := convert(obj)
+		if !ok {
+			return
+		}
+		select {
+		case events <- Event{Type: t, Intercept: ic}:
+		case <-ctx.Done():
+		}
+	}
+	_, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) { send(Added, obj) },
+		UpdateFunc: func(oldObj, newObj any) {
+			o, okOld := convert(oldObj)
+			n, okNew := convert(newObj)
+			if okOld && okNew && proto.Equal(o, n) {
+				return
+			}
+			send(Updated, newObj)
+		},
+		DeleteFunc: func(obj any) {
+			if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = d.Obj // missed the delete itself: this is the last state seen
+			}
+			send(Deleted, obj)
+		},
+	})
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("watch intercepts: %w", err)
+	}
+
+	s.watchers.Add(1)
+	factory.Start(ctx.Done())
+	go func() {
+		defer s.watchers.Done()
+		select {
+		case <-ctx.Done():
+		case <-s.closed:
+			cancel()
+		}
+		// Shutdown waits for the informer and its handlers, so none sends
+		// on events after this.
+		factory.Shutdown()
+		close(events)
+	}()
+
+	for _, ok := range factory.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			cancel()
+			if err := ctx.Err(); err != nil {
+				return nil, fmt.Errorf("watch intercepts: cache did not sync: %w", err)
+			}
+			return nil, errors.New("watch intercepts: cache did not sync")
+		}
+	}
+	return events, nil
+}
+
+// convert turns an informer's object into the gRPC form. It never changes
+// obj, which belongs to the cache.
+func convert(obj any) (*detourv1.Intercept, bool) {
+	r, ok := obj.(*v1alpha1.Intercept)
+	if !ok {
+		slog.Warn("watch intercepts: unexpected object", "type", fmt.Sprintf("%T", obj))
+		return nil, false
+	}
+	ic, err := r.ToProto()
+	if err != nil {
+		// The schema refuses what ToProto refuses, so this is an object
+		// from before a schema change.
+		slog.Warn("watch intercepts: skipped an intercept", "intercept", r.Namespace+"/"+r.Name, "err", err)
+		return nil, false
+	}
+	return ic, true
+}
