@@ -118,6 +118,9 @@ func Create(name string) (string, error) {
 	if Exists(name) {
 		return "", fmt.Errorf("netns %q already exists", name)
 	}
+	if err := sharedRunDir(); err != nil {
+		return "", err
+	}
 	runtime.LockOSThread()
 	orig, err := vnetns.Get()
 	if err != nil {
@@ -170,6 +173,27 @@ func loUp() error {
 	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
 	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
 		return fmt.Errorf("set lo up: %w", err)
+	}
+	return nil
+}
+
+// sharedRunDir makes RunDir a shared mount point, as `ip netns add` does
+// before its first namespace. Without it, a later `ip netns add` (by a user,
+// a CNI plugin or another tool) bind-mounts RunDir over itself and hides
+// the namespaces created before, which then can be neither entered by name
+// nor deleted.
+func sharedRunDir() error {
+	if err := os.MkdirAll(RunDir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", RunDir, err)
+	}
+	if unix.Mount("", RunDir, "none", unix.MS_SHARED|unix.MS_REC, "") == nil {
+		return nil // already a mount point
+	}
+	if err := unix.Mount(RunDir, RunDir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind-mount %s onto itself: %w", RunDir, err)
+	}
+	if err := unix.Mount("", RunDir, "none", unix.MS_SHARED|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("make %s shared: %w", RunDir, err)
 	}
 	return nil
 }
