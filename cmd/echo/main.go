@@ -1,5 +1,6 @@
 // Command detour-echo is the lab's test server (package internal/echo): an
-// HTTP/1.1 and h2c server that answers with the name of the pod it runs in.
+// HTTP/1.1, h2c and gRPC server, and optionally a raw TCP echo, that answer
+// with the name of the pod they run in.
 // Build it as detour-echo: go build -o bin/detour-echo ./cmd/echo
 package main
 
@@ -31,18 +32,38 @@ func run() error {
 		def, _ = os.Hostname()
 	}
 	name := flag.String("name", def, "name to answer with (default: $DETOUR_POD_NAME, else the hostname)")
-	listen := flag.String("listen", ":8080", "address to listen on")
+	listen := flag.String("listen", ":8080", "address to listen on for HTTP and gRPC")
+	tcpListen := flag.String("tcp-listen", "", "address to listen on for the raw TCP echo (default: none)")
 	flag.Usage = func() {
-		fmt.Fprintf(flag.CommandLine.Output(), `Usage: detour-echo [--name NAME] [--listen ADDR]
+		fmt.Fprintf(flag.CommandLine.Output(), `Usage: detour-echo [--name NAME] [--listen ADDR] [--tcp-listen ADDR]
 
-Serves HTTP/1.1 and cleartext HTTP/2 (prior knowledge) on ADDR; every response
-carries the header X-Detour-Pod: NAME.
+Serves HTTP/1.1 and cleartext HTTP/2 (prior knowledge) on --listen; every
+HTTP response carries the header X-Detour-Pod: NAME.
 
   GET  /healthz                  ok
   GET  /download?bytes=N&seed=S  N deterministic bytes (ChaCha8 seeded by S), chunked
   POST /upload                   {"pod":NAME,"bytes":N,"sha256":HEX} of the body
   GET  /ws                       WebSocket echo, each message prefixed "NAME: "
   any  other path                NAME
+
+gRPC on the same port: HTTP/2 requests with content-type application/grpc*
+go to gRPC's interop service grpc.testing.TestService
+(google.golang.org/grpc/interop/grpc_testing), whose calls answer with the
+metadata x-detour-pod: NAME in both header and trailer:
+
+  EmptyCall            empty
+  UnaryCall            hostname NAME, username "<bytes> <sha256>" of the request
+                       payload, response_size bytes of payload; response_status
+                       set: fails with that code and message
+  StreamingOutputCall  one message (payload NAME) per response_parameters;
+                       none: one every 5ms until the client cancels
+  StreamingInputCall   aggregated_payload_size of the request messages
+  FullDuplexCall       each message answered at once with payload "NAME:<payload>";
+                       a message with response_status set ends the call with it
+
+With --tcp-listen, a raw TCP echo for L4 tests: each connection first gets
+the line "NAME\n", then every byte it sends comes back, until it half-closes;
+then the server closes the connection.
 
 `)
 		flag.PrintDefaults()
@@ -61,13 +82,31 @@ carries the header X-Detour-Pod: NAME.
 	if err != nil {
 		return err
 	}
+	var tcpLn net.Listener
+	if *tcpListen != "" {
+		if tcpLn, err = net.Listen("tcp", *tcpListen); err != nil {
+			ln.Close()
+			return err
+		}
+	}
 	srv := echo.NewServer(*name, *listen)
 	log.Info("serving", "name", *name, "addr", ln.Addr().String())
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
+	var tcpErrc chan error // nil without --tcp-listen: never ready
+	if tcpLn != nil {
+		log.Info("serving raw TCP echo", "name", *name, "addr", tcpLn.Addr().String())
+		tcpErrc = make(chan error, 1)
+		// ServeTCP closes its connections when ctx ends, and returns nil.
+		go func() { tcpErrc <- echo.ServeTCP(ctx, tcpLn, *name) }()
+	}
 	select {
 	case err := <-errc:
 		return err
+	case err := <-tcpErrc:
+		if err != nil {
+			return fmt.Errorf("tcp echo: %w", err)
+		}
 	case <-ctx.Done():
 	}
 	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -1,8 +1,10 @@
 // Package echo is the lab's test server: an HTTP server that names the pod
 // it runs in on every response, so a test or a demo can tell who answered a
 // request after Detour has (or has not) detoured it. It also checks body
-// integrity both ways (upload hashes, deterministic downloads) and echoes
-// WebSocket messages, the traffic shapes the data path must carry intact.
+// integrity both ways (upload hashes, deterministic downloads), echoes
+// WebSocket messages, serves gRPC's interop TestService on the same port
+// (GRPCService) and, on a port of its own, echoes raw TCP (ServeTCP): the
+// traffic shapes the data path must carry intact.
 package echo
 
 import (
@@ -48,8 +50,14 @@ func Stream(seed uint64) io.Reader {
 //	GET  /download?bytes=N&seed=S  N bytes of Stream(S), chunked (no Content-Length)
 //	GET  /ws                       WebSocket; echoes each message as "<name>: <message>"
 //	any  other path                200 "<name>\n"
+//
+// and gRPC calls (HTTP/2 with content-type application/grpc*) to
+// GRPCService(name), whose responses name the pod in gRPC metadata rather
+// than in the HTTP header set here: the same header twice would reach the
+// client as two metadata values.
 func NewHandler(name string) http.Handler {
 	h := &handler{name: name}
+	grpcSrv := NewGRPCServer(NewGRPCService(name))
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("POST /upload", h.upload)
@@ -57,6 +65,13 @@ func NewHandler(name string) http.Handler {
 	mux.HandleFunc("GET /ws", h.ws)
 	mux.HandleFunc("/", h.hello)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if isGRPC(r.ProtoMajor, r.Header.Get("Content-Type")) {
+			// grpc.Server.ServeHTTP is gRPC over net/http's own HTTP/2
+			// server: slower than grpc.Server.Serve, but it shares the
+			// port with HTTP/1.1 and h2c, as a mesh-fronted service does.
+			grpcSrv.ServeHTTP(w, r)
+			return
+		}
 		w.Header().Set(PodHeader, name)
 		mux.ServeHTTP(w, r)
 	})
@@ -64,7 +79,8 @@ func NewHandler(name string) http.Handler {
 
 // NewServer returns a server for NewHandler(name) on addr that speaks
 // HTTP/1.1 and, with prior knowledge, cleartext HTTP/2 (h2c) on the same
-// port, as gRPC clients and meshes do. It uses net/http's own h2c support:
+// port, as gRPC clients and meshes do; gRPC calls among them go to the
+// TestService. It uses net/http's own h2c support:
 // golang.org/x/net/http2/h2c is deprecated, and the HTTP/1.1 Upgrade route
 // to h2c it also offered was deprecated by RFC 9113.
 func NewServer(name, addr string) *http.Server {

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -68,6 +69,7 @@ type lab struct {
 	agMetrics  string
 	controller *proc
 	agent      *proc
+	agentFlags []string // more flags for every start of the agent
 }
 
 // proc is a started process whose output goes to a file kept for failures.
@@ -89,15 +91,15 @@ func freePort(t *testing.T) string {
 }
 
 // startLab writes the lab file, brings the lab up with the CLI and starts
-// a controller and an agent.
-func startLab(t *testing.T, labYAML string) *lab {
+// a controller and an agent, the agent with agentFlags added to its own.
+func startLab(t *testing.T, labYAML string, agentFlags ...string) *lab {
 	t.Helper()
 	testutil.RequirePrivileged(t)
 	if binDir == "" {
 		t.Fatal("binaries were not built")
 	}
 	dir := t.TempDir()
-	l := &lab{t: t, stateDir: filepath.Join(dir, "state")}
+	l := &lab{t: t, stateDir: filepath.Join(dir, "state"), agentFlags: agentFlags}
 	file := filepath.Join(dir, "lab.yaml")
 	if err := os.WriteFile(file, []byte(labYAML), 0o644); err != nil {
 		t.Fatal(err)
@@ -130,9 +132,10 @@ func (l *lab) startController() {
 }
 
 func (l *lab) startAgent() {
-	l.agent = l.start("agent", "detour-agent", "--node", l.inv.Node, "--controller", l.ctlAddr,
+	argv := append([]string{"detour-agent", "--node", l.inv.Node, "--controller", l.ctlAddr,
 		"--metrics-listen", l.agMetrics, "--state-file", filepath.Join(l.stateDir, "agent-state.json"),
-		"--log-level", "debug")
+		"--log-level", "debug"}, l.agentFlags...)
+	l.agent = l.start("agent", argv...)
 	waitHTTP(l.t, "http://"+l.agMetrics+"/healthz")
 }
 
@@ -300,4 +303,31 @@ func (l *lab) status() map[string]any {
 		l.t.Fatalf("status json: %v\n%s", err, out)
 	}
 	return st
+}
+
+// agentMetrics scrapes the agent's /metrics into series (name{labels}) and
+// values.
+func (l *lab) agentMetrics() (map[string]float64, error) {
+	resp, err := http.Get("http://" + l.agMetrics + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]float64{}
+	for _, line := range strings.Split(string(body), "\n") {
+		i := strings.LastIndexByte(line, ' ')
+		if line == "" || line[0] == '#' || i < 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			return nil, fmt.Errorf("metrics line %q: %w", line, err)
+		}
+		out[line[:i]] = v
+	}
+	return out, nil
 }

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,21 +17,22 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/detourdev/detour/internal/echo"
 	"github.com/detourdev/detour/pkg/redirect/match"
 )
 
-// grpcBackend is a gRPC TestService that names itself in a response header
-// and trailer of every call, and in payloads where there is one.
+// grpcBackend is the lab echo server's gRPC TestService (echo.GRPCService),
+// which names itself in a response header and trailer of every call, and in
+// payloads where there is one.
 type grpcBackend struct {
-	testgrpc.UnimplementedTestServiceServer
-	name      string
-	addr      string
-	cancelled atomic.Int64 // endless server streams that saw the client cancel
+	*echo.GRPCService
+	addr string
 }
 
-var _ testgrpc.TestServiceServer = (*grpcBackend)(nil)
+const maxGRPCMsg = echo.MaxGRPCMessageSize
 
-const maxGRPCMsg = 32 << 20
+// podKey is the metadata key, in header and trailer, naming the backend.
+const podKey = echo.PodMetadataKey
 
 func newGRPCBackend(t *testing.T, name string) *grpcBackend {
 	t.Helper()
@@ -40,98 +40,11 @@ func newGRPCBackend(t *testing.T, name string) *grpcBackend {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := &grpcBackend{name: name, addr: ln.Addr().String()}
-	s := grpc.NewServer(grpc.MaxRecvMsgSize(maxGRPCMsg), grpc.MaxSendMsgSize(maxGRPCMsg))
-	testgrpc.RegisterTestServiceServer(s, b)
+	b := &grpcBackend{GRPCService: echo.NewGRPCService(name), addr: ln.Addr().String()}
+	s := echo.NewGRPCServer(b.GRPCService)
 	go s.Serve(ln)
 	t.Cleanup(s.Stop)
 	return b
-}
-
-func (b *grpcBackend) tag(set func(metadata.MD) error, setTrailer func(metadata.MD)) {
-	set(metadata.Pairs("backend", b.name))
-	setTrailer(metadata.Pairs("backend-trailer", b.name))
-}
-
-func (b *grpcBackend) tagCtx(ctx context.Context) {
-	grpc.SetHeader(ctx, metadata.Pairs("backend", b.name))
-	grpc.SetTrailer(ctx, metadata.Pairs("backend-trailer", b.name))
-}
-
-func (b *grpcBackend) EmptyCall(ctx context.Context, _ *testgrpc.Empty) (*testgrpc.Empty, error) {
-	b.tagCtx(ctx)
-	return &testgrpc.Empty{}, nil
-}
-
-func (b *grpcBackend) UnaryCall(ctx context.Context, req *testgrpc.SimpleRequest) (*testgrpc.SimpleResponse, error) {
-	b.tagCtx(ctx)
-	if s := req.GetResponseStatus(); s != nil {
-		return nil, status.Error(codes.Code(s.Code), s.Message)
-	}
-	body := req.GetPayload().GetBody()
-	return &testgrpc.SimpleResponse{
-		Hostname: b.name,
-		Username: fmt.Sprintf("%d %s", len(body), sum(body)),
-		Payload:  &testgrpc.Payload{Body: payload(int(req.ResponseSize))},
-	}, nil
-}
-
-// StreamingOutputCall sends one message per response parameter, or, with
-// none, one every few milliseconds until the client cancels.
-func (b *grpcBackend) StreamingOutputCall(req *testgrpc.StreamingOutputCallRequest, s testgrpc.TestService_StreamingOutputCallServer) error {
-	b.tag(s.SetHeader, s.SetTrailer)
-	msg := &testgrpc.StreamingOutputCallResponse{Payload: &testgrpc.Payload{Body: []byte(b.name)}}
-	if len(req.ResponseParameters) == 0 {
-		for {
-			if err := s.Send(msg); err != nil {
-				return err
-			}
-			select {
-			case <-s.Context().Done():
-				b.cancelled.Add(1)
-				return s.Context().Err()
-			case <-time.After(5 * time.Millisecond):
-			}
-		}
-	}
-	for range req.ResponseParameters {
-		if err := s.Send(msg); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func (b *grpcBackend) StreamingInputCall(s testgrpc.TestService_StreamingInputCallServer) error {
-	b.tag(s.SetHeader, s.SetTrailer)
-	var n int32
-	for {
-		req, err := s.Recv()
-		if errors.Is(err, io.EOF) {
-			return s.SendAndClose(&testgrpc.StreamingInputCallResponse{AggregatedPayloadSize: n})
-		}
-		if err != nil {
-			return err
-		}
-		n += int32(len(req.GetPayload().GetBody()))
-	}
-}
-
-func (b *grpcBackend) FullDuplexCall(s testgrpc.TestService_FullDuplexCallServer) error {
-	b.tag(s.SetHeader, s.SetTrailer)
-	for {
-		req, err := s.Recv()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		body := append([]byte(b.name+":"), req.GetPayload().GetBody()...)
-		if err := s.Send(&testgrpc.StreamingOutputCallResponse{Payload: &testgrpc.Payload{Body: body}}); err != nil {
-			return err
-		}
-	}
 }
 
 func withSession(ctx context.Context, s string) context.Context {
@@ -184,7 +97,7 @@ func TestGRPC(t *testing.T) {
 			if res.Hostname != want {
 				return fmt.Errorf("answered by %s", res.Hostname)
 			}
-			return errors.Join(checkMD(hdr, "backend", want), checkMD(tr, "backend-trailer", want))
+			return errors.Join(checkMD(hdr, podKey, want), checkMD(tr, podKey, want))
 		},
 		"server streaming": func(ctx context.Context, want string) error {
 			s, err := client.StreamingOutputCall(ctx, &testgrpc.StreamingOutputCallRequest{ResponseParameters: make([]*testgrpc.ResponseParameters, 3)})
@@ -209,7 +122,7 @@ func TestGRPC(t *testing.T) {
 			if n != 3 {
 				return fmt.Errorf("%d messages, want 3", n)
 			}
-			return errors.Join(checkMD(hdr, "backend", want), checkMD(s.Trailer(), "backend-trailer", want))
+			return errors.Join(checkMD(hdr, podKey, want), checkMD(s.Trailer(), podKey, want))
 		},
 		"client streaming": func(ctx context.Context, want string) error {
 			s, err := client.StreamingInputCall(ctx)
@@ -229,7 +142,7 @@ func TestGRPC(t *testing.T) {
 			if res.AggregatedPayloadSize != 3000 {
 				return fmt.Errorf("aggregated %d, want 3000", res.AggregatedPayloadSize)
 			}
-			return errors.Join(checkMD(hdr, "backend", want), checkMD(s.Trailer(), "backend-trailer", want))
+			return errors.Join(checkMD(hdr, podKey, want), checkMD(s.Trailer(), podKey, want))
 		},
 		"bidi": func(ctx context.Context, want string) error {
 			s, err := client.FullDuplexCall(ctx)
@@ -253,7 +166,7 @@ func TestGRPC(t *testing.T) {
 			if _, err := s.Recv(); !errors.Is(err, io.EOF) {
 				return fmt.Errorf("after CloseSend: %v", err)
 			}
-			return checkMD(s.Trailer(), "backend-trailer", want)
+			return checkMD(s.Trailer(), podKey, want)
 		},
 	}
 
@@ -282,7 +195,7 @@ func TestGRPC(t *testing.T) {
 			if _, err := client.EmptyCall(withSession(ctx, tc.session), &testgrpc.Empty{}, grpc.Header(&hdr)); err != nil {
 				t.Fatal(err)
 			}
-			if err := checkMD(hdr, "backend", tc.want); err != nil {
+			if err := checkMD(hdr, podKey, tc.want); err != nil {
 				t.Errorf("EmptyCall, session %q: %v", tc.session, err)
 			}
 		}
@@ -301,7 +214,11 @@ func TestGRPC(t *testing.T) {
 		if want := fmt.Sprintf("%d %s", size, sum(data)); res.Hostname != "bob" || res.Username != want {
 			t.Fatalf("from %s: %q, want %q", res.Hostname, res.Username, want)
 		}
-		if got := res.Payload.Body; len(got) != 7<<20 || sum(got) != sum(payload(7<<20)) {
+		want, err := io.ReadAll(io.LimitReader(echo.Stream(0), 7<<20))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := res.Payload.Body; len(got) != 7<<20 || sum(got) != sum(want) {
 			t.Fatalf("response payload of %d bytes, corrupted", len(got))
 		}
 	})
@@ -317,7 +234,7 @@ func TestGRPC(t *testing.T) {
 			if st.Code() != codes.NotFound || st.Message() != msg {
 				t.Fatalf("session %q: got %v, want NotFound %q", s, err, msg)
 			}
-			if err := checkMD(tr, "backend-trailer", wantBackend(s)); err != nil {
+			if err := checkMD(tr, podKey, wantBackend(s)); err != nil {
 				t.Errorf("session %q: %v", s, err)
 			}
 		}
@@ -362,7 +279,7 @@ func TestGRPC(t *testing.T) {
 			break
 		}
 		eventually(t, 5*time.Second, func() error {
-			if alice.cancelled.Load() != 1 {
+			if alice.Cancelled() != 1 {
 				return errors.New("the cancellation did not reach alice's server")
 			}
 			return nil
