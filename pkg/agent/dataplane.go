@@ -43,12 +43,67 @@ func (k portKey) String() string { return fmt.Sprintf("%s:%d (%s)", k.addr, k.po
 type port struct {
 	ln    *net.TCPListener
 	proxy *proxy.Proxy
+	obs   *portObserver
 }
 
-// counters are one intercept's request counts on this node.
+// counters are one intercept's request counts on this node, and its
+// Prometheus series.
 type counters struct {
 	matched   atomic.Uint64
 	fallbacks atomic.Uint64
+	metrics   *requestMetrics
+}
+
+func (c *counters) count(o proxy.Outcome, dur time.Duration) {
+	c.metrics.observe(o, dur)
+	switch o {
+	case proxy.OutcomeMatched:
+		c.matched.Add(1)
+	case proxy.OutcomeFallback:
+		c.fallbacks.Add(1)
+	}
+}
+
+// portObserver counts the requests of one port's router. It is given the
+// counters of the port's intercepts whenever its routes are set, so a
+// request finds them with a pointer load and a short scan, without the
+// dataplane's lock (which Reports holds while it reads BPF maps).
+type portObserver struct {
+	d      *dataplane
+	routes atomic.Pointer[[]routeCounters]
+}
+
+type routeCounters struct {
+	intercept string
+	c         *counters
+}
+
+func (po *portObserver) Request(id string, o proxy.Outcome, dur time.Duration) {
+	if id == "" {
+		po.d.m.unmatched.observe(o, dur)
+		return
+	}
+	if rs := po.routes.Load(); rs != nil {
+		for i := range *rs {
+			if r := &(*rs)[i]; r.intercept == id {
+				r.c.count(o, dur)
+				return
+			}
+		}
+	}
+	// Routed by routes replaced since: find the intercept the slow way.
+	po.d.observe(id, o, dur)
+}
+
+// setRoutes gives po the counters of routes' intercepts; d.mu is held.
+func (po *portObserver) setRoutes(routes []proxy.Route) {
+	rs := make([]routeCounters, 0, len(routes))
+	for _, r := range routes {
+		if c := po.d.counters[r.Intercept]; c != nil {
+			rs = append(rs, routeCounters{intercept: r.Intercept, c: c})
+		}
+	}
+	po.routes.Store(&rs)
 }
 
 // dataplane turns assignments into steering and routers, and removes what is
@@ -140,6 +195,18 @@ func (d *dataplane) Apply(assignments []*detourv1.Assignment) {
 		}
 	}
 
+	// Counters first: the routes set below reach them without the lock.
+	for id := range d.counters {
+		if _, ok := targets[id]; !ok {
+			delete(d.counters, id)
+		}
+	}
+	for id := range targets {
+		if d.counters[id] == nil {
+			d.counters[id] = &counters{metrics: d.m.forIntercept(id)}
+		}
+	}
+
 	for k, p := range d.ports {
 		if _, ok := want[k]; !ok {
 			d.removePort(k, p)
@@ -157,19 +224,10 @@ func (d *dataplane) Apply(assignments []*detourv1.Assignment) {
 				continue
 			}
 		}
+		p.obs.setRoutes(dp.routes)
 		p.proxy.SetRoutes(dp.routes)
 	}
 
-	for id := range d.counters {
-		if _, ok := targets[id]; !ok {
-			delete(d.counters, id)
-		}
-	}
-	for id := range targets {
-		if d.counters[id] == nil {
-			d.counters[id] = &counters{}
-		}
-	}
 	d.targets, d.errs = targets, errs
 	d.m.intercepts.Set(float64(len(targets)))
 	d.m.steeredPorts.Set(float64(len(d.ports)))
@@ -223,10 +281,11 @@ func (d *dataplane) addPort(k portKey, app string) (_ *port, err error) {
 	}
 	tl := ln.(*net.TCPListener)
 	dialer := &netns.Dialer{Path: k.netns}
+	obs := &portObserver{d: d}
 	px := proxy.New(proxy.Config{
 		App:      app,
 		Dial:     dialer.DialContext,
-		Observer: observerFunc(d.observe),
+		Observer: obs,
 		Logger:   d.log.With("port", k.String()),
 		Relay:    d.relay,
 	})
@@ -237,7 +296,7 @@ func (d *dataplane) addPort(k portKey, app string) (_ *port, err error) {
 		_ = px.Close()
 		return nil, fmt.Errorf("steer port: %w", err)
 	}
-	p := &port{ln: tl, proxy: px}
+	p := &port{ln: tl, proxy: px, obs: obs}
 	d.ports[k] = p
 	d.log.Info("steering pod port to the agent", "port", k.String())
 	return p, nil
@@ -271,27 +330,17 @@ func (d *dataplane) unref(ns string) {
 	}
 }
 
-type observerFunc func(string, proxy.Outcome, time.Duration)
-
-func (f observerFunc) Request(id string, o proxy.Outcome, dur time.Duration) { f(id, o, dur) }
-
+// observe counts a request of intercept id that its port's observer does
+// not know (any more): the intercept's counters are looked up under the lock.
 func (d *dataplane) observe(id string, o proxy.Outcome, dur time.Duration) {
-	d.m.observe(id, o, dur)
-	if id == "" {
-		return
-	}
 	d.mu.Lock()
 	c := d.counters[id]
 	d.mu.Unlock()
 	if c == nil {
+		d.m.observe(id, o, dur)
 		return
 	}
-	switch o {
-	case proxy.OutcomeMatched:
-		c.matched.Add(1)
-	case proxy.OutcomeFallback:
-		c.fallbacks.Add(1)
-	}
+	c.count(o, dur)
 }
 
 // Reports returns what each applied intercept looks like on this node.

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,6 +21,27 @@ type metrics struct {
 	syncConnected  prometheus.Gauge
 	syncReconnects prometheus.Counter
 	syncEvents     *prometheus.CounterVec
+
+	// Resolved children of requests and latency, for the per-request path.
+	unmatched *requestMetrics                                    // intercept ""
+	latencyOf [len(outcomes)]atomic.Pointer[prometheus.Observer] // by outcomeIndex
+}
+
+// outcomes are the outcomes a router reports, in outcomeIndex order.
+var outcomes = [...]proxy.Outcome{proxy.OutcomeMatched, proxy.OutcomeUnmatched, proxy.OutcomePassthrough, proxy.OutcomeFallback}
+
+func outcomeIndex(o proxy.Outcome) int {
+	switch o {
+	case proxy.OutcomeMatched:
+		return 0
+	case proxy.OutcomeUnmatched:
+		return 1
+	case proxy.OutcomePassthrough:
+		return 2
+	case proxy.OutcomeFallback:
+		return 3
+	}
+	return -1
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -64,11 +86,54 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	reg.MustRegister(m.requests, m.latency, m.intercepts, m.attachments, m.steeredPorts,
 		m.bpfErrors, m.syncConnected, m.syncReconnects, m.syncEvents)
+	m.unmatched = m.forIntercept("")
 	return m
 }
 
-// observe records one routed request.
+// observe records one routed request, looking its series up by label; the
+// per-request path uses requestMetrics instead.
 func (m *metrics) observe(intercept string, o proxy.Outcome, d time.Duration) {
 	m.requests.WithLabelValues(intercept, string(o)).Inc()
 	m.latency.WithLabelValues(string(o)).Observe(d.Seconds())
+}
+
+// requestMetrics are the series one intercept's requests count in (or the
+// requests no intercept took, for intercept ""), each resolved once, on
+// first use, and then kept: WithLabelValues hashes the labels and locks the
+// vector, too much for every request. Resolving on first use rather than up
+// front keeps the exported series as they were: a series appears once a
+// request was counted in it.
+type requestMetrics struct {
+	m         *metrics
+	intercept string
+	requests  [len(outcomes)]atomic.Pointer[prometheus.Counter]
+}
+
+func (m *metrics) forIntercept(intercept string) *requestMetrics {
+	return &requestMetrics{m: m, intercept: intercept}
+}
+
+// observe is metrics.observe for r's intercept: atomic adds once resolved.
+func (r *requestMetrics) observe(o proxy.Outcome, d time.Duration) {
+	i := outcomeIndex(o)
+	if i < 0 {
+		r.m.observe(r.intercept, o, d)
+		return
+	}
+	c := r.requests[i].Load()
+	if c == nil {
+		// Racing resolutions store the same child: the vector has one per
+		// label set.
+		cc := r.m.requests.WithLabelValues(r.intercept, string(o))
+		c = &cc
+		r.requests[i].Store(c)
+	}
+	(*c).Inc()
+	h := r.m.latencyOf[i].Load()
+	if h == nil {
+		hh := r.m.latency.WithLabelValues(string(o))
+		h = &hh
+		r.m.latencyOf[i].Store(h)
+	}
+	(*h).Observe(d.Seconds())
 }

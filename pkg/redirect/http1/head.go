@@ -109,6 +109,13 @@ type headers struct {
 // Header returns the values of the named field joined with ", " and whether
 // it is present; name is compared case-insensitively.
 func (h *headers) Header(name string) (string, bool) {
+	v, n := h.HeaderBytes(name)
+	switch n {
+	case 0:
+		return "", false
+	case 1:
+		return string(v), true
+	}
 	var out []byte
 	found := false
 	for i := range h.fields {
@@ -116,14 +123,32 @@ func (h *headers) Header(name string) (string, bool) {
 		if !equalFold(f.name, name) {
 			continue
 		}
-		if !found {
-			found = true
-			out = append(out, f.value...)
+		if found {
+			out = append(out, ", "...)
+		}
+		found = true
+		out = append(out, f.value...)
+	}
+	return string(out), true
+}
+
+// HeaderBytes returns the value of the named field without copying it when
+// the field occurs once, and how often it occurs: 0, 1, or 2 for twice or
+// more (then value is nil and Header gives the values joined). value aliases
+// the parsed buffer and is valid only as long as it is. It implements
+// match.RawRequest, which lets a matcher compare values without allocating.
+func (h *headers) HeaderBytes(name string) (value []byte, n int) {
+	for i := range h.fields {
+		f := &h.fields[i]
+		if !equalFold(f.name, name) {
 			continue
 		}
-		out = append(append(out, ", "...), f.value...)
+		if n == 1 {
+			return nil, 2
+		}
+		value, n = f.value, 1
 	}
-	return string(out), found
+	return value, n
 }
 
 // Fields calls fn for each header field in order; the slices alias the
@@ -349,7 +374,7 @@ type Request struct {
 	Upgrade bool
 }
 
-var _ match.Request = (*Request)(nil)
+var _ match.RawRequest = (*Request)(nil)
 
 // ParseRequest parses the request head at the start of b and returns it with
 // the head's length. See Request.Parse.
@@ -490,28 +515,35 @@ func (r *Request) Target() string { return string(r.target) }
 // Path returns the target's path without query: for origin form the part
 // before '?', for absolute form the part after the authority ("/" if empty),
 // "*" for asterisk form, and "" for CONNECT's authority form.
-func (r *Request) Path() string {
+func (r *Request) Path() string { return string(r.PathBytes()) }
+
+// PathBytes is Path without copying: the result aliases the parsed buffer
+// (or is a shared constant) and must not be modified. It implements
+// match.RawRequest.
+func (r *Request) PathBytes() []byte {
 	t := r.target
 	if len(t) == 0 || t[0] != '/' {
 		if string(t) == "*" {
-			return "*"
+			return t
 		}
 		i := bytes.Index(t, []byte("://"))
 		if i < 0 {
-			return ""
+			return nil
 		}
 		t = t[i+3:]
 		j := bytes.IndexAny(t, "/?#")
 		if j < 0 || t[j] != '/' {
-			return "/"
+			return rootPath
 		}
 		t = t[j:]
 	}
 	if i := bytes.IndexAny(t, "?#"); i >= 0 {
 		t = t[:i]
 	}
-	return string(t)
+	return t
 }
+
+var rootPath = []byte("/")
 
 // HasBody reports whether a body follows the head.
 func (r *Request) HasBody() bool { return r.Chunked || r.ContentLength > 0 }

@@ -36,3 +36,18 @@ type Request interface {
 	// whether the field is present; name is compared case-insensitively.
 	Header(name string) (string, bool)
 }
+
+// RawRequest is a Request that can also show its path and single header
+// values as bytes it already holds, so a Matcher compares them without
+// copying: on the data path every routed request is matched. Matching only
+// reads the slices, and only during the call to Match.
+type RawRequest interface {
+	Request
+	// PathBytes is Path as bytes.
+	PathBytes() []byte
+	// HeaderBytes returns the value of the named field (name compared
+	// case-insensitively) when it occurs exactly once, and how often it
+	// occurs: 0, 1, or 2 for twice or more, when value is not given and
+	// the matcher asks Header for the values joined.
+	HeaderBytes(name string) (value []byte, n int)
+}

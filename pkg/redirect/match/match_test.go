@@ -18,6 +18,20 @@ func (r req) Header(name string) (string, bool) {
 	return strings.Join(v, ", "), ok
 }
 
+// rawReq is req seen through RawRequest, as the HTTP/1 parser offers it.
+type rawReq struct{ req }
+
+func (r rawReq) PathBytes() []byte { return []byte(r.path) }
+func (r rawReq) HeaderBytes(name string) ([]byte, int) {
+	switch v := r.headers[strings.ToLower(name)]; len(v) {
+	case 0:
+		return nil, 0
+	case 1:
+		return []byte(v[0]), 1
+	}
+	return nil, 2
+}
+
 func h(kv ...string) map[string][]string {
 	m := map[string][]string{}
 	for i := 0; i < len(kv); i += 2 {
@@ -91,7 +105,16 @@ func TestMatch(t *testing.T) {
 		{"baggage member", []Condition{{Kind: Baggage, Name: "k", Value: "v"}}, req{headers: h("baggage", "j=1,k=v")}, true},
 		{"baggage across headers", []Condition{{Kind: Baggage, Name: "k", Value: "v"}}, req{headers: h("baggage", "j=1", "baggage", "k=v")}, true},
 		{"baggage first wins", []Condition{{Kind: Baggage, Name: "k", Value: "w"}}, req{headers: h("baggage", "k=v,k=w")}, false},
+		{"session baggage across headers", []Condition{{Kind: Session, Value: "alice"}}, req{headers: h("baggage", "a=1", "baggage", "detour-session=alice")}, true},
+		{"session baggage bad encoding skipped", []Condition{{Kind: Session, Value: "alice"}}, req{headers: h("baggage", "detour-session=%zz,detour-session=alice")}, true},
+		{"header prefix combined", []Condition{{Kind: HeaderPrefix, Name: "x-b", Value: "ab, c"}}, req{headers: h("x-b", "ab", "x-b", "cd")}, true},
+		{"header prefix longer than value", []Condition{{Kind: HeaderPrefix, Name: "x-b", Value: "abcd"}}, req{headers: h("x-b", "abc")}, false},
+		{"header regex combined", []Condition{{Kind: HeaderRegex, Name: "x", Value: "^a, b$"}}, req{headers: h("x", "a", "x", "b")}, true},
+		{"baggage encoded", []Condition{{Kind: Baggage, Name: "k", Value: "A,"}}, req{headers: h("baggage", "k=%41%2c")}, true},
+		{"baggage encoded longer", []Condition{{Kind: Baggage, Name: "k", Value: "A"}}, req{headers: h("baggage", "k=%41%2c")}, false},
+		{"baggage absent", []Condition{{Kind: Baggage, Name: "k", Value: "v"}}, req{}, false},
 		{"path", []Condition{{Kind: PathExact, Value: "/x"}}, req{path: "/x"}, true},
+		{"path empty", []Condition{{Kind: PathExact, Value: "/x"}}, req{}, false},
 		{"path prefix", []Condition{{Kind: PathPrefix, Value: "/api"}}, req{path: "/api/v1"}, true},
 		{"path prefix no", []Condition{{Kind: PathPrefix, Value: "/api"}}, req{path: "/ap"}, false},
 		{"method", []Condition{{Kind: Method, Value: "POST"}}, req{method: "POST"}, true},
@@ -106,6 +129,9 @@ func TestMatch(t *testing.T) {
 			}
 			if got := m.Match(tc.req); got != tc.want {
 				t.Fatalf("Match = %v, want %v", got, tc.want)
+			}
+			if got := m.Match(rawReq{tc.req}); got != tc.want {
+				t.Fatalf("Match through RawRequest = %v, want %v", got, tc.want)
 			}
 		})
 	}
@@ -328,4 +354,70 @@ func mustCompile(t *testing.T, c []Condition) *Matcher {
 		t.Fatal(err)
 	}
 	return m
+}
+
+// baggageMemberBefore is BaggageMember as it was before baggageRaw, kept to
+// check that matching on bytes did not change what a member is.
+func baggageMemberBefore(header, key string) (string, bool) {
+	for header != "" {
+		var member string
+		if i := strings.IndexByte(header, ','); i >= 0 {
+			member, header = header[:i], header[i+1:]
+		} else {
+			member, header = header, ""
+		}
+		if i := strings.IndexByte(member, ';'); i >= 0 {
+			member = member[:i]
+		}
+		k, v, found := strings.Cut(member, "=")
+		if !found {
+			continue
+		}
+		k, v = strings.Trim(k, " \t"), strings.Trim(v, " \t")
+		if !IsToken(k) || k != key {
+			continue
+		}
+		ok := true
+		for i := 0; i < len(v); i++ {
+			ok = ok && isBaggageOctet(v[i])
+		}
+		if !ok {
+			continue
+		}
+		if d, ok := percentDecode(v); ok {
+			return d, true
+		}
+	}
+	return "", false
+}
+
+func FuzzBaggageRaw(f *testing.F) {
+	for _, s := range []string{"k=v", "a=1, k = al%20ice;p", "k=%zz,k=ok", ",,=;", "k=%", "k=%4", "k=v;a=b;c, k = w ", "\tk\t=\tv%41\t"} {
+		f.Add(s, "k", "v")
+	}
+	f.Fuzz(func(t *testing.T, header, key, want string) {
+		before, okBefore := baggageMemberBefore(header, key)
+		got, ok := BaggageMember(header, key)
+		if got != before || ok != okBefore {
+			t.Fatalf("BaggageMember(%q, %q) = %q, %v; before %q, %v", header, key, got, ok, before, okBefore)
+		}
+		raw, ok := baggageRaw([]byte(header), key)
+		if ok != okBefore {
+			t.Fatalf("baggageRaw(%q, %q) found %v, before %v", header, key, ok, okBefore)
+		}
+		if ok && decodedEqual(raw, want) != (before == want) {
+			t.Fatalf("decodedEqual(%q, %q) = %v, decoded is %q", raw, want, !(before == want), before)
+		}
+		if ok && !decodedEqual(raw, before) {
+			t.Fatalf("decodedEqual(%q, %q) = false", raw, before)
+		}
+		m, err := Compile([]Condition{{Kind: Baggage, Name: key, Value: want}})
+		if err != nil {
+			return
+		}
+		r := req{headers: h("baggage", header)}
+		if a, b := m.Match(r), m.Match(rawReq{r}); a != b || a != (okBefore && before == want) {
+			t.Fatalf("baggage %q=%q in %q: Match %v, through RawRequest %v, before %v", key, want, header, a, b, okBefore && before == want)
+		}
+	})
 }

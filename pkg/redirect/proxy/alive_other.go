@@ -4,5 +4,9 @@ package proxy
 
 import "net"
 
-// alive cannot probe without MSG_PEEK; failures surface on use instead.
-func alive(net.Conn) bool { return true }
+// prober cannot probe without MSG_PEEK; failures surface on use instead.
+type prober struct{}
+
+func newProber(net.Conn) *prober { return &prober{} }
+
+func (*prober) alive() bool { return true }

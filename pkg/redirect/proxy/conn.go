@@ -22,6 +22,7 @@ type client struct {
 	req  http1.Request
 	resp http1.Response
 	src  netip.Addr // the client's address, for source-restricted routes
+	up   *upConn    // the upstream connection of the last request, kept for the next (pool.go)
 }
 
 // ServeConn serves requests on c until it closes, ctx ends or the proxy
@@ -48,6 +49,7 @@ func (p *Proxy) ServeConn(ctx context.Context, c net.Conn) {
 		cl.relay(rt)
 	} else {
 		cl.serve()
+		cl.release()
 	}
 
 	c.Close()
@@ -117,13 +119,16 @@ func (cl *client) exchange(n int) bool {
 	method := req.Method()
 	keepAlive, expect := req.KeepAlive, req.Expect100
 	chunked, length, hasBody := req.Chunked, req.ContentLength, req.HasBody()
+	// A request that can be sent again if its upstream connection turns
+	// out dead (see the replay below) needs no liveness probe first.
+	retry := !hasBody && replayable(method)
 
 	intercept, outcome := "", OutcomeUnmatched
 	var up *upConn
 	if rt := p.route(req, cl.src); rt != nil {
 		intercept, outcome = rt.Intercept, OutcomeFallback
 		if !p.isDown(rt.Destination) {
-			uc, err := p.get(cl.ctx, rt.Destination)
+			uc, err := cl.upstream(rt.Destination, start, retry)
 			if err == nil {
 				up, outcome = uc, OutcomeMatched
 			} else {
@@ -134,7 +139,7 @@ func (cl *client) exchange(n int) bool {
 		}
 	}
 	if up == nil {
-		uc, err := p.get(cl.ctx, p.cfg.App)
+		uc, err := cl.upstream(p.cfg.App, start, retry)
 		if err != nil {
 			p.log.Warn("app unreachable", "app", p.cfg.App, "err", err)
 			cl.fail()
@@ -161,7 +166,7 @@ func (cl *client) exchange(n int) bool {
 		// may answer before (or while) it reads the body, and the
 		// client may wait for 100 Continue before sending it.
 		bodyDone = make(chan error, 1)
-		go func() {
+		go func(up *upConn) { // up as an argument: capturing it would move it to the heap on every request
 			var err error
 			if chunked {
 				_, err = http1.ForwardChunked(up.bufs.w, br)
@@ -175,18 +180,29 @@ func (cl *client) exchange(n int) bool {
 				up.c.Close() // unblocks the response reader
 			}
 			bodyDone <- err
-		}()
+		}(up)
 		if res.err == nil {
 			res = cl.forwardResponse(up, method)
 		}
 	} else {
 		res = cl.sendAndForward(up, method)
-		if res.err != nil && !res.forwarded && up.reused && replayable(method) {
-			// The pooled connection died between the liveness probe
-			// and the request: the upstream saw nothing, so send the
-			// head again on a fresh connection, as net/http does.
+		if res.err != nil && !res.forwarded && up.reused && retry {
+			// The reused connection was closed by the upstream while
+			// idle (usable did not probe it, or it died after the
+			// probe): the upstream saw nothing, so send the head again
+			// on a fresh connection, as net/http does.
+			addr := up.addr
 			up.close()
-			uc, err := p.dial(cl.ctx, up.addr)
+			uc, err := p.dial(cl.ctx, addr)
+			if err != nil && outcome == OutcomeMatched {
+				// The developer's pod died with the connection: the
+				// request falls back, as it would on a fresh dial.
+				p.log.Info("destination unreachable, falling back to the app",
+					"intercept", intercept, "destination", addr, "err", err)
+				p.markDown(addr)
+				outcome = OutcomeFallback
+				uc, err = p.dial(cl.ctx, p.cfg.App)
+			}
 			if err == nil {
 				up = uc
 				up.bufs.w.Write(head)
@@ -234,12 +250,13 @@ func (cl *client) exchange(n int) bool {
 		return false
 	}
 	reusable := bodyOK && keepAlive && res.keepAlive
+	end := time.Now()
 	if reusable && res.framing != http1.UntilClose {
-		p.put(up)
+		cl.keep(up, end)
 	} else {
 		up.close()
 	}
-	p.observe(intercept, outcome, start)
+	p.observeDuration(intercept, outcome, end.Sub(start))
 	return reusable
 }
 

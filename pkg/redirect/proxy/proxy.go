@@ -98,8 +98,9 @@ type Proxy struct {
 	mu     sync.Mutex
 	closed bool
 	conns  map[net.Conn]struct{} // every client and upstream conn, to close on Close
-	idle   map[string][]*upConn  // per address, oldest first
+	idle   map[string][]*upConn  // per address, mostly oldest first (pool.go)
 	down   map[string]time.Time  // destination -> skip until
+	downN  atomic.Int32          // len(down), read without mu: mostly nothing is down
 	wg     sync.WaitGroup        // ServeConn calls and the janitor
 	stop   chan struct{}         // closed by Close; stops the janitor
 	janny  bool                  // janitor started
@@ -256,6 +257,12 @@ func (p *Proxy) observe(intercept string, o Outcome, start time.Time) {
 	}
 }
 
+func (p *Proxy) observeDuration(intercept string, o Outcome, d time.Duration) {
+	if p.cfg.Observer != nil {
+		p.cfg.Observer.Request(intercept, o, d)
+	}
+}
+
 // route picks the first request route that admits the connection's source
 // and whose matcher selects r.
 func (p *Proxy) route(r match.Request, src netip.Addr) *Route {
@@ -288,12 +295,17 @@ func sourceOf(c net.Conn) netip.Addr {
 	return ap.Addr().Unmap()
 }
 
+// isDown tells whether addr failed a dial less than downFor ago. Every
+// matched request asks, so when nothing is down it answers without the lock.
 func (p *Proxy) isDown(addr string) bool {
+	if p.downN.Load() == 0 {
+		return false
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	until, ok := p.down[addr]
 	if ok && time.Now().After(until) {
-		delete(p.down, addr)
+		p.deleteDown(addr)
 		return false
 	}
 	return ok
@@ -301,12 +313,23 @@ func (p *Proxy) isDown(addr string) bool {
 
 func (p *Proxy) markDown(addr string) {
 	p.mu.Lock()
+	if _, ok := p.down[addr]; !ok {
+		p.downN.Add(1)
+	}
 	p.down[addr] = time.Now().Add(downFor)
 	p.mu.Unlock()
 }
 
 func (p *Proxy) markUp(addr string) {
 	p.mu.Lock()
-	delete(p.down, addr)
+	p.deleteDown(addr)
 	p.mu.Unlock()
+}
+
+// deleteDown forgets addr was down; p.mu is held.
+func (p *Proxy) deleteDown(addr string) {
+	if _, ok := p.down[addr]; ok {
+		delete(p.down, addr)
+		p.downN.Add(-1)
+	}
 }
