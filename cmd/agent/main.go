@@ -44,7 +44,7 @@ func run() error {
 	metricsAddr := fs.String("metrics-listen", "127.0.0.1:9471", "address for /metrics and /healthz")
 	stateFile := fs.String("state-file", "/var/lib/detour/agent-state.json", "where the last desired state is kept across restarts (empty: not kept)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	l4Relay := fs.String("l4-relay", "copy", "how L4 intercepts move bytes: copy (io.Copy, which uses splice(2)) or sockmap (SOCKHASH + sk_skb verdict in the kernel; slower on the machines measured, see docs/performance.md)")
+	l4Relay := fs.String("l4-relay", "copy", "how L4 intercepts move bytes: copy (io.Copy, which uses splice(2)) or sockmap (SOCKHASH + sk_skb verdict in the kernel; EXPERIMENTAL: slower here, and it duplicated bytes under load in the lab test, see docs/architecture.md)")
 	flowCgroup := fs.String("flow-metrics-cgroup", "auto", "cgroup v2 directory whose TCP flows feed the RTT and retransmit metrics (sockops): auto = the agent's own cgroup, off = none")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: detour-agent [flags]\n\nThe Detour node agent. Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN to enter pod network namespaces).\n\nFlags:\n")
