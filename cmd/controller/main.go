@@ -1,5 +1,5 @@
 // Command controller is Detour's control plane: it holds the intercepts in
-// a one-file store, serves the CLI and the node agents over gRPC, and turns
+// a one-file store or as Intercept custom resources in Kubernetes, serves the CLI and the node agents over gRPC, and turns
 // intercepts plus the node inventory into each node's desired state.
 package main
 
@@ -25,7 +25,6 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/detourdev/detour/pkg/controller"
-	"github.com/detourdev/detour/pkg/store"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -35,6 +34,8 @@ type options struct {
 	listen        string
 	metricsListen string
 	storePath     string
+	storeBackend  string
+	kubeconfig    string
 	inventoryPath string
 	logLevel      string
 	logFormat     string
@@ -46,14 +47,17 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:7070", "gRPC address for the CLI and the agents")
 	fs.StringVar(&o.metricsListen, "metrics-listen", "127.0.0.1:9470", "HTTP address serving /metrics and /healthz")
-	fs.StringVar(&o.storePath, "store", "/var/lib/detour/controller.db", "intercept store file (bbolt; created with its directory)")
+	fs.StringVar(&o.storeBackend, "store-backend", "bolt", "where intercepts are kept: bolt (the --store file) or kube (Intercept custom resources, which kubectl may also create, edit and delete)")
+	fs.StringVar(&o.storePath, "store", "/var/lib/detour/controller.db", "intercept store file for --store-backend=bolt (bbolt; created with its directory)")
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig for --store-backend=kube; empty means the in-cluster config when running in a pod, else $KUBECONFIG or ~/.kube/config")
 	fs.StringVar(&o.inventoryPath, "inventory", "/run/detour/lab/inventory.json", "lab inventory file, reread when it changes; while missing, the inventory is empty")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format on stderr: text or json")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), `Usage: controller [flags]
 
-Detour's controller: holds intercepts (leased, persisted in --store), serves
+Detour's controller: holds intercepts (leased; persisted in the --store file,
+or with --store-backend=kube as Intercept resources of the API server), serves
 the CLI (ControlService) and the node agents (AgentSyncService) over gRPC on
 --listen, and streams each node's desired state to its agent. Stops cleanly
 on SIGINT or SIGTERM.
@@ -64,6 +68,11 @@ Flags:
 	}
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	switch o.storeBackend {
+	case "bolt", "kube":
+	default:
+		return nil, fmt.Errorf("--store-backend %q: want bolt or kube", o.storeBackend)
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
@@ -112,7 +121,7 @@ func main() {
 // nothing: watch streams end (clients reconnect to the next controller),
 // in-flight calls finish, and the store closes last.
 func run(ctx context.Context, o *options, log *slog.Logger) error {
-	st, err := store.Open(o.storePath)
+	st, where, err := openStore(ctx, o)
 	if err != nil {
 		return err
 	}
@@ -172,7 +181,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	goRun("inventory", func() error { return inv.Run(ctx) })
 	goRun("leases", func() error { return srv.Run(ctx) })
 	log.Info("controller serving", "version", version, "grpc", grpcLis.Addr().String(),
-		"metrics", metricsLis.Addr().String(), "store", o.storePath, "inventory", o.inventoryPath)
+		"metrics", metricsLis.Addr().String(), "store", where, "inventory", o.inventoryPath)
 
 	<-ctx.Done()
 	log.Info("shutting down")

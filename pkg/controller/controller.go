@@ -75,6 +75,7 @@ type Server struct {
 	dsWatchers map[*dsWatcher]struct{}
 	agents     map[string]*agent                               // by node
 	reports    map[string]map[string]*detourv1.InterceptReport // node → intercept key → last report
+	rejected   map[string]*rejection                           // intercept key → version refused (see external.go)
 }
 
 // agent is what the controller knows of one node's agent.
@@ -114,16 +115,23 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		dsWatchers:   map[*dsWatcher]struct{}{},
 		agents:       map[string]*agent{},
 		reports:      map[string]map[string]*detourv1.InterceptReport{},
+		rejected:     map[string]*rejection{},
 	}
 	all, err := cfg.Store.List(ctx, "")
 	if err != nil {
 		return nil, fmt.Errorf("controller: load intercepts: %w", err)
 	}
-	for _, ic := range all {
-		s.intercepts[keyOf(ic.GetNamespace(), ic.GetName())] = ic
+	s.mu.Lock()
+	if _, ok := cfg.Store.(WatchingStore); ok {
+		// Anyone may have written these (kubectl): check them as Run
+		// checks later changes.
+		s.admitLoadedLocked(all)
+	} else {
+		for _, ic := range all {
+			s.intercepts[keyOf(ic.GetNamespace(), ic.GetName())] = ic
+		}
 	}
 	s.metrics.activeIntercepts.Set(float64(len(s.intercepts)))
-	s.mu.Lock()
 	s.reconcileLocked()
 	s.mu.Unlock()
 	s.log.Info("controller state loaded", "intercepts", len(all))
@@ -136,8 +144,17 @@ func (s *Server) RegisterServices(g grpc.ServiceRegistrar) {
 	detourv1.RegisterAgentSyncServiceServer(g, s)
 }
 
-// Run expires leases and follows inventory changes until ctx ends.
+// Run expires leases and follows inventory changes until ctx ends. When the
+// store is a WatchingStore, it also applies the changes others make to it.
 func (s *Server) Run(ctx context.Context) error {
+	var watchErr chan error
+	if w, ok := s.store.(WatchingStore); ok {
+		watchErr = make(chan error, 1)
+		wctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		defer func() { cancel(); <-done }()
+		go func() { defer close(done); watchErr <- s.runWatch(wctx, w) }()
+	}
 	for {
 		next := s.expireDue(ctx)
 		var wake <-chan time.Time
@@ -147,11 +164,17 @@ func (s *Server) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case err := <-watchErr:
+			if err != nil {
+				return err
+			}
+			watchErr = nil
 		case <-wake:
 		case <-s.leaseChanged:
 		case <-s.inv.Changed():
 			s.mu.Lock()
 			s.reconcileLocked()
+			s.retryRejectedLocked()
 			s.mu.Unlock()
 		}
 	}
@@ -215,6 +238,7 @@ func (s *Server) expireDue(ctx context.Context) time.Time {
 	if changed {
 		s.metrics.activeIntercepts.Set(float64(len(s.intercepts)))
 		s.reconcileLocked()
+		s.retryRejectedLocked()
 	}
 	return next
 }

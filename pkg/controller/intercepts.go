@@ -169,7 +169,11 @@ func (s *Server) checkOverlapLocked(ic *detourv1.Intercept, conds []match.Condit
 		keys = append(keys, k)
 	}
 	slices.Sort(keys) // report the same conflict every time
+	self := keyOf(ic.GetNamespace(), ic.GetName())
 	for _, k := range keys {
+		if k == self { // an edit does not overlap the version it replaces
+			continue
+		}
 		o := s.intercepts[k].GetSpec()
 		if o.GetServiceNamespace() != spec.GetServiceNamespace() || o.GetServiceName() != spec.GetServiceName() || o.GetPort() != spec.GetPort() {
 			continue
@@ -268,6 +272,7 @@ func (s *Server) DeleteIntercept(ctx context.Context, req *detourv1.DeleteInterc
 	s.publishLocked(detourv1.WatchInterceptsResponse_TYPE_DELETED, ic)
 	s.reconcileLocked()
 	s.leaseMoved()
+	s.retryRejectedLocked()
 	return &detourv1.DeleteInterceptResponse{}, nil
 }
 

@@ -18,6 +18,9 @@ type metrics struct {
 	deletes          *prometheus.CounterVec
 	renewals         *prometheus.CounterVec
 	expirations      *prometheus.CounterVec
+	// For intercepts written to the store by others (kubectl).
+	refusedIntercepts prometheus.Gauge
+	externalRefusals  *prometheus.CounterVec
 }
 
 // The values each result label can take, set up front so that every series
@@ -26,6 +29,7 @@ var (
 	createResults = []string{"ok", "invalid", "not_found", "exists", "conflict", "error"}
 	changeResults = []string{"ok", "invalid", "not_found", "error"} // delete, renew
 	expireResults = []string{"ok", "error"}
+	refuseResults = []string{"invalid", "conflict"}
 )
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -47,9 +51,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		deletes:     counter("intercept_deletes_total", "DeleteIntercept calls by result."),
 		renewals:    counter("intercept_renewals_total", "RenewIntercept calls by result."),
 		expirations: counter("intercept_expirations_total", "Intercepts removed because their lease ended, by result."),
+		refusedIntercepts: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "detour", Subsystem: "controller", Name: "intercepts_refused",
+			Help: "Intercepts in the store (written with kubectl, say) that the controller does not apply because they are invalid or overlap another.",
+		}),
+		externalRefusals: counter("external_intercept_refusals_total",
+			"Versions of intercepts written to the store by others that the controller refused, by result (invalid or conflict)."),
 	}
 	for v, rs := range map[*prometheus.CounterVec][]string{
 		m.creates: createResults, m.deletes: changeResults, m.renewals: changeResults, m.expirations: expireResults,
+		m.externalRefusals: refuseResults,
 	} {
 		for _, r := range rs {
 			v.WithLabelValues(r)
@@ -58,7 +69,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.activeIntercepts, m.connectedAgents, m.creates, m.deletes, m.renewals, m.expirations} {
+	for _, c := range []prometheus.Collector{m.activeIntercepts, m.connectedAgents, m.creates, m.deletes, m.renewals, m.expirations, m.refusedIntercepts, m.externalRefusals} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -1,0 +1,84 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/detourdev/detour/pkg/store"
+	"github.com/detourdev/detour/pkg/store/kube"
+)
+
+// fieldManager names the controller's writes to Intercept resources.
+const fieldManager = "detour-controller"
+
+// openStore opens the backend --store-backend names and says where it is,
+// for the log.
+func openStore(ctx context.Context, o *options) (store.Store, string, error) {
+	switch o.storeBackend {
+	case "", "bolt":
+		st, err := store.Open(o.storePath)
+		if err != nil {
+			return nil, "", err
+		}
+		return st, o.storePath, nil
+	case "kube":
+		cfg, where, err := kubeConfig(o.kubeconfig)
+		if err != nil {
+			return nil, "", err
+		}
+		st, err := kube.New(cfg, fieldManager)
+		if err != nil {
+			return nil, "", err
+		}
+		if err := checkCRD(ctx, st); err != nil {
+			_ = st.Close()
+			return nil, "", err
+		}
+		return st, "kube:" + where, nil
+	}
+	return nil, "", fmt.Errorf("--store-backend %q: want bolt or kube", o.storeBackend)
+}
+
+// kubeConfig builds the API server's client configuration: from path when
+// given, else in-cluster when running in a pod, else from $KUBECONFIG or
+// ~/.kube/config.
+func kubeConfig(path string) (*rest.Config, string, error) {
+	if path == "" && os.Getenv("KUBERNETES_SERVICE_HOST") != "" {
+		cfg, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, "", fmt.Errorf("in-cluster Kubernetes config: %w", err)
+		}
+		return cfg, cfg.Host, nil
+	}
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = path
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
+	if err != nil {
+		return nil, "", fmt.Errorf("kubeconfig: %w", err)
+	}
+	return cfg, cfg.Host, nil
+}
+
+// checkCRD fails clearly when the API server does not serve Intercepts,
+// rather than with the informer's endless retries.
+func checkCRD(ctx context.Context, st store.Store) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	_, err := st.List(ctx, "")
+	switch {
+	case err == nil:
+		return nil
+	case apierrors.IsNotFound(err):
+		return errors.New("the Intercept CRD (intercepts.detour.dev) is not installed: kubectl apply -f deploy/crds/")
+	case apierrors.IsForbidden(err):
+		return fmt.Errorf("not allowed to list intercepts.detour.dev in all namespaces (check the controller's RBAC): %w", err)
+	}
+	return fmt.Errorf("reach the Kubernetes API server: %w", err)
+}
