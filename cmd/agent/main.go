@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -45,6 +46,7 @@ func run() error {
 	stateFile := fs.String("state-file", "/var/lib/detour/agent-state.json", "where the last desired state is kept across restarts (empty: not kept)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	l4Relay := fs.String("l4-relay", "copy", "how L4 intercepts move bytes: copy (io.Copy, which uses splice(2)) or sockmap (SOCKHASH + sk_skb verdict in the kernel; EXPERIMENTAL: slower here, and it duplicated bytes under load in the lab test, see docs/architecture.md)")
+	cpuProfile := fs.String("cpu-profile", "", "write a CPU profile of the whole run to this file when the agent stops (for benchmarks)")
 	flowCgroup := fs.String("flow-metrics-cgroup", "auto", "cgroup v2 directory whose TCP flows feed the RTT and retransmit metrics (sockops): auto = the agent's own cgroup, off = none")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: detour-agent [flags]\n\nThe Detour node agent. Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN to enter pod network namespaces).\n\nFlags:\n")
@@ -55,6 +57,16 @@ func run() error {
 			return nil
 		}
 		os.Exit(2)
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {

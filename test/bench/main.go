@@ -58,7 +58,7 @@ func main() {
 	flag.StringVar(&c.subnet, "subnet", "10.219.0.0/24", "the bench lab's subnet")
 	flag.StringVar(&c.stateDir, "state-dir", "/run/detour/bench-lab", "the bench lab's state dir")
 	flag.BoolVar(&c.install, "install", true, "apt-get install wrk, nginx-light, nghttp2-client, iperf3 when missing")
-	flag.StringVar(&c.agentProfile, "agent-profile", "", "run the agent built from test/bench/agentprof, which writes a CPU profile to this file (numbers then include the profiler's cost)")
+	flag.StringVar(&c.agentProfile, "agent-profile", "", "run the agent with --cpu-profile FILE (numbers then include the profiler's cost)")
 	flag.IntVar(&c.slices, "slices", 5, "cut each measurement into this many interleaved slices (at least 1s each)")
 	flag.Float64Var(&c.agreeWithin, "agree", 0.10, "two rounds agree when every ratio differs by at most this fraction")
 	flag.Parse()
@@ -177,7 +177,7 @@ func run(ctx context.Context, c config) (err error) {
 	rep.Command = commandLine()
 	rep.AgentRSSMiB = agentRSS(b.agent)
 	if c.agentProfile != "" {
-		rep.Note = "agent ran with a CPU profiler (test/bench/agentprof): its numbers include the profiler's cost"
+		rep.Note = "agent ran with --cpu-profile: its numbers include the profiler's cost"
 	}
 	printReport(os.Stdout, rep)
 	if werr := writeJSON(c.out, rep); werr != nil {
@@ -266,12 +266,6 @@ func (b *bench) up(ctx context.Context) error {
 	agentArgs := []string{"--node", b.file.Node, "--controller", b.ctl, "--metrics-listen", b.metrics,
 		"--state-file", filepath.Join(b.tmp, "agent-state.json")}
 	if c.agentProfile != "" {
-		agentBin = filepath.Join(b.tmp, "detour-agent-prof")
-		build := exec.CommandContext(ctx, "go", "build", "-o", agentBin, "./test/bench/agentprof")
-		build.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := build.CombinedOutput(); err != nil {
-			return fmt.Errorf("build the profiling agent: %w\n%s", err, out)
-		}
 		prof, err := filepath.Abs(c.agentProfile)
 		if err != nil {
 			return err
@@ -280,7 +274,7 @@ func (b *bench) up(ctx context.Context) error {
 			return err
 		}
 		b.cfg.agentProfile = prof
-		agentArgs = append(agentArgs, "--cpuprofile", prof)
+		agentArgs = append(agentArgs, "--cpu-profile", prof)
 	}
 	agent, err := startProc("agent", filepath.Join(b.tmp, "agent.log"), append([]string{agentBin}, agentArgs...)...)
 	if err != nil {
