@@ -8,11 +8,8 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
-	"os"
 	"testing"
 	"time"
-
-	"github.com/vishvananda/netlink"
 
 	"github.com/detourdev/detour/internal/testutil"
 	"github.com/detourdev/detour/pkg/netns"
@@ -37,61 +34,8 @@ type testNet struct{ proxy, peers string }
 func newNet(tb testing.TB) *testNet {
 	tb.Helper()
 	n := &testNet{proxy: testutil.NewNetNS(tb), peers: testutil.NewNetNS(tb)}
-	pf, err := os.Open(n.peers)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer pf.Close()
-	err = netns.Do(n.proxy, func() error {
-		veth := &netlink.Veth{
-			LinkAttrs:     netlink.LinkAttrs{Name: "proxy0"},
-			PeerName:      "peer0",
-			PeerNamespace: netlink.NsFd(int(pf.Fd())),
-		}
-		if err := netlink.LinkAdd(veth); err != nil {
-			return fmt.Errorf("add veth: %w", err)
-		}
-		return linkUp("proxy0", proxyAddr)
-	})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := netns.Do(n.peers, func() error { return linkUp("peer0", peerAddr) }); err != nil {
-		tb.Fatal(err)
-	}
-	for _, ns := range []struct{ path, dev string }{{n.proxy, "proxy0"}, {n.peers, "peer0"}} {
-		testutil.Eventually(tb, within, func() error {
-			return netns.Do(ns.path, func() error {
-				l, err := netlink.LinkByName(ns.dev)
-				if err != nil {
-					return err
-				}
-				if st := l.Attrs().OperState; st != netlink.OperUp {
-					return fmt.Errorf("%s is %v", ns.dev, st)
-				}
-				return nil
-			})
-		})
-	}
+	testutil.Veth(tb, testutil.End{NetNS: n.proxy, Dev: "proxy0", Addr: proxyAddr}, testutil.End{NetNS: n.peers, Dev: "peer0", Addr: peerAddr})
 	return n
-}
-
-func linkUp(dev string, addr netip.Addr) error {
-	l, err := netlink.LinkByName(dev)
-	if err != nil {
-		return err
-	}
-	a, err := netlink.ParseAddr(addr.String() + "/24")
-	if err != nil {
-		return err
-	}
-	if err := netlink.AddrAdd(l, a); err != nil {
-		return fmt.Errorf("add %v to %s: %w", a, dev, err)
-	}
-	if err := netlink.LinkSetUp(l); err != nil {
-		return fmt.Errorf("set %s up: %w", dev, err)
-	}
-	return nil
 }
 
 // relayFunc is what the proxy does with an accepted client and the upstream

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/detourdev/detour/internal/testutil"
@@ -387,64 +386,11 @@ func newNet(t *testing.T) *testNet {
 	}
 	n.podIno = ino
 
-	cf, err := os.Open(n.client)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cf.Close()
-	err = netns.Do(n.pod, func() error {
-		veth := &netlink.Veth{
-			LinkAttrs:     netlink.LinkAttrs{Name: "pod0"},
-			PeerName:      "client0",
-			PeerNamespace: netlink.NsFd(int(cf.Fd())),
-		}
-		if err := netlink.LinkAdd(veth); err != nil {
-			return fmt.Errorf("add veth: %w", err)
-		}
-		return linkUp("pod0", podAddr)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := netns.Do(n.client, func() error { return linkUp("client0", clientAddr) }); err != nil {
-		t.Fatal(err)
-	}
-	for _, ns := range []struct{ path, dev string }{{n.pod, "pod0"}, {n.client, "client0"}} {
-		testutil.Eventually(t, within, func() error {
-			return netns.Do(ns.path, func() error {
-				l, err := netlink.LinkByName(ns.dev)
-				if err != nil {
-					return err
-				}
-				if st := l.Attrs().OperState; st != netlink.OperUp {
-					return fmt.Errorf("%s is %v", ns.dev, st)
-				}
-				return nil
-			})
-		})
-	}
+	testutil.Veth(t, testutil.End{NetNS: n.pod, Dev: "pod0", Addr: podAddr}, testutil.End{NetNS: n.client, Dev: "client0", Addr: clientAddr})
 
 	listen(t, n.pod, "tcp4", netip.AddrPortFrom(podAddr, steeredPort).String(), "app")
 	listen(t, n.pod, "tcp4", fmt.Sprintf("0.0.0.0:%d", otherPort), "app")
 	return n
-}
-
-func linkUp(dev string, addr netip.Addr) error {
-	l, err := netlink.LinkByName(dev)
-	if err != nil {
-		return err
-	}
-	a, err := netlink.ParseAddr(addr.String() + "/24")
-	if err != nil {
-		return err
-	}
-	if err := netlink.AddrAdd(l, a); err != nil {
-		return fmt.Errorf("add %v to %s: %w", a, dev, err)
-	}
-	if err := netlink.LinkSetUp(l); err != nil {
-		return fmt.Errorf("set %s up: %w", dev, err)
-	}
-	return nil
 }
 
 // listen serves name on a listener inside the namespace at path; the agent
