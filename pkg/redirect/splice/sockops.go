@@ -252,17 +252,7 @@ func (s *SockOps) Close() error {
 }
 
 // programID is the kernel's id of the loaded sock_ops program.
-func (s *SockOps) programID() (ebpf.ProgramID, error) {
-	info, err := s.objs.FlowSockops.Info()
-	if err != nil {
-		return 0, err
-	}
-	id, ok := info.ID()
-	if !ok {
-		return 0, errors.New("program id not available")
-	}
-	return id, nil
-}
+func (s *SockOps) programID() (ebpf.ProgramID, error) { return programIDOf(s.objs.FlowSockops) }
 
 // programExists reports whether the kernel still has the program with id.
 func programExists(id ebpf.ProgramID) (bool, error) {

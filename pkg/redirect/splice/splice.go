@@ -466,8 +466,12 @@ func (s *Splicer) Close() error {
 }
 
 // programID is the kernel's id of the loaded verdict program.
-func (s *Splicer) programID() (ebpf.ProgramID, error) {
-	info, err := s.objs.SpliceVerdict.Info()
+func (s *Splicer) programID() (ebpf.ProgramID, error) { return programIDOf(s.objs.SpliceVerdict) }
+
+// programIDOf is the kernel's id of a loaded program, so tests can ask the
+// kernel whether it is still there.
+func programIDOf(p *ebpf.Program) (ebpf.ProgramID, error) {
+	info, err := p.Info()
 	if err != nil {
 		return 0, err
 	}
