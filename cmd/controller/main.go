@@ -37,6 +37,7 @@ type options struct {
 	storeBackend  string
 	kubeconfig    string
 	inventoryPath string
+	inventoryFrom string
 	logLevel      string
 	logFormat     string
 }
@@ -50,7 +51,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.storeBackend, "store-backend", "bolt", "where intercepts are kept: bolt (the --store file) or kube (Intercept custom resources, which kubectl may also create, edit and delete)")
 	fs.StringVar(&o.storePath, "store", "/var/lib/detour/controller.db", "intercept store file for --store-backend=bolt (bbolt; created with its directory)")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig for --store-backend=kube; empty means the in-cluster config when running in a pod, else $KUBECONFIG or ~/.kube/config")
-	fs.StringVar(&o.inventoryPath, "inventory", "/run/detour/lab/inventory.json", "lab inventory file, reread when it changes; while missing, the inventory is empty")
+	fs.StringVar(&o.inventoryPath, "inventory", "/run/detour/lab/inventory.json", "lab inventory file for --inventory-source=file, reread when it changes; while missing, the inventory is empty")
+	fs.StringVar(&o.inventoryFrom, "inventory-source", "file", "where pods and services come from: file (the lab's --inventory) or kube (the API server of --kubeconfig, through informers)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format on stderr: text or json")
 	fs.Usage = func() {
@@ -73,6 +75,11 @@ Flags:
 	case "bolt", "kube":
 	default:
 		return nil, fmt.Errorf("--store-backend %q: want bolt or kube", o.storeBackend)
+	}
+	switch o.inventoryFrom {
+	case "file", "kube":
+	default:
+		return nil, fmt.Errorf("--inventory-source %q: want file or kube", o.inventoryFrom)
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
@@ -133,7 +140,10 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	inv := controller.NewFileInventory(o.inventoryPath, log.With("component", "inventory"))
+	inv, invWhere, err := openInventory(o, log.With("component", "inventory"))
+	if err != nil {
+		return err
+	}
 	srv, err := controller.New(ctx, controller.Config{
 		Store: st, Inventory: inv, Logger: log, Registerer: reg, Version: version,
 	})
@@ -181,7 +191,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	goRun("inventory", func() error { return inv.Run(ctx) })
 	goRun("leases", func() error { return srv.Run(ctx) })
 	log.Info("controller serving", "version", version, "grpc", grpcLis.Addr().String(),
-		"metrics", metricsLis.Addr().String(), "store", where, "inventory", o.inventoryPath)
+		"metrics", metricsLis.Addr().String(), "store", where, "inventory", invWhere)
 
 	<-ctx.Done()
 	log.Info("shutting down")

@@ -4,13 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/detourdev/detour/pkg/controller"
+	invkube "github.com/detourdev/detour/pkg/inventory/kube"
 	"github.com/detourdev/detour/pkg/store"
 	"github.com/detourdev/detour/pkg/store/kube"
 )
@@ -81,4 +85,27 @@ func checkCRD(ctx context.Context, st store.Store) error {
 		return fmt.Errorf("not allowed to list intercepts.detour.dev in all namespaces (check the controller's RBAC): %w", err)
 	}
 	return fmt.Errorf("reach the Kubernetes API server: %w", err)
+}
+
+// inventory is a source of pods and services that runs until ctx ends.
+type inventory interface {
+	controller.InventorySource
+	Run(ctx context.Context) error
+}
+
+// openInventory opens the source --inventory-source names and says where it
+// reads, for the log.
+func openInventory(o *options, log *slog.Logger) (inventory, string, error) {
+	if o.inventoryFrom != "kube" {
+		return controller.NewFileInventory(o.inventoryPath, log), o.inventoryPath, nil
+	}
+	cfg, where, err := kubeConfig(o.kubeconfig)
+	if err != nil {
+		return nil, "", err
+	}
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, "", fmt.Errorf("kubernetes client: %w", err)
+	}
+	return invkube.New(cs, invkube.Options{}), "kube:" + where, nil
 }
