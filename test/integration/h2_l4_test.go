@@ -88,7 +88,7 @@ func TestPrivilegedLabH2GRPCAndL4(t *testing.T) {
 		client, dials := l.grpcClient("i3-client", httpAddr)
 		var wg sync.WaitGroup
 		for round := range 3 {
-			for name, call := range grpcCalls {
+			for name, call := range echo.GRPCCalls {
 				for _, s := range []string{"alice", "bob", ""} {
 					wg.Go(func() {
 						if err := call(withSession(ctx, s), client, want[s]); err != nil {
@@ -108,7 +108,7 @@ func TestPrivilegedLabH2GRPCAndL4(t *testing.T) {
 			if st, _ := status.FromError(err); st.Code() != codes.NotFound || st.Message() != msg {
 				t.Errorf("session %q: status error arrived as %v, want NotFound %q", s, err, msg)
 			}
-			if err := onePod(tr, want[s]); err != nil {
+			if err := echo.OnePod(tr, want[s]); err != nil {
 				t.Errorf("session %q: status error trailer: %v", s, err)
 			}
 		}
@@ -250,10 +250,10 @@ func TestPrivilegedLabH2GRPCAndL4(t *testing.T) {
 			if _, err := client.EmptyCall(withSession(ctx, s), &testgrpc.Empty{}, grpc.Header(&hdr), grpc.Trailer(&tr)); err != nil {
 				t.Fatal(err)
 			}
-			if err := errors.Join(onePod(hdr, "i3-bob"), onePod(tr, "i3-bob")); err != nil {
+			if err := errors.Join(echo.OnePod(hdr, "i3-bob"), echo.OnePod(tr, "i3-bob")); err != nil {
 				t.Errorf("EmptyCall, session %q: %v", s, err)
 			}
-			for name, call := range grpcCalls {
+			for name, call := range echo.GRPCCalls {
 				if err := call(withSession(ctx, s), client, "i3-api"); err != nil {
 					t.Errorf("%s, session %q: %v", name, s, err)
 				}
@@ -336,7 +336,7 @@ func TestPrivilegedLabH2GRPCAndL4(t *testing.T) {
 		})
 		client, _ := l.grpcClient("i3-client2", httpAddr)
 		for _, s := range []string{"alice", ""} {
-			for name, call := range grpcCalls {
+			for name, call := range echo.GRPCCalls {
 				if err := call(withSession(ctx, s), client, "i3-api"); err != nil {
 					t.Errorf("after delete, %s, session %q: %v", name, s, err)
 				}
@@ -375,103 +375,6 @@ func withSession(ctx context.Context, s string) context.Context {
 		return ctx
 	}
 	return metadata.AppendToOutgoingContext(ctx, "x-detour-session", s)
-}
-
-// onePod checks that md names exactly the pod want.
-func onePod(md metadata.MD, want string) error {
-	if got := md.Get(echo.PodMetadataKey); len(got) != 1 || got[0] != want {
-		return fmt.Errorf("%s %v, want [%s]", echo.PodMetadataKey, got, want)
-	}
-	return nil
-}
-
-// grpcCalls are the four kinds of gRPC call, each checking that the pod
-// want answered it, in header, trailer and payload.
-var grpcCalls = map[string]func(ctx context.Context, c testgrpc.TestServiceClient, want string) error{
-	"unary": func(ctx context.Context, c testgrpc.TestServiceClient, want string) error {
-		var hdr, tr metadata.MD
-		body := []byte("hello " + want)
-		res, err := c.UnaryCall(ctx, &testgrpc.SimpleRequest{Payload: &testgrpc.Payload{Body: body}, ResponseSize: 1000},
-			grpc.Header(&hdr), grpc.Trailer(&tr))
-		if err != nil {
-			return err
-		}
-		sum := sha256.Sum256(body)
-		if res.Hostname != want || res.Username != fmt.Sprintf("%d %x", len(body), sum) || len(res.Payload.GetBody()) != 1000 {
-			return fmt.Errorf("answered by %q: %q, %d payload bytes", res.Hostname, res.Username, len(res.Payload.GetBody()))
-		}
-		return errors.Join(onePod(hdr, want), onePod(tr, want))
-	},
-	"server streaming": func(ctx context.Context, c testgrpc.TestServiceClient, want string) error {
-		s, err := c.StreamingOutputCall(ctx, &testgrpc.StreamingOutputCallRequest{ResponseParameters: make([]*testgrpc.ResponseParameters, 3)})
-		if err != nil {
-			return err
-		}
-		n := 0
-		for {
-			msg, err := s.Recv()
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			if err != nil {
-				return err
-			}
-			if string(msg.Payload.Body) != want {
-				return fmt.Errorf("message from %s", msg.Payload.Body)
-			}
-			n++
-		}
-		if n != 3 {
-			return fmt.Errorf("%d messages, want 3", n)
-		}
-		hdr, _ := s.Header()
-		return errors.Join(onePod(hdr, want), onePod(s.Trailer(), want))
-	},
-	"client streaming": func(ctx context.Context, c testgrpc.TestServiceClient, want string) error {
-		s, err := c.StreamingInputCall(ctx)
-		if err != nil {
-			return err
-		}
-		for range 3 {
-			if err := s.Send(&testgrpc.StreamingInputCallRequest{Payload: &testgrpc.Payload{Body: make([]byte, 1000)}}); err != nil {
-				return err
-			}
-		}
-		res, err := s.CloseAndRecv()
-		if err != nil {
-			return err
-		}
-		if res.AggregatedPayloadSize != 3000 {
-			return fmt.Errorf("aggregated %d, want 3000", res.AggregatedPayloadSize)
-		}
-		hdr, _ := s.Header()
-		return errors.Join(onePod(hdr, want), onePod(s.Trailer(), want))
-	},
-	"bidi": func(ctx context.Context, c testgrpc.TestServiceClient, want string) error {
-		s, err := c.FullDuplexCall(ctx)
-		if err != nil {
-			return err
-		}
-		for i := range 3 {
-			msg := fmt.Sprintf("m%d", i)
-			if err := s.Send(&testgrpc.StreamingOutputCallRequest{Payload: &testgrpc.Payload{Body: []byte(msg)}}); err != nil {
-				return err
-			}
-			res, err := s.Recv() // each answer before the next message: full duplex
-			if err != nil {
-				return err
-			}
-			if got := string(res.Payload.Body); got != want+":"+msg {
-				return fmt.Errorf("echo %q, want %q", got, want+":"+msg)
-			}
-		}
-		s.CloseSend()
-		if _, err := s.Recv(); !errors.Is(err, io.EOF) {
-			return fmt.Errorf("after CloseSend: %v", err)
-		}
-		hdr, _ := s.Header()
-		return errors.Join(onePod(hdr, want), onePod(s.Trailer(), want))
-	},
 }
 
 // tcpEcho talks to detour-echo's raw TCP echo at addr from the namespace

@@ -87,96 +87,13 @@ func TestGRPC(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
-	calls := map[string]func(ctx context.Context, want string) error{
-		"unary": func(ctx context.Context, want string) error {
-			var hdr, tr metadata.MD
-			res, err := client.UnaryCall(ctx, &testgrpc.SimpleRequest{Payload: &testgrpc.Payload{Body: []byte("hi")}}, grpc.Header(&hdr), grpc.Trailer(&tr))
-			if err != nil {
-				return err
-			}
-			if res.Hostname != want {
-				return fmt.Errorf("answered by %s", res.Hostname)
-			}
-			return errors.Join(checkMD(hdr, podKey, want), checkMD(tr, podKey, want))
-		},
-		"server streaming": func(ctx context.Context, want string) error {
-			s, err := client.StreamingOutputCall(ctx, &testgrpc.StreamingOutputCallRequest{ResponseParameters: make([]*testgrpc.ResponseParameters, 3)})
-			if err != nil {
-				return err
-			}
-			n := 0
-			for {
-				msg, err := s.Recv()
-				if errors.Is(err, io.EOF) {
-					break
-				}
-				if err != nil {
-					return err
-				}
-				if string(msg.Payload.Body) != want {
-					return fmt.Errorf("message from %s", msg.Payload.Body)
-				}
-				n++
-			}
-			hdr, _ := s.Header()
-			if n != 3 {
-				return fmt.Errorf("%d messages, want 3", n)
-			}
-			return errors.Join(checkMD(hdr, podKey, want), checkMD(s.Trailer(), podKey, want))
-		},
-		"client streaming": func(ctx context.Context, want string) error {
-			s, err := client.StreamingInputCall(ctx)
-			if err != nil {
-				return err
-			}
-			for range 3 {
-				if err := s.Send(&testgrpc.StreamingInputCallRequest{Payload: &testgrpc.Payload{Body: make([]byte, 1000)}}); err != nil {
-					return err
-				}
-			}
-			res, err := s.CloseAndRecv()
-			if err != nil {
-				return err
-			}
-			hdr, _ := s.Header()
-			if res.AggregatedPayloadSize != 3000 {
-				return fmt.Errorf("aggregated %d, want 3000", res.AggregatedPayloadSize)
-			}
-			return errors.Join(checkMD(hdr, podKey, want), checkMD(s.Trailer(), podKey, want))
-		},
-		"bidi": func(ctx context.Context, want string) error {
-			s, err := client.FullDuplexCall(ctx)
-			if err != nil {
-				return err
-			}
-			for i := range 3 {
-				msg := fmt.Sprintf("m%d", i)
-				if err := s.Send(&testgrpc.StreamingOutputCallRequest{Payload: &testgrpc.Payload{Body: []byte(msg)}}); err != nil {
-					return err
-				}
-				res, err := s.Recv() // each answer before the next message: full duplex
-				if err != nil {
-					return err
-				}
-				if got := string(res.Payload.Body); got != want+":"+msg {
-					return fmt.Errorf("echo %q, want %q", got, want+":"+msg)
-				}
-			}
-			s.CloseSend()
-			if _, err := s.Recv(); !errors.Is(err, io.EOF) {
-				return fmt.Errorf("after CloseSend: %v", err)
-			}
-			return checkMD(s.Trailer(), podKey, want)
-		},
-	}
-
 	t.Run("mixed calls on one connection", func(t *testing.T) {
 		var wg sync.WaitGroup
 		for round := range 3 {
-			for name, call := range calls {
+			for name, call := range echo.GRPCCalls {
 				for _, s := range []string{"alice", "bob", ""} {
 					wg.Go(func() {
-						if err := call(withSession(ctx, s), wantBackend(s)); err != nil {
+						if err := call(withSession(ctx, s), client, wantBackend(s)); err != nil {
 							t.Errorf("round %d, %s, session %q: %v", round, name, s, err)
 						}
 					})
@@ -246,7 +163,7 @@ func TestGRPC(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		echo := func(msg string) {
+		roundTrip := func(msg string) {
 			t.Helper()
 			if err := bidi.Send(&testgrpc.StreamingOutputCallRequest{Payload: &testgrpc.Payload{Body: []byte(msg)}}); err != nil {
 				t.Fatal(err)
@@ -255,7 +172,7 @@ func TestGRPC(t *testing.T) {
 				t.Fatalf("bidi: %v, %v", res, err)
 			}
 		}
-		echo("before")
+		roundTrip("before")
 
 		sctx, scancel := context.WithCancel(withSession(ctx, "alice"))
 		endless, err := client.StreamingOutputCall(sctx, &testgrpc.StreamingOutputCallRequest{})
@@ -284,9 +201,9 @@ func TestGRPC(t *testing.T) {
 			}
 			return nil
 		})
-		echo("after")
-		for name, call := range calls {
-			if err := call(ctx, "app"); err != nil {
+		roundTrip("after")
+		for name, call := range echo.GRPCCalls {
+			if err := call(ctx, client, "app"); err != nil {
 				t.Errorf("%s after the cancel: %v", name, err)
 			}
 		}
