@@ -34,10 +34,11 @@ say "building the pause and hello images"
 (
 	cd "$CLUSTER_DIR/k8sbuild"
 	export CGO_ENABLED=0 GOWORK=off GOTOOLCHAIN=local GOFLAGS="-mod=readonly -buildvcs=false"
-	go build -trimpath -ldflags "-s -w" -o "$STATE/images/" ./cmd/pause ./cmd/hello ./cmd/mkimage
+	go build -trimpath -ldflags "-s -w" -o "$STATE/images/" ./cmd/pause ./cmd/hello
 )
-"$STATE/images/mkimage" -bin "$STATE/images/pause" -tag detour.local/pause:1 -o "$STATE/images/pause.tar"
-"$STATE/images/mkimage" -bin "$STATE/images/hello" -tag detour.local/hello:1 -o "$STATE/images/hello.tar"
+(cd "$CLUSTER_DIR/../.." && CGO_ENABLED=0 go build -o "$STATE/images/mkimage" ./hack/mkimage)
+"$STATE/images/mkimage" -tag detour.local/pause:1 -o "$STATE/images/pause.tar" "$STATE/images/pause" >/dev/null
+"$STATE/images/mkimage" -tag detour.local/hello:1 -o "$STATE/images/hello.tar" "$STATE/images/hello" >/dev/null
 
 # --- what down.sh must put back ---
 for s in "${KERNEL_SYSCTLS[@]}"; do echo "$s $(cat "/proc/sys/$s")"; done >"$STATE/sysctl.before"
@@ -83,6 +84,7 @@ token() { head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
 declare -A TOKENS=(
 	[admin]=$(token) [kubelet]=$(token) [kube-proxy]=$(token)
 	[controller-manager]=$(token) [scheduler]=$(token)
+	[alice]=$(token) [mallory]=$(token)
 )
 cat >"$PKI/tokens.csv" <<EOF
 ${TOKENS[admin]},detour-admin,uid-admin,"system:masters"
@@ -90,6 +92,8 @@ ${TOKENS[kubelet]},system:node:$NODE_NAME,uid-node,"system:nodes"
 ${TOKENS[kube-proxy]},system:kube-proxy,uid-proxy
 ${TOKENS[controller-manager]},system:kube-controller-manager,uid-kcm
 ${TOKENS[scheduler]},system:kube-scheduler,uid-sched
+${TOKENS[alice]},dev-alice,uid-alice,"detour-e2e:developers"
+${TOKENS[mallory]},dev-mallory,uid-mallory,"detour-e2e:developers"
 EOF
 chmod 600 "$PKI/tokens.csv"
 kubeconfig() { # file token
