@@ -13,10 +13,10 @@ FUZZTIME ?= 30000x
 # What `make generate` writes; CI checks it matches the sources.
 GENERATED := '*_bpfel.go' '*_bpfel.o' '*.pb.go' 'zz_generated.*.go' 'pkg/generated' 'deploy/crds'
 
-.PHONY: help build generate check-generated test test-unit fuzz demo lint clean
+.PHONY: help build images generate check-generated test test-unit fuzz demo e2e lint clean
 
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
 
 build: ## build the binaries into bin/ (no clang needed: BPF objects are committed)
 	@mkdir -p $(BIN)
@@ -24,6 +24,13 @@ build: ## build the binaries into bin/ (no clang needed: BPF objects are committ
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/detour-agent ./cmd/agent
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/detour-controller ./cmd/controller
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/detour-echo ./cmd/echo
+
+IMAGE_TAG ?= dev
+images: build ## wrap the agent, controller and echo binaries in image tarballs in bin/images (no Docker: hack/mkimage)
+	@mkdir -p $(BIN)/images
+	$(GO) run ./hack/mkimage -tag detour.local/detour-agent:$(IMAGE_TAG) -o $(BIN)/images/detour-agent.tar $(BIN)/detour-agent
+	$(GO) run ./hack/mkimage -tag detour.local/detour-controller:$(IMAGE_TAG) -user 65532:65532 -o $(BIN)/images/detour-controller.tar $(BIN)/detour-controller
+	$(GO) run ./hack/mkimage -tag detour.local/detour-echo:$(IMAGE_TAG) -o $(BIN)/images/detour-echo.tar $(BIN)/detour-echo
 
 generate: ## rebuild the eBPF objects (pinned clang), the gRPC code (buf) and the Kubernetes API code and CRDs
 	@$(CLANG) --version | grep -q 'version $(CLANG_VERSION)' || { echo "generate needs $(CLANG) $(CLANG_VERSION) (apt-get install clang-19)"; exit 1; }
@@ -49,6 +56,9 @@ fuzz: ## run each fuzz target for FUZZTIME (default 30000x: executions)
 
 demo: build ## bring up the lab, intercept for alice and bob, send traffic, print who answered, tear down
 	bash test/demo/demo.sh
+
+e2e: ## Detour on a real single-node Kubernetes built here (as root; see test/e2e/run.sh): install, intercepts, RBAC, agent and pod restarts, uninstall
+	bash test/e2e/run.sh
 
 bench: build ## measure the data path (as root, ~5 min): ratios to direct and nginx; JSON to BENCH_OUT (default bench/out/results.json); BENCH_FLAGS=-h lists options
 	$(GO) run ./test/bench $(BENCH_FLAGS)
