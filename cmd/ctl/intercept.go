@@ -13,7 +13,6 @@ import (
 
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
 	"github.com/detourdev/detour/pkg/apiconv"
-	"github.com/detourdev/detour/pkg/inventory"
 	"github.com/detourdev/detour/pkg/redirect/match"
 )
 
@@ -23,9 +22,14 @@ func newInterceptCmd(g *globals) *cobra.Command {
 		Short: "Create, list, inspect, renew and delete intercepts",
 		Long: `An intercept sends the requests to a shared service's port that match its
 conditions (usually your session key) to your own pod; every other request
-reaches the shared service untouched.`,
+reaches the shared service untouched.
+
+An intercept lives in the namespace of its service: -n, else (through a
+cluster) the kubeconfig context's namespace, else "default".`,
 		Args: noArgs,
 	}
+	cmd.PersistentFlags().StringVarP(&g.namespace, "namespace", "n", "",
+		"`NAMESPACE` of the intercepts (default: the kubeconfig context's namespace through a cluster, else default)")
 	cmd.AddCommand(
 		newInterceptCreateCmd(g),
 		newInterceptListCmd(g),
@@ -73,17 +77,23 @@ func (f *condFlag) Set(s string) error {
 	return nil
 }
 
-// parseService splits NS/SVC; a bare name is in the default namespace.
-func parseService(s string) (ns, name string, err error) {
+// parseService splits NS/SVC. A bare SVC is in the namespace of -n
+// (nsFlag), or "" when -n is not given: the caller resolves the default
+// then, after every flag is checked. -n, when given, must agree with NS: an
+// intercept lives beside its service.
+func parseService(s, nsFlag string) (ns, name string, err error) {
 	if s == "" {
 		return "", "", usageErrorf("--service is required (NAMESPACE/SERVICE or SERVICE)")
 	}
 	ns, name, ok := strings.Cut(s, "/")
 	if !ok {
-		ns, name = inventory.DefaultNamespace, s
+		ns, name = nsFlag, s
 	}
-	if ns == "" || name == "" || strings.Contains(name, "/") {
+	if (ok && ns == "") || name == "" || strings.Contains(name, "/") {
 		return "", "", usageErrorf("--service %q: want NAMESPACE/SERVICE or SERVICE", s)
+	}
+	if ok && nsFlag != "" && nsFlag != ns {
+		return "", "", usageErrorf("--service %q is in namespace %s but -n says %s: an intercept lives in its service's namespace", s, ns, nsFlag)
 	}
 	return ns, name, nil
 }
@@ -101,7 +111,7 @@ func newInterceptCreateCmd(g *globals) *cobra.Command {
 		fromNS  []string
 	)
 	cmd := &cobra.Command{
-		Use:   "create NAME --service [NS/]SVC --port PORT CONDITION... --to HOST:PORT [--ttl D]",
+		Use:   "create NAME --service [NS/]SVC --port PORT CONDITION... --to HOST:PORT [--ttl D] [-n NS]",
 		Short: "Send the requests that match to your pod",
 		Long: `Create an intercept on one port of a shared service. A request that meets
 every condition goes to --to; every other request reaches the service as
@@ -111,6 +121,9 @@ With --l4 no request is read: every connection to the port goes to --to.
 those pods.
 An intercept that could select a request another intercept on the same port
 selects is refused, and the message names that intercept.
+
+The intercept lives in the service's namespace: NS of --service, else -n,
+else (through a cluster) the kubeconfig context's namespace, else default.
 
 --to is HOST:PORT where HOST is a pod in the service's namespace, NS/POD, or
 an IP address. With --ttl the intercept expires unless renewed in time.`,
@@ -122,7 +135,7 @@ an IP address. With --ttl the intercept expires unless renewed in time.`,
 			if err := checkOutputFlag(g); err != nil {
 				return err
 			}
-			ns, svc, err := parseService(service)
+			ns, svc, err := parseService(service, g.namespace)
 			if err != nil {
 				return err
 			}
@@ -152,6 +165,11 @@ an IP address. With --ttl the intercept expires unless renewed in time.`,
 			if err != nil {
 				return usageErrorf("%v", err)
 			}
+			if ns == "" {
+				if ns, err = g.interceptNamespace(); err != nil {
+					return err
+				}
+			}
 			ic := &detourv1.Intercept{
 				Namespace: ns,
 				Name:      args[0],
@@ -169,7 +187,15 @@ an IP address. With --ttl the intercept expires unless renewed in time.`,
 			if ttl > 0 {
 				ic.Spec.Ttl = durationpb.New(ttl)
 			}
-			err = withControl(cmd.Context(), g, func(ctx context.Context, c detourv1.ControlServiceClient) error {
+			conn, err := g.connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			c := detourv1.NewControlServiceClient(conn)
+			err = func() error {
+				ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
+				defer cancel()
 				resp, err := c.CreateIntercept(ctx, &detourv1.CreateInterceptRequest{Intercept: ic})
 				if err != nil {
 					return rpcError(fmt.Sprintf("create intercept %s/%s", ns, args[0]), err)
@@ -183,15 +209,15 @@ an IP address. With --ttl the intercept expires unless renewed in time.`,
 					got.GetSpec().GetServiceNamespace(), got.GetSpec().GetServiceName(), got.GetSpec().GetPort(),
 					got.GetSpec().GetDestination(), expiresIn(got, time.Now()))
 				return nil
-			})
+			}()
 			if err != nil || wait <= 0 {
 				return err
 			}
-			return waitSteering(cmd.Context(), g, cmd.ErrOrStderr(), ns, args[0], wait)
+			return waitSteering(cmd.Context(), c, cmd.ErrOrStderr(), ns, args[0], wait)
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&service, "service", "", "the shared service, `NS/SVC` (SVC alone is in namespace default)")
+	f.StringVar(&service, "service", "", "the shared service, `NS/SVC` or SVC (in the namespace of -n or the context, else default)")
 	f.Uint32Var(&port, "port", 0, "the service `PORT` to intercept")
 	f.StringVar(&to, "to", "", "where matching requests go, `HOST:PORT`: POD:PORT, NS/POD:PORT or IP:PORT")
 	f.DurationVar(&ttl, "ttl", 0, "lease `DURATION`: the intercept expires this long after creation or renewal (0: never)")
@@ -217,16 +243,8 @@ an IP address. With --ttl the intercept expires unless renewed in time.`,
 	return cmd
 }
 
-// namespaceFlags adds -n (and, for list, -A).
-func namespaceFlag(cmd *cobra.Command, ns *string) {
-	cmd.Flags().StringVarP(ns, "namespace", "n", inventory.DefaultNamespace, "namespace of the intercept")
-}
-
 func newInterceptListCmd(g *globals) *cobra.Command {
-	var (
-		ns  string
-		all bool
-	)
+	var all bool
 	cmd := &cobra.Command{
 		Use:     "list [-n NS | -A]",
 		Aliases: []string{"ls"},
@@ -239,10 +257,14 @@ func newInterceptListCmd(g *globals) *cobra.Command {
 			if all && cmd.Flags().Changed("namespace") {
 				return usageErrorf("-n and -A exclude each other")
 			}
-			if all {
-				ns = ""
+			ns := ""
+			if !all {
+				var err error
+				if ns, err = g.interceptNamespace(); err != nil {
+					return err
+				}
 			}
-			return withControl(cmd.Context(), g, func(ctx context.Context, c detourv1.ControlServiceClient) error {
+			return withControl(cmd.Context(), g, func(ctx context.Context, c detourv1.ControlServiceClient, _ string) error {
 				resp, err := c.ListIntercepts(ctx, &detourv1.ListInterceptsRequest{Namespace: ns})
 				if err != nil {
 					return rpcError("list intercepts", err)
@@ -254,13 +276,11 @@ func newInterceptListCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
-	namespaceFlag(cmd, &ns)
 	cmd.Flags().BoolVarP(&all, "all-namespaces", "A", false, "list the intercepts of every namespace")
 	return cmd
 }
 
 func newInterceptGetCmd(g *globals) *cobra.Command {
-	var ns string
 	cmd := &cobra.Command{
 		Use:   "get NAME [-n NS]",
 		Short: "Show one intercept",
@@ -269,7 +289,11 @@ func newInterceptGetCmd(g *globals) *cobra.Command {
 			if err := checkOutputFlag(g); err != nil {
 				return err
 			}
-			return withControl(cmd.Context(), g, func(ctx context.Context, c detourv1.ControlServiceClient) error {
+			ns, err := g.interceptNamespace()
+			if err != nil {
+				return err
+			}
+			return withControl(cmd.Context(), g, func(ctx context.Context, c detourv1.ControlServiceClient, _ string) error {
 				resp, err := c.GetIntercept(ctx, &detourv1.GetInterceptRequest{Namespace: ns, Name: args[0]})
 				if err != nil {
 					return rpcError(fmt.Sprintf("get intercept %s/%s", ns, args[0]), err)
@@ -281,12 +305,10 @@ func newInterceptGetCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
-	namespaceFlag(cmd, &ns)
 	return cmd
 }
 
 func newInterceptDeleteCmd(g *globals) *cobra.Command {
-	var ns string
 	cmd := &cobra.Command{
 		Use:     "delete NAME [-n NS]",
 		Aliases: []string{"rm"},
@@ -296,7 +318,11 @@ func newInterceptDeleteCmd(g *globals) *cobra.Command {
 			if err := checkOutputFlag(g); err != nil {
 				return err
 			}
-			return withControl(cmd.Context(), g, func(ctx context.Context, c detourv1.ControlServiceClient) error {
+			ns, err := g.interceptNamespace()
+			if err != nil {
+				return err
+			}
+			return withControl(cmd.Context(), g, func(ctx context.Context, c detourv1.ControlServiceClient, _ string) error {
 				resp, err := c.DeleteIntercept(ctx, &detourv1.DeleteInterceptRequest{Namespace: ns, Name: args[0]})
 				if err != nil {
 					return rpcError(fmt.Sprintf("delete intercept %s/%s", ns, args[0]), err)
@@ -309,15 +335,11 @@ func newInterceptDeleteCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
-	namespaceFlag(cmd, &ns)
 	return cmd
 }
 
 func newInterceptRenewCmd(g *globals) *cobra.Command {
-	var (
-		ns  string
-		ttl time.Duration
-	)
+	var ttl time.Duration
 	cmd := &cobra.Command{
 		Use:   "renew NAME [-n NS] [--ttl D]",
 		Short: "Extend an intercept's lease",
@@ -332,11 +354,15 @@ unless --ttl gives it one.`,
 			if ttl < 0 {
 				return usageErrorf("--ttl %s is negative", ttl)
 			}
+			ns, err := g.interceptNamespace()
+			if err != nil {
+				return err
+			}
 			req := &detourv1.RenewInterceptRequest{Namespace: ns, Name: args[0]}
 			if ttl > 0 {
 				req.Ttl = durationpb.New(ttl)
 			}
-			return withControl(cmd.Context(), g, func(ctx context.Context, c detourv1.ControlServiceClient) error {
+			return withControl(cmd.Context(), g, func(ctx context.Context, c detourv1.ControlServiceClient, _ string) error {
 				resp, err := c.RenewIntercept(ctx, req)
 				if err != nil {
 					return rpcError(fmt.Sprintf("renew intercept %s/%s", ns, args[0]), err)
@@ -354,7 +380,6 @@ unless --ttl gives it one.`,
 			})
 		},
 	}
-	namespaceFlag(cmd, &ns)
 	cmd.Flags().DurationVar(&ttl, "ttl", 0, "new lease `DURATION` from now (default: the intercept's own ttl)")
 	return cmd
 }
@@ -363,7 +388,7 @@ func newStatusCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "status",
 		Short: "Show the controller, the node agents and every intercept's steering and counters",
-		Long: `Show the controller (address, version, up since), each node agent (connected,
+		Long: `Show the controller (address, or pod through a cluster; version, up since), each node agent (connected,
 last seen) and, per intercept and node: whether steering is attached, how many
 requests matched, how many fell back to the shared service because your pod
 could not be reached, and how many connections the kernel steered.`,
@@ -372,7 +397,7 @@ could not be reached, and how many connections the kernel steered.`,
 			if err := checkOutputFlag(g); err != nil {
 				return err
 			}
-			return withControl(cmd.Context(), g, func(ctx context.Context, c detourv1.ControlServiceClient) error {
+			return withControl(cmd.Context(), g, func(ctx context.Context, c detourv1.ControlServiceClient, where string) error {
 				resp, err := c.GetStatus(ctx, &detourv1.GetStatusRequest{})
 				if err != nil {
 					return rpcError("get status", err)
@@ -380,7 +405,7 @@ could not be reached, and how many connections the kernel steered.`,
 				if g.output != outTable {
 					return printMessage(cmd.OutOrStdout(), g.output, resp)
 				}
-				return printStatus(cmd.OutOrStdout(), g.controller, resp, time.Now())
+				return printStatus(cmd.OutOrStdout(), where, resp, time.Now())
 			})
 		},
 	}
@@ -388,13 +413,7 @@ could not be reached, and how many connections the kernel steered.`,
 
 // waitSteering polls the controller until every node the intercept targets
 // reports its steering attached, so scripts can send traffic right after.
-func waitSteering(ctx context.Context, g *globals, progress io.Writer, ns, name string, within time.Duration) error {
-	conn, err := connectController(ctx, g.controller)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	c := detourv1.NewControlServiceClient(conn)
+func waitSteering(ctx context.Context, c detourv1.ControlServiceClient, progress io.Writer, ns, name string, within time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, within)
 	defer cancel()
 	fmt.Fprintf(progress, "waiting up to %s for steering of %s/%s...\n", within, ns, name)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"sigs.k8s.io/yaml"
 
@@ -24,7 +25,12 @@ import (
 // and the exit code.
 func runCLI(t *testing.T, args ...string) (stdout, errMsg string, code int) {
 	t.Helper()
-	root := newRootCmd()
+	return runCLIWith(t, newRootCmd(), args...)
+}
+
+// runCLIWith is runCLI with a root command made with test dependencies.
+func runCLIWith(t *testing.T, root *cobra.Command, args ...string) (stdout, errMsg string, code int) {
+	t.Helper()
 	var out bytes.Buffer
 	root.SetOut(&out)
 	root.SetErr(&out)
@@ -164,11 +170,11 @@ func TestEndToEnd(t *testing.T) {
 	run(exitOK, "intercept", "create", "bob", "--service", "api", "--port", "80", "--session", "bob", "--header", "x-user=bob", "--to", "api-bob:8080")
 
 	// The server's own errors, with their exit codes.
-	msg := run(exitConflict, "intercept", "create", "carol", "--service", "api", "--port", "80", "--session", "alice", "--to", "api-bob:8080")
+	msg := run(exitRefused, "intercept", "create", "carol", "--service", "api", "--port", "80", "--session", "alice", "--to", "api-bob:8080")
 	if !strings.HasPrefix(msg, "create intercept default/carol: overlaps intercept default/alice") {
 		t.Errorf("conflict message %q", msg)
 	}
-	msg = run(exitConflict, "intercept", "create", "alice", "--service", "api", "--port", "80", "--session", "zed", "--to", "api-bob:8080")
+	msg = run(exitRefused, "intercept", "create", "alice", "--service", "api", "--port", "80", "--session", "zed", "--to", "api-bob:8080")
 	if !strings.Contains(msg, "already exists") {
 		t.Errorf("exists message %q", msg)
 	}
@@ -236,7 +242,7 @@ func TestEndToEnd(t *testing.T) {
 	run(exitNotFound, "intercept", "renew", "zed")
 
 	// Status: the agent connects and reports through the real API.
-	conn, err := connectController(context.Background(), addr)
+	conn, err := connectController(context.Background(), addr, addr, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -112,7 +112,7 @@ Example FILE:
 				Progress:    cmd.ErrOrStderr(),
 			})
 			if errors.Is(err, lab.ErrConflict) {
-				return withCode(exitConflict, err)
+				return withCode(exitRefused, err)
 			}
 			if err != nil {
 				return err

@@ -2,23 +2,35 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/detourdev/detour/deploy"
+	"github.com/detourdev/detour/pkg/kubeclient"
 )
 
 // Exit codes scripts can trust.
 const (
 	exitOK       = 0
-	exitError    = 1 // the operation failed (controller unreachable, server error)
+	exitError    = 1 // the operation failed (controller unreachable, server error, timeout)
 	exitUsage    = 2 // bad flags or arguments
 	exitNotFound = 3 // the named object does not exist
-	exitConflict = 4 // refused: already exists or overlaps another intercept
+	exitRefused  = 4 // refused: already exists, overlaps another intercept, or not allowed
 )
 
-// exitError carries an exit code out of a command.
+// exitCodesHelp is the exit code table as --help shows it.
+const exitCodesHelp = `Exit codes: 0 ok; 1 failure (unreachable, server error, timeout); 2 bad usage;
+3 not found; 4 refused: already exists, overlaps another intercept, or not
+allowed (forbidden or unauthenticated, by the controller or the API server).`
+
+// codeError carries an exit code out of a command.
 type codeError struct {
 	code int
 	err  error
@@ -34,38 +46,98 @@ func usageErrorf(format string, a ...any) error {
 	return withCode(exitUsage, fmt.Errorf(format, a...))
 }
 
-// globals are the flags every command shares.
-type globals struct {
-	controller string
-	output     string
+// deps are what tests replace.
+type deps struct {
+	// manifests is the kustomize tree install and uninstall apply.
+	manifests fs.FS
+	// forwarder reaches the controller pod; nil: a port-forward through
+	// the API server.
+	forwarder kubeclient.Forwarder
 }
 
-func newRootCmd() *cobra.Command {
-	g := &globals{}
-	root := &cobra.Command{
-		Use:   "detour",
-		Short: "Detour your own requests in a shared environment to your own pod",
-		Long: `detour drives Detour: create intercepts that send the requests carrying your
-session key to your pod while everyone else's reach the shared service, see
-their status, and run the local lab.
+// globals are the flags every command shares, and what they resolve to.
+type globals struct {
+	controller      string
+	output          string
+	kubeconfig      string
+	context         string
+	namespace       string // -n of the intercept commands
+	detourNamespace string
 
-Exit codes: 0 ok, 1 failure, 2 bad usage, 3 not found, 4 conflict.`,
+	// Which of the flags that choose the mode were given.
+	controllerSet, kubeSet bool
+
+	kube *kubeclient.Config // loaded on first use
+	deps deps
+}
+
+const rootLong = `detour drives Detour: create intercepts that send the requests carrying your
+session key to your pod while everyone else's reach the shared service, see
+their status, install Detour in a cluster, and run the local lab.
+
+Where the controller is, for intercept and status:
+  --controller ADDR          dial ADDR directly, in plain text (the local lab);
+                             $DETOUR_CONTROLLER does the same
+  --kubeconfig, --context    reach it through the cluster of a kubeconfig
+  neither flag               $DETOUR_CONTROLLER if set; else the cluster if a
+                             kubeconfig exists ($KUBECONFIG, else ~/.kube/config,
+                             as kubectl reads them); else 127.0.0.1:7070
+--controller together with --kubeconfig or --context is a usage error.
+
+Through a cluster, detour finds the Ready pod labelled
+app.kubernetes.io/name=detour-controller in --detour-namespace (the elected
+leader), forwards a local port to its "grpc" port through the API server, as
+kubectl port-forward does, checks the controller's TLS certificate against the
+CA in ConfigMap detour-ca and the name detour-controller.NAMESPACE.svc, and
+sends the bearer token of your kubeconfig user. The controller checks that
+token (TokenReview) and your RBAC rights on intercepts.detour.dev in the
+intercept's namespace (SubjectAccessReview). A user with a client certificate
+only cannot be passed on that way: it needs a token (token, tokenFile, or an
+exec or OIDC login that yields one). Reaching the controller needs, in
+--detour-namespace: list pods, create pods/portforward, get configmap
+detour-ca (the Role detour-client of the manifests).
+
+` + exitCodesHelp
+
+func newRootCmd() *cobra.Command { return newRootCmdWith(deps{manifests: deploy.FS}) }
+
+func newRootCmdWith(d deps) *cobra.Command {
+	g := &globals{deps: d}
+	root := &cobra.Command{
+		Use:           "detour",
+		Short:         "Detour your own requests in a shared environment to your own pod",
+		Long:          rootLong,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			f := cmd.Flags()
+			g.controllerSet = f.Changed("controller")
+			g.kubeSet = f.Changed("kubeconfig") || f.Changed("context")
+			if g.detourNamespace == "" {
+				return usageErrorf("--detour-namespace is empty")
+			}
+			return nil
+		},
 	}
 	def := os.Getenv("DETOUR_CONTROLLER")
 	if def == "" {
 		def = "127.0.0.1:7070"
 	}
-	root.PersistentFlags().StringVar(&g.controller, "controller", def, "controller gRPC address (env DETOUR_CONTROLLER)")
-	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.controller, "controller", def, "controller gRPC `ADDRESS`, dialled directly in plain text (env DETOUR_CONTROLLER)")
+	pf.StringVar(&g.kubeconfig, "kubeconfig", "", "kubeconfig `FILE` (default: $KUBECONFIG, else ~/.kube/config)")
+	pf.StringVar(&g.context, "context", "", "kubeconfig `CONTEXT` (default: the current context)")
+	pf.StringVar(&g.detourNamespace, "detour-namespace", kubeclient.DefaultNamespace, "`NAMESPACE` Detour is installed in")
+	pf.StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return withCode(exitUsage, err) })
-	root.AddCommand(newInterceptCmd(g), newStatusCmd(g), newLabCmd(g))
+	root.AddCommand(newInterceptCmd(g), newStatusCmd(g), newInstallCmd(g), newUninstallCmd(g), newLabCmd(g))
 	return root
 }
 
 func main() {
-	err := newRootCmd().Execute()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := newRootCmd().ExecuteContext(ctx)
+	stop()
 	if err == nil {
 		os.Exit(exitOK)
 	}
