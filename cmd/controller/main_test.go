@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -27,13 +28,46 @@ func TestFlags(t *testing.T) {
 	if !errors.Is(err, flag.ErrHelp) {
 		t.Fatalf("--help: %v", err)
 	}
-	for _, want := range []string{"-listen", "127.0.0.1:7070", "-metrics-listen", "127.0.0.1:9470", "-store", "/var/lib/detour/controller.db", "-inventory", "/run/detour/lab/inventory.json", "-log-level"} {
+	for _, want := range []string{"-listen", "127.0.0.1:7070", "-metrics-listen", "127.0.0.1:9470", "/readyz", "-store", "/var/lib/detour/controller.db", "-inventory", "/run/detour/lab/inventory.json", "-log-level",
+		"-leader-elect", "-leader-elect-namespace", "$POD_NAMESPACE", "-leader-elect-id", "$POD_NAME", "Lease detour-controller", "not the leader",
+		"-auth", "TokenReview", "SubjectAccessReview", "-agent-service-account", "detour-system:detour-agent", "-agent-token-audience",
+		"-tls-secret", "-ca-configmap", "detour-ca", "-service-name", "NAME.NAMESPACE.svc.cluster.local", "status"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("--help does not mention %q", want)
 		}
 	}
 	if _, err := parseFlags([]string{"extra"}, io.Discard); err == nil {
 		t.Error("stray argument accepted")
+	}
+	t.Setenv("POD_NAMESPACE", "")
+	for _, tt := range []struct {
+		args []string
+		want string // in the error; "" means accepted
+	}{
+		{[]string{"--auth", "kube"}, "--auth kube needs --tls-secret"},
+		{[]string{"--auth", "oidc"}, "want none or kube"},
+		{[]string{"--auth", "kube", "--tls-secret", "tls", "--leader-elect-namespace", "detour-system", "--agent-service-account", "detour-agent"}, "want NAMESPACE:NAME"},
+		{[]string{"--auth", "kube", "--tls-secret", "tls", "--leader-elect-namespace", "detour-system"}, ""},
+		{[]string{"--leader-elect"}, "namespace is unknown"},
+		{[]string{"--tls-secret", "tls"}, "namespace is unknown"},
+		{[]string{"--leader-elect", "--leader-elect-namespace", "detour-system"}, ""},
+	} {
+		_, err := parseFlags(tt.args, io.Discard)
+		if tt.want == "" && err != nil || tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)) {
+			t.Errorf("%v: %v, want %q", tt.args, err, tt.want)
+		}
+	}
+	t.Setenv("POD_NAMESPACE", "detour-system")
+	if o, err := parseFlags([]string{"--leader-elect"}, io.Discard); err != nil || o.namespace() != "detour-system" {
+		t.Errorf("--leader-elect with $POD_NAMESPACE: %v", err)
+	}
+	t.Setenv("POD_NAME", "detour-controller-0")
+	if id, err := (&options{}).identity(); err != nil || id != "detour-controller-0" {
+		t.Errorf("identity %q %v, want $POD_NAME", id, err)
+	}
+	if got := servingNames("detour-controller", "detour-system"); !slices.Equal(got, []string{"detour-controller", "detour-controller.detour-system",
+		"detour-controller.detour-system.svc", "detour-controller.detour-system.svc.cluster.local"}) {
+		t.Errorf("serving names %v", got)
 	}
 	if _, err := newLogger(&options{logLevel: "loud", logFormat: "text"}, io.Discard); err == nil {
 		t.Error("bad --log-level accepted")
@@ -98,7 +132,7 @@ func TestRunServesAndStops(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	for _, path := range []string{"/healthz", "/metrics"} {
+	for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
 		resp, err := http.Get(fmt.Sprintf("http://%s%s", o.metricsListen, path))
 		if err != nil {
 			t.Fatal(err)

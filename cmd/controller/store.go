@@ -19,12 +19,39 @@ import (
 	"github.com/detourdev/detour/pkg/store/kube"
 )
 
-// fieldManager names the controller's writes to Intercept resources.
-const fieldManager = "detour-controller"
+// fieldManager names the controller's writes to Intercept resources (spec,
+// and status.expiresAt); statusFieldManager its server-side applies of the
+// rest of their status. Two names, so that neither write takes the other's
+// fields.
+const (
+	fieldManager       = "detour-controller"
+	statusFieldManager = "detour-controller-status"
+)
+
+// kubeClients is the one API server configuration every part shares (the
+// store, the inventory, leader election, authentication), and a clientset
+// on it.
+type kubeClients struct {
+	config *rest.Config
+	where  string // the API server, for the log
+	client kubernetes.Interface
+}
+
+func newKubeClients(kubeconfig string) (*kubeClients, error) {
+	cfg, where, err := kubeConfig(kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	return &kubeClients{config: cfg, where: where, client: cs}, nil
+}
 
 // openStore opens the backend --store-backend names and says where it is,
 // for the log.
-func openStore(ctx context.Context, o *options) (store.Store, string, error) {
+func openStore(ctx context.Context, o *options, kc *kubeClients) (store.Store, string, error) {
 	switch o.storeBackend {
 	case "", "bolt":
 		st, err := store.Open(o.storePath)
@@ -33,11 +60,7 @@ func openStore(ctx context.Context, o *options) (store.Store, string, error) {
 		}
 		return st, o.storePath, nil
 	case "kube":
-		cfg, where, err := kubeConfig(o.kubeconfig)
-		if err != nil {
-			return nil, "", err
-		}
-		st, err := kube.New(cfg, fieldManager)
+		st, err := kube.New(kc.config, fieldManager)
 		if err != nil {
 			return nil, "", err
 		}
@@ -45,7 +68,7 @@ func openStore(ctx context.Context, o *options) (store.Store, string, error) {
 			_ = st.Close()
 			return nil, "", err
 		}
-		return st, "kube:" + where, nil
+		return st, "kube:" + kc.where, nil
 	}
 	return nil, "", fmt.Errorf("--store-backend %q: want bolt or kube", o.storeBackend)
 }
@@ -95,17 +118,9 @@ type inventory interface {
 
 // openInventory opens the source --inventory-source names and says where it
 // reads, for the log.
-func openInventory(o *options, log *slog.Logger) (inventory, string, error) {
+func openInventory(o *options, kc *kubeClients, log *slog.Logger) (inventory, string, error) {
 	if o.inventoryFrom != "kube" {
 		return controller.NewFileInventory(o.inventoryPath, log), o.inventoryPath, nil
 	}
-	cfg, where, err := kubeConfig(o.kubeconfig)
-	if err != nil {
-		return nil, "", err
-	}
-	cs, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return nil, "", fmt.Errorf("kubernetes client: %w", err)
-	}
-	return invkube.New(cs, invkube.Options{}), "kube:" + where, nil
+	return invkube.New(kc.client, invkube.Options{}), "kube:" + kc.where, nil
 }

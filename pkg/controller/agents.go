@@ -113,6 +113,9 @@ func (s *Server) ReportStatus(_ context.Context, req *detourv1.ReportStatusReque
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.agentLocked(node).lastSeen = s.clock.Now()
+	for k := range s.reports[node] {
+		s.statusChangedLocked(k) // one it no longer reports on, too
+	}
 	m := make(map[string]*detourv1.InterceptReport, len(req.GetIntercepts()))
 	for _, r := range req.GetIntercepts() {
 		k := keyOf(r.GetNamespace(), r.GetName())
@@ -123,15 +126,14 @@ func (s *Server) ReportStatus(_ context.Context, req *detourv1.ReportStatusReque
 			continue
 		}
 		m[k] = proto.Clone(r).(*detourv1.InterceptReport)
+		s.statusChangedLocked(k)
 	}
 	s.reports[node] = m
 	return &detourv1.ReportStatusResponse{}, nil
 }
 
 // GetStatus reports the controller, the agents and, per intercept, each
-// node it targets or that reported on it. A targeted node without a report
-// shows steering_attached=false: nothing has confirmed it. An intercept
-// that targets no node has one entry with an empty node and the reason.
+// node it targets or that reported on it (see nodeStatusLocked).
 func (s *Server) GetStatus(_ context.Context, _ *detourv1.GetStatusRequest) (*detourv1.GetStatusResponse, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -153,41 +155,8 @@ func (s *Server) GetStatus(_ context.Context, _ *detourv1.GetStatusRequest) (*de
 		resp.Agents = append(resp.Agents, as)
 	}
 	for _, ic := range s.listLocked("") {
-		k := keyOf(ic.GetNamespace(), ic.GetName())
-		st := &detourv1.InterceptStatus{Namespace: ic.GetNamespace(), Name: ic.GetName()}
-		seen := map[string]bool{}
-		var ns []string
-		for _, n := range s.desired.targeted[k] {
-			seen[n] = true
-			ns = append(ns, n)
-		}
-		for n, r := range s.reports {
-			if _, ok := r[k]; ok && !seen[n] {
-				seen[n] = true
-				ns = append(ns, n)
-			}
-		}
-		slices.Sort(ns)
-		problem := s.desired.problems[k]
-		for _, n := range ns {
-			nst := &detourv1.InterceptNodeStatus{Node: n}
-			if r, ok := s.reports[n][k]; ok {
-				nst.SteeringAttached = r.GetSteeringAttached()
-				nst.Matched = r.GetMatched()
-				nst.Fallbacks = r.GetFallbacks()
-				nst.SteeredConnections = r.GetSteeredConnections()
-				nst.Error = r.GetError()
-			}
-			if nst.Error == "" && problem != "" {
-				nst.Error = problem
-			}
-			st.Nodes = append(st.Nodes, nst)
-		}
-		if len(ns) == 0 && problem != "" {
-			// Targets no node at all: a node-less entry carries the reason,
-			// so that status says why nothing is steered.
-			st.Nodes = append(st.Nodes, &detourv1.InterceptNodeStatus{Error: problem})
-		}
+		st := &detourv1.InterceptStatus{Namespace: ic.GetNamespace(), Name: ic.GetName(),
+			Nodes: s.nodeStatusLocked(keyOf(ic.GetNamespace(), ic.GetName()))}
 		resp.Intercepts = append(resp.Intercepts, st)
 	}
 	return resp, nil

@@ -45,6 +45,10 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// Version is reported by GetStatus.
 	Version string
+	// Status, when set, is told of every change to an intercept's status
+	// and run by Run (the Kubernetes store's kube.StatusWriter); nil keeps
+	// status in GetStatus alone.
+	Status StatusSink
 }
 
 // Server implements ControlService and AgentSyncService. Every mutation
@@ -62,6 +66,7 @@ type Server struct {
 	metrics *metrics
 	version string
 	started time.Time
+	status  StatusSink // nil: none
 
 	// leaseChanged wakes the lease loop when the earliest expiry may have
 	// moved.
@@ -109,6 +114,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		metrics:      m,
 		version:      cfg.Version,
 		started:      cfg.Clock.Now(),
+		status:       cfg.Status,
 		leaseChanged: make(chan struct{}, 1),
 		intercepts:   map[string]*detourv1.Intercept{},
 		icWatchers:   map[*icWatcher]struct{}{},
@@ -145,15 +151,23 @@ func (s *Server) RegisterServices(g grpc.ServiceRegistrar) {
 }
 
 // Run expires leases and follows inventory changes until ctx ends. When the
-// store is a WatchingStore, it also applies the changes others make to it.
+// store is a WatchingStore, it also applies the changes others make to it;
+// with a StatusSink, it runs the sink too.
 func (s *Server) Run(ctx context.Context) error {
-	var watchErr chan error
+	var watchErr, statusErr chan error
 	if w, ok := s.store.(WatchingStore); ok {
 		watchErr = make(chan error, 1)
 		wctx, cancel := context.WithCancel(ctx)
 		done := make(chan struct{})
 		defer func() { cancel(); <-done }()
 		go func() { defer close(done); watchErr <- s.runWatch(wctx, w) }()
+	}
+	if s.status != nil {
+		statusErr = make(chan error, 1)
+		sctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		defer func() { cancel(); <-done }()
+		go func() { defer close(done); statusErr <- s.status.Run(sctx, s) }()
 	}
 	for {
 		next := s.expireDue(ctx)
@@ -169,6 +183,11 @@ func (s *Server) Run(ctx context.Context) error {
 				return err
 			}
 			watchErr = nil
+		case err := <-statusErr:
+			if err != nil {
+				return fmt.Errorf("intercept status: %w", err)
+			}
+			statusErr = nil
 		case <-wake:
 		case <-s.leaseChanged:
 		case <-s.inv.Changed():
@@ -260,6 +279,7 @@ func (s *Server) reconcileLocked() {
 	next := computePlan(inv, ics)
 	old := s.desired
 	s.desired = next
+	s.allStatusChangedLocked()
 	events := map[string][]*detourv1.WatchDesiredStateResponse{}
 	for w := range s.dsWatchers {
 		evs, ok := events[w.node]

@@ -153,12 +153,14 @@ func (s *Server) admitLocked(k string, ic *detourv1.Intercept) bool {
 		if !seen || !proto.Equal(prev.ic, ic) || prev.why != why {
 			s.metrics.externalRefusals.WithLabelValues(reason).Inc()
 			s.log.Warn("intercept refused; not applied", "intercept", k, "reason", reason, "err", why)
+			s.statusChangedLocked(k)
 		}
 		return false
 	}
 	s.dropRejectedLocked(k)
 	s.intercepts[k] = ic
 	s.metrics.activeIntercepts.Set(float64(len(s.intercepts)))
+	s.statusChangedLocked(k)
 	return true
 }
 
@@ -166,6 +168,7 @@ func (s *Server) dropRejectedLocked(k string) {
 	if _, ok := s.rejected[k]; ok {
 		delete(s.rejected, k)
 		s.metrics.refusedIntercepts.Set(float64(len(s.rejected)))
+		s.statusChangedLocked(k)
 	}
 }
 

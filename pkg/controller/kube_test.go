@@ -15,16 +15,19 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/retry"
 
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
 	"github.com/detourdev/detour/internal/envtest"
 	"github.com/detourdev/detour/pkg/apis/detour/v1alpha1"
 	"github.com/detourdev/detour/pkg/generated/clientset/versioned"
+	typed "github.com/detourdev/detour/pkg/generated/clientset/versioned/typed/detour/v1alpha1"
 	"github.com/detourdev/detour/pkg/store/kube"
 )
 
 // startKube runs a controller over a kube store on cfg's API server, behind
-// a real gRPC server on an in-memory listener, as newHarness does over bolt.
+// a real gRPC server on an in-memory listener, as newHarness does over bolt,
+// writing the Intercepts' status as cmd/controller does.
 func startKube(t *testing.T, cfg *rest.Config, clock *fakeClock, inv *StaticInventory) *harness {
 	t.Helper()
 	st, err := kube.New(cfg, "detour-controller")
@@ -32,7 +35,11 @@ func startKube(t *testing.T, cfg *rest.Config, clock *fakeClock, inv *StaticInve
 		t.Fatal(err)
 	}
 	h := &harness{t: t, clock: clock, inv: inv, reg: prometheus.NewRegistry()}
-	srv, err := New(ctx(t), Config{Store: st, Inventory: inv, Clock: clock, Registerer: h.reg, Version: "v-test"})
+	sw, err := st.NewStatusWriter(kube.StatusOptions{FieldManager: "detour-controller-status", Registerer: h.reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := New(ctx(t), Config{Store: st, Inventory: inv, Clock: clock, Registerer: h.reg, Version: "v-test", Status: sw})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,6 +85,25 @@ func crd(name, session, dest string) *v1alpha1.Intercept {
 			Match:       []v1alpha1.Condition{{Kind: v1alpha1.ConditionSession, Value: session}},
 			Destination: dest,
 		},
+	}
+}
+
+// edit changes an Intercept as kubectl edit does: read, change, write, and
+// again from the read when the write lost to another (the controller
+// writes status every few seconds).
+func edit(t *testing.T, api typed.InterceptInterface, name string, change func(*v1alpha1.Intercept)) {
+	t.Helper()
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		obj, err := api.Get(ctx(t), name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		change(obj)
+		_, err = api.Update(ctx(t), obj, metav1.UpdateOptions{FieldManager: "kubectl-edit"})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("edit %s: %v", name, err)
 	}
 }
 
@@ -175,14 +201,7 @@ func TestKubeStore(t *testing.T) {
 	}
 
 	// (c) Edited as kubectl would.
-	obj, err = api.Get(ctx(t), "bob", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	obj.Spec.Destination = "10.9.9.9:7000"
-	if _, err := api.Update(ctx(t), obj, metav1.UpdateOptions{FieldManager: "kubectl-edit"}); err != nil {
-		t.Fatal(err)
-	}
+	edit(t, api, "bob", func(o *v1alpha1.Intercept) { o.Spec.Destination = "10.9.9.9:7000" })
 	wantUpsert(t, node.recv(t), "bob", "10.9.9.9:7000")
 	wantIntercept(t, ics.recv(t), detourv1.WatchInterceptsResponse_TYPE_UPDATED, "bob")
 

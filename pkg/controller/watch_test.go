@@ -41,12 +41,21 @@ type interceptWatch struct {
 
 func (h *harness) watchIntercepts(t *testing.T, ns string) *interceptWatch {
 	t.Helper()
+	watchers := func() int {
+		h.srv.mu.Lock()
+		defer h.srv.mu.Unlock()
+		return len(h.srv.icWatchers)
+	}
+	before := watchers()
 	c, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	s, err := h.ctl.WatchIntercepts(c, &detourv1.WatchInterceptsRequest{Namespace: ns})
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The call returns before the server has registered the watch; a change
+	// made in between would arrive as EXISTING rather than as itself.
+	eventually(t, "the intercept watch to be registered", func() bool { return watchers() > before })
 	return &interceptWatch{stream: s}
 }
 

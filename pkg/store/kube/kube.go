@@ -4,26 +4,34 @@
 // finds them all in the API server.
 //
 // The Store reads and writes the API server directly, not through a cache,
-// so a Get after a Create always sees it. Watch runs a shared informer for
-// a controller that must also react to intercepts made with kubectl.
+// so a Get after a Create always sees it. One shared informer, started on
+// first use, serves Watch (for a controller that must also react to
+// intercepts made with kubectl) and the StatusWriter (which compares with
+// its cache before writing status).
 package kube
 
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"slices"
 	"sync"
 
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
 
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
 	"github.com/detourdev/detour/pkg/apis/detour/v1alpha1"
 	"github.com/detourdev/detour/pkg/generated/clientset/versioned"
+	"github.com/detourdev/detour/pkg/generated/informers/externalversions"
+	listers "github.com/detourdev/detour/pkg/generated/listers/detour/v1alpha1"
 	"github.com/detourdev/detour/pkg/store"
 )
 
@@ -43,8 +51,13 @@ type Store struct {
 	fieldManager string
 
 	closeOnce sync.Once
-	closed    chan struct{}  // closed by Close: stops every Watch
-	watchers  sync.WaitGroup // running Watch informers
+	closed    chan struct{}  // closed by Close: stops every Watch and the informer
+	watchers  sync.WaitGroup // running Watch goroutines
+
+	mu       sync.Mutex // guards the informer's start
+	factory  externalversions.SharedInformerFactory
+	informer cache.SharedIndexInformer
+	lister   listers.InterceptLister
 
 	// beforeUpdate runs between Update's read and its write; tests use it
 	// to make another writer win the race.
@@ -99,8 +112,8 @@ func toResource(ic *detourv1.Intercept) (*v1alpha1.Intercept, error) {
 // CEL rules, so an invalid one fails with the API server's message, which
 // names the field. created_at is ignored: the object's creationTimestamp is
 // the server's clock. expires_at is written to status.expiresAt by a second
-// request; if that fails the object is deleted again, so Create makes all or
-// nothing.
+// request (a patch of that field alone, see patchExpiry); if that fails the
+// object is deleted again, so Create makes all or nothing.
 func (s *Store) Create(ctx context.Context, ic *detourv1.Intercept) error {
 	obj, err := toResource(ic)
 	if err != nil {
@@ -119,9 +132,7 @@ func (s *Store) Create(ctx context.Context, ic *detourv1.Intercept) error {
 	if status.ExpiresAt == nil {
 		return nil
 	}
-	// created is ours, not a cache's: it may be changed.
-	created.Status.ExpiresAt = status.ExpiresAt
-	if _, err := api.UpdateStatus(ctx, created, metav1.UpdateOptions{FieldManager: s.fieldManager}); err != nil {
+	if err := s.patchExpiry(ctx, obj.Namespace, obj.Name, status.ExpiresAt); err != nil {
 		uid := created.UID
 		derr := api.Delete(context.WithoutCancel(ctx), obj.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
 		if derr != nil && !apierrors.IsNotFound(derr) {
@@ -173,11 +184,14 @@ func (s *Store) List(ctx context.Context, namespace string) ([]*detourv1.Interce
 	return out, nil
 }
 
-// Update implements store.Store: it reads the object, replaces its spec
-// (and status.expiresAt, through the status subresource) and writes it back
-// with the resourceVersion it read. If another writer changed the object in
-// between, nothing is written and the error wraps ErrConflict. The rest of
-// the status (conditions, node reports) is left as it is.
+// Update implements store.Store: it reads the object, replaces its spec and
+// writes it back with the resourceVersion it read. If another writer changed
+// the spec in between, nothing is written and the error wraps ErrConflict;
+// a change to the status alone (the StatusWriter's, every few seconds) is
+// not a conflict: Update reads again and retries. A spec that is already as
+// wanted (a renewal) is not written at all. status.expiresAt is then
+// patched alone (see patchExpiry); the rest of the status is the
+// StatusWriter's.
 func (s *Store) Update(ctx context.Context, ic *detourv1.Intercept) error {
 	want, err := toResource(ic)
 	if err != nil {
@@ -185,32 +199,75 @@ func (s *Store) Update(ctx context.Context, ic *detourv1.Intercept) error {
 	}
 	key := want.Namespace + "/" + want.Name
 	api := s.client.DetourV1alpha1().Intercepts(want.Namespace)
-	cur, err := api.Get(ctx, want.Name, metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-		return fmt.Errorf("intercept %s: %w", key, store.ErrNotFound)
-	case err != nil:
-		return fmt.Errorf("update intercept %s: %w", key, err)
+	var (
+		cur      *v1alpha1.Intercept
+		gen      int64 // the generation the last attempt read
+		conflict error // why the last attempt failed
+	)
+	for attempt := 1; ; attempt++ {
+		cur, err = api.Get(ctx, want.Name, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			return fmt.Errorf("intercept %s: %w", key, store.ErrNotFound)
+		case err != nil:
+			return fmt.Errorf("update intercept %s: %w", key, err)
+		}
+		if equality.Semantic.DeepEqual(cur.Spec, want.Spec) {
+			break
+		}
+		// The generation counts changes to the spec: while it stays, the
+		// write that beat the last attempt was to the status (or the
+		// metadata), and this one may go.
+		if conflict != nil && cur.Generation != gen {
+			return updateError(key, conflict)
+		}
+		gen = cur.Generation
+		if s.beforeUpdate != nil {
+			s.beforeUpdate()
+		}
+		// cur came from the API server for this call alone, but copy
+		// anyway: the next reader of this code may switch Get to a lister.
+		obj := cur.DeepCopy()
+		obj.Spec = want.Spec
+		updated, err := api.Update(ctx, obj, metav1.UpdateOptions{FieldManager: s.fieldManager})
+		if err == nil {
+			cur = updated
+			break
+		}
+		if !apierrors.IsConflict(err) || attempt == updateAttempts {
+			return updateError(key, err)
+		}
+		conflict = err
 	}
-	if s.beforeUpdate != nil {
-		s.beforeUpdate()
-	}
-	// cur came from the API server for this call alone, but copy anyway:
-	// the next reader of this code may switch Get to a lister.
-	obj := cur.DeepCopy()
-	obj.Spec = want.Spec
-	updated, err := api.Update(ctx, obj, metav1.UpdateOptions{FieldManager: s.fieldManager})
-	if err != nil {
-		return updateError(key, err)
-	}
-	if equalTime(updated.Status.ExpiresAt, want.Status.ExpiresAt) {
+	if equalTime(cur.Status.ExpiresAt, want.Status.ExpiresAt) {
 		return nil
 	}
-	updated.Status.ExpiresAt = want.Status.ExpiresAt
-	if _, err := api.UpdateStatus(ctx, updated, metav1.UpdateOptions{FieldManager: s.fieldManager}); err != nil {
+	if err := s.patchExpiry(ctx, want.Namespace, want.Name, want.Status.ExpiresAt); err != nil {
 		return updateError(key, fmt.Errorf("status.expiresAt: %w", err))
 	}
 	return nil
+}
+
+// updateAttempts bounds Update's retries after writes to the status.
+const updateAttempts = 5
+
+// patchExpiry sets status.expiresAt (nil removes it) with a merge patch of
+// that one field and no resourceVersion: the StatusWriter writes the rest of
+// the status as often as every two seconds, and a whole-status update,
+// checked against the version read, would keep losing to it (a renewal
+// failing for a node report) or overwrite it.
+func (s *Store) patchExpiry(ctx context.Context, namespace, name string, at *metav1.Time) error {
+	var v any // JSON null deletes the field
+	if at != nil {
+		v = at
+	}
+	body, err := json.Marshal(map[string]any{"status": map[string]any{"expiresAt": v}})
+	if err != nil {
+		return err
+	}
+	_, err = s.client.DetourV1alpha1().Intercepts(namespace).Patch(ctx, name, types.MergePatchType, body,
+		metav1.PatchOptions{FieldManager: s.fieldManager}, "status")
+	return err
 }
 
 func updateError(key string, err error) error {
@@ -244,11 +301,67 @@ func (s *Store) Delete(ctx context.Context, namespace, name string) error {
 	return nil
 }
 
-// Close implements store.Store: it stops every Watch, waits for their
-// informers to end, and lets the idle connections go. It is idempotent.
+// Close implements store.Store: it stops every Watch and the informer,
+// waits for them to end, and lets the idle connections go. It is idempotent.
 func (s *Store) Close() error {
-	s.closeOnce.Do(func() { close(s.closed) })
-	s.watchers.Wait()
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		close(s.closed)
+		f := s.factory
+		s.mu.Unlock()
+		s.watchers.Wait()
+		if f != nil {
+			f.Shutdown() // waits for the informer's goroutines
+		}
+	})
 	s.httpClient.CloseIdleConnections()
+	return nil
+}
+
+var errClosed = errors.New("store closed")
+
+// sharedInformer returns the Store's informer on every intercept of every
+// namespace, starting it on first use; Close stops it. Watch and the
+// StatusWriter add their handlers to it, so the API server serves one watch.
+func (s *Store) sharedInformer() (cache.SharedIndexInformer, listers.InterceptLister, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	select {
+	case <-s.closed:
+		return nil, nil, errClosed
+	default:
+	}
+	if s.factory == nil {
+		s.factory = externalversions.NewSharedInformerFactory(s.client, 0)
+		ifc := s.factory.Detour().V1alpha1().Intercepts()
+		s.informer, s.lister = ifc.Informer(), ifc.Lister()
+		s.factory.Start(s.closed)
+	}
+	return s.informer, s.lister, nil
+}
+
+// waitSynced waits until the informer's cache holds every intercept, or ctx
+// ends, or the Store is closed.
+func (s *Store) waitSynced(ctx context.Context, informer cache.SharedIndexInformer) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-s.closed:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	if !cache.WaitForCacheSync(ctx.Done(), informer.HasSynced) {
+		select {
+		case <-s.closed:
+			return errClosed
+		default:
+		}
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("cache did not sync: %w", err)
+		}
+		return errors.New("cache did not sync")
+	}
 	return nil
 }

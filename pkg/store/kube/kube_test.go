@@ -3,6 +3,7 @@ package kube
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -114,13 +115,14 @@ func sameIntercept(t *testing.T, got, want *detourv1.Intercept) {
 
 func TestStore(t *testing.T) {
 	start := time.Now()
-	c := startCluster(t, "default-x", "team-a", "restart", "kubectl", "invalid", "conflict", "expiry")
+	c := startCluster(t, "default-x", "team-a", "restart", "kubectl", "invalid", "conflict", "expiry", "status")
 	t.Logf("API server with CRD in %v", time.Since(start).Round(time.Millisecond))
 
 	t.Run("CRUD", func(t *testing.T) { testCRUD(t, c) })
 	t.Run("Expiry", func(t *testing.T) { testExpiry(t, c) })
 	t.Run("Restart", func(t *testing.T) { testRestart(t, c) })
 	t.Run("Conflict", func(t *testing.T) { testConflict(t, c) })
+	t.Run("StatusWrites", func(t *testing.T) { testStatusWrites(t, c) })
 	t.Run("Invalid", func(t *testing.T) { testInvalid(t, c) })
 	t.Run("Kubectl", func(t *testing.T) { testKubectl(t, c) })
 }
@@ -294,6 +296,76 @@ func testConflict(t *testing.T, c *cluster) {
 	// Read again and retry: it goes through.
 	if err := s.Update(ctx, mine); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// testStatusWrites writes the status between Update's read and its write,
+// as the StatusWriter does every few seconds: that is no conflict, the
+// spec goes through, and neither Update nor the expiry patch undoes the
+// other writer's fields.
+func testStatusWrites(t *testing.T, c *cluster) {
+	ctx := context.Background()
+	s := c.open(t)
+	cs, err := versioned.NewForConfig(c.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	api := cs.DetourV1alpha1().Intercepts("status")
+	if err := s.Create(ctx, ic("status", "alice")); err != nil {
+		t.Fatal(err)
+	}
+	writes := 0
+	s.beforeUpdate = func() {
+		writes++
+		if writes > 1 {
+			return // one status write, before the first attempt
+		}
+		cur, err := api.Get(ctx, "alice", metav1.GetOptions{})
+		if err != nil {
+			t.Errorf("status writer: %v", err)
+			return
+		}
+		cur.Status.State = v1alpha1.InterceptActive
+		cur.Status.MatchSummary = fmt.Sprintf("write %d", writes)
+		if _, err := api.UpdateStatus(ctx, cur, metav1.UpdateOptions{FieldManager: "detour-test-status"}); err != nil {
+			t.Errorf("status writer: %v", err)
+		}
+	}
+	want := ic("status", "alice")
+	want.Spec.Destination = "elsewhere:1"
+	want.ExpiresAt = timestamppb.New(time.Unix(1800000000, 0))
+	if err := s.Update(ctx, want); err != nil {
+		t.Fatalf("Update with a status write in between: %v", err)
+	}
+	if writes != 2 {
+		t.Fatalf("%d attempts, want 2 (one lost to the status write, one through)", writes)
+	}
+	s.beforeUpdate = nil
+	got, err := s.Get(ctx, "status", "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameIntercept(t, got, want)
+	obj, err := api.Get(ctx, "alice", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if obj.Status.State != v1alpha1.InterceptActive || obj.Status.MatchSummary != "write 1" || obj.Generation != 2 {
+		t.Fatalf("after Update: generation %d, status %+v", obj.Generation, obj.Status)
+	}
+
+	// A renewal (the spec as it is) writes no spec at all: the generation
+	// and the rest of the status stay.
+	want.ExpiresAt = timestamppb.New(time.Unix(1800000060, 0))
+	if err := s.Update(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	obj, err = api.Get(ctx, "alice", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if obj.Generation != 2 || obj.Status.ExpiresAt == nil || obj.Status.ExpiresAt.Unix() != 1800000060 || obj.Status.MatchSummary != "write 1" {
+		t.Fatalf("after a renewal: generation %d, status %+v", obj.Generation, obj.Status)
 	}
 }
 

@@ -2,16 +2,15 @@ package kube
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 
 	"google.golang.org/protobuf/proto"
 	"k8s.io/client-go/tools/cache"
 
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
 	"github.com/detourdev/detour/pkg/apis/detour/v1alpha1"
-	"github.com/detourdev/detour/pkg/generated/informers/externalversions"
 )
 
 // EventType says what happened to an intercept.
@@ -48,31 +47,33 @@ type Event struct {
 
 // Watch reports every change to the intercepts of all namespaces, whoever
 // made it (this Store, another controller, kubectl), until ctx ends or the
-// Store is closed; then the channel is closed. It returns once the
-// informer's cache has synced, so the intercepts that exist by then have
-// been or are being sent as Added.
+// Store is closed; then the channel is closed. It returns once the Store's
+// informer has synced, so the intercepts that exist by then have been or are
+// being sent as Added.
 //
 // Status writes that leave the gRPC form unchanged (node reports,
 // conditions) send nothing, so a controller that writes status does not wake
 // itself. Events wait for the reader: an informer buffers them without
 // bound, so the reader should not stall for long.
-//
-// Wiring into cmd/controller is the next step: the controller's reconcile
-// loop should take these events (or the keys in them) into its workqueue.
 func (s *Store) Watch(ctx context.Context) (<-chan Event, error) {
-	select {
-	case <-s.closed:
-		return nil, errors.New("watch intercepts: store closed")
-	default:
+	informer, _, err := s.sharedInformer()
+	if err != nil {
+		return nil, fmt.Errorf("watch intercepts: %w", err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	factory := externalversions.NewSharedInformerFactory(s.client, 0)
-	informer := factory.Detour().V1alpha1().Intercepts().Informer()
 	events := make(chan Event)
-
+	// Every send holds mu, so that none is under way (or starts) when
+	// events is closed; ctx ends first, which frees a send that waits.
+	var mu sync.Mutex
+	stopped := false
 	send := func(t EventType, obj any) {
 		ic, ok := convert(obj)
 		if !ok {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
 			return
 		}
 		select {
@@ -80,7 +81,7 @@ func (s *Store) Watch(ctx context.Context) (<-chan Event, error) {
 		case <-ctx.Done():
 		}
 	}
-	_, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	reg, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: func(obj any) { send(Added, obj) },
 		UpdateFunc: func(oldObj, newObj any) {
 			o, okOld := convert(oldObj)
@@ -103,7 +104,6 @@ func (s *Store) Watch(ctx context.Context) (<-chan Event, error) {
 	}
 
 	s.watchers.Add(1)
-	factory.Start(ctx.Done())
 	go func() {
 		defer s.watchers.Done()
 		select {
@@ -111,20 +111,16 @@ func (s *Store) Watch(ctx context.Context) (<-chan Event, error) {
 		case <-s.closed:
 			cancel()
 		}
-		// Shutdown waits for the informer and its handlers, so none sends
-		// on events after this.
-		factory.Shutdown()
+		_ = informer.RemoveEventHandler(reg)
+		mu.Lock()
+		stopped = true
 		close(events)
+		mu.Unlock()
 	}()
 
-	for _, ok := range factory.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			cancel()
-			if err := ctx.Err(); err != nil {
-				return nil, fmt.Errorf("watch intercepts: cache did not sync: %w", err)
-			}
-			return nil, errors.New("watch intercepts: cache did not sync")
-		}
+	if err := s.waitSynced(ctx, informer); err != nil {
+		cancel()
+		return nil, fmt.Errorf("watch intercepts: %w", err)
 	}
 	return events, nil
 }

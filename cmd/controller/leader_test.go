@@ -1,0 +1,223 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	detourv1 "github.com/detourdev/detour/api/detour/v1"
+	"github.com/detourdev/detour/internal/envtest"
+)
+
+// get fetches an HTTP path of a controller's metrics listener.
+func get(addr, path string) (int, string, error) {
+	resp, err := http.Get(fmt.Sprintf("http://%s%s", addr, path))
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+// gauge reads an unlabelled series from a controller's /metrics.
+func gauge(t *testing.T, addr, name string) float64 {
+	t.Helper()
+	_, body, err := get(addr, "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(body, "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%s: %v", line, err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("/metrics of %s has no %s", addr, name)
+	return 0
+}
+
+// poll retries cond until it holds or the deadline passes.
+func poll(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", within, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// replica is one controller process of the test, run with run().
+type replica struct {
+	name string
+	o    *options
+	stop context.CancelFunc
+	done chan struct{} // closed when run has returned err
+	err  error
+}
+
+func startReplica(t *testing.T, env *envtest.Env, name string) *replica {
+	t.Helper()
+	o := &options{
+		listen: freeAddr(t), metricsListen: freeAddr(t),
+		storeBackend: "kube", kubeconfig: env.Kubeconfig,
+		inventoryPath: filepath.Join(t.TempDir(), "missing.json"),
+		leaderElect:   true, leaderElectNamespace: "default", leaderElectID: name,
+		// Short enough that the test is quick, in the order client-go
+		// requires (lease > renew deadline > 1.2 × retry period).
+		leaseDuration: 3 * time.Second, renewDeadline: 2 * time.Second, retryPeriod: 200 * time.Millisecond,
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &replica{name: name, o: o, stop: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		r.err = run(ctx, o, slog.New(slog.DiscardHandler).With("replica", name))
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-r.done:
+		case <-time.After(20 * time.Second):
+			t.Errorf("replica %s did not stop", name)
+		}
+	})
+	return r
+}
+
+// ready reports whether the replica's /readyz answers 200; otherwise its
+// body.
+func (r *replica) ready() (bool, string) {
+	code, body, err := get(r.o.metricsListen, "/readyz")
+	if err != nil {
+		return false, err.Error()
+	}
+	return code == http.StatusOK, strings.TrimSpace(body)
+}
+
+// serves reports whether a ListIntercepts call on the replica's gRPC port
+// succeeds.
+func (r *replica) serves(t *testing.T) bool {
+	t.Helper()
+	conn, err := grpc.NewClient(r.o.listen, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, err = detourv1.NewControlServiceClient(conn).ListIntercepts(ctx, &detourv1.ListInterceptsRequest{})
+	return err == nil
+}
+
+func (r *replica) wait(t *testing.T) error {
+	t.Helper()
+	select {
+	case <-r.done:
+		return r.err
+	case <-time.After(20 * time.Second):
+		t.Fatalf("replica %s did not stop", r.name)
+		return nil
+	}
+}
+
+// TestLeaderElection runs two controllers on one API server: exactly one
+// leads, serves gRPC and is ready; the other serves only /metrics,
+// /healthz and a 503 /readyz. When the leader stops, the other takes over;
+// when a leader loses its lease, it stops with an error.
+func TestLeaderElection(t *testing.T) {
+	env := envtest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if _, err := env.InstallCRDs(ctx, "../../deploy/crds/detour.dev_intercepts.yaml"); err != nil {
+		t.Fatal(err)
+	}
+	a, b := startReplica(t, env, "a"), startReplica(t, env, "b")
+
+	var leader, follower *replica
+	poll(t, 20*time.Second, "one replica to lead", func() bool {
+		ra, _ := a.ready()
+		rb, _ := b.ready()
+		switch {
+		case ra && !rb:
+			leader, follower = a, b
+		case rb && !ra:
+			leader, follower = b, a
+		}
+		return leader != nil
+	})
+	t.Logf("%s leads", leader.name)
+	if !leader.serves(t) {
+		t.Fatalf("leader %s does not serve gRPC", leader.name)
+	}
+	if ok, why := follower.ready(); ok || why != "not the leader" {
+		t.Fatalf("follower /readyz: %v %q, want 503 not the leader", ok, why)
+	}
+	if code, _, err := get(follower.o.metricsListen, "/healthz"); err != nil || code != http.StatusOK {
+		t.Fatalf("follower /healthz: %d %v", code, err)
+	}
+	if c, err := net.DialTimeout("tcp", follower.o.listen, time.Second); err == nil {
+		c.Close()
+		t.Fatalf("follower %s listens on its gRPC address", follower.name)
+	}
+	if l, f := gauge(t, leader.o.metricsListen, "detour_controller_leader"), gauge(t, follower.o.metricsListen, "detour_controller_leader"); l != 1 || f != 0 {
+		t.Fatalf("detour_controller_leader: leader %v, follower %v", l, f)
+	}
+
+	// The leader stops cleanly (SIGTERM): it releases the lease, and the
+	// other replica takes over well within a lease duration.
+	stopped := time.Now()
+	leader.stop()
+	if err := leader.wait(t); err != nil {
+		t.Fatalf("leader %s stopped with %v", leader.name, err)
+	}
+	poll(t, 20*time.Second, follower.name+" to take over", func() bool {
+		ok, _ := follower.ready()
+		return ok && follower.serves(t)
+	})
+	t.Logf("%s took over in %v", follower.name, time.Since(stopped).Round(time.Millisecond))
+
+	// Someone else takes the lease: the leader cannot renew it, stops
+	// serving and ends with an error, for the kubelet to restart it.
+	cfg, err := clientcmd.BuildConfigFromFlags("", env.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leases := kubernetes.NewForConfigOrDie(cfg).CoordinationV1().Leases("default")
+	lease, err := leases.Get(ctx, leaseName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := lease.Spec.HolderIdentity; h == nil || *h != follower.name {
+		t.Fatalf("lease held by %v, want %s", h, follower.name)
+	}
+	thief, long := "thief", int32(3600)
+	now := metav1.NewMicroTime(time.Now())
+	lease.Spec = coordinationv1.LeaseSpec{HolderIdentity: &thief, LeaseDurationSeconds: &long, AcquireTime: &now, RenewTime: &now}
+	if _, err := leases.Update(ctx, lease, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := follower.wait(t); !errors.Is(err, errLostLeadership) {
+		t.Fatalf("replica %s after losing its lease: %v, want %v", follower.name, err, errLostLeadership)
+	}
+}
