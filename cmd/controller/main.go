@@ -303,8 +303,35 @@ func serve(ctx context.Context, d *deps) error {
 			log.Error("close store", "err", err)
 		}
 	}()
+	ctx, cancel := context.WithCancel(ctx)
+	errs := make(chan error, 3)
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	goRun := func(name string, f func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(); err != nil {
+				errs <- fmt.Errorf("%s: %w", name, err)
+				cancel()
+			}
+		}()
+	}
 	inv, invWhere, err := openInventory(o, d.kube, log.With("component", "inventory"))
 	if err != nil {
+		return err
+	}
+	goRun("inventory", func() error { return inv.Run(ctx) })
+	// Nothing is judged before the inventory is read: a new leader whose
+	// informers have not synced would refuse every intercept it loads and
+	// send agents empty desired state, tearing down steering for a moment.
+	if err := waitInventory(ctx, inv); err != nil {
+		cancel()
+		wg.Wait()
+		close(errs)
+		if first := <-errs; first != nil {
+			return first
+		}
 		return err
 	}
 	var sink controller.StatusSink
@@ -334,22 +361,7 @@ func serve(ctx context.Context, d *deps) error {
 	gs := grpc.NewServer(sec.opts...)
 	srv.RegisterServices(gs)
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	errs := make(chan error, 3)
-	var wg sync.WaitGroup
-	goRun := func(name string, f func() error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := f(); err != nil {
-				errs <- fmt.Errorf("%s: %w", name, err)
-				cancel()
-			}
-		}()
-	}
 	goRun("gRPC", func() error { return gs.Serve(grpcLis) })
-	goRun("inventory", func() error { return inv.Run(ctx) })
 	goRun("leases", func() error { return srv.Run(ctx) })
 	d.leader.Set(1)
 	d.ready.set("")
@@ -372,6 +384,21 @@ func serve(ctx context.Context, d *deps) error {
 	wg.Wait()
 	close(errs)
 	return <-errs // nil when every part ended because of ctx
+}
+
+// waitInventory returns once the inventory answers, or when ctx ends.
+func waitInventory(ctx context.Context, inv inventory) error {
+	for {
+		if _, err := inv.Get(); err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("inventory not read before stopping: %w", context.Cause(ctx))
+		case <-inv.Changed():
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // readiness is /readyz: 200 once serving, else 503 with the reason.
