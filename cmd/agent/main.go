@@ -5,16 +5,21 @@
 package main
 
 import (
+	"cmp"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"runtime/pprof"
 	"strings"
 	"syscall"
@@ -23,8 +28,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/detourdev/detour/pkg/agent"
+	"github.com/detourdev/detour/pkg/kubeauth"
+	"github.com/detourdev/detour/pkg/podns"
 	"github.com/detourdev/detour/pkg/redirect/splice"
 	"github.com/detourdev/detour/pkg/redirect/steer"
 )
@@ -38,28 +47,159 @@ func main() {
 	}
 }
 
-func run() error {
+const usage = `Usage: detour-agent [flags]
+
+The Detour node agent: loads the eBPF steering, follows the controller's
+desired state for its node and routes the requests of intercepted pod ports.
+
+In Kubernetes it runs as a DaemonSet pod with hostNetwork and hostPID, and
+needs no access to the Kubernetes API: it finds a target pod's network
+namespace by the pod's IP, as /proc/<pid>/ns/net of a process of the pod. In
+the lab the controller names each pod's namespace path.
+
+It runs as root with these capabilities:
+  CAP_BPF                 load its eBPF programs and maps
+  CAP_NET_ADMIN           create the socket maps (SOCKHASH) the steering
+                          (and --l4-relay=sockmap) hand sockets through
+  CAP_SYS_ADMIN           setns(2) into pod network namespaces: to list their
+                          addresses, open its listener there and dial the app
+                          (attaching sk_lookup needs only the namespace's fd)
+  CAP_SYS_PTRACE          open /proc/<pid>/ns/net of processes of other users
+                          or with capabilities the agent lacks (a ptrace
+                          access check; a pod's sandbox process usually runs
+                          as user 65535)
+
+It serves /metrics, /healthz (200 while it serves, even with the controller
+away) and /readyz (200 once its eBPF objects are loaded and it has applied a
+desired state, from the controller or the state file; else 503 and why).
+On SIGTERM or SIGINT it removes all steering and exits.
+
+Flags:
+`
+
+// options are the agent's flags.
+type options struct {
+	node, controller                    string
+	controllerCA, serverName, tokenFile string
+	metricsAddr, stateFile, logLevel    string
+	l4Relay, cpuProfile, flowCgroup     string
+}
+
+// parseFlags reads the flags; getenv gives --node its default, $NODE_NAME.
+func parseFlags(args []string, getenv func(string) string, output io.Writer) (*options, error) {
+	var o options
 	fs := flag.NewFlagSet("detour-agent", flag.ContinueOnError)
-	node := fs.String("node", "lab", "name of the node this agent serves")
-	controller := fs.String("controller", "127.0.0.1:7070", "controller gRPC address")
-	metricsAddr := fs.String("metrics-listen", "127.0.0.1:9471", "address for /metrics and /healthz")
-	stateFile := fs.String("state-file", "/var/lib/detour/agent-state.json", "where the last desired state is kept across restarts (empty: not kept)")
-	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	l4Relay := fs.String("l4-relay", "copy", "how L4 intercepts move bytes: copy (io.Copy, which uses splice(2)) or sockmap (SOCKHASH + sk_skb verdict in the kernel; EXPERIMENTAL: slower here, and it duplicated bytes under load in the lab test, see docs/architecture.md)")
-	cpuProfile := fs.String("cpu-profile", "", "write a CPU profile of the whole run to this file when the agent stops (for benchmarks)")
-	flowCgroup := fs.String("flow-metrics-cgroup", "auto", "cgroup v2 directory whose TCP flows feed the RTT and retransmit metrics (sockops): auto = the agent's own cgroup, off = none")
+	fs.SetOutput(output)
+	fs.StringVar(&o.node, "node", cmp.Or(getenv("NODE_NAME"), "lab"), "name of the node this agent serves (default $NODE_NAME when set)")
+	fs.StringVar(&o.controller, "controller", "127.0.0.1:7070", "controller gRPC address")
+	fs.StringVar(&o.controllerCA, "controller-ca", "", "PEM CA bundle: talk to the controller over TLS, verified against it (empty: insecure, for the lab)")
+	fs.StringVar(&o.serverName, "controller-server-name", "", "name the controller's certificate must hold (e.g. detour-controller.detour-system.svc when --controller is a ClusterIP); empty: the host of --controller; needs --controller-ca")
+	fs.StringVar(&o.tokenFile, "token-file", "", "file with a bearer token sent on every call (a projected service-account token, reread each call); needs --controller-ca")
+	fs.StringVar(&o.metricsAddr, "metrics-listen", "127.0.0.1:9471", "address for /metrics, /healthz and /readyz")
+	fs.StringVar(&o.stateFile, "state-file", "/var/lib/detour/agent-state.json", "where the last desired state is kept across restarts (empty: not kept)")
+	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&o.l4Relay, "l4-relay", "copy", "how L4 intercepts move bytes: copy (io.Copy, which uses splice(2)) or sockmap (SOCKHASH + sk_skb verdict in the kernel; EXPERIMENTAL: slower here, and it duplicated bytes under load in the lab test, see docs/architecture.md)")
+	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile of the whole run to this file when the agent stops (for benchmarks)")
+	fs.StringVar(&o.flowCgroup, "flow-metrics-cgroup", "auto", "cgroup v2 directory whose TCP flows feed the RTT and retransmit metrics (sockops): auto = the agent's own cgroup, off = none")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: detour-agent [flags]\n\nThe Detour node agent. Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN to enter pod network namespaces).\n\nFlags:\n")
+		fmt.Fprint(fs.Output(), usage)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(os.Args[1:]); err != nil {
+	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return nil
+			return nil, err
 		}
+		return nil, usageError{err} // the flag package has told what is wrong
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	var err error
+	fs.Visit(func(f *flag.Flag) {
+		if err == nil {
+			err = checkExpanded(f.Name, f.Value.String())
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	if o.controllerCA == "" {
+		switch {
+		case o.tokenFile != "":
+			return nil, errors.New("--token-file needs --controller-ca: a token is never sent in clear text")
+		case o.serverName != "":
+			return nil, errors.New("--controller-server-name needs --controller-ca: without TLS there is no certificate to check")
+		}
+	}
+	return &o, nil
+}
+
+// usageError is a command line the flag package could not parse.
+type usageError struct{ error }
+
+var kubeVar = regexp.MustCompile(`\$\(([A-Za-z_][A-Za-z0-9_]*)\)`)
+
+// checkExpanded refuses a flag value with a $(VAR) reference left in it:
+// Kubernetes replaces $(VAR) in a container's args only with a variable the
+// container has, and leaves it as it is otherwise.
+func checkExpanded(flagName, value string) error {
+	m := kubeVar.FindStringSubmatch(value)
+	if m == nil {
+		return nil
+	}
+	return fmt.Errorf("--%s %q: $(%s) was not expanded. Kubernetes expands $(VAR) in args only with variables the container has; "+
+		"a Service's variables (like DETOUR_CONTROLLER_SERVICE_HOST) exist only in pods started after the Service, in its namespace: "+
+		"create the Service, then restart the agent pods", flagName, value, m[1])
+}
+
+// controllerDialOptions are the agent's credentials with the controller:
+// TLS verified against the CA bundle (and the server name) and a bearer
+// token on every call, or nothing (insecure, the lab) without a CA.
+func controllerDialOptions(o *options) ([]grpc.DialOption, error) {
+	if o.controllerCA == "" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(o.controllerCA)
+	if err != nil {
+		return nil, fmt.Errorf("--controller-ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("--controller-ca: no PEM certificate in %s", o.controllerCA)
+	}
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+		RootCAs:    pool,
+		ServerName: o.serverName,
+		MinVersion: tls.VersionTLS12,
+	}))}
+	if o.tokenFile != "" {
+		tok := kubeauth.TokenFile(o.tokenFile)
+		// Read once now, so a missing token fails the start, not every call.
+		if _, err := tok.GetRequestMetadata(context.Background()); err != nil {
+			return nil, fmt.Errorf("--token-file: %w", err)
+		}
+		opts = append(opts, grpc.WithPerRPCCredentials(tok))
+	}
+	return opts, nil
+}
+
+func run() error {
+	o, err := parseFlags(os.Args[1:], os.Getenv, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	if errors.As(err, new(usageError)) {
 		os.Exit(2)
 	}
-	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
+	if err != nil {
+		return err
+	}
+	dialOpts, err := controllerDialOptions(o)
+	if err != nil {
+		return err
+	}
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
 		if err != nil {
 			return fmt.Errorf("cpu profile: %w", err)
 		}
@@ -69,7 +209,7 @@ func run() error {
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
 	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
+	if err := lvl.UnmarshalText([]byte(o.logLevel)); err != nil {
 		return fmt.Errorf("bad --log-level: %w", err)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
@@ -88,10 +228,14 @@ func run() error {
 		return fmt.Errorf("load eBPF steering: %w", err)
 	}
 	cfg := agent.Config{
-		Node: *node, Controller: *controller, StateFile: *stateFile,
+		Node: o.node, Controller: o.controller, StateFile: o.stateFile,
 		Version: version, Logger: log, Registry: reg,
+		// Targets that name no namespace path (Kubernetes) are found by
+		// their pod's address.
+		ResolveNetNS: podns.New().Resolve,
+		DialOptions:  dialOpts,
 	}
-	switch *l4Relay {
+	switch o.l4Relay {
 	case "copy":
 	case "sockmap":
 		sp, err := splice.New()
@@ -107,16 +251,16 @@ func run() error {
 		}
 	default:
 		_ = s.Close()
-		return fmt.Errorf("bad --l4-relay %q: want copy or sockmap", *l4Relay)
+		return fmt.Errorf("bad --l4-relay %q: want copy or sockmap", o.l4Relay)
 	}
-	if ops, err := flowMetrics(*flowCgroup); err != nil {
+	if ops, err := flowMetrics(o.flowCgroup); err != nil {
 		// Metrics are not worth refusing to route for.
 		loadErrors.Inc()
 		log.Warn("flow metrics (sockops) unavailable", "err", err)
 	} else if ops != nil {
 		defer ops.Close()
 		reg.MustRegister(ops)
-		log.Info("flow metrics from sockops", "cgroup", *flowCgroup)
+		log.Info("flow metrics from sockops", "cgroup", o.flowCgroup)
 	}
 	a, err := agent.New(cfg, s)
 	if err != nil {
@@ -127,7 +271,7 @@ func run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	ln, err := net.Listen("tcp", *metricsAddr)
+	ln, err := net.Listen("tcp", o.metricsAddr)
 	if err != nil {
 		_ = s.Close()
 		return fmt.Errorf("metrics listener: %w", err)
@@ -136,7 +280,8 @@ func run() error {
 	go func() { _ = srv.Serve(ln) }()
 	defer srv.Close()
 
-	log.Info("agent started", "node", *node, "controller", *controller, "metrics", ln.Addr().String())
+	log.Info("agent started", "node", o.node, "controller", o.controller, "tls", o.controllerCA != "",
+		"token", o.tokenFile != "", "metrics", ln.Addr().String())
 	err = a.Run(ctx)
 	log.Info("agent stopped; steering removed")
 	return err

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -39,6 +40,21 @@ type Config struct {
 	// Relay moves the bytes of L4 connections (the kernel splice); nil
 	// copies them in userspace.
 	Relay func(ctx context.Context, client, upstream *net.TCPConn) error
+	// ResolveNetNS finds the network namespace of a pod on this node by its
+	// IP, for targets that carry no netns path (in Kubernetes the controller
+	// does not know where a pod's namespace is on the node; pkg/podns finds
+	// it). It returns a path the namespace can be opened by at once. nil:
+	// targets must carry their netns path (the lab).
+	ResolveNetNS func(podIP netip.Addr) (string, error)
+	// RetryInterval is how often targets that could not be steered yet are
+	// tried again (their pod's sandbox may just be starting); every ten
+	// intervals all targets' namespaces are looked up again. Default 1 s.
+	RetryInterval time.Duration
+	// DialOptions for the controller connection, applied after the default
+	// insecure transport credentials: a grpc.WithTransportCredentials here
+	// replaces them (TLS in a cluster); grpc.WithPerRPCCredentials adds a
+	// token.
+	DialOptions []grpc.DialOption
 }
 
 // Agent follows the controller and drives the data path of one node.
@@ -51,6 +67,8 @@ type Agent struct {
 	mu          sync.Mutex
 	assignments map[string]*detourv1.Assignment
 	connected   bool
+	applied     bool // a desired state was applied, from the controller or the state file
+	stopping    bool
 }
 
 // New builds an agent around an already loaded steering.
@@ -61,6 +79,9 @@ func New(cfg Config, s Steerer) (*Agent, error) {
 	if cfg.ReportInterval <= 0 {
 		cfg.ReportInterval = time.Second
 	}
+	if cfg.RetryInterval <= 0 {
+		cfg.RetryInterval = time.Second
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -70,6 +91,7 @@ func New(cfg Config, s Steerer) (*Agent, error) {
 	m := newMetrics(cfg.Registry)
 	dp := newDataplane(s, cfg.Logger, m)
 	dp.relay = cfg.Relay
+	dp.resolve = cfg.ResolveNetNS
 	return &Agent{
 		cfg:         cfg,
 		log:         cfg.Logger,
@@ -81,22 +103,34 @@ func New(cfg Config, s Steerer) (*Agent, error) {
 
 // Run serves until ctx ends, then removes all steering.
 func (a *Agent) Run(ctx context.Context) error {
-	if err := a.loadState(); err != nil {
-		a.log.Warn("ignoring saved state", "err", err)
-	}
-	conn, err := grpc.NewClient(a.cfg.Controller, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	defer a.stop()
+	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, a.cfg.DialOptions...)
+	conn, err := grpc.NewClient(a.cfg.Controller, opts...)
 	if err != nil {
+		_ = a.dp.Close()
 		return fmt.Errorf("controller client: %w", err)
 	}
 	defer conn.Close()
 	client := detourv1.NewAgentSyncServiceClient(conn)
+	if err := a.loadState(); err != nil {
+		a.log.Warn("ignoring saved state", "err", err)
+	}
 
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() { defer wg.Done(); a.reportLoop(ctx, client) }()
+	go func() { defer wg.Done(); a.dp.run(ctx, a.cfg.RetryInterval) }()
 	a.syncLoop(ctx, client)
+	a.stop()
 	wg.Wait()
 	return a.dp.Close()
+}
+
+// stop marks the agent as going away, for /readyz.
+func (a *Agent) stop() {
+	a.mu.Lock()
+	a.stopping = true
+	a.mu.Unlock()
 }
 
 // syncLoop keeps a desired-state watch open, reconnecting with a short
@@ -178,6 +212,9 @@ func (a *Agent) handle(ev *detourv1.WatchDesiredStateResponse) {
 	list := a.list()
 	a.mu.Unlock()
 	a.dp.Apply(list)
+	a.mu.Lock()
+	a.applied = true
+	a.mu.Unlock()
 	if err := a.saveState(list); err != nil {
 		a.log.Warn("could not save state", "err", err)
 	}
@@ -250,9 +287,11 @@ func (a *Agent) loadState() error {
 	return nil
 }
 
-// Handler serves /metrics and /healthz. The agent is healthy once its BPF
-// objects are loaded, whether or not the controller is reachable: a
-// controller outage must not restart agents that are serving.
+// Handler serves /metrics, /healthz and /readyz. The agent is healthy once
+// its BPF objects are loaded (New is given them loaded), whether or not the
+// controller is reachable: a controller outage must not restart agents that
+// are serving. It is ready once it has also applied a desired state, from the
+// controller or its state file, until it stops.
 func (a *Agent) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(a.cfg.Registry, promhttp.HandlerOpts{}))
@@ -262,5 +301,25 @@ func (a *Agent) Handler() http.Handler {
 		a.mu.Unlock()
 		fmt.Fprintf(w, "ok\ncontroller_connected=%v\n", connected)
 	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if reason := a.notReady(); reason != "" {
+			http.Error(w, reason, http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
 	return mux
+}
+
+// notReady says why the agent is not ready, or "" when it is.
+func (a *Agent) notReady() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	switch {
+	case a.stopping:
+		return "stopping: steering is being removed"
+	case !a.applied:
+		return "no desired state applied yet: waiting for the controller (no saved state)"
+	}
+	return ""
 }

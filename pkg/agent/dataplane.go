@@ -2,14 +2,20 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"slices"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
 	"github.com/detourdev/detour/pkg/apiconv"
@@ -30,21 +36,43 @@ type Steerer interface {
 	Close() error
 }
 
-// portKey is one intercepted pod port.
+// portKey is one intercepted pod port. Its namespace is named by inode: the
+// path a pod's namespace is found by can change while the namespace stays
+// (/proc/<pid>/ns/net of another of its processes).
 type portKey struct {
-	netns string
-	addr  netip.Addr
-	port  uint16
+	ns   uint64
+	addr netip.Addr
+	port uint16
 }
 
-func (k portKey) String() string { return fmt.Sprintf("%s:%d (%s)", k.addr, k.port, k.netns) }
+func (k portKey) String() string {
+	return fmt.Sprintf("%s (netns inode %d)", netip.AddrPortFrom(k.addr, k.port), k.ns)
+}
 
 // port is the agent's listener and router for one intercepted pod port.
 type port struct {
 	ln    *net.TCPListener
 	proxy *proxy.Proxy
 	obs   *portObserver
+	// nsf is the port's own handle on the pod's namespace, which its router
+	// dials the app from, also while it drains after the port is removed:
+	// it is closed with the router.
+	nsf *os.File
 }
+
+// podNetNS is a pod namespace the steering is attached to, held open: a
+// /proc/<pid>/ns/net path dies with its process (an app container
+// restarting in a living pod) and a named path can come to name a new
+// namespace, while the descriptor names this one for as long as it is open.
+type podNetNS struct {
+	f     *os.File
+	from  string // the path it was found by, for logs
+	ports int    // ports steered in it
+}
+
+// fdPath names an open namespace by its descriptor, for pkg/netns and the
+// Steerer, which take paths.
+func fdPath(f *os.File) string { return "/proc/self/fd/" + strconv.Itoa(int(f.Fd())) }
 
 // counters are one intercept's request counts on this node, and its
 // Prometheus series.
@@ -108,6 +136,9 @@ func (po *portObserver) setRoutes(routes []proxy.Route) {
 
 // dataplane turns assignments into steering and routers, and removes what is
 // no longer assigned: a pod port with no intercept has nothing in its path.
+// A target that cannot be steered yet (its pod's namespace is not found, or
+// attaching failed) is tried again by run until it is steered or no longer
+// assigned.
 type dataplane struct {
 	steer Steerer
 	log   *slog.Logger
@@ -117,27 +148,44 @@ type dataplane struct {
 	drain time.Duration
 	// relay moves L4 connections' bytes; nil copies in userspace.
 	relay func(ctx context.Context, client, upstream *net.TCPConn) error
+	// resolve finds the namespace of a target that carries no netns path;
+	// nil: targets must carry one.
+	resolve func(podIP netip.Addr) (string, error)
+	// listen opens a listener inside the namespace at path (netns.Listen;
+	// tests listen in their own namespace).
+	listen func(path, network, addr string) (net.Listener, error)
 
-	mu       sync.Mutex
-	ports    map[portKey]*port
-	netnsRef map[string]int
+	// syncMu makes syncs (Apply's and run's) one at a time. It is taken
+	// before mu and held while namespaces are found, without mu.
+	syncMu sync.Mutex
+
+	mu      sync.Mutex
+	desired []*detourv1.Assignment
+	ports   map[portKey]*port
+	// namespaces the steering is attached to, by inode
+	namespaces map[uint64]*podNetNS
 	// per intercept id ("namespace/name")
 	targets  map[string][]portKey
 	errs     map[string]string
 	counters map[string]*counters
+	// failing is each target's last failure, logged when it changes.
+	failing map[string]string
+	closed  bool
 }
 
 func newDataplane(s Steerer, log *slog.Logger, m *metrics) *dataplane {
 	return &dataplane{
-		steer:    s,
-		log:      log,
-		m:        m,
-		drain:    10 * time.Second,
-		ports:    map[portKey]*port{},
-		netnsRef: map[string]int{},
-		targets:  map[string][]portKey{},
-		errs:     map[string]string{},
-		counters: map[string]*counters{},
+		steer:      s,
+		log:        log,
+		m:          m,
+		drain:      10 * time.Second,
+		listen:     netns.Listen,
+		ports:      map[portKey]*port{},
+		namespaces: map[uint64]*podNetNS{},
+		targets:    map[string][]portKey{},
+		errs:       map[string]string{},
+		counters:   map[string]*counters{},
+		failing:    map[string]string{},
 	}
 }
 
@@ -147,21 +195,148 @@ func interceptID(namespace, name string) string { return namespace + "/" + name 
 type desiredPort struct {
 	app    string
 	routes []proxy.Route
+	at     *located
+	target string // the first target routed here, for logs
+}
+
+// located is where a target's pod namespace was found in one sync: an open
+// handle on it and its inode, or why not.
+type located struct {
+	f    *os.File
+	ino  uint64
+	from string
+	err  error
+	// final: trying again will not help.
+	final bool
 }
 
 // Apply makes the node match the assignments. It never fails as a whole:
-// an assignment that cannot be applied is reported through its status.
+// an assignment that cannot be applied is reported through its status, and
+// its targets that may yet be steered are tried again by run.
 func (d *dataplane) Apply(assignments []*detourv1.Assignment) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-
+	assignments = slices.Clone(assignments)
 	sort.Slice(assignments, func(i, j int) bool {
 		return interceptID(assignments[i].Namespace, assignments[i].Name) <
 			interceptID(assignments[j].Namespace, assignments[j].Name)
 	})
+	d.mu.Lock()
+	d.desired = assignments
+	d.mu.Unlock()
+	d.sync()
+}
+
+// run tries the targets that could not be steered again every interval, and
+// every recheckEvery intervals finds all targets' namespaces again: a pod can
+// be replaced by one with the same address, and a lab namespace be made anew
+// under its path. It returns when ctx ends.
+func (d *dataplane) run(ctx context.Context, interval time.Duration) {
+	const recheckEvery = 10
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for n := 1; ; n++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		d.mu.Lock()
+		retry := len(d.failing) > 0
+		d.mu.Unlock()
+		if retry || n%recheckEvery == 0 {
+			d.sync()
+		}
+	}
+}
+
+// sync makes the node match the desired state. Finding namespaces may scan
+// /proc, so it runs without mu, which status reports and the routers' slow
+// path take.
+func (d *dataplane) sync() {
+	d.syncMu.Lock()
+	defer d.syncMu.Unlock()
+	d.mu.Lock()
+	desired, closed := d.desired, d.closed
+	d.mu.Unlock()
+	if closed {
+		return
+	}
+	found := d.locate(desired)
+	defer func() {
+		for _, l := range found {
+			if l.f != nil {
+				_ = l.f.Close()
+			}
+		}
+	}()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.closed {
+		d.apply(desired, found)
+	}
+}
+
+// locate finds and opens the namespace of every target, by its netns path
+// or, lacking one, by its pod's address.
+func (d *dataplane) locate(assignments []*detourv1.Assignment) map[string]*located {
+	found := map[string]*located{}
+	for _, a := range assignments {
+		for _, t := range a.Targets {
+			key := locateKey(t)
+			if _, ok := found[key]; ok {
+				continue
+			}
+			l := &located{from: t.Netns}
+			found[key] = l
+			if l.from == "" {
+				addr, err := netip.ParseAddr(t.PodIp)
+				switch {
+				case err != nil:
+					l.err = fmt.Errorf("bad pod address %q", t.PodIp)
+					l.final = true
+				case d.resolve == nil:
+					l.err = errors.New("the target has no netns path and this agent does not look namespaces up")
+					l.final = true
+				default:
+					l.from, l.err = d.resolve(addr)
+				}
+				if l.err != nil {
+					continue
+				}
+			}
+			l.f, l.err = os.Open(l.from)
+			if l.err != nil {
+				l.err = fmt.Errorf("open the pod's network namespace: %w", l.err)
+				continue
+			}
+			var st unix.Stat_t
+			if err := unix.Fstat(int(l.f.Fd()), &st); err != nil {
+				l.err = fmt.Errorf("stat the pod's network namespace %s: %w", l.from, err)
+				continue
+			}
+			l.ino = st.Ino
+		}
+	}
+	return found
+}
+
+func locateKey(t *detourv1.Target) string {
+	if t.Netns != "" {
+		return "path " + t.Netns
+	}
+	return "ip " + t.PodIp
+}
+
+// apply does Apply's work with the targets' namespaces found; mu is held.
+func (d *dataplane) apply(assignments []*detourv1.Assignment, found map[string]*located) {
 	want := map[portKey]*desiredPort{}
 	targets := map[string][]portKey{}
 	errs := map[string]string{}
+	fail := func(id, msg string) {
+		if errs[id] == "" {
+			errs[id] = msg
+		}
+	}
+	failing := map[string]string{} // by target, for targets to retry
 	for _, a := range assignments {
 		id := interceptID(a.Namespace, a.Name)
 		targets[id] = nil
@@ -169,26 +344,36 @@ func (d *dataplane) Apply(assignments []*detourv1.Assignment) {
 		if !a.L4 {
 			var err error
 			if m, err = compile(a.Match); err != nil {
-				errs[id] = err.Error()
+				fail(id, err.Error())
 				continue
 			}
 		}
 		sources, err := sourceSet(a)
 		if err != nil {
-			errs[id] = err.Error()
+			fail(id, err.Error())
 			continue
 		}
 		for _, t := range a.Targets {
 			addr, err := netip.ParseAddr(t.PodIp)
-			if err != nil || !addr.Is4() || t.Port == 0 || t.Port > 65535 || t.Netns == "" {
-				errs[id] = fmt.Sprintf("bad target %s/%s %q:%d", t.PodNamespace, t.PodName, t.PodIp, t.Port)
+			if err != nil || !addr.Is4() || t.Port == 0 || t.Port > 65535 {
+				fail(id, fmt.Sprintf("bad target %s/%s %q:%d", t.PodNamespace, t.PodName, t.PodIp, t.Port))
 				continue
 			}
-			k := portKey{netns: t.Netns, addr: addr, port: uint16(t.Port)}
+			target := fmt.Sprintf("%s/%s %s", t.PodNamespace, t.PodName, netip.AddrPortFrom(addr, uint16(t.Port)))
+			l := found[locateKey(t)]
+			if l.err != nil {
+				msg := fmt.Sprintf("pod %s: %v", target, l.err)
+				fail(id, msg)
+				if !l.final {
+					failing[target] = msg
+				}
+				continue
+			}
+			k := portKey{ns: l.ino, addr: addr, port: uint16(t.Port)}
 			targets[id] = append(targets[id], k)
 			dp := want[k]
 			if dp == nil {
-				dp = &desiredPort{app: netip.AddrPortFrom(addr, k.port).String()}
+				dp = &desiredPort{app: netip.AddrPortFrom(addr, k.port).String(), at: l, target: target}
 				want[k] = dp
 			}
 			dp.routes = append(dp.routes, proxy.Route{Intercept: id, Matcher: m, Destination: a.Destination, L4: a.L4, Sources: sources})
@@ -207,6 +392,8 @@ func (d *dataplane) Apply(assignments []*detourv1.Assignment) {
 		}
 	}
 
+	// Removed first, so a pod replaced by one in a new namespace is
+	// detached from the old before it is attached to the new.
 	for k, p := range d.ports {
 		if _, ok := want[k]; !ok {
 			d.removePort(k, p)
@@ -216,11 +403,12 @@ func (d *dataplane) Apply(assignments []*detourv1.Assignment) {
 		p := d.ports[k]
 		if p == nil {
 			var err error
-			if p, err = d.addPort(k, dp.app); err != nil {
-				d.log.Error("steering a pod port failed", "port", k.String(), "err", err)
+			if p, err = d.addPort(k, dp.app, dp.at); err != nil {
+				msg := fmt.Sprintf("pod %s: %v", dp.target, err)
 				for _, r := range dp.routes {
-					errs[r.Intercept] = err.Error()
+					fail(r.Intercept, msg)
 				}
+				failing[dp.target] = msg
 				continue
 			}
 		}
@@ -228,10 +416,27 @@ func (d *dataplane) Apply(assignments []*detourv1.Assignment) {
 		p.proxy.SetRoutes(dp.routes)
 	}
 
+	d.logFailures(failing)
 	d.targets, d.errs = targets, errs
 	d.m.intercepts.Set(float64(len(targets)))
 	d.m.steeredPorts.Set(float64(len(d.ports)))
-	d.m.attachments.Set(float64(len(d.netnsRef)))
+	d.m.attachments.Set(float64(len(d.namespaces)))
+}
+
+// logFailures logs a target's failure when it starts or changes, not at
+// every retry, and when it ends.
+func (d *dataplane) logFailures(now map[string]string) {
+	for target, msg := range now {
+		if d.failing[target] != msg {
+			d.log.Warn("cannot steer a target yet; retrying every interval", "target", target, "err", msg)
+		}
+	}
+	for target := range d.failing {
+		if _, ok := now[target]; !ok {
+			d.log.Info("target no longer failing (steered, or no longer assigned)", "target", target)
+		}
+	}
+	d.failing = now
 }
 
 // sourceSet is the assignment's source filter; nil admits every source.
@@ -258,29 +463,46 @@ func compile(conds []*detourv1.Condition) (*match.Matcher, error) {
 	return match.Compile(mc)
 }
 
-// addPort opens the agent's listener inside the pod's namespace, starts its
-// router and only then steers the port to it, so no connection is handed to
-// a listener nobody serves. On error everything it made is undone.
-func (d *dataplane) addPort(k portKey, app string) (_ *port, err error) {
-	if d.netnsRef[k.netns] == 0 {
-		if err := d.steer.Attach(k.netns); err != nil {
-			d.m.bpfErrors.WithLabelValues("attach").Inc()
-			return nil, fmt.Errorf("attach steering: %w", err)
+// addPort opens the agent's listener inside the pod's namespace (found at
+// at), starts its router and only then steers the port to it, so no
+// connection is handed to a listener nobody serves. On error everything it
+// made is undone.
+func (d *dataplane) addPort(k portKey, app string, at *located) (_ *port, err error) {
+	ns := d.namespaces[k.ns]
+	if ns == nil {
+		// A handle of the namespace's own: at's is closed after the sync.
+		f, err := os.Open(fdPath(at.f))
+		if err != nil {
+			return nil, fmt.Errorf("open netns %s: %w", at.from, err)
 		}
+		if err := d.steer.Attach(fdPath(f)); err != nil {
+			_ = f.Close()
+			d.m.bpfErrors.WithLabelValues("attach").Inc()
+			return nil, fmt.Errorf("attach steering to netns %s: %w", at.from, err)
+		}
+		ns = &podNetNS{f: f, from: at.from}
+		d.namespaces[k.ns] = ns
+		d.log.Info("steering attached to a pod network namespace", "netns", at.from, "inode", k.ns)
 	}
-	d.netnsRef[k.netns]++
+	ns.ports++
 	defer func() {
 		if err != nil {
-			d.unref(k.netns)
+			d.unref(k.ns)
 		}
 	}()
 
-	ln, err := netns.Listen(k.netns, "tcp4", netip.AddrPortFrom(k.addr, 0).String())
+	nsf, err := os.Open(fdPath(ns.f))
 	if err != nil {
+		return nil, fmt.Errorf("open netns %s: %w", ns.from, err)
+	}
+	path := fdPath(nsf)
+	ln, err := d.listen(path, "tcp4", netip.AddrPortFrom(k.addr, 0).String())
+	if err != nil {
+		_ = nsf.Close()
 		return nil, fmt.Errorf("listen in pod namespace: %w", err)
 	}
 	tl := ln.(*net.TCPListener)
-	dialer := &netns.Dialer{Path: k.netns}
+	dialer := &netns.Dialer{Path: path}
 	obs := &portObserver{d: d}
 	px := proxy.New(proxy.Config{
 		App:      app,
@@ -294,11 +516,12 @@ func (d *dataplane) addPort(k portKey, app string) (_ *port, err error) {
 		d.m.bpfErrors.WithLabelValues("steer").Inc()
 		_ = tl.Close()
 		_ = px.Close()
+		_ = nsf.Close()
 		return nil, fmt.Errorf("steer port: %w", err)
 	}
-	p := &port{ln: tl, proxy: px, obs: obs}
+	p := &port{ln: tl, proxy: px, obs: obs, nsf: nsf}
 	d.ports[k] = p
-	d.log.Info("steering pod port to the agent", "port", k.String())
+	d.log.Info("steering pod port to the agent", "port", k.String(), "netns", ns.from)
 	return p, nil
 }
 
@@ -312,22 +535,30 @@ func (d *dataplane) removePort(k portKey, p *port) {
 	}
 	_ = p.ln.Close()
 	p.proxy.SetRoutes(nil)
-	time.AfterFunc(d.drain, func() { _ = p.proxy.Close() })
+	time.AfterFunc(d.drain, func() {
+		_ = p.proxy.Close()
+		_ = p.nsf.Close()
+	})
 	delete(d.ports, k)
-	d.unref(k.netns)
+	d.unref(k.ns)
 	d.log.Info("pod port no longer steered", "port", k.String())
 }
 
-func (d *dataplane) unref(ns string) {
-	d.netnsRef[ns]--
-	if d.netnsRef[ns] > 0 {
+// unref drops a port's hold on its namespace, detaching the steering from
+// the namespace with its last port.
+func (d *dataplane) unref(ino uint64) {
+	ns := d.namespaces[ino]
+	if ns.ports--; ns.ports > 0 {
 		return
 	}
-	delete(d.netnsRef, ns)
-	if err := d.steer.Detach(ns); err != nil {
+	delete(d.namespaces, ino)
+	if err := d.steer.Detach(fdPath(ns.f)); err != nil {
 		d.m.bpfErrors.WithLabelValues("detach").Inc()
-		d.log.Error("detach steering failed", "netns", ns, "err", err)
+		d.log.Error("detach steering failed", "netns", ns.from, "inode", ino, "err", err)
+	} else {
+		d.log.Info("steering detached from a pod network namespace", "netns", ns.from, "inode", ino)
 	}
+	_ = ns.f.Close()
 }
 
 // observe counts a request of intercept id that its port's observer does
@@ -382,18 +613,31 @@ func splitID(id string) (string, string) {
 	return "", id
 }
 
-// Close removes all steering and routers, then the BPF objects.
+// Close removes all steering and routers, then the BPF objects. Nothing is
+// applied after it; it is idempotent.
 func (d *dataplane) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.closed {
+		return nil
+	}
+	d.closed = true
 	for k, p := range d.ports {
 		if err := d.steer.Unsteer(k.addr, k.port); err != nil {
 			d.log.Warn("unsteer on close", "port", k.String(), "err", err)
 		}
 		_ = p.ln.Close()
 		_ = p.proxy.Close()
+		_ = p.nsf.Close()
 		delete(d.ports, k)
 	}
-	d.netnsRef = map[string]int{}
-	return d.steer.Close()
+	// Closing the steering closes every link, by the namespaces' inodes.
+	err := d.steer.Close()
+	for ino, ns := range d.namespaces {
+		_ = ns.f.Close()
+		delete(d.namespaces, ino)
+	}
+	d.m.steeredPorts.Set(0)
+	d.m.attachments.Set(0)
+	return err
 }
