@@ -385,20 +385,25 @@ unless --ttl gives it one.`,
 }
 
 func newStatusCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "status",
+	var ns string
+	cmd := &cobra.Command{
+		Use:   "status [-n NS]",
 		Short: "Show the controller, the node agents and every intercept's steering and counters",
 		Long: `Show the controller (address, or pod through a cluster; version, up since), each node agent (connected,
 last seen) and, per intercept and node: whether steering is attached, how many
 requests matched, how many fell back to the shared service because your pod
-could not be reached, and how many connections the kernel steered.`,
+could not be reached, and how many connections the kernel steered.
+
+Every namespace by default; -n shows one. Through a cluster, the controller
+requires list on intercepts.detour.dev where you look: a developer who may
+only list in their namespace uses -n.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := checkOutputFlag(g); err != nil {
 				return err
 			}
 			return withControl(cmd.Context(), g, func(ctx context.Context, c detourv1.ControlServiceClient, where string) error {
-				resp, err := c.GetStatus(ctx, &detourv1.GetStatusRequest{})
+				resp, err := c.GetStatus(ctx, &detourv1.GetStatusRequest{Namespace: ns})
 				if err != nil {
 					return rpcError("get status", err)
 				}
@@ -409,6 +414,8 @@ could not be reached, and how many connections the kernel steered.`,
 			})
 		},
 	}
+	cmd.Flags().StringVarP(&ns, "namespace", "n", "", "show only the intercepts of `NAMESPACE` (default: all)")
+	return cmd
 }
 
 // waitSteering polls the controller until every node the intercept targets
@@ -419,7 +426,7 @@ func waitSteering(ctx context.Context, c detourv1.ControlServiceClient, progress
 	fmt.Fprintf(progress, "waiting up to %s for steering of %s/%s...\n", within, ns, name)
 	last := "no status yet"
 	for {
-		resp, err := c.GetStatus(ctx, &detourv1.GetStatusRequest{})
+		resp, err := c.GetStatus(ctx, &detourv1.GetStatusRequest{Namespace: ns})
 		if err == nil {
 			if ready, why := steeringReady(resp, ns, name); ready {
 				fmt.Fprintf(progress, "steering of %s/%s attached\n", ns, name)

@@ -134,7 +134,7 @@ func (s *Server) ReportStatus(_ context.Context, req *detourv1.ReportStatusReque
 
 // GetStatus reports the controller, the agents and, per intercept, each
 // node it targets or that reported on it (see nodeStatusLocked).
-func (s *Server) GetStatus(_ context.Context, _ *detourv1.GetStatusRequest) (*detourv1.GetStatusResponse, error) {
+func (s *Server) GetStatus(_ context.Context, req *detourv1.GetStatusRequest) (*detourv1.GetStatusResponse, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	resp := &detourv1.GetStatusResponse{
@@ -154,7 +154,7 @@ func (s *Server) GetStatus(_ context.Context, _ *detourv1.GetStatusRequest) (*de
 		}
 		resp.Agents = append(resp.Agents, as)
 	}
-	for _, ic := range s.listLocked("") {
+	for _, ic := range s.listLocked(req.GetNamespace()) {
 		st := &detourv1.InterceptStatus{Namespace: ic.GetNamespace(), Name: ic.GetName(),
 			Nodes: s.nodeStatusLocked(keyOf(ic.GetNamespace(), ic.GetName()))}
 		resp.Intercepts = append(resp.Intercepts, st)

@@ -388,6 +388,15 @@ func TestDesiredStateDestinationGone(t *testing.T) {
 	if n := st.GetIntercepts()[0].GetNodes(); len(n) != 2 || !strings.Contains(n[0].GetError(), "api-alice is not in the inventory") {
 		t.Fatalf("status names no problem: %v", n)
 	}
+	for ns, want := range map[string]int{"default": 1, "other": 0} {
+		st, err := h.ctl.GetStatus(ctx(t), &detourv1.GetStatusRequest{Namespace: ns})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := len(st.GetIntercepts()); got != want {
+			t.Fatalf("status of namespace %s lists %d intercepts, want %d", ns, got, want)
+		}
+	}
 	h.inv.Set(labInventory())
 	if ev := lab.recv(t); ev.GetType() != detourv1.WatchDesiredStateResponse_TYPE_UPSERT {
 		t.Fatalf("after pod back %v", ev)

@@ -119,6 +119,10 @@ func TestControlService(t *testing.T) {
 			_, err := c.GetStatus(ctx, &detourv1.GetStatusRequest{}, as(alice)...)
 			return err
 		}, codes.PermissionDenied, []string{"list", "in all namespaces"}},
+		{"alice status of shop is judged in shop", func(ctx context.Context) error {
+			_, err := c.GetStatus(ctx, &detourv1.GetStatusRequest{Namespace: "shop"}, as(alice)...)
+			return err
+		}, codes.PermissionDenied, []string{`user "alice" may not list`, `in namespace "shop"`}},
 		{"mallory creates in shop", func(ctx context.Context) error {
 			_, err := c.CreateIntercept(ctx, intercept("shop"), as(mallory)...)
 			return err

@@ -70,7 +70,7 @@ func scope(msg any) (namespace, name string, err error) {
 	case *detourv1.WatchInterceptsRequest:
 		return r.GetNamespace(), "", nil
 	case *detourv1.GetStatusRequest:
-		return "", "", nil
+		return r.GetNamespace(), "", nil
 	}
 	return "", "", fmt.Errorf("unexpected request %T", msg)
 }

@@ -1030,7 +1030,11 @@ func (x *WatchInterceptsResponse) GetIntercept() *Intercept {
 }
 
 type GetStatusRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only the intercepts of this namespace; empty means all. With
+	// Kubernetes authorization, the caller needs list on intercepts in it
+	// (cluster-wide when empty).
+	Namespace     string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1063,6 +1067,13 @@ func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use GetStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetStatusRequest) Descriptor() ([]byte, []int) {
 	return file_detour_v1_detour_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *GetStatusRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
 }
 
 type AgentStatus struct {
@@ -1987,8 +1998,9 @@ const file_detour_v1_detour_proto_rawDesc = "" +
 	"\fTYPE_CREATED\x10\x02\x12\x10\n" +
 	"\fTYPE_UPDATED\x10\x03\x12\x10\n" +
 	"\fTYPE_DELETED\x10\x04\x12\x10\n" +
-	"\fTYPE_EXPIRED\x10\x05\"\x12\n" +
-	"\x10GetStatusRequest\"\x92\x01\n" +
+	"\fTYPE_EXPIRED\x10\x05\"0\n" +
+	"\x10GetStatusRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\"\x92\x01\n" +
 	"\vAgentStatus\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1c\n" +
 	"\tconnected\x18\x02 \x01(\bR\tconnected\x127\n" +
