@@ -215,6 +215,44 @@ func TestE2E(t *testing.T) {
 		}
 	})
 
+	t.Run("the Intercept resources show what the controller and the agent did", func(t *testing.T) {
+		testutil.Eventually(t, 30*time.Second, func() error {
+			out := e.k(t, "-n", "shop", "get", "intercept", "alice", "-o",
+				`jsonpath={.status.state} {.status.matchSummary} {.status.conditions[?(@.type=="Ready")].status} {.status.nodes[0].node} {.status.nodes[0].steeringAttached} {.status.nodes[0].matched}`)
+			f := strings.Fields(out)
+			if len(f) != 6 || f[0] != "Active" || f[1] != "session=alice" || f[2] != "True" || f[3] != "detour-node" || f[4] != "true" || f[5] == "0" {
+				return fmt.Errorf("status of shop/alice: %q, want Active session=alice True detour-node true and requests matched", out)
+			}
+			return nil
+		})
+	})
+
+	t.Run("controller leader deleted: the other replica takes over", func(t *testing.T) {
+		leader := strings.TrimSpace(e.k(t, "-n", "detour-system", "get", "lease", "detour-controller", "-o", "jsonpath={.spec.holderIdentity}"))
+		e.k(t, "-n", "detour-system", "delete", "pod", leader, "--wait=false")
+		testutil.Eventually(t, 60*time.Second, func() error {
+			now := strings.TrimSpace(e.k(t, "-n", "detour-system", "get", "lease", "detour-controller", "-o", "jsonpath={.spec.holderIdentity}"))
+			if now == "" || now == leader {
+				return fmt.Errorf("lease still held by %q", now)
+			}
+			return nil
+		})
+		// The CLI finds the new leader, and it knows alice's intercept.
+		testutil.Eventually(t, 60*time.Second, func() error {
+			out, err := runErr(filepath.Join(e.bin, "detour"), "--kubeconfig", e.kubeconfig("alice"), "intercept", "get", "alice", "-n", "shop")
+			if err != nil {
+				return fmt.Errorf("detour intercept get: %v\n%s", err, out)
+			}
+			return nil
+		})
+		// The data path never depended on the controller.
+		for _, s := range []string{"alice", "bob"} {
+			if got, err := c.get(c.fresh, svc, s); err != nil || got != "api-"+s {
+				t.Fatalf("after the failover, session %s answered by %q (%v)", s, got, err)
+			}
+		}
+	})
+
 	t.Run("a user without rights on intercepts is refused by the controller", func(t *testing.T) {
 		out, err := runErr(filepath.Join(e.bin, "detour"), "--kubeconfig", e.kubeconfig("mallory"),
 			"intercept", "create", "mallory", "-n", "shop", "--service", "shop/api", "--port", "80",
