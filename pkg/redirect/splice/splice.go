@@ -58,6 +58,15 @@
 //     reader trusts EOF only when it has read every byte the program passed.
 //   - Lowering SO_RCVLOWAT calls tcp_data_ready(), which runs the verdict
 //     on bytes queued before the socket went into the map.
+//   - The receive queue can repeat bytes: a segment that starts before
+//     rcv_nxt and ends after it (a retransmission cut differently from the
+//     original) is queued whole (tcp_data_queue, tcp_ofo_queue), and the
+//     verdict's reader, tcp_read_skb(), hands each skb over from its first
+//     byte where tcp_recvmsg() would start at copied_seq. The program cuts
+//     the repeated head off with bpf_skb_adjust_room (without it, about one
+//     100 MiB transfer in fifty under load had a run of bytes twice); if
+//     it cannot, the splice ends with an error instead of passing on a
+//     corrupt stream.
 //
 // The program is attached with BPF_PROG_ATTACH to the map (cilium/ebpf
 // v0.22.0 has no bpf_link for sockmaps, which the kernel has had since 6.10):
@@ -88,11 +97,18 @@ var (
 	// ErrRefused wraps the reasons the kernel would not splice two
 	// connections. Nothing was lost: go on with Copy.
 	ErrRefused = errors.New("kernel refused to splice")
+	// errOverlap ends a splice whose stream the kernel corrupted: an skb
+	// repeated bytes already sent and the verdict could not cut them off
+	// (bpf_skb_adjust_room failed). Only closing both sides is honest.
+	errOverlap = errors.New("kernel repeated received bytes that the verdict could not cut off: stream corrupt")
 )
 
 const (
 	// flagUserspace is SPLICE_F_USERSPACE in bpf/splice/splice.c.
 	flagUserspace = 1
+	// flagOverlap is SPLICE_F_OVERLAP: the verdict could not cut the
+	// repeated head off an skb, and the bytes out of the peer are corrupt.
+	flagOverlap = 4
 	// holdRcvlowat holds new bytes in a socket's receive queue while the
 	// two sockets go into the map one after the other, so that the verdict
 	// does not run on one before its peer is there. The kernel still runs
@@ -257,6 +273,9 @@ func (s *Splicer) Splice(ctx context.Context, a, b *net.TCPConn) (Moved, error) 
 
 	pa, pb := s.peer(ca), s.peer(cb)
 	rerr := s.remove(ca, cb)
+	if (pa.Flags|pb.Flags)&flagOverlap != 0 {
+		rerr = errors.Join(rerr, errOverlap)
+	}
 	m.AToB += pa.Bytes + uAB
 	m.BToA += pb.Bytes + uBA
 	m.Userspace += uAB + uBA
@@ -416,6 +435,9 @@ func (s *Splicer) drained(src, dst *net.TCPConn, srcCookie, dst0 uint64) (bool, 
 		return false, err
 	}
 	p := s.peer(srcCookie) // read after inq: the verdict counts before it dequeues
+	if p.Flags&flagOverlap != 0 {
+		return false, errOverlap
+	}
 	w, err := written(dst)
 	if err != nil {
 		return false, err
@@ -505,7 +527,11 @@ func (r *passedReader) Read(p []byte) (int, error) {
 		if ierr != nil {
 			return 0, ierr
 		}
-		if inq == 0 && r.n >= r.s.peer(r.cookie).PassedBytes {
+		p := r.s.peer(r.cookie)
+		if p.Flags&flagOverlap != 0 {
+			return 0, errOverlap
+		}
+		if inq == 0 && r.n >= p.PassedBytes {
 			return 0, io.EOF
 		}
 		select {

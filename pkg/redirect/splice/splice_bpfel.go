@@ -14,13 +14,14 @@ import (
 )
 
 type spliceSplicePeer struct {
-	_           structs.HostLayout
-	Peer        uint64
-	Bytes       uint64
-	Skbs        uint64
-	PassedBytes uint64
-	Flags       uint32
-	Pad         uint32
+	_            structs.HostLayout
+	Peer         uint64
+	Bytes        uint64
+	Skbs         uint64
+	PassedBytes  uint64
+	TrimmedBytes uint64
+	Flags        uint32
+	NextSeq      uint32
 }
 
 // Names of all BPF objects in the ELF.
