@@ -74,9 +74,7 @@ func (n *testNet) startProxy(tb testing.TB, relay relayFunc, opts proxyOpts) <-c
 			go func() {
 				client := c.(*net.TCPConn)
 				defer client.Close()
-				d := netns.Dialer{Path: n.proxy}
-				d.Dialer.SetMultipathTCP(opts.mptcp)
-				u, err := d.DialContext(ctx, "tcp4", netip.AddrPortFrom(peerAddr, serverPort).String())
+				u, err := n.dialUpstream(ctx, opts.mptcp)
 				if err != nil {
 					results <- relayResult{err: fmt.Errorf("dial upstream: %w", err)}
 					return
@@ -95,6 +93,26 @@ func (n *testNet) startProxy(tb testing.TB, relay relayFunc, opts proxyOpts) <-c
 		}
 	}()
 	return results
+}
+
+// dialUpstream connects the proxy to the server. pkg/netns.Dialer always
+// turns MPTCP off (the agent's sockets must go into sockmaps), so an MPTCP
+// upstream, as Go dials by default, is made here with a plain net.Dialer.
+func (n *testNet) dialUpstream(ctx context.Context, mptcp bool) (net.Conn, error) {
+	addr := netip.AddrPortFrom(peerAddr, serverPort).String()
+	if !mptcp {
+		d := netns.Dialer{Path: n.proxy}
+		return d.DialContext(ctx, "tcp4", addr)
+	}
+	var c net.Conn
+	err := netns.Do(n.proxy, func() error {
+		var d net.Dialer
+		d.SetMultipathTCP(true)
+		var err error
+		c, err = d.DialContext(ctx, "tcp4", addr)
+		return err
+	})
+	return c, err
 }
 
 // serve runs handle for every connection to the server.
