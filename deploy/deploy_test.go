@@ -15,20 +15,6 @@ import (
 	"github.com/detourdev/detour/pkg/kubeclient"
 )
 
-// load renders the embedded manifests as detour install does.
-func load(t *testing.T) []*unstructured.Unstructured {
-	t.Helper()
-	ms, err := kubeclient.LoadManifests(deploy.FS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	objs, err := kubeclient.Render(ms, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return objs
-}
-
 func find(t *testing.T, objs []*unstructured.Unstructured, kind, name string) *unstructured.Unstructured {
 	t.Helper()
 	for _, u := range objs {
@@ -79,7 +65,10 @@ func TestEveryFileEmbeddedAndListed(t *testing.T) {
 // What the CLI relies on: where the controller is, how it is reached, what
 // the images are called, and that users are granted what reaching it takes.
 func TestManifestsMatchTheCLI(t *testing.T) {
-	objs := load(t)
+	objs, err := deploy.Objects()
+	if err != nil {
+		t.Fatal(err)
+	}
 	ns := find(t, objs, "Namespace", kubeclient.DefaultNamespace)
 	for _, u := range objs {
 		if u.GetNamespace() != "" && u.GetNamespace() != ns.GetName() {

@@ -23,6 +23,7 @@ import (
 
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
 	"github.com/detourdev/detour/internal/envtest"
+	"github.com/detourdev/detour/internal/testutil"
 )
 
 // get fetches an HTTP path of a controller's metrics listener.
@@ -54,18 +55,6 @@ func gauge(t *testing.T, addr, name string) float64 {
 	}
 	t.Fatalf("/metrics of %s has no %s", addr, name)
 	return 0
-}
-
-// poll retries cond until it holds or the deadline passes.
-func poll(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", within, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // replica is one controller process of the test, run with run().
@@ -155,16 +144,18 @@ func TestLeaderElection(t *testing.T) {
 	a, b := startReplica(t, env, "a"), startReplica(t, env, "b")
 
 	var leader, follower *replica
-	poll(t, 20*time.Second, "one replica to lead", func() bool {
-		ra, _ := a.ready()
-		rb, _ := b.ready()
+	testutil.Eventually(t, 20*time.Second, func() error {
+		ra, whyA := a.ready()
+		rb, whyB := b.ready()
 		switch {
 		case ra && !rb:
 			leader, follower = a, b
 		case rb && !ra:
 			leader, follower = b, a
+		default:
+			return fmt.Errorf("not one replica leading: a ready %v (%s), b ready %v (%s)", ra, whyA, rb, whyB)
 		}
-		return leader != nil
+		return nil
 	})
 	t.Logf("%s leads", leader.name)
 	if !leader.serves(t) {
@@ -191,9 +182,14 @@ func TestLeaderElection(t *testing.T) {
 	if err := leader.wait(t); err != nil {
 		t.Fatalf("leader %s stopped with %v", leader.name, err)
 	}
-	poll(t, 20*time.Second, follower.name+" to take over", func() bool {
-		ok, _ := follower.ready()
-		return ok && follower.serves(t)
+	testutil.Eventually(t, 20*time.Second, func() error {
+		if ok, why := follower.ready(); !ok {
+			return fmt.Errorf("%s has not taken over: %s", follower.name, why)
+		}
+		if !follower.serves(t) {
+			return fmt.Errorf("%s is ready but does not serve gRPC", follower.name)
+		}
+		return nil
 	})
 	t.Logf("%s took over in %v", follower.name, time.Since(stopped).Round(time.Millisecond))
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"path/filepath"
@@ -22,6 +23,7 @@ import (
 
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
 	"github.com/detourdev/detour/internal/envtest"
+	"github.com/detourdev/detour/internal/testutil"
 	"github.com/detourdev/detour/pkg/kubeauth"
 )
 
@@ -64,9 +66,11 @@ func TestRunTLSAuth(t *testing.T) {
 			t.Error("controller did not stop")
 		}
 	}()
-	poll(t, 30*time.Second, "the controller to be ready", func() bool {
-		code, _, err := get(o.metricsListen, "/readyz")
-		return err == nil && code == http.StatusOK
+	testutil.Eventually(t, 30*time.Second, func() error {
+		if code, body, err := get(o.metricsListen, "/readyz"); err != nil || code != http.StatusOK {
+			return fmt.Errorf("the controller is not ready: /readyz %d %q %v", code, body, err)
+		}
+		return nil
 	})
 
 	cfg, err := clientcmd.BuildConfigFromFlags("", env.Kubeconfig)

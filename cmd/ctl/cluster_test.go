@@ -2,21 +2,13 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -26,17 +18,16 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
 	"github.com/detourdev/detour/deploy"
 	"github.com/detourdev/detour/internal/envtest"
-	"github.com/detourdev/detour/pkg/kubeclient"
+	"github.com/detourdev/detour/internal/testutil"
+	"github.com/detourdev/detour/internal/testutil/kubetest"
 )
 
 // fakeControl stands in for the controller behind the port-forward: it
@@ -109,37 +100,6 @@ func (f *fakeControl) GetStatus(ctx context.Context, _ *detourv1.GetStatusReques
 	return &detourv1.GetStatusResponse{ControllerVersion: "fake-1", ControllerStarted: timestamppb.Now()}, nil
 }
 
-// testPKI is a CA and a serving certificate signed by it.
-type testPKI struct {
-	caPEM []byte
-	cert  tls.Certificate
-}
-
-func newTestPKI(t *testing.T, dnsName string) *testPKI {
-	t.Helper()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, _ := x509.ParseCertificate(caDER)
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: dnsName}, DNSNames: []string{dnsName},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testPKI{
-		caPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
-		cert:  tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key},
-	}
-}
-
 // serveFake runs f over TLS with cert on a loopback port.
 func serveFake(t *testing.T, f *fakeControl, cert tls.Certificate) string {
 	t.Helper()
@@ -185,71 +145,16 @@ func (ff *fakeForwarder) state() (last string, open, stopped int) {
 	return last, ff.open, ff.stopped
 }
 
-func kubeClient(t *testing.T, kubeconfig string) kubernetes.Interface {
-	t.Helper()
-	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return kubernetes.NewForConfigOrDie(rc)
-}
-
-// writeKubeconfig writes a kubeconfig for the envtest cluster with the given
-// users and contexts (name → user, namespace).
-func writeKubeconfig(t *testing.T, env *envtest.Env, current string, users map[string]*clientcmdapi.AuthInfo, contexts map[string][2]string) string {
-	t.Helper()
-	c := clientcmdapi.NewConfig()
-	c.Clusters["envtest"] = &clientcmdapi.Cluster{Server: env.URL, CertificateAuthorityData: env.CAPEM}
-	c.AuthInfos = users
-	for name, un := range contexts {
-		c.Contexts[name] = &clientcmdapi.Context{Cluster: "envtest", AuthInfo: un[0], Namespace: un[1]}
-	}
-	c.CurrentContext = current
-	path := filepath.Join(t.TempDir(), "config")
-	if err := clientcmd.WriteToFile(*c, path); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
-// setPod leaves a pod as a kubelet would: Running, Ready or not.
-func setPod(t *testing.T, kube kubernetes.Interface, ns, name string, ready bool) {
-	t.Helper()
-	ctx := context.Background()
-	p, err := kube.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		p, err = kube.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{"app.kubernetes.io/name": "detour-controller"}},
-			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "controller", Image: "detour.local/detour-controller:dev",
-				Ports: []corev1.ContainerPort{{Name: "grpc", ContainerPort: 7070}, {Name: "metrics", ContainerPort: 9470}}}}},
-		}, metav1.CreateOptions{})
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	cond := corev1.ConditionFalse
-	if ready {
-		cond = corev1.ConditionTrue
-	}
-	p.Status.Phase = corev1.PodRunning
-	p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: cond}}
-	if _, err := kube.CoreV1().Pods(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-}
+var controllerLabels = map[string]string{"app.kubernetes.io/name": "detour-controller"}
 
 // grantClientRole gives user the Role detour-client of the real manifests
 // in detour-system: what the CLI needs there, by the manifests' own account.
 func grantClientRole(t *testing.T, kube kubernetes.Interface, user string) {
 	t.Helper()
-	ms, err := kubeclient.LoadManifests(deploy.FS)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var role rbacv1.Role
-	for _, m := range ms {
-		if m.Object.GetKind() == "Role" && m.Object.GetName() == "detour-client" {
-			if err := runtime.DefaultUnstructuredConverter.FromUnstructured(m.Object.Object, &role); err != nil {
+	for _, u := range theManifests(t) {
+		if u.GetKind() == "Role" && u.GetName() == "detour-client" {
+			if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &role); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -277,16 +182,15 @@ func grantClientRole(t *testing.T, kube kubernetes.Interface, user string) {
 // API server and by the controller exit 4 with their reasons.
 func TestClusterMode(t *testing.T) {
 	env := envtest.Start(t)
-	admin := kubeClient(t, env.Kubeconfig)
+	admin := kubetest.Clientset(t, env.Kubeconfig)
 	ctx := context.Background()
 	const ns = "detour-system"
-	if _, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	setPod(t, admin, ns, "detour-controller-5d8-a", false) // the standby
-	setPod(t, admin, ns, "detour-controller-5d8-b", true)  // the leader
-	pki := newTestPKI(t, "detour-controller.detour-system.svc")
-	ca := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "detour-ca", Namespace: ns}, Data: map[string]string{"ca.crt": string(pki.caPEM)}}
+	kubetest.Namespace(t, admin, ns)
+	running := func(ready bool) kubetest.PodState { return kubetest.PodState{Phase: corev1.PodRunning, Ready: ready} }
+	kubetest.Pod(t, admin, ns, "detour-controller-5d8-a", controllerLabels, running(false)) // the standby
+	kubetest.Pod(t, admin, ns, "detour-controller-5d8-b", controllerLabels, running(true))  // the leader
+	pki := testutil.NewCA(t)
+	ca := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "detour-ca", Namespace: ns}, Data: map[string]string{"ca.crt": string(pki.PEM)}}
 	if _, err := admin.CoreV1().ConfigMaps(ns).Create(ctx, ca, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -296,9 +200,9 @@ func TestClusterMode(t *testing.T) {
 	}
 	fake.allow(envtest.AdminName, "team-a")
 	fake.allow(envtest.AdminName, "team-b")
-	fwd := &fakeForwarder{addr: serveFake(t, fake, pki.cert)}
+	fwd := &fakeForwarder{addr: serveFake(t, fake, pki.Issue(t, "detour-controller.detour-system.svc"))}
 
-	kubeconfig := writeKubeconfig(t, env, "team", map[string]*clientcmdapi.AuthInfo{
+	kubeconfig := kubetest.WriteKubeconfig(t, env.URL, env.CAPEM, "team", map[string]*clientcmdapi.AuthInfo{
 		"admin": {Token: env.AdminToken},
 		"dev":   {Token: env.UserToken},
 		"cert":  {ClientCertificate: env.ClientCertFile, ClientKey: env.ClientKeyFile},
@@ -384,8 +288,8 @@ func TestClusterMode(t *testing.T) {
 	run(exitUsage, "--controller", "127.0.0.1:1", "--context", "dev", "intercept", "list")
 
 	// A certificate the published CA did not sign, or for another name.
-	other := newTestPKI(t, "detour-controller.detour-system.svc")
-	ca.Data["ca.crt"] = string(other.caPEM)
+	other := testutil.NewCA(t)
+	ca.Data["ca.crt"] = string(other.PEM)
 	if _, err := admin.CoreV1().ConfigMaps(ns).Update(ctx, ca, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -394,15 +298,13 @@ func TestClusterMode(t *testing.T) {
 		!strings.Contains(msg, "unknown authority") {
 		t.Errorf("unknown CA: %q", msg)
 	}
-	ca.Data["ca.crt"] = string(pki.caPEM)
+	ca.Data["ca.crt"] = string(pki.PEM)
 	if _, err := admin.CoreV1().ConfigMaps(ns).Update(ctx, ca, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	const otherNS = "detour-elsewhere"
-	if _, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: otherNS}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	setPod(t, admin, otherNS, "detour-controller-0", true)
+	kubetest.Namespace(t, admin, otherNS)
+	kubetest.Pod(t, admin, otherNS, "detour-controller-0", controllerLabels, running(true))
 	ca2 := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "detour-ca", Namespace: otherNS}, Data: ca.Data}
 	if _, err := admin.CoreV1().ConfigMaps(otherNS).Create(ctx, ca2, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -413,7 +315,7 @@ func TestClusterMode(t *testing.T) {
 	}
 
 	// No Ready controller.
-	setPod(t, admin, ns, "detour-controller-5d8-b", false)
+	kubetest.SetPodState(t, admin, ns, "detour-controller-5d8-b", running(false))
 	_, msg = run(exitError, "intercept", "list")
 	if !strings.Contains(msg, "no Ready Detour controller pod in namespace detour-system") || !strings.Contains(msg, "run `detour install`") {
 		t.Errorf("no Ready pod: %q", msg)
@@ -429,15 +331,8 @@ func TestClusterMode(t *testing.T) {
 // default address. The cluster here is unreachable, so each way shows in
 // its error.
 func TestModeSelection(t *testing.T) {
-	c := clientcmdapi.NewConfig()
-	c.Clusters["gone"] = &clientcmdapi.Cluster{Server: "https://127.0.0.1:1"}
-	c.AuthInfos["u"] = &clientcmdapi.AuthInfo{Token: "t"}
-	c.Contexts["gone"] = &clientcmdapi.Context{Cluster: "gone", AuthInfo: "u"}
-	c.CurrentContext = "gone"
-	kubeconfig := filepath.Join(t.TempDir(), "config")
-	if err := clientcmd.WriteToFile(*c, kubeconfig); err != nil {
-		t.Fatal(err)
-	}
+	kubeconfig := kubetest.WriteKubeconfig(t, "https://127.0.0.1:1", nil, "gone",
+		map[string]*clientcmdapi.AuthInfo{"u": {Token: "t"}}, map[string][2]string{"gone": {"u", ""}})
 	absent := filepath.Join(t.TempDir(), "absent")
 	const cluster = "find the Detour controller: list pods app.kubernetes.io/name=detour-controller in namespace detour-system"
 	tests := []struct {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,7 +8,6 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,10 +20,11 @@ import (
 	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/restmapper"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/detourdev/detour/deploy"
 	"github.com/detourdev/detour/internal/envtest"
+	"github.com/detourdev/detour/internal/testutil"
+	"github.com/detourdev/detour/internal/testutil/kubetest"
 	"github.com/detourdev/detour/pkg/kubeclient"
 )
 
@@ -37,10 +36,7 @@ type liveObjects struct {
 }
 
 func newLiveObjects(t *testing.T, kubeconfig string) *liveObjects {
-	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rc := kubetest.Config(t, kubeconfig)
 	dc := discovery.NewDiscoveryClientForConfigOrDie(rc)
 	return &liveObjects{t: t, dyn: dynamic.NewForConfigOrDie(rc), mapper: restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc))}
 }
@@ -80,11 +76,7 @@ func image(t *testing.T, u *unstructured.Unstructured) string {
 // theManifests are the objects of the embedded manifests, as written.
 func theManifests(t *testing.T) []*unstructured.Unstructured {
 	t.Helper()
-	ms, err := kubeclient.LoadManifests(deploy.FS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	objs, err := kubeclient.Render(ms, nil)
+	objs, err := deploy.Objects()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,24 +92,6 @@ func byRef(t *testing.T, objs []*unstructured.Unstructured, ref string) *unstruc
 	}
 	t.Fatalf("the manifests have no %s", ref)
 	return nil
-}
-
-// lockedBuffer is written by a command running in a goroutine.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // --dry-run prints the manifests with their images, as kubectl apply -f
@@ -300,8 +274,8 @@ func TestInstallUninstall(t *testing.T) {
 
 	// Uninstall, waiting. envtest runs no namespace controller: play its
 	// part once the namespace is terminating.
-	kube := kubeClient(t, env.Kubeconfig)
-	var uout lockedBuffer
+	kube := kubetest.Clientset(t, env.Kubeconfig)
+	var uout testutil.SyncBuffer // written by the command's goroutine
 	done := make(chan error, 1)
 	go func() {
 		root := newRootCmd()

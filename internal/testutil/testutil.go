@@ -1,5 +1,6 @@
 // Package testutil holds helpers shared by the project's tests: the rule for
-// privileged tests and throw-away network namespaces.
+// privileged tests, throw-away network namespaces, a synchronized buffer and
+// a throw-away certificate authority.
 package testutil
 
 import (

@@ -19,11 +19,29 @@ import (
 
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
 	"github.com/detourdev/detour/internal/envtest"
+	"github.com/detourdev/detour/internal/testutil/kubetest"
 	"github.com/detourdev/detour/pkg/apis/detour/v1alpha1"
 	"github.com/detourdev/detour/pkg/generated/clientset/versioned"
 	typed "github.com/detourdev/detour/pkg/generated/clientset/versioned/typed/detour/v1alpha1"
 	"github.com/detourdev/detour/pkg/store/kube"
 )
+
+// startAPI runs an API server with the Intercept CRD and returns its
+// admin's rest.Config and, through the typed clientset, the Intercepts of
+// namespace default, to change them as kubectl would.
+func startAPI(t *testing.T) (*rest.Config, typed.InterceptInterface) {
+	t.Helper()
+	env := envtest.Start(t)
+	if _, err := env.InstallCRDs(ctx(t), "../../deploy/crds/detour.dev_intercepts.yaml"); err != nil {
+		t.Fatalf("install CRDs: %v", err)
+	}
+	cfg := kubetest.AdminConfig(env)
+	cs, err := versioned.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg, cs.DetourV1alpha1().Intercepts("default")
+}
 
 // startKube runs a controller over a kube store on cfg's API server, behind
 // a real gRPC server on an in-memory listener, as newHarness does over bolt,
@@ -153,16 +171,7 @@ func (h *harness) listNames(t *testing.T) []string {
 // are checked too: an echo of the controller's own write would show up as
 // an unexpected event.
 func TestKubeStore(t *testing.T) {
-	env := envtest.Start(t)
-	if _, err := env.InstallCRDs(ctx(t), "../../deploy/crds/detour.dev_intercepts.yaml"); err != nil {
-		t.Fatalf("install CRDs: %v", err)
-	}
-	cfg := &rest.Config{Host: env.URL, BearerToken: env.AdminToken, TLSClientConfig: rest.TLSClientConfig{CAData: env.CAPEM}}
-	cs, err := versioned.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	api := cs.DetourV1alpha1().Intercepts("default")
+	cfg, api := startAPI(t)
 	clock, inv := newFakeClock(), NewStaticInventory(labInventory())
 
 	h := startKube(t, cfg, clock, inv)

@@ -11,12 +11,9 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/rest"
 
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
-	"github.com/detourdev/detour/internal/envtest"
 	"github.com/detourdev/detour/pkg/apis/detour/v1alpha1"
-	"github.com/detourdev/detour/pkg/generated/clientset/versioned"
 	typed "github.com/detourdev/detour/pkg/generated/clientset/versioned/typed/detour/v1alpha1"
 )
 
@@ -85,16 +82,7 @@ func node(st *v1alpha1.InterceptStatus, name string) v1alpha1.InterceptNodeStatu
 // agents report; and the lease's expiresAt, which the store writes, left
 // alone.
 func TestKubeStatus(t *testing.T) {
-	env := envtest.Start(t)
-	if _, err := env.InstallCRDs(ctx(t), "../../deploy/crds/detour.dev_intercepts.yaml"); err != nil {
-		t.Fatalf("install CRDs: %v", err)
-	}
-	cfg := &rest.Config{Host: env.URL, BearerToken: env.AdminToken, TLSClientConfig: rest.TLSClientConfig{CAData: env.CAPEM}}
-	cs, err := versioned.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	api := cs.DetourV1alpha1().Intercepts("default")
+	cfg, api := startAPI(t)
 	h := startKube(t, cfg, newFakeClock(), NewStaticInventory(labInventory()))
 	report := func(node string, reports ...*detourv1.InterceptReport) {
 		t.Helper()

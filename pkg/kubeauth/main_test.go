@@ -1,7 +1,6 @@
 package kubeauth
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -11,7 +10,6 @@ import (
 	"net"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,11 +21,11 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
 	"github.com/detourdev/detour/internal/envtest"
 	"github.com/detourdev/detour/internal/testutil"
+	"github.com/detourdev/detour/internal/testutil/kubetest"
 )
 
 // One API server and one gRPC server for the package's tests (TestMain):
@@ -56,7 +54,7 @@ type fixture struct {
 	intruderToken  string // another service account, audience detour, pod on node-a
 	unboundToken   string // detour-agent, audience detour, bound to nothing
 	allTokens      []string
-	logs           *lockedBuffer
+	logs           *testutil.SyncBuffer
 	stopGRPCServer func()
 }
 
@@ -120,18 +118,13 @@ func cluster(t *testing.T) *fixture {
 }
 
 func setup(ctx context.Context, env *envtest.Env) (*fixture, error) {
-	cfg := &rest.Config{
-		Host:            env.URL,
-		BearerToken:     env.AdminToken,
-		TLSClientConfig: rest.TLSClientConfig{CAData: env.CAPEM},
-		// No client-side throttling: the tests make many quick requests.
-		QPS: -1,
-	}
+	cfg := kubetest.AdminConfig(env)
+	cfg.QPS = -1 // no client-side throttling: the tests make many quick requests
 	admin, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, err
 	}
-	f := &fixture{env: env, admin: admin, logs: &lockedBuffer{}}
+	f := &fixture{env: env, admin: admin, logs: &testutil.SyncBuffer{}}
 	create := metav1.CreateOptions{}
 	for _, ns := range []string{"shop", "other", agentNS} {
 		if _, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, create); err != nil {
@@ -294,21 +287,4 @@ func (agentStub) ReportStatus(context.Context, *detourv1.ReportStatusRequest) (*
 func (agentStub) WatchDesiredState(req *detourv1.WatchDesiredStateRequest, s grpc.ServerStreamingServer[detourv1.WatchDesiredStateResponse]) error {
 	user, _ := UserFrom(s.Context())
 	return s.Send(&detourv1.WatchDesiredStateResponse{Namespace: req.GetNode(), Name: user})
-}
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -1,13 +1,12 @@
 package kubeclient
 
 import (
-	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"reflect"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,40 +16,11 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/detourdev/detour/internal/envtest"
+	"github.com/detourdev/detour/internal/testutil"
+	"github.com/detourdev/detour/internal/testutil/kubetest"
 )
-
-// lockedBuffer is an io.Writer that a test reads while a goroutine writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// eventually polls cond every 50 ms until it holds or within passes.
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %s", within, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
 
 var gvrs = map[string]schema.GroupVersionResource{
 	"Namespace":                {Version: "v1", Resource: "namespaces"},
@@ -92,12 +62,9 @@ func lines(s string) []string { return strings.Split(strings.TrimSpace(s), "\n")
 // for the DaemonSet's pods before anything else goes, and can be repeated.
 func TestInstallerFixture(t *testing.T) {
 	env := envtest.Start(t)
-	rc, err := clientcmd.BuildConfigFromFlags("", env.Kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rc := kubetest.Config(t, env.Kubeconfig)
 	dyn := dynamic.NewForConfigOrDie(rc)
-	kube := adminClient(t, env)
+	kube := kubetest.Clientset(t, env.Kubeconfig)
 	ms, err := LoadManifests(os.DirFS("testdata/deploy"))
 	if err != nil {
 		t.Fatal(err)
@@ -106,7 +73,7 @@ func TestInstallerFixture(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out lockedBuffer
+	var out testutil.SyncBuffer // the installer writes it from its goroutines
 	in, err := NewInstaller(rc, &out)
 	if err != nil {
 		t.Fatal(err)
@@ -155,7 +122,7 @@ func TestInstallerFixture(t *testing.T) {
 	}
 
 	// Again: nothing changes.
-	out = lockedBuffer{}
+	out.Reset()
 	if err := in.Apply(ctx, objs); err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +146,7 @@ func TestInstallerFixture(t *testing.T) {
 	if _, err := kube.CoreV1().ConfigMaps("fixture-system").Update(ctx, cm, metav1.UpdateOptions{FieldManager: "kubectl-edit"}); err != nil {
 		t.Fatal(err)
 	}
-	out = lockedBuffer{}
+	out.Reset()
 	if err := in.Apply(ctx, objs); err != nil {
 		t.Fatal(err)
 	}
@@ -191,7 +158,7 @@ func TestInstallerFixture(t *testing.T) {
 	}
 
 	// No kubelet, no controller-manager: nothing becomes ready.
-	out = lockedBuffer{}
+	out.Reset()
 	wctx, wcancel := context.WithTimeout(ctx, time.Second)
 	err = in.WaitReady(wctx, objs)
 	wcancel()
@@ -209,12 +176,15 @@ func TestInstallerFixture(t *testing.T) {
 	}
 
 	// An agent pod holds the removal until it is gone.
-	agent := makePod(t, kube, "fixture-system", "fixture-agent-x", map[string]string{"app": "fixture-agent"}, podState{phase: corev1.PodRunning, ready: true})
-	out = lockedBuffer{}
+	agent := kubetest.Pod(t, kube, "fixture-system", "fixture-agent-x", map[string]string{"app": "fixture-agent"}, kubetest.PodState{Phase: corev1.PodRunning, Ready: true})
+	out.Reset()
 	done := make(chan error, 1)
 	go func() { done <- in.Delete(ctx, objs, false) }()
-	eventually(t, 30*time.Second, "uninstall waits for the agent pod", func() bool {
-		return strings.Contains(out.String(), "waiting for the pods of daemonset.apps/fixture-agent: 1 still there")
+	testutil.Eventually(t, 30*time.Second, func() error {
+		if !strings.Contains(out.String(), "waiting for the pods of daemonset.apps/fixture-agent: 1 still there") {
+			return fmt.Errorf("uninstall does not say it waits for the agent pod:\n%s", out.String())
+		}
+		return nil
 	})
 	if get(t, dyn, find(t, objs, "DaemonSet", "fixture-agent")) != nil {
 		t.Error("the DaemonSet is still there")
@@ -254,7 +224,7 @@ func TestInstallerFixture(t *testing.T) {
 
 	// Waiting: all is gone but the namespace, which needs the namespace
 	// controller (kube-controller-manager) to finish.
-	out = lockedBuffer{}
+	out.Reset()
 	wctx, wcancel = context.WithTimeout(ctx, 3*time.Second)
 	err = in.Delete(wctx, objs, true)
 	wcancel()
@@ -276,7 +246,7 @@ func TestInstallerFixture(t *testing.T) {
 	if _, err := kube.CoreV1().Namespaces().Finalize(ctx, ns, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	out = lockedBuffer{}
+	out.Reset()
 	if err := in.Delete(ctx, objs, true); err != nil {
 		t.Fatalf("delete when all is gone: %v", err)
 	}

@@ -2,46 +2,21 @@ package kubeclient
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	authnv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/detourdev/detour/internal/envtest"
+	"github.com/detourdev/detour/internal/testutil"
+	"github.com/detourdev/detour/internal/testutil/kubetest"
 )
-
-// kubeconfig writes a kubeconfig with one cluster and a context per user:
-// contexts maps a context name to its user and namespace ("" for none).
-func kubeconfig(t *testing.T, server string, ca []byte, current string, users map[string]*clientcmdapi.AuthInfo, contexts map[string][2]string) string {
-	t.Helper()
-	c := clientcmdapi.NewConfig()
-	c.Clusters["c"] = &clientcmdapi.Cluster{Server: server, CertificateAuthorityData: ca}
-	c.AuthInfos = users
-	for name, uns := range contexts {
-		c.Contexts[name] = &clientcmdapi.Context{Cluster: "c", AuthInfo: uns[0], Namespace: uns[1]}
-	}
-	c.CurrentContext = current
-	path := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := clientcmd.WriteToFile(*c, path); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
 
 // whoAmI asks the API server who the config authenticates as.
 func whoAmI(t *testing.T, kc *Config) string {
@@ -62,7 +37,7 @@ func whoAmI(t *testing.T, kc *Config) string {
 // files merged.
 func TestLoadContexts(t *testing.T) {
 	env := envtest.Start(t)
-	path := kubeconfig(t, env.URL, env.CAPEM, "team",
+	path := kubetest.WriteKubeconfig(t, env.URL, env.CAPEM, "team",
 		map[string]*clientcmdapi.AuthInfo{
 			"admin": {Token: env.AdminToken},
 			"dev":   {Token: env.UserToken},
@@ -109,7 +84,7 @@ func TestLoadContexts(t *testing.T) {
 		}
 	})
 	t.Run("merged files", func(t *testing.T) {
-		other := kubeconfig(t, env.URL, env.CAPEM, "", map[string]*clientcmdapi.AuthInfo{"x": {Token: env.UserToken}},
+		other := kubetest.WriteKubeconfig(t, env.URL, env.CAPEM, "", map[string]*clientcmdapi.AuthInfo{"x": {Token: env.UserToken}},
 			map[string][2]string{"other": {"x", "ns-x"}})
 		t.Setenv("KUBECONFIG", other+string(os.PathListSeparator)+path)
 		kc, err := Load(LoadOptions{})
@@ -132,27 +107,6 @@ func TestLoadContexts(t *testing.T) {
 	})
 }
 
-// selfSignedPEM makes a certificate and key, for kubeconfigs that hold one.
-func selfSignedPEM(t *testing.T) (certPEM, keyPEM []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "someone"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
-}
-
 // execPlugin writes a credential plugin that prints status as its
 // ExecCredential.
 func execPlugin(t *testing.T, status string) *clientcmdapi.ExecConfig {
@@ -168,7 +122,7 @@ func execPlugin(t *testing.T, status string) *clientcmdapi.ExecConfig {
 // What the controller is sent for each kind of kubeconfig user, and the
 // refusal, with its reason, for those without a token.
 func TestCredentials(t *testing.T) {
-	cert, key := selfSignedPEM(t)
+	cert, key := testutil.PEMPair(t, testutil.NewCA(t).IssueClient(t, "someone"))
 	tokenFile := filepath.Join(t.TempDir(), "token")
 	if err := os.WriteFile(tokenFile, []byte("file-token\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -197,7 +151,7 @@ func TestCredentials(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			path := kubeconfig(t, "https://127.0.0.1:1", nil, "c", map[string]*clientcmdapi.AuthInfo{"u": tt.user}, map[string][2]string{"c": {"u", ""}})
+			path := kubetest.WriteKubeconfig(t, "https://127.0.0.1:1", nil, "c", map[string]*clientcmdapi.AuthInfo{"u": tt.user}, map[string][2]string{"c": {"u", ""}})
 			kc, err := Load(LoadOptions{Kubeconfig: path})
 			if err != nil {
 				t.Fatal(err)

@@ -10,36 +10,21 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
 	"github.com/detourdev/detour/internal/envtest"
+	"github.com/detourdev/detour/internal/testutil/kubetest"
 	"github.com/detourdev/detour/pkg/apis/detour/v1alpha1"
 	"github.com/detourdev/detour/pkg/generated/clientset/versioned"
 	"github.com/detourdev/detour/pkg/store"
+	"github.com/detourdev/detour/pkg/store/storetest"
 )
 
 // One API server for the package's tests: each test works in namespaces
 // of its own, so they do not see each other's intercepts.
-
-func ic(ns, name string) *detourv1.Intercept {
-	return &detourv1.Intercept{
-		Namespace: ns,
-		Name:      name,
-		Spec: &detourv1.InterceptSpec{
-			ServiceNamespace: ns,
-			ServiceName:      "api",
-			Port:             80,
-			Match:            []*detourv1.Condition{{Kind: detourv1.Condition_KIND_SESSION, Value: name}},
-			Destination:      "api-" + name + ":8080",
-			Ttl:              durationpb.New(time.Minute),
-		},
-	}
-}
 
 type cluster struct {
 	env *envtest.Env
@@ -61,12 +46,7 @@ func startCluster(t *testing.T, namespaces ...string) *cluster {
 			t.Fatalf("create namespace %s: %d %v %s", ns, code, err, b)
 		}
 	}
-	cfg := &rest.Config{
-		Host:            env.URL,
-		BearerToken:     env.AdminToken,
-		TLSClientConfig: rest.TLSClientConfig{CAData: env.CAPEM},
-	}
-	return &cluster{env: env, cfg: cfg}
+	return &cluster{env: env, cfg: kubetest.AdminConfig(env)}
 }
 
 func (c *cluster) open(t *testing.T) *Store {
@@ -79,190 +59,18 @@ func (c *cluster) open(t *testing.T) *Store {
 	return s
 }
 
-func names(ics []*detourv1.Intercept) []string {
-	var out []string
-	for _, i := range ics {
-		out = append(out, i.GetNamespace()+"/"+i.GetName())
-	}
-	return out
-}
-
-// only keeps the intercepts of some namespaces: List("") sees every test's.
-func only(ics []*detourv1.Intercept, namespaces ...string) []*detourv1.Intercept {
-	var out []*detourv1.Intercept
-	for _, i := range ics {
-		if slices.Contains(namespaces, i.GetNamespace()) {
-			out = append(out, i)
-		}
-	}
-	return out
-}
-
-// sameIntercept compares what the Store keeps: created_at is the server's.
-func sameIntercept(t *testing.T, got, want *detourv1.Intercept) {
-	t.Helper()
-	if got.GetCreatedAt() == nil {
-		t.Errorf("%s/%s: no created_at", got.GetNamespace(), got.GetName())
-	}
-	g := proto.Clone(got).(*detourv1.Intercept)
-	g.CreatedAt = nil
-	w := proto.Clone(want).(*detourv1.Intercept)
-	w.CreatedAt = nil
-	if !proto.Equal(g, w) {
-		t.Errorf("got  %v\nwant %v", g, w)
-	}
-}
-
 func TestStore(t *testing.T) {
 	start := time.Now()
-	c := startCluster(t, "default-x", "team-a", "restart", "kubectl", "invalid", "conflict", "expiry", "status")
+	c := startCluster(t, append(storetest.Namespaces(), "kubectl", "invalid", "conflict", "status")...)
 	t.Logf("API server with CRD in %v", time.Since(start).Round(time.Millisecond))
 
-	t.Run("CRUD", func(t *testing.T) { testCRUD(t, c) })
-	t.Run("Expiry", func(t *testing.T) { testExpiry(t, c) })
-	t.Run("Restart", func(t *testing.T) { testRestart(t, c) })
+	storetest.Run(t, func(t *testing.T) func() store.Store {
+		return func() store.Store { return c.open(t) }
+	}, storetest.Options{Shared: true, ServerCreatedAt: true})
 	t.Run("Conflict", func(t *testing.T) { testConflict(t, c) })
 	t.Run("StatusWrites", func(t *testing.T) { testStatusWrites(t, c) })
 	t.Run("Invalid", func(t *testing.T) { testInvalid(t, c) })
 	t.Run("Kubectl", func(t *testing.T) { testKubectl(t, c) })
-}
-
-func testCRUD(t *testing.T, c *cluster) {
-	ctx := context.Background()
-	s := c.open(t)
-
-	for _, x := range []*detourv1.Intercept{ic("default", "bob"), ic("default", "alice"), ic("team-a", "carol"), ic("default-x", "dave")} {
-		if err := s.Create(ctx, x); err != nil {
-			t.Fatalf("create %s: %v", x.GetName(), err)
-		}
-	}
-	if err := s.Create(ctx, ic("default", "alice")); !errors.Is(err, store.ErrExists) {
-		t.Fatalf("second create: %v, want ErrExists", err)
-	}
-
-	tests := []struct {
-		ns   string
-		want []string
-	}{
-		{"", []string{"default/alice", "default/bob", "default-x/dave", "team-a/carol"}},
-		{"default", []string{"default/alice", "default/bob"}},
-		{"team-a", []string{"team-a/carol"}},
-		{"nope", nil},
-	}
-	for _, tt := range tests {
-		got, err := s.List(ctx, tt.ns)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if tt.ns == "" {
-			got = only(got, "default", "default-x", "team-a")
-		}
-		if g := names(got); !slices.Equal(g, tt.want) {
-			t.Errorf("List(%q) = %v, want %v", tt.ns, g, tt.want)
-		}
-	}
-
-	got, err := s.Get(ctx, "default", "alice")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sameIntercept(t, got, ic("default", "alice"))
-	if _, err := s.Get(ctx, "default", "zed"); !errors.Is(err, store.ErrNotFound) {
-		t.Fatalf("Get missing: %v", err)
-	}
-
-	// Returned objects are copies.
-	got.Spec.Destination = "changed:1"
-	if again, _ := s.Get(ctx, "default", "alice"); again.GetSpec().GetDestination() != "api-alice:8080" {
-		t.Fatalf("store changed through a returned object: %v", again)
-	}
-
-	upd := ic("default", "alice")
-	upd.Spec.Destination = "api-alice-2:9090"
-	upd.ExpiresAt = timestamppb.New(time.Unix(1700000600, 0))
-	if err := s.Update(ctx, upd); err != nil {
-		t.Fatal(err)
-	}
-	got, _ = s.Get(ctx, "default", "alice")
-	sameIntercept(t, got, upd)
-	if err := s.Update(ctx, ic("default", "zed")); !errors.Is(err, store.ErrNotFound) {
-		t.Fatalf("Update missing: %v", err)
-	}
-
-	if err := s.Delete(ctx, "default", "alice"); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Delete(ctx, "default", "alice"); !errors.Is(err, store.ErrNotFound) {
-		t.Fatalf("second Delete: %v", err)
-	}
-	if err := s.Create(ctx, &detourv1.Intercept{Name: "x", Spec: ic("", "x").Spec}); err == nil {
-		t.Fatal("Create without namespace succeeded")
-	}
-	for _, k := range [][2]string{{"default", "bob"}, {"team-a", "carol"}, {"default-x", "dave"}} {
-		if err := s.Delete(ctx, k[0], k[1]); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
-// expires_at lives in status: Create and Update write it through the
-// status subresource, and Update can clear it.
-func testExpiry(t *testing.T, c *cluster) {
-	ctx := context.Background()
-	s := c.open(t)
-	x := ic("expiry", "eve")
-	x.ExpiresAt = timestamppb.New(time.Unix(1700000000, 0))
-	if err := s.Create(ctx, x); err != nil {
-		t.Fatal(err)
-	}
-	got, err := s.Get(ctx, "expiry", "eve")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sameIntercept(t, got, x)
-
-	x.ExpiresAt = nil
-	if err := s.Update(ctx, x); err != nil {
-		t.Fatal(err)
-	}
-	got, _ = s.Get(ctx, "expiry", "eve")
-	sameIntercept(t, got, x)
-}
-
-// testRestart is the controller restart: a new Store on the same API
-// server finds what the first one wrote.
-func testRestart(t *testing.T, c *cluster) {
-	ctx := context.Background()
-	s, err := New(c.cfg, "detour-test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := ic("restart", "alice")
-	if err := s.Create(ctx, want); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Create(ctx, ic("restart", "bob")); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Delete(ctx, "restart", "bob"); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatalf("second Close: %v", err)
-	}
-
-	s2 := c.open(t)
-	all, err := s2.List(ctx, "restart")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(all) != 1 {
-		t.Fatalf("after restart: %v", names(all))
-	}
-	sameIntercept(t, all[0], want)
 }
 
 // testConflict makes another writer change the object between Update's
@@ -271,17 +79,17 @@ func testConflict(t *testing.T, c *cluster) {
 	ctx := context.Background()
 	s := c.open(t)
 	other := c.open(t)
-	if err := s.Create(ctx, ic("conflict", "alice")); err != nil {
+	if err := s.Create(ctx, storetest.Intercept("conflict", "alice")); err != nil {
 		t.Fatal(err)
 	}
-	theirs := ic("conflict", "alice")
+	theirs := storetest.Intercept("conflict", "alice")
 	theirs.Spec.Destination = "theirs:1"
 	s.beforeUpdate = func() {
 		if err := other.Update(ctx, theirs); err != nil {
 			t.Errorf("other writer: %v", err)
 		}
 	}
-	mine := ic("conflict", "alice")
+	mine := storetest.Intercept("conflict", "alice")
 	mine.Spec.Destination = "mine:1"
 	err := s.Update(ctx, mine)
 	if !errors.Is(err, ErrConflict) {
@@ -311,7 +119,7 @@ func testStatusWrites(t *testing.T, c *cluster) {
 		t.Fatal(err)
 	}
 	api := cs.DetourV1alpha1().Intercepts("status")
-	if err := s.Create(ctx, ic("status", "alice")); err != nil {
+	if err := s.Create(ctx, storetest.Intercept("status", "alice")); err != nil {
 		t.Fatal(err)
 	}
 	writes := 0
@@ -331,7 +139,7 @@ func testStatusWrites(t *testing.T, c *cluster) {
 			t.Errorf("status writer: %v", err)
 		}
 	}
-	want := ic("status", "alice")
+	want := storetest.Intercept("status", "alice")
 	want.Spec.Destination = "elsewhere:1"
 	want.ExpiresAt = timestamppb.New(time.Unix(1800000000, 0))
 	if err := s.Update(ctx, want); err != nil {
@@ -345,7 +153,7 @@ func testStatusWrites(t *testing.T, c *cluster) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sameIntercept(t, got, want)
+	storetest.Options{ServerCreatedAt: true}.Check(t, got, want) // created_at is the server's
 	obj, err := api.Get(ctx, "alice", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -389,7 +197,7 @@ func testInvalid(t *testing.T, c *cluster) {
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			x := ic("invalid", "x"+string(rune('a'+i)))
+			x := storetest.Intercept("invalid", "x"+string(rune('a'+i)))
 			tt.change(x.Spec)
 			err := s.Create(ctx, x)
 			if err == nil {
@@ -405,10 +213,10 @@ func testInvalid(t *testing.T, c *cluster) {
 		})
 	}
 	// An invalid Update is refused the same way and leaves the object.
-	if err := s.Create(ctx, ic("invalid", "ok")); err != nil {
+	if err := s.Create(ctx, storetest.Intercept("invalid", "ok")); err != nil {
 		t.Fatal(err)
 	}
-	bad := ic("invalid", "ok")
+	bad := storetest.Intercept("invalid", "ok")
 	bad.Spec.Port = 0
 	if err := s.Update(ctx, bad); err == nil || !strings.Contains(err.Error(), "spec.service.port") {
 		t.Fatalf("invalid Update: %v", err)
@@ -431,7 +239,7 @@ func testKubectl(t *testing.T, c *cluster) {
 	api := cs.DetourV1alpha1().Intercepts("kubectl")
 
 	// One that exists before the watch starts arrives as Added.
-	if err := s.Create(ctx, ic("kubectl", "early")); err != nil {
+	if err := s.Create(ctx, storetest.Intercept("kubectl", "early")); err != nil {
 		t.Fatal(err)
 	}
 	wctx, wcancel := context.WithCancel(ctx)
@@ -481,7 +289,7 @@ func testKubectl(t *testing.T, c *cluster) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if g := names(all); !slices.Equal(g, []string{"kubectl/by-hand", "kubectl/early"}) {
+	if g := storetest.Names(all); !slices.Equal(g, []string{"kubectl/by-hand", "kubectl/early"}) {
 		t.Fatalf("List = %v", g)
 	}
 
