@@ -72,7 +72,14 @@ It runs as root with these capabilities:
 It serves /metrics, /healthz (200 while it serves, even with the controller
 away) and /readyz (200 once its eBPF objects are loaded and it has applied a
 desired state, from the controller or the state file; else 503 and why).
-On SIGTERM or SIGINT it removes all steering and exits.
+On SIGTERM or SIGINT it stops gracefully: it removes all steering at once,
+so new connections reach the pods' apps directly, and /readyz turns 503. It
+then finishes what it already has: connections already queued on its
+listeners, HTTP/1 requests in flight (keep-alive connections are closed at
+their next request boundary, the last response saying Connection: close),
+HTTP/2 streams in flight (clients are sent GOAWAY), and L4 relays. After
+--shutdown-grace it closes whatever is left, logs it, and exits. Keep the
+grace below the pod's terminationGracePeriodSeconds (30 in the DaemonSet).
 
 Flags:
 `
@@ -83,6 +90,7 @@ type options struct {
 	controllerCA, serverName, tokenFile string
 	metricsAddr, stateFile, logLevel    string
 	l4Relay, cpuProfile, flowCgroup     string
+	shutdownGrace                       time.Duration
 }
 
 // parseFlags reads the flags; getenv gives --node its default, $NODE_NAME.
@@ -101,6 +109,7 @@ func parseFlags(args []string, getenv func(string) string, output io.Writer) (*o
 	fs.StringVar(&o.l4Relay, "l4-relay", "copy", "how L4 intercepts move bytes: copy (io.Copy, which uses splice(2)) or sockmap (SOCKHASH + sk_skb verdict in the kernel; EXPERIMENTAL: slower here, and it duplicated bytes under load in the lab test, see docs/architecture.md)")
 	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile of the whole run to this file when the agent stops (for benchmarks)")
 	fs.StringVar(&o.flowCgroup, "flow-metrics-cgroup", "auto", "cgroup v2 directory whose TCP flows feed the RTT and retransmit metrics (sockops): auto = the agent's own cgroup, off = none")
+	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", agent.DefaultShutdownGrace, "on SIGTERM/SIGINT, how long to finish the requests, streams and connections already taken once the steering is removed, before closing them (0: close at once)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), usage)
 		fs.PrintDefaults()
@@ -122,6 +131,9 @@ func parseFlags(args []string, getenv func(string) string, output io.Writer) (*o
 	})
 	if err != nil {
 		return nil, err
+	}
+	if o.shutdownGrace < 0 {
+		return nil, fmt.Errorf("--shutdown-grace %v: must not be negative", o.shutdownGrace)
 	}
 	if o.controllerCA == "" {
 		switch {
@@ -234,6 +246,9 @@ func run() error {
 		// their pod's address.
 		ResolveNetNS: podns.New().Resolve,
 		DialOptions:  dialOpts,
+		// --shutdown-grace=0 is no grace, which the agent's Config
+		// spells negative (its zero is the default).
+		ShutdownGrace: cmp.Or(o.shutdownGrace, -1),
 	}
 	switch o.l4Relay {
 	case "copy":
@@ -281,7 +296,7 @@ func run() error {
 	defer srv.Close()
 
 	log.Info("agent started", "node", o.node, "controller", o.controller, "tls", o.controllerCA != "",
-		"token", o.tokenFile != "", "metrics", ln.Addr().String())
+		"token", o.tokenFile != "", "metrics", ln.Addr().String(), "shutdown_grace", o.shutdownGrace)
 	err = a.Run(ctx)
 	log.Info("agent stopped; steering removed")
 	return err

@@ -87,6 +87,43 @@ func TestParseFlags(t *testing.T) {
 	}
 }
 
+func TestShutdownGraceFlag(t *testing.T) {
+	getenv := func(string) string { return "" }
+	tests := []struct {
+		args    []string
+		want    time.Duration
+		wantErr string
+	}{
+		{args: nil, want: agent.DefaultShutdownGrace},
+		{args: []string{"--shutdown-grace", "25s"}, want: 25 * time.Second},
+		{args: []string{"--shutdown-grace=0"}, want: 0},
+		{args: []string{"--shutdown-grace=-1s"}, wantErr: "must not be negative"},
+	}
+	for _, tt := range tests {
+		o, err := parseFlags(tt.args, getenv, io.Discard)
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("parseFlags(%q) = %v, want an error containing %q", tt.args, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("parseFlags(%q): %v", tt.args, err)
+		} else if o.shutdownGrace != tt.want {
+			t.Errorf("parseFlags(%q): grace %v, want %v", tt.args, o.shutdownGrace, tt.want)
+		}
+	}
+	var help bytes.Buffer
+	if _, err := parseFlags([]string{"--help"}, getenv, &help); err == nil {
+		t.Fatal("--help: no flag.ErrHelp")
+	}
+	for _, want := range []string{"-shutdown-grace duration", "(default 10s)", "On SIGTERM or SIGINT it stops gracefully"} {
+		if !strings.Contains(help.String(), want) {
+			t.Errorf("--help lacks %q:\n%s", want, help.String())
+		}
+	}
+}
+
 func TestControllerDialOptionsErrors(t *testing.T) {
 	dir := t.TempDir()
 	notPEM := filepath.Join(dir, "ca.crt")

@@ -50,12 +50,24 @@ type Config struct {
 	// tried again (their pod's sandbox may just be starting); every ten
 	// intervals all targets' namespaces are looked up again. Default 1 s.
 	RetryInterval time.Duration
+	// ShutdownGrace bounds the graceful stop once Run's context ends: the
+	// steering is removed at once, so new connections reach the apps
+	// directly, and for at most this long the agent finishes what it
+	// already has (connections in its listeners' accept queues, HTTP/1
+	// requests and HTTP/2 streams in flight, L4 relays), then closes what
+	// is left. Zero means DefaultShutdownGrace; negative, no grace.
+	ShutdownGrace time.Duration
 	// DialOptions for the controller connection, applied after the default
 	// insecure transport credentials: a grpc.WithTransportCredentials here
 	// replaces them (TLS in a cluster); grpc.WithPerRPCCredentials adds a
 	// token.
 	DialOptions []grpc.DialOption
 }
+
+// DefaultShutdownGrace is Config.ShutdownGrace's default: well inside the
+// DaemonSet's terminationGracePeriodSeconds (30 s), after which the kubelet
+// kills the agent.
+const DefaultShutdownGrace = 10 * time.Second
 
 // Agent follows the controller and drives the data path of one node.
 type Agent struct {
@@ -82,6 +94,12 @@ func New(cfg Config, s Steerer) (*Agent, error) {
 	if cfg.RetryInterval <= 0 {
 		cfg.RetryInterval = time.Second
 	}
+	switch {
+	case cfg.ShutdownGrace == 0:
+		cfg.ShutdownGrace = DefaultShutdownGrace
+	case cfg.ShutdownGrace < 0:
+		cfg.ShutdownGrace = 0
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -101,7 +119,9 @@ func New(cfg Config, s Steerer) (*Agent, error) {
 	}, nil
 }
 
-// Run serves until ctx ends, then removes all steering.
+// Run serves until ctx ends, then stops gracefully: it removes all
+// steering, finishes what the routers already have for at most
+// Config.ShutdownGrace, closes what is left and returns.
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.stop()
 	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, a.cfg.DialOptions...)
@@ -122,8 +142,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); a.dp.run(ctx, a.cfg.RetryInterval) }()
 	a.syncLoop(ctx, client)
 	a.stop()
+	grace, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownGrace)
+	defer cancel()
+	err = a.dp.Shutdown(grace)
 	wg.Wait()
-	return a.dp.Close()
+	return err
 }
 
 // stop marks the agent as going away, for /readyz.
@@ -317,7 +340,7 @@ func (a *Agent) notReady() string {
 	defer a.mu.Unlock()
 	switch {
 	case a.stopping:
-		return "stopping: steering is being removed"
+		return "stopping: steering removed, draining the connections already accepted"
 	case !a.applied:
 		return "no desired state applied yet: waiting for the controller (no saved state)"
 	}

@@ -146,6 +146,12 @@ type dataplane struct {
 	// drain is how long a removed port's router keeps serving connections
 	// it already accepted (now all routed to the app) before closing them.
 	drain time.Duration
+	// drains are the ports draining: removed ones, and all of them once
+	// Shutdown began. stopDrains ends the removed ones' drains early, when
+	// Shutdown's grace ends.
+	drains     sync.WaitGroup
+	drainsCtx  context.Context
+	stopDrains context.CancelFunc
 	// relay moves L4 connections' bytes; nil copies in userspace.
 	relay func(ctx context.Context, client, upstream *net.TCPConn) error
 	// resolve finds the namespace of a target that carries no netns path;
@@ -174,11 +180,14 @@ type dataplane struct {
 }
 
 func newDataplane(s Steerer, log *slog.Logger, m *metrics) *dataplane {
+	drainsCtx, stopDrains := context.WithCancel(context.Background())
 	return &dataplane{
 		steer:      s,
 		log:        log,
 		m:          m,
 		drain:      10 * time.Second,
+		drainsCtx:  drainsCtx,
+		stopDrains: stopDrains,
 		listen:     netns.Listen,
 		ports:      map[portKey]*port{},
 		namespaces: map[uint64]*podNetNS{},
@@ -525,23 +534,44 @@ func (d *dataplane) addPort(k portKey, app string, at *located) (_ *port, err er
 	return p, nil
 }
 
-// removePort stops steering first, so new connections reach the app at once;
-// connections already accepted are routed to the app until they end or the
-// drain time passes.
+// removePort stops steering first, so new connections reach the app at
+// once; the connections the router already has, or has yet to take from
+// its listener's queue, are routed to the app and drained (see drainPort)
+// for at most the drain time.
 func (d *dataplane) removePort(k portKey, p *port) {
 	if err := d.steer.Unsteer(k.addr, k.port); err != nil {
 		d.m.bpfErrors.WithLabelValues("unsteer").Inc()
 		d.log.Error("unsteer failed", "port", k.String(), "err", err)
 	}
-	_ = p.ln.Close()
 	p.proxy.SetRoutes(nil)
-	time.AfterFunc(d.drain, func() {
-		_ = p.proxy.Close()
-		_ = p.nsf.Close()
-	})
 	delete(d.ports, k)
 	d.unref(k.ns)
 	d.log.Info("pod port no longer steered", "port", k.String())
+	ctx, cancel := context.WithTimeout(d.drainsCtx, d.drain)
+	d.drains.Add(1)
+	go func() {
+		defer d.drains.Done()
+		defer cancel()
+		d.drainPort(ctx, k, p)
+	}()
+}
+
+// drainPort lets the router of a port no longer steered finish what it has
+// (proxy.Shutdown: the listener's accept queue, requests and streams in
+// flight; keep-alive connections end at their next request) until ctx
+// ends, then closes it and returns what was left.
+func (d *dataplane) drainPort(ctx context.Context, k portKey, p *port) proxy.Activity {
+	err := p.proxy.Shutdown(ctx)
+	_ = p.ln.Close()
+	var left proxy.Activity
+	if err != nil {
+		if left = p.proxy.Active(); left.Conns() > 0 {
+			d.log.Warn("drain time over; closing the connections left", "port", k.String(), "left", left)
+		}
+	}
+	_ = p.proxy.Close()
+	_ = p.nsf.Close()
+	return left
 }
 
 // unref drops a port's hold on its namespace, detaching the steering from
@@ -613,25 +643,31 @@ func splitID(id string) (string, string) {
 	return "", id
 }
 
-// Close removes all steering and routers, then the BPF objects. Nothing is
-// applied after it; it is idempotent.
-func (d *dataplane) Close() error {
+// Shutdown stops the data path gracefully. It first removes the steering
+// of every port and closes the steering, so that new connections reach the
+// apps directly; then each port's router finishes what it already has
+// (drainPort) until everything is done or ctx ends, when what is left is
+// logged and closed. Ports removed earlier and still draining end by ctx
+// too. Nothing is applied after it; it is idempotent.
+func (d *dataplane) Shutdown(ctx context.Context) error {
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	if d.closed {
+		d.mu.Unlock()
 		return nil
 	}
 	d.closed = true
+	ports := make(map[portKey]*port, len(d.ports))
 	for k, p := range d.ports {
 		if err := d.steer.Unsteer(k.addr, k.port); err != nil {
-			d.log.Warn("unsteer on close", "port", k.String(), "err", err)
+			d.m.bpfErrors.WithLabelValues("unsteer").Inc()
+			d.log.Warn("unsteer on stop", "port", k.String(), "err", err)
 		}
-		_ = p.ln.Close()
-		_ = p.proxy.Close()
-		_ = p.nsf.Close()
 		delete(d.ports, k)
+		d.unref(k.ns) // detaches the namespace with its last port
+		ports[k] = p
 	}
-	// Closing the steering closes every link, by the namespaces' inodes.
+	// Closing the steering closes whatever link is left, by the
+	// namespaces' inodes.
 	err := d.steer.Close()
 	for ino, ns := range d.namespaces {
 		_ = ns.f.Close()
@@ -639,5 +675,45 @@ func (d *dataplane) Close() error {
 	}
 	d.m.steeredPorts.Set(0)
 	d.m.attachments.Set(0)
+	d.mu.Unlock()
+
+	start, graceful := time.Now(), ctx.Err() == nil && len(ports) > 0
+	if graceful {
+		attrs := []any{"ports", len(ports)}
+		if dl, ok := ctx.Deadline(); ok {
+			attrs = append(attrs, "grace", dl.Sub(start).Round(time.Millisecond))
+		}
+		d.log.Info("steering removed; draining the connections already accepted", attrs...)
+	}
+	stop := context.AfterFunc(ctx, d.stopDrains)
+	defer stop()
+	var mu sync.Mutex
+	var left proxy.Activity
+	for k, p := range ports {
+		d.drains.Add(1)
+		go func() {
+			defer d.drains.Done()
+			l := d.drainPort(ctx, k, p)
+			mu.Lock()
+			left = left.Add(l)
+			mu.Unlock()
+		}()
+	}
+	d.drains.Wait()
+	d.stopDrains()
+	switch {
+	case left.Conns() > 0:
+		d.log.Warn("grace period over; closed the connections left", "took", time.Since(start).Round(time.Millisecond), "left", left)
+	case graceful:
+		d.log.Info("drained", "took", time.Since(start).Round(time.Millisecond))
+	}
 	return err
+}
+
+// Close removes all steering and closes the routers at once, cutting the
+// connections they serve (Shutdown with no grace).
+func (d *dataplane) Close() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return d.Shutdown(ctx)
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/detourdev/detour/pkg/redirect/http1"
@@ -23,6 +24,13 @@ type client struct {
 	resp http1.Response
 	src  netip.Addr // the client's address, for source-restricted routes
 	up   *upConn    // the upstream connection of the last request, kept for the next (pool.go)
+	kind atomic.Int32
+
+	// A drain closes the connection while it waits for its next request
+	// (drain.go).
+	mu    sync.Mutex
+	idle  bool // waiting for the next request of a kept-alive connection
+	woken bool // Shutdown set a read deadline to end the wait
 }
 
 // ServeConn serves requests on c until it closes, ctx ends or the proxy
@@ -33,19 +41,27 @@ type client struct {
 // where the server speaks first), the whole connection goes to the app
 // untouched, the bytes read so far first.
 func (p *Proxy) ServeConn(ctx context.Context, c net.Conn) {
-	if !p.track(c, true) {
+	cl := &client{p: p, ctx: ctx, c: c}
+	if !p.track(c, cl) {
 		c.Close()
 		return
 	}
+	cl.serveConn()
+}
+
+// serveConn is ServeConn once the connection is tracked.
+func (cl *client) serveConn() {
+	p, c := cl.p, cl.c
 	defer p.wg.Done()
-	stop := context.AfterFunc(ctx, func() { c.Close() })
+	stop := context.AfterFunc(cl.ctx, func() { c.Close() })
 	defer stop()
 
 	b := p.bufs.Get().(*connBufs)
 	b.r.Reset(c)
 	b.w.Reset(c)
-	cl := &client{p: p, ctx: ctx, c: c, bufs: b, src: sourceOf(c)}
+	cl.bufs, cl.src = b, sourceOf(c)
 	if rt := p.l4Route(cl.src); rt != nil {
+		cl.kind.Store(kindL4)
 		cl.relay(rt)
 	} else {
 		cl.serve()
@@ -79,7 +95,21 @@ func (cl *client) serve() {
 		return
 	}
 	for cl.exchange(n) {
+		if !cl.enterIdle() {
+			return // draining: closed between requests
+		}
 		n, err = readHead(br, cl.req.Parse)
+		if cl.leaveIdle() {
+			// A drain ended the wait. A request that had begun to
+			// arrive is served (the last); else the connection ends.
+			if br.Buffered() == 0 {
+				return
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				n, err = readHead(br, cl.req.Parse)
+			}
+		}
 		if err != nil {
 			cl.reject(err)
 			return
@@ -182,10 +212,10 @@ func (cl *client) exchange(n int) bool {
 			bodyDone <- err
 		}(up)
 		if res.err == nil {
-			res = cl.forwardResponse(up, method)
+			res = cl.forwardResponse(up, method, keepAlive)
 		}
 	} else {
-		res = cl.sendAndForward(up, method)
+		res = cl.sendAndForward(up, method, keepAlive)
 		if res.err != nil && !res.forwarded && up.reused && retry {
 			// The reused connection was closed by the upstream while
 			// idle (usable did not probe it, or it died after the
@@ -206,7 +236,7 @@ func (cl *client) exchange(n int) bool {
 			if err == nil {
 				up = uc
 				up.bufs.w.Write(head)
-				res = cl.sendAndForward(up, method)
+				res = cl.sendAndForward(up, method, keepAlive)
 			}
 		}
 		br.Discard(n)
@@ -244,6 +274,7 @@ func (cl *client) exchange(n int) bool {
 		if bodyOK {
 			// Switched protocols: the connection now belongs to this
 			// upstream until either side is done with it.
+			cl.kind.Store(kindTunnel)
 			splice(cl.c, br, up.c, up.bufs.r)
 		}
 		up.close()
@@ -257,7 +288,7 @@ func (cl *client) exchange(n int) bool {
 		up.close()
 	}
 	p.observeDuration(intercept, outcome, end.Sub(start))
-	return reusable
+	return reusable && !res.lastOnClient
 }
 
 // result is how forwarding a response went.
@@ -266,19 +297,24 @@ type result struct {
 	forwarded   bool // response bytes reached the client writer
 	sawContinue bool // a 100 Continue was forwarded
 	framing     http1.Framing
-	keepAlive   bool
+	keepAlive   bool // the upstream connection can carry another request
+	// lastOnClient: the response told the client to close (a drain),
+	// although the upstream connection can be kept.
+	lastOnClient bool
 }
 
-func (cl *client) sendAndForward(up *upConn, method string) result {
+func (cl *client) sendAndForward(up *upConn, method string, reqKeepAlive bool) result {
 	if err := up.bufs.w.Flush(); err != nil {
 		return result{err: err}
 	}
-	return cl.forwardResponse(up, method)
+	return cl.forwardResponse(up, method, reqKeepAlive)
 }
 
 // forwardResponse copies interim responses and then the final response
-// from up to the client, heads and bodies unchanged.
-func (cl *client) forwardResponse(up *upConn, method string) result {
+// from up to the client, heads and bodies unchanged, except that during a
+// drain a final response that would keep the client connection open says
+// "Connection: close" (drain.go). reqKeepAlive is what the request said.
+func (cl *client) forwardResponse(up *upConn, method string, reqKeepAlive bool) result {
 	var res result
 	ur, cw := up.bufs.r, cl.bufs.w
 	parse := func(b []byte) (int, error) { return cl.resp.Parse(b, method) }
@@ -289,7 +325,12 @@ func (cl *client) forwardResponse(up *upConn, method string) result {
 			return res
 		}
 		head, _ := ur.Peek(n)
-		cw.Write(head)
+		if !cl.resp.Interim() && cl.lastOnDrain(reqKeepAlive, cl.resp.KeepAlive) {
+			writeHeadClosing(cw, head)
+			res.lastOnClient = true
+		} else {
+			cw.Write(head)
+		}
 		ur.Discard(n)
 		res.forwarded = true
 		if cl.resp.Interim() {
@@ -371,6 +412,7 @@ func (cl *client) relay(rt *Route) {
 func (cl *client) passthrough(why error) {
 	p := cl.p
 	start := time.Now()
+	cl.kind.Store(kindPassthrough)
 	p.log.Debug("passing connection through to the app", "remote", cl.c.RemoteAddr(), "why", why)
 	uc, err := p.dial(cl.ctx, p.cfg.App)
 	if err != nil {

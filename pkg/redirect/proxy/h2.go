@@ -248,11 +248,13 @@ func (cl *client) serveH2(upgrade *http.Request, settings []byte) {
 	b, _ := br.Peek(br.Buffered())
 	pending := bytes.Clone(b)
 	br.Discard(len(b))
+	cl.kind.Store(kindH2)
 	cl.p.serveH2(cl.ctx, cl.c, pending, upgrade, settings)
 }
 
 func (p *Proxy) serveH2(ctx context.Context, c net.Conn, pending []byte, upgrade *http.Request, settings []byte) {
-	f := &h2Front{Conn: c, pending: pending, goAway: make(chan struct{}), done: make(chan struct{})}
+	gate := &handlerGate{}
+	f := &h2Front{Conn: c, pending: pending, gate: gate, goAway: make(chan struct{}), done: make(chan struct{})}
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -260,6 +262,8 @@ func (p *Proxy) serveH2(ctx context.Context, c net.Conn, pending []byte, upgrade
 	}
 	p.h2.fronts[f] = struct{}{}
 	p.mu.Unlock()
+	// A drain that began before the server registers this connection
+	// tells it to go away on a later round (Proxy.drained).
 	defer func() {
 		p.mu.Lock()
 		delete(p.h2.fronts, f)
@@ -268,7 +272,6 @@ func (p *Proxy) serveH2(ctx context.Context, c net.Conn, pending []byte, upgrade
 	}()
 
 	ctx, cancel := context.WithCancel(ctx)
-	var gate handlerGate
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !gate.enter() {
 			return // the connection is gone; see handlerGate
@@ -304,7 +307,7 @@ func (h *h2Side) goAway(fronts []*h2Front) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), goAwayGrace)
 	defer cancel()
-	h.base.Shutdown(ctx) // runs the GOAWAY hook; no listeners or conns of its own
+	h.startGoAway()
 	for _, f := range fronts {
 		select {
 		case <-f.goAway:
@@ -313,6 +316,16 @@ func (h *h2Side) goAway(fronts []*h2Front) {
 			return
 		}
 	}
+}
+
+// startGoAway makes the server send GOAWAY (NO_ERROR, with the last stream
+// it took) on every connection it serves that was not sent one yet; each
+// then closes once its last stream is done (after a second, to let the
+// client read the GOAWAY: x/net's goAwayTimeout). It returns at once.
+func (h *h2Side) startGoAway() {
+	// Shutdown runs the GOAWAY hook ConfigureServer registered; base has
+	// no listeners or connections of its own, so it returns at once.
+	_ = h.base.Shutdown(context.Background())
 }
 
 // takeFronts returns the HTTP/2 client connections; p.mu must be held.
@@ -330,6 +343,7 @@ type h2Front struct {
 	net.Conn
 	pending []byte    // read by the server's single reader goroutine only
 	scan    frameScan // written by the server's single writer at a time
+	gate    *handlerGate
 	goAway  chan struct{}
 	once    sync.Once
 	done    chan struct{} // closed when the connection has been served
@@ -401,6 +415,13 @@ func (g *handlerGate) enter() bool {
 	}
 	g.n++
 	return true
+}
+
+// count is the number of handlers running.
+func (g *handlerGate) count() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.n
 }
 
 func (g *handlerGate) exit() {

@@ -71,7 +71,7 @@ func (p *Proxy) dialUpstream(ctx context.Context, network, addr string) (net.Con
 	if err != nil {
 		return nil, &dialError{addr: addr, err: err}
 	}
-	if !p.track(c, false) {
+	if !p.track(c, nil) {
 		c.Close()
 		return nil, &dialError{addr: addr, err: net.ErrClosed}
 	}

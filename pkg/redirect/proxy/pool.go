@@ -107,7 +107,7 @@ func (p *Proxy) dial(ctx context.Context, addr string) (*upConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
-	if !p.track(c, false) {
+	if !p.track(c, nil) {
 		c.Close()
 		return nil, fmt.Errorf("dial %s: %w", addr, net.ErrClosed)
 	}

@@ -97,16 +97,21 @@ type Proxy struct {
 
 	mu     sync.Mutex
 	closed bool
-	conns  map[net.Conn]struct{} // every client and upstream conn, to close on Close
-	idle   map[string][]*upConn  // per address, mostly oldest first (pool.go)
-	down   map[string]time.Time  // destination -> skip until
-	downN  atomic.Int32          // len(down), read without mu: mostly nothing is down
-	wg     sync.WaitGroup        // ServeConn calls and the janitor
-	stop   chan struct{}         // closed by Close; stops the janitor
-	janny  bool                  // janitor started
-	bufs   sync.Pool             // *connBufs
-	upBufs sync.Pool             // *connBufs for upstream conns
-	h2     *h2Side               // HTTP/2 front and upstream pool (h2.go)
+	// every client conn (with its client) and upstream conn (nil), to
+	// close on Close
+	conns    map[net.Conn]*client
+	serving  int                        // client conns being served
+	lns      map[net.Listener]deadliner // listeners Serve accepts from, for Shutdown
+	draining atomic.Bool                // Shutdown has begun (set under mu)
+	idle     map[string][]*upConn       // per address, mostly oldest first (pool.go)
+	down     map[string]time.Time       // destination -> skip until
+	downN    atomic.Int32               // len(down), read without mu: mostly nothing is down
+	wg       sync.WaitGroup             // ServeConn calls and the janitor
+	stop     chan struct{}              // closed by Close; stops the janitor
+	janny    bool                       // janitor started
+	bufs     sync.Pool                  // *connBufs
+	upBufs   sync.Pool                  // *connBufs for upstream conns
+	h2       *h2Side                    // HTTP/2 front and upstream pool (h2.go)
 }
 
 // connBufs are the buffers one connection needs; pooled because a proxy
@@ -144,7 +149,8 @@ func New(cfg Config) *Proxy {
 	p := &Proxy{
 		cfg:   cfg,
 		log:   log,
-		conns: map[net.Conn]struct{}{},
+		conns: map[net.Conn]*client{},
+		lns:   map[net.Listener]deadliner{},
 		idle:  map[string][]*upConn{},
 		down:  map[string]time.Time{},
 		stop:  make(chan struct{}),
@@ -170,14 +176,25 @@ func (p *Proxy) SetRoutes(rs []Route) {
 }
 
 // Serve accepts connections from ln and serves each on its own goroutine.
-// It returns nil once ln is closed, or the accept error that stopped it.
+// It returns nil once ln is closed, or once Shutdown has drained ln (see
+// Shutdown), or the accept error that stopped it.
 func (p *Proxy) Serve(ln net.Listener) error {
+	dl, ok := p.addListener(ln)
+	if ok {
+		defer p.removeListener(ln)
+	}
 	var backoff time.Duration
+	probed := false
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return nil
+			}
+			if handled, stop := p.drainAccept(dl, err, &probed); stop {
+				return nil
+			} else if handled {
+				continue
 			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() || isTemporary(err) {
@@ -194,7 +211,14 @@ func (p *Proxy) Serve(ln net.Listener) error {
 			return err
 		}
 		backoff = 0
-		go p.ServeConn(context.Background(), c)
+		// Tracked before Serve accepts again, so that a drain never
+		// sees an accepted connection as none.
+		cl := &client{p: p, ctx: context.Background(), c: c}
+		if !p.track(c, cl) {
+			c.Close()
+			continue
+		}
+		go cl.serveConn()
 	}
 }
 
@@ -205,6 +229,7 @@ func isTemporary(err error) bool {
 
 // Close closes every client and upstream connection and waits for the
 // connections being served to finish; HTTP/2 clients are sent GOAWAY first.
+// For a graceful stop, Shutdown first (drain.go).
 // Closing listeners given to Serve is the caller's job. Close is idempotent.
 func (p *Proxy) Close() error {
 	p.mu.Lock()
@@ -231,15 +256,18 @@ func (p *Proxy) Close() error {
 	return nil
 }
 
-// track registers c so Close can reach it; it fails once the proxy closed.
-func (p *Proxy) track(c net.Conn, serving bool) bool {
+// track registers c so Close can reach it: a client connection to be
+// served with cl, or an upstream one (cl nil). It fails once the proxy
+// closed.
+func (p *Proxy) track(c net.Conn, cl *client) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
 		return false
 	}
-	p.conns[c] = struct{}{}
-	if serving {
+	p.conns[c] = cl
+	if cl != nil {
+		p.serving++
 		p.wg.Add(1)
 	}
 	return true
@@ -247,7 +275,12 @@ func (p *Proxy) track(c net.Conn, serving bool) bool {
 
 func (p *Proxy) forget(c net.Conn) {
 	p.mu.Lock()
-	delete(p.conns, c)
+	if cl, ok := p.conns[c]; ok {
+		if cl != nil {
+			p.serving--
+		}
+		delete(p.conns, c)
+	}
 	p.mu.Unlock()
 }
 
