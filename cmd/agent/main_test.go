@@ -3,17 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/netip"
 	"os"
@@ -130,9 +123,9 @@ func TestControllerDialOptionsErrors(t *testing.T) {
 	if err := os.WriteFile(notPEM, []byte("not a certificate\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	ca := newTestCA(t)
+	ca := testutil.NewCA(t)
 	good := filepath.Join(dir, "good-ca.crt")
-	if err := os.WriteFile(good, ca.certPEM, 0o644); err != nil {
+	if err := os.WriteFile(good, ca.PEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
@@ -173,7 +166,7 @@ func TestControllerTLSWithToken(t *testing.T) {
 // agent's log tells why.
 func TestControllerWrongServerName(t *testing.T) {
 	c, o := tlsSetup(t, "other.detour-system.svc")
-	var logs lockedBuffer
+	var logs testutil.SyncBuffer
 	startAgent(t, o, &logs)
 	testutil.Eventually(t, 10*time.Second, func() error {
 		if want := "x509: certificate is valid for " + controllerName + ", not other.detour-system.svc"; !strings.Contains(logs.String(), want) {
@@ -191,10 +184,10 @@ func TestControllerWrongServerName(t *testing.T) {
 // serverName, with token-1 in its token file.
 func tlsSetup(t *testing.T, serverName string) (*recordingController, *options) {
 	t.Helper()
-	ca := newTestCA(t)
+	ca := testutil.NewCA(t)
 	dir := t.TempDir()
 	caFile, tokenFile := filepath.Join(dir, "ca.crt"), filepath.Join(dir, "token")
-	if err := os.WriteFile(caFile, ca.certPEM, 0o644); err != nil {
+	if err := os.WriteFile(caFile, ca.PEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(tokenFile, []byte("token-1\n"), 0o600); err != nil {
@@ -202,7 +195,7 @@ func tlsSetup(t *testing.T, serverName string) (*recordingController, *options) 
 	}
 	c := &recordingController{}
 	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{
-		Certificates: []tls.Certificate{ca.issue(t, controllerName)},
+		Certificates: []tls.Certificate{ca.Issue(t, controllerName)},
 		MinVersion:   tls.VersionTLS12,
 	})))
 	detourv1.RegisterAgentSyncServiceServer(srv, c)
@@ -302,62 +295,6 @@ func (c *recordingController) ReportStatus(ctx context.Context, req *detourv1.Re
 	return &detourv1.ReportStatusResponse{}, nil
 }
 
-// testCA is a throw-away certificate authority.
-type testCA struct {
-	cert    *x509.Certificate
-	key     *ecdsa.PrivateKey
-	certPEM []byte
-}
-
-func newTestCA(t *testing.T) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "detour test CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testCA{cert: cert, key: key, certPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-// issue makes a serving certificate for dnsName.
-func (ca *testCA) issue(t *testing.T, dnsName string) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2),
-		Subject:      pkix.Name{CommonName: dnsName},
-		DNSNames:     []string{dnsName},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-}
-
 type nopSteerer struct{}
 
 func (nopSteerer) Attach(string) error                              { return nil }
@@ -368,20 +305,3 @@ func (nopSteerer) Connections(netip.Addr, uint16) (uint64, error)   { return 0, 
 func (nopSteerer) Close() error                                     { return nil }
 
 var _ agent.Steerer = nopSteerer{}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
