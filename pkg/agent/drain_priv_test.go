@@ -283,12 +283,7 @@ func TestPrivilegedGracefulStop(t *testing.T) {
 		return nil
 	})
 
-	stopped := time.Now()
-	l.cancel()
-	testutil.Eventually(t, 5*time.Second, func() error { return wantLinks(l.pod.ino, 0) })
-	if via, err := get1(l.httpClient(t, false, false), l.url("/")); err != nil || via != "direct" {
-		t.Fatalf("a new connection during the drain: answered %q (%v), want by the app directly", via, err)
-	}
+	stopped := l.stop(t)
 	if err := l.wait(t, grace+2*time.Second); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
@@ -350,12 +345,7 @@ func TestPrivilegedGracefulStopGraceEnds(t *testing.T) {
 		return nil
 	})
 
-	stopped := time.Now()
-	l.cancel()
-	testutil.Eventually(t, 5*time.Second, func() error { return wantLinks(l.pod.ino, 0) })
-	if via, err := get1(l.httpClient(t, false, false), l.url("/")); err != nil || via != "direct" {
-		t.Fatalf("a new connection during the drain: answered %q (%v), want by the app directly", via, err)
-	}
+	stopped := l.stop(t)
 	if err := l.wait(t, grace+3*time.Second); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
@@ -374,4 +364,18 @@ func TestPrivilegedGracefulStopGraceEnds(t *testing.T) {
 	if !strings.Contains(logs, "grace period over") || !strings.Contains(logs, "left.http1_conns=1") {
 		t.Fatalf("the agent did not log what it closed:\n%s", logs)
 	}
+}
+
+// stop stops the agent and checks that steering is gone at once: the link
+// leaves the kernel and a new connection reaches the app directly while
+// the agent still drains. It returns when the stop began.
+func (l *stopLab) stop(t *testing.T) time.Time {
+	t.Helper()
+	stopped := time.Now()
+	l.cancel()
+	testutil.Eventually(t, 5*time.Second, func() error { return wantLinks(l.pod.ino, 0) })
+	if via, err := get1(l.httpClient(t, false, false), l.url("/")); err != nil || via != "direct" {
+		t.Fatalf("a new connection during the drain: answered %q (%v), want by the app directly", via, err)
+	}
+	return stopped
 }
