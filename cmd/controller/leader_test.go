@@ -73,9 +73,10 @@ func startReplica(t *testing.T, env *envtest.Env, name string) *replica {
 		storeBackend: "kube", kubeconfig: env.Kubeconfig,
 		inventoryPath: filepath.Join(t.TempDir(), "missing.json"),
 		leaderElect:   true, leaderElectNamespace: "default", leaderElectID: name,
-		// Short enough that the test is quick, in the order client-go
-		// requires (lease > renew deadline > 1.2 × retry period).
-		leaseDuration: 3 * time.Second, renewDeadline: 2 * time.Second, retryPeriod: 200 * time.Millisecond,
+		// Short enough that the test is quick (in the order client-go
+		// requires: lease > renew deadline > 1.2 × retry period), and
+		// long enough that a loaded CI machine does not miss a renewal.
+		leaseDuration: 10 * time.Second, renewDeadline: 8 * time.Second, retryPeriod: 500 * time.Millisecond,
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &replica{name: name, o: o, stop: cancel, done: make(chan struct{})}
