@@ -521,3 +521,20 @@ func TestStatusServiceGone(t *testing.T) {
 		t.Fatalf("status %v", n)
 	}
 }
+
+// TestPodWithoutAddressNotTargeted: a pod whose sandbox is still starting
+// has no address and takes no traffic; it is steered once it has one.
+func TestPodWithoutAddressNotTargeted(t *testing.T) {
+	h := newHarness(t)
+	inv := labInventory()
+	inv.Pods[0].IP = "" // api-0, on node lab
+	h.inv.Set(inv)
+	lab := h.watchNode(t, "lab")
+	lab.recv(t)
+	h.create(req("alice", "api-alice:8080", 0, session("alice")))
+	h.inv.Set(labInventory())
+	ev := lab.recv(t)
+	if as := ev.GetAssignments(); len(as) != 1 || len(as[0].GetTargets()) != 1 || as[0].GetTargets()[0].GetPodIp() != "10.0.0.10" {
+		t.Fatalf("once api-0 has its address: %v", ev)
+	}
+}

@@ -122,6 +122,11 @@ func computePlan(inv *inventory.Inventory, ics []*detourv1.Intercept) plan {
 			if dest.isPod(&pod) {
 				continue
 			}
+			// A pod with no address yet (its sandbox is starting) takes no
+			// traffic; it is steered when the inventory shows its address.
+			if pod.IP == "" {
+				continue
+			}
 			node := pod.Node
 			if node == "" {
 				node = inv.Node
