@@ -16,14 +16,20 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
   detour lab down --state-dir "$STATE" >/dev/null
+  rm -f "$STATE/controller.db" "$STATE/agent-state.json"
 }
-trap cleanup EXIT
 
 if [[ $EUID -ne 0 ]]; then echo "the demo needs root (network namespaces, eBPF)"; exit 1; fi
 command -v curl >/dev/null || { echo "the demo needs curl (apt-get install curl)"; exit 1; }
 
 echo "== lab up"
-detour lab up -f test/lab/demo.yaml --state-dir "$STATE"
+detour lab up -f test/lab/demo.yaml --state-dir "$STATE" # rolls itself back on failure
+# Only now is there something of ours to clean up: a lab up refused because
+# a lab runs in $STATE must leave that lab alone.
+trap cleanup EXIT
+# lab up refuses a state dir in use, so what is left here is a dead run's:
+# its intercepts must not meet this one's.
+rm -f "$STATE/controller.db" "$STATE/agent-state.json"
 
 echo "== controller and agent (logs in $LOGS)"
 detour-controller --listen 127.0.0.1:7070 --metrics-listen 127.0.0.1:9470 \
