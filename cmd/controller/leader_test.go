@@ -114,7 +114,7 @@ func (r *replica) serves(t *testing.T) bool {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_, err = detourv1.NewControlServiceClient(conn).ListIntercepts(ctx, &detourv1.ListInterceptsRequest{})
 	return err == nil

@@ -284,7 +284,7 @@ func TestPrivilegedGracefulStop(t *testing.T) {
 	})
 
 	stopped := l.stop(t)
-	if err := l.wait(t, grace+2*time.Second); err != nil {
+	if err := l.wait(t, grace+5*time.Second); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
 	returned := time.Now()
@@ -346,7 +346,7 @@ func TestPrivilegedGracefulStopGraceEnds(t *testing.T) {
 	})
 
 	stopped := l.stop(t)
-	if err := l.wait(t, grace+3*time.Second); err != nil {
+	if err := l.wait(t, grace+5*time.Second); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
 	if took := time.Since(stopped); took < grace {

@@ -24,7 +24,10 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // acceptSettle is how long a draining listener waits for one more
@@ -217,26 +220,40 @@ func (p *Proxy) removeListener(ln net.Listener) {
 // drainAccept handles an Accept error of a draining listener: a timeout is
 // Shutdown's deadline. While connections are still being served the
 // deadline is set again: what may yet arrive is accepted until they are
-// done. Once none is, the queue is looked at once more (a deadline in the
-// past fails Accept without looking, and Serve may have been slow to get
-// there) and Serve returns if that finds nothing. It reports whether the
-// error was handled so, and whether Serve should return; probed is Serve's.
-func (p *Proxy) drainAccept(dl deadliner, err error, probed *bool) (handled, stop bool) {
+// done. Once none is, Serve returns unless a connection waits in the queue
+// (a deadline in the past fails Accept without looking at the queue, and a
+// loaded Serve may get there late: the queue is polled instead). It
+// reports whether the error was handled so, and whether Serve should return.
+func (p *Proxy) drainAccept(dl deadliner, err error) (handled, stop bool) {
 	var ne net.Error
 	if dl == nil || !p.draining.Load() || !errors.As(err, &ne) || !ne.Timeout() {
 		return false, false
 	}
-	switch {
-	case !p.quiet():
-		*probed = false
-		_ = dl.SetDeadline(time.Now().Add(acceptSettle))
-	case *probed:
+	if p.quiet() && !queued(dl) {
 		return true, true
-	default:
-		*probed = true
-		_ = dl.SetDeadline(time.Now().Add(time.Millisecond))
 	}
+	_ = dl.SetDeadline(time.Now().Add(acceptSettle))
 	return true, false
+}
+
+// queued reports, without blocking, whether a connection waits in the
+// accept queue of the listener: a listening socket polls readable then.
+func queued(dl deadliner) bool {
+	sc, ok := dl.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	ready := false
+	_ = rc.Control(func(fd uintptr) {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, 0)
+		ready = err == nil && n > 0 && fds[0].Revents&unix.POLLIN != 0
+	})
+	return ready
 }
 
 // enterIdle marks the client as waiting for its next request, where a

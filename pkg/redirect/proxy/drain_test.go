@@ -246,10 +246,10 @@ func TestShutdownHTTP1(t *testing.T) {
 	}
 	expectEOF(t, waitingR)
 
-	if err := waitErr(t, "Shutdown", shut, 5*time.Second); err != nil {
+	if err := waitErr(t, "Shutdown", shut, 15*time.Second); err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}
-	if err := waitErr(t, "Serve", served, 5*time.Second); err != nil {
+	if err := waitErr(t, "Serve", served, 15*time.Second); err != nil {
 		t.Fatalf("Serve: %v", err)
 	}
 }
@@ -306,10 +306,10 @@ func TestShutdownDrainsAcceptQueue(t *testing.T) {
 			t.Fatalf("connection %d: no Connection: close", i)
 		}
 	}
-	if err := waitErr(t, "Shutdown", shut, 5*time.Second); err != nil {
+	if err := waitErr(t, "Shutdown", shut, 15*time.Second); err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}
-	if err := waitErr(t, "Serve", served, 5*time.Second); err != nil {
+	if err := waitErr(t, "Serve", served, 15*time.Second); err != nil {
 		t.Fatalf("Serve: %v", err)
 	}
 }
@@ -378,10 +378,10 @@ func TestShutdownHTTP2(t *testing.T) {
 			break
 		}
 	}
-	if err := waitErr(t, "Shutdown", shut, 5*time.Second); err != nil {
+	if err := waitErr(t, "Shutdown", shut, 15*time.Second); err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}
-	if err := waitErr(t, "Serve", served, 5*time.Second); err != nil {
+	if err := waitErr(t, "Serve", served, 15*time.Second); err != nil {
 		t.Fatalf("Serve: %v", err)
 	}
 }
@@ -505,7 +505,7 @@ func TestShutdownUnderLoad(t *testing.T) {
 	if err := waitErr(t, "Shutdown", shut, 10*time.Second); err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}
-	if err := waitErr(t, "Serve", served, 5*time.Second); err != nil {
+	if err := waitErr(t, "Serve", served, 15*time.Second); err != nil {
 		t.Fatalf("Serve: %v", err)
 	}
 	eventually(t, 10*time.Second, atLeast(ok.Load()+20)) // the clients go on, without the proxy

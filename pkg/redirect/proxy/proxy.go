@@ -184,14 +184,13 @@ func (p *Proxy) Serve(ln net.Listener) error {
 		defer p.removeListener(ln)
 	}
 	var backoff time.Duration
-	probed := false
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			if handled, stop := p.drainAccept(dl, err, &probed); stop {
+			if handled, stop := p.drainAccept(dl, err); stop {
 				return nil
 			} else if handled {
 				continue
