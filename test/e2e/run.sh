@@ -18,12 +18,19 @@ make --no-print-directory images >/dev/null
 say "e2e test binary"
 go test -c -tags e2e -o bin/e2e.test ./test/e2e
 
+# The DaemonSet keeps the agent's state in this host directory; the machine
+# is left as it was found.
+AGENT_STATE_DIR=/var/lib/detour/agent
+[[ -e $AGENT_STATE_DIR ]] && agent_state_existed=1 || agent_state_existed=0
+
 teardown() {
 	local rc=$?
 	if [[ ${DETOUR_E2E_KEEP:-} == 1 ]]; then
 		say "cluster left up (DETOUR_E2E_KEEP=1): test/cluster/down.sh removes it"
 	elif ((rc == 0)); then
 		bash test/cluster/down.sh
+		((agent_state_existed)) || rm -rf "$AGENT_STATE_DIR"
+		rmdir /var/lib/detour 2>/dev/null || true
 	else
 		# What Detour's pods said, for the CI log and for later.
 		if [[ -e $PIDS/kube-apiserver ]]; then
@@ -34,6 +41,8 @@ teardown() {
 			tail -n 80 "$LOGS/detour-pods.log" || true
 		fi
 		bash test/cluster/down.sh --keep-logs >/dev/null 2>&1 || true
+		((agent_state_existed)) || rm -rf "$AGENT_STATE_DIR"
+		rmdir /var/lib/detour 2>/dev/null || true
 		say "failed: logs kept in $LOGS"
 	fi
 	exit $rc
