@@ -2,13 +2,11 @@ package main
 
 import (
 	"context"
-	"log/slog"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -64,15 +62,8 @@ func TestRunKubeInventory(t *testing.T) {
 
 	o := &options{listen: freeAddr(t), metricsListen: freeAddr(t), storeBackend: "kube",
 		inventoryFrom: "kube", kubeconfig: env.Kubeconfig}
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- run(runCtx, o, slog.New(slog.DiscardHandler)) }()
-	conn, err := grpc.NewClient(o.listen, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	c := detourv1.NewControlServiceClient(conn)
+	stop := runController(t, ctx, o)
+	c := dialControl(t, o.listen)
 	req := func(svc string) *detourv1.CreateInterceptRequest {
 		return &detourv1.CreateInterceptRequest{Intercept: &detourv1.Intercept{Name: "alice", Spec: &detourv1.InterceptSpec{
 			ServiceNamespace: "default", ServiceName: svc, Port: 80, Destination: "api-alice:8080",
@@ -101,12 +92,4 @@ func TestRunKubeInventory(t *testing.T) {
 		t.Fatalf("intercept on a missing Service: %v, want NotFound", err)
 	}
 	stop()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("run: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("controller did not stop")
-	}
 }

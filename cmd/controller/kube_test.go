@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -65,15 +64,8 @@ func TestRunKube(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- run(runCtx, o, slog.New(slog.DiscardHandler)) }()
-	conn, err := grpc.NewClient(o.listen, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	c := detourv1.NewControlServiceClient(conn)
+	stop := runController(t, ctx, o)
+	c := dialControl(t, o.listen)
 	// The inventory is empty, so the service cannot be found; what matters
 	// here is that the call reaches a controller over the kube store.
 	cctx, ccancel := context.WithTimeout(ctx, 10*time.Second)
@@ -95,12 +87,4 @@ func TestRunKube(t *testing.T) {
 	}
 
 	stop()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("run: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("controller did not stop")
-	}
 }

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -156,4 +157,41 @@ func TestRunServesAndStops(t *testing.T) {
 	case <-time.After(4 * time.Second):
 		t.Fatal("controller did not stop")
 	}
+}
+
+// runController runs the controller with o until the returned stop, which
+// ends it as SIGTERM would and fails the test if it does not stop cleanly
+// within 20 s. stop is also a cleanup, so calling it is optional.
+func runController(t *testing.T, ctx context.Context, o *options) (stop func()) {
+	t.Helper()
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- run(runCtx, o, slog.New(slog.DiscardHandler)) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("run: %v", err)
+				}
+			case <-time.After(20 * time.Second):
+				t.Error("controller did not stop")
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+// dialControl is a ControlService client of the controller at addr.
+func dialControl(t *testing.T, addr string) detourv1.ControlServiceClient {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return detourv1.NewControlServiceClient(conn)
 }

@@ -52,20 +52,7 @@ func TestRunTLSAuth(t *testing.T) {
 		auth:                 "kube", agentServiceAccount: "default:detour-agent", agentTokenAudience: "detour",
 		tlsSecret: "detour-controller-tls", caConfigMap: "detour-ca", serviceName: "detour-controller",
 	}
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- run(runCtx, o, slog.New(slog.DiscardHandler)) }()
-	defer func() {
-		stop()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("run: %v", err)
-			}
-		case <-time.After(20 * time.Second):
-			t.Error("controller did not stop")
-		}
-	}()
+	defer runController(t, ctx, o)()
 	testutil.Eventually(t, 30*time.Second, func() error {
 		if code, body, err := get(o.metricsListen, "/readyz"); err != nil || code != http.StatusOK {
 			return fmt.Errorf("the controller is not ready: /readyz %d %q %v", code, body, err)

@@ -134,14 +134,24 @@ func (h *harness) start() {
 	if err != nil {
 		t.Fatal(err)
 	}
+	h.serve(srv, st.Close)
+}
+
+// serve puts srv behind a real gRPC server on an in-memory listener, runs
+// it, and gives the harness its clients and a stop that ends it the way a
+// controller process ends (Run's error fails the test), then closes the
+// store with closeStore.
+func (h *harness) serve(srv *Server, closeStore func() error) {
+	t := h.t
+	t.Helper()
 	h.srv = srv
 	lis := bufconn.Listen(1 << 20)
 	gs := grpc.NewServer()
 	srv.RegisterServices(gs)
 	go func() { _ = gs.Serve(lis) }()
 	ctx, cancel := context.WithCancel(context.Background())
-	runDone := make(chan struct{})
-	go func() { defer close(runDone); _ = srv.Run(ctx) }()
+	runDone := make(chan error, 1)
+	go func() { runDone <- srv.Run(ctx) }()
 
 	conn, err := grpc.NewClient("passthrough:///bufconn",
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
@@ -156,10 +166,12 @@ func (h *harness) start() {
 		once.Do(func() {
 			_ = conn.Close()
 			cancel()
-			<-runDone
+			if err := <-runDone; err != nil {
+				t.Errorf("Run: %v", err)
+			}
 			srv.Close()
 			gs.Stop()
-			_ = st.Close()
+			_ = closeStore()
 		})
 	}
 }

@@ -1,17 +1,11 @@
 package controller
 
 import (
-	"context"
-	"net"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/test/bufconn"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
@@ -61,35 +55,7 @@ func startKube(t *testing.T, cfg *rest.Config, clock *fakeClock, inv *StaticInve
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.srv = srv
-	lis := bufconn.Listen(1 << 20)
-	gs := grpc.NewServer()
-	srv.RegisterServices(gs)
-	go func() { _ = gs.Serve(lis) }()
-	runCtx, cancel := context.WithCancel(context.Background())
-	runDone := make(chan error, 1)
-	go func() { runDone <- srv.Run(runCtx) }()
-	conn, err := grpc.NewClient("passthrough:///bufconn",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.ctl = detourv1.NewControlServiceClient(conn)
-	h.agents = detourv1.NewAgentSyncServiceClient(conn)
-	var once sync.Once
-	h.stop = func() {
-		once.Do(func() {
-			_ = conn.Close()
-			cancel()
-			if err := <-runDone; err != nil {
-				t.Errorf("Run: %v", err)
-			}
-			srv.Close()
-			gs.Stop()
-			_ = st.Close()
-		})
-	}
+	h.serve(srv, st.Close)
 	t.Cleanup(h.stop)
 	return h
 }
