@@ -1,0 +1,231 @@
+// Package connect sends a TCP connect() to an intercepted pod address and
+// port straight to the developer's pod, with cgroup programs that rewrite the
+// destination at connect time (DESIGN.md, data path step 4; the C is in
+// bpf/connect/connect.c). An L4 intercept's callers on the node then have no
+// relay in their path: their connection is to the developer's pod, from
+// their own address, at the speed of a direct connection.
+//
+// Three programs are attached to one cgroup v2 directory (the root, to see
+// every process on the node):
+//   - cgroup/connect4 rewrites a connect() to a redirected address and
+//     counts it;
+//   - cgroup/getpeername4 shows the caller the address it dialled, not the
+//     developer's pod;
+//   - cgroup/sock_release forgets that address when the socket is released.
+//
+// Callers in the host's network namespace (node daemons such as the
+// kubelet's probes, host-network pods, the agent) are never redirected: they
+// keep reaching the pod through the steering and the agent's relay, which
+// applies the same intercept. So does every caller on other nodes.
+//
+// Links live with the agent's file descriptors: when the agent closes them
+// or dies, the kernel detaches the programs and connect() is left alone
+// again; connections already made stay with the developer's pod.
+package connect
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/features"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// ErrClosed is returned by the methods of closed Redirects.
+var ErrClosed = errors.New("connect redirects closed")
+
+// Redirects owns the programs, their maps and their cgroup links.
+type Redirects struct {
+	mu     sync.Mutex
+	objs   connectObjects
+	links  []link.Link
+	cgroup string
+	closed bool
+}
+
+// New loads the programs, with the calling thread's network namespace as the
+// host's (its callers are left alone), and attaches them to the cgroup v2
+// directory at cgroupPath.
+func New(cgroupPath string) (*Redirects, error) {
+	if err := features.HaveProgramType(ebpf.CGroupSockAddr); err != nil {
+		return nil, fmt.Errorf("cgroup sock_addr programs not supported: %w", err)
+	}
+	host, err := NetNSCookie()
+	if err != nil {
+		return nil, err
+	}
+	spec, err := loadConnect()
+	if err != nil {
+		return nil, fmt.Errorf("load connect spec: %w", err)
+	}
+	if err := spec.Variables["host_netns"].Set(host); err != nil {
+		return nil, fmt.Errorf("set host_netns: %w", err)
+	}
+	r := &Redirects{cgroup: cgroupPath}
+	if err := spec.LoadAndAssign(&r.objs, nil); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("load connect programs: %w\nverifier log:\n%+v", err, ve)
+		}
+		return nil, fmt.Errorf("load connect objects: %w", err)
+	}
+	for _, a := range []struct {
+		attach ebpf.AttachType
+		prog   *ebpf.Program
+	}{
+		// getpeername and release first: a socket redirected by connect4
+		// must never see a getpeername4-less moment.
+		{ebpf.AttachCgroupInetSockRelease, r.objs.SockRelease},
+		{ebpf.AttachCgroupInet4GetPeername, r.objs.Getpeername4},
+		{ebpf.AttachCGroupInet4Connect, r.objs.Connect4},
+	} {
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupPath, Attach: a.attach, Program: a.prog})
+		if err != nil {
+			_ = r.Close()
+			return nil, fmt.Errorf("attach %v to cgroup %s: %w", a.attach, cgroupPath, err)
+		}
+		r.links = append(r.links, l)
+	}
+	return r, nil
+}
+
+// Cgroup is the directory the programs are attached to.
+func (r *Redirects) Cgroup() string { return r.cgroup }
+
+// Set sends the connections made to from (outside the host's namespace) to
+// to instead. Changing a redirect keeps its count.
+func (r *Redirects) Set(from, to netip.AddrPort) error {
+	k, err := keyOf(from)
+	if err != nil {
+		return err
+	}
+	to = netip.AddrPortFrom(to.Addr().Unmap(), to.Port())
+	if !to.Addr().Is4() || to.Port() == 0 {
+		return fmt.Errorf("redirect %s to %s: want an IPv4 address and a port", from, to)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return ErrClosed
+	}
+	var d connectConnectDest
+	if err := r.objs.ConnectRedirects.Lookup(&k, &d); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("look up redirect of %s: %w", from, err)
+	}
+	a := to.Addr().As4()
+	d.Addr, d.Port = binary.NativeEndian.Uint32(a[:]), to.Port()
+	if err := r.objs.ConnectRedirects.Update(&k, &d, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("redirect %s to %s: %w", from, to, err)
+	}
+	return nil
+}
+
+// Delete stops redirecting from and returns how many connections it
+// redirected. Deleting what is not there is no error.
+func (r *Redirects) Delete(from netip.AddrPort) (uint64, error) {
+	k, err := keyOf(from)
+	if err != nil {
+		return 0, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return 0, ErrClosed
+	}
+	var d connectConnectDest
+	if err := r.objs.ConnectRedirects.LookupAndDelete(&k, &d); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return 0, nil
+		}
+		return 0, fmt.Errorf("delete redirect of %s: %w", from, err)
+	}
+	return d.Connections, nil
+}
+
+// Connections is how many connect() calls to from were redirected since it
+// was set; 0 when it is not.
+func (r *Redirects) Connections(from netip.AddrPort) (uint64, error) {
+	k, err := keyOf(from)
+	if err != nil {
+		return 0, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return 0, ErrClosed
+	}
+	var d connectConnectDest
+	if err := r.objs.ConnectRedirects.Lookup(&k, &d); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return 0, nil
+		}
+		return 0, fmt.Errorf("look up redirect of %s: %w", from, err)
+	}
+	return d.Connections, nil
+}
+
+// Close detaches the programs and frees the maps. Sockets redirected before
+// keep their connection; getpeername then shows the developer's pod.
+func (r *Redirects) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil
+	}
+	r.closed = true
+	var errs []error
+	// connect4 first: nothing is redirected without its origin kept.
+	for i := len(r.links) - 1; i >= 0; i-- {
+		errs = append(errs, r.links[i].Close())
+	}
+	errs = append(errs, r.objs.Close())
+	return errors.Join(errs...)
+}
+
+func keyOf(from netip.AddrPort) (connectConnectKey, error) {
+	from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+	if !from.Addr().Is4() || from.Port() == 0 {
+		return connectConnectKey{}, fmt.Errorf("redirect from %s: want an IPv4 address and a port", from)
+	}
+	a := from.Addr().As4()
+	return connectConnectKey{Addr: binary.NativeEndian.Uint32(a[:]), Port: from.Port()}, nil
+}
+
+// NetNSCookie is the cookie of the calling thread's network namespace, as
+// bpf_get_netns_cookie gives it (Linux 5.14+ for SO_NETNS_COOKIE).
+func NetNSCookie() (uint64, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, fmt.Errorf("netns cookie: %w", err)
+	}
+	defer unix.Close(fd)
+	c, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+	if err != nil {
+		return 0, fmt.Errorf("netns cookie (SO_NETNS_COOKIE needs Linux 5.14+): %w", err)
+	}
+	return c, nil
+}
+
+// CgroupV2Root finds the root of the node's cgroup v2 hierarchy: the first
+// of the candidate directories that is a cgroup2 mount (a unified host
+// mounts it at /sys/fs/cgroup, a hybrid one at /sys/fs/cgroup/unified; a
+// container sees the host's through a hostPath volume under /host).
+func CgroupV2Root() (string, error) {
+	candidates := []string{
+		"/host/sys/fs/cgroup/unified", "/host/sys/fs/cgroup",
+		"/sys/fs/cgroup/unified", "/sys/fs/cgroup",
+	}
+	for _, dir := range candidates {
+		var st unix.Statfs_t
+		if err := unix.Statfs(dir, &st); err == nil && st.Type == unix.CGROUP2_SUPER_MAGIC {
+			return filepath.Clean(dir), nil
+		}
+	}
+	return "", fmt.Errorf("no cgroup v2 hierarchy mounted at any of %v", candidates)
+}
