@@ -34,6 +34,7 @@ import (
 	"github.com/detourdev/detour/pkg/agent"
 	"github.com/detourdev/detour/pkg/kubeauth"
 	"github.com/detourdev/detour/pkg/podns"
+	"github.com/detourdev/detour/pkg/redirect/connect"
 	"github.com/detourdev/detour/pkg/redirect/splice"
 	"github.com/detourdev/detour/pkg/redirect/steer"
 )
@@ -60,7 +61,8 @@ the lab the controller names each pod's namespace path.
 It runs as root with these capabilities:
   CAP_BPF                 load its eBPF programs and maps
   CAP_NET_ADMIN           create the socket maps (SOCKHASH) the steering
-                          (and --l4-relay=sockmap) hand sockets through
+                          (and --l4-relay=sockmap) hand sockets through;
+                          load the cgroup programs of --connect-redirect
   CAP_SYS_ADMIN           setns(2) into pod network namespaces: to list their
                           addresses, open its listener there and dial the app
                           (attaching sk_lookup needs only the namespace's fd)
@@ -86,11 +88,11 @@ Flags:
 
 // options are the agent's flags.
 type options struct {
-	node, controller                    string
-	controllerCA, serverName, tokenFile string
-	metricsAddr, stateFile, logLevel    string
-	l4Relay, cpuProfile, flowCgroup     string
-	shutdownGrace                       time.Duration
+	node, controller                               string
+	controllerCA, serverName, tokenFile            string
+	metricsAddr, stateFile, logLevel               string
+	l4Relay, cpuProfile, flowCgroup, connectCgroup string
+	shutdownGrace                                  time.Duration
 }
 
 // parseFlags reads the flags; getenv gives --node its default, $NODE_NAME.
@@ -109,6 +111,7 @@ func parseFlags(args []string, getenv func(string) string, output io.Writer) (*o
 	fs.StringVar(&o.l4Relay, "l4-relay", "copy", "how L4 intercepts move bytes: copy (io.Copy, which uses splice(2)) or sockmap (SOCKHASH + sk_skb verdict in the kernel; EXPERIMENTAL: slower than copy here, and it needs Linux 6.2+, BTF and CAP_PERFMON; see docs/architecture.md)")
 	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile of the whole run to this file when the agent stops (for benchmarks)")
 	fs.StringVar(&o.flowCgroup, "flow-metrics-cgroup", "auto", "cgroup v2 directory whose TCP flows feed the RTT and retransmit metrics (sockops): auto = the agent's own cgroup, off = none")
+	fs.StringVar(&o.connectCgroup, "connect-redirect", "auto", "redirect at connect() the callers on this node of L4 intercepts that admit every source, straight to the developer's pod (cgroup connect4 on this cgroup v2 directory): auto = the node's cgroup v2 root, off = every caller goes through the agent's relay")
 	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", agent.DefaultShutdownGrace, "on SIGTERM/SIGINT, how long to finish the requests, streams and connections already taken once the steering is removed, before closing them (0: close at once)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), usage)
@@ -268,6 +271,14 @@ func run() error {
 		_ = s.Close()
 		return fmt.Errorf("bad --l4-relay %q: want copy or sockmap", o.l4Relay)
 	}
+	if cr, err := connectRedirects(o.connectCgroup); err != nil {
+		// The relay serves every caller without it.
+		loadErrors.Inc()
+		log.Warn("connect-time redirects unavailable; L4 intercepts are relayed for every caller", "err", err)
+	} else if cr != nil {
+		cfg.Connector = cr
+		log.Info("connect-time redirects for L4 intercepts", "cgroup", cr.Cgroup())
+	}
 	if ops, err := flowMetrics(o.flowCgroup); err != nil {
 		// Metrics are not worth refusing to route for.
 		loadErrors.Inc()
@@ -300,6 +311,23 @@ func run() error {
 	err = a.Run(ctx)
 	log.Info("agent stopped; steering removed")
 	return err
+}
+
+// connectRedirects attaches the connect-time redirect programs to a cgroup
+// v2 directory: "auto" is the node's cgroup v2 root, which every process is
+// under; "off" is none.
+func connectRedirects(cgroup string) (*connect.Redirects, error) {
+	switch cgroup {
+	case "off":
+		return nil, nil
+	case "auto":
+		root, err := connect.CgroupV2Root()
+		if err != nil {
+			return nil, err
+		}
+		cgroup = root
+	}
+	return connect.New(cgroup)
 }
 
 // flowMetrics attaches the sockops flow metrics to a cgroup v2 directory:

@@ -46,6 +46,12 @@ type Config struct {
 	// it). It returns a path the namespace can be opened by at once. nil:
 	// targets must carry their netns path (the lab).
 	ResolveNetNS func(podIP netip.Addr) (string, error)
+	// Connector redirects at connect() the callers on this node of an L4
+	// intercept that admits every source, so they bypass the agent
+	// (pkg/redirect/connect). Destinations are checked to listen through
+	// ResolveNetNS. nil: every caller goes through the steering and relay.
+	// The agent closes it when it stops.
+	Connector Connector
 	// RetryInterval is how often targets that could not be steered yet are
 	// tried again (their pod's sandbox may just be starting); every ten
 	// intervals all targets' namespaces are looked up again. Default 1 s.
@@ -110,6 +116,12 @@ func New(cfg Config, s Steerer) (*Agent, error) {
 	dp := newDataplane(s, cfg.Logger, m)
 	dp.relay = cfg.Relay
 	dp.resolve = cfg.ResolveNetNS
+	if cfg.Connector != nil {
+		dp.connects = newConnectPlane(cfg.Connector, cfg.Logger, listeningIn(cfg.ResolveNetNS))
+		if err := cfg.Registry.Register(dp.connects); err != nil {
+			return nil, fmt.Errorf("agent: register connect metrics: %w", err)
+		}
+	}
 	return &Agent{
 		cfg:         cfg,
 		log:         cfg.Logger,

@@ -157,6 +157,9 @@ type dataplane struct {
 	// resolve finds the namespace of a target that carries no netns path;
 	// nil: targets must carry one.
 	resolve func(podIP netip.Addr) (string, error)
+	// connects redirects the L4 intercepts' callers on this node at
+	// connect(); nil: off.
+	connects *connectPlane
 	// listen opens a listener inside the namespace at path (netns.Listen;
 	// tests listen in their own namespace).
 	listen func(path, network, addr string) (net.Listener, error)
@@ -251,8 +254,14 @@ func (d *dataplane) run(ctx context.Context, interval time.Duration) {
 		d.mu.Lock()
 		retry := len(d.failing) > 0
 		d.mu.Unlock()
-		if retry || n%recheckEvery == 0 {
+		switch {
+		case retry || n%recheckEvery == 0:
 			d.sync()
+		case d.connects != nil && d.connects.wanted():
+			// A destination may have started or stopped listening.
+			d.syncMu.Lock()
+			d.connects.check()
+			d.syncMu.Unlock()
 		}
 	}
 }
@@ -278,9 +287,13 @@ func (d *dataplane) sync() {
 		}
 	}()
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	if !d.closed {
+	applied := !d.closed
+	if applied {
 		d.apply(desired, found)
+	}
+	d.mu.Unlock()
+	if applied && d.connects != nil {
+		d.connects.check()
 	}
 }
 
@@ -427,6 +440,9 @@ func (d *dataplane) apply(assignments []*detourv1.Assignment, found map[string]*
 
 	d.logFailures(failing)
 	d.targets, d.errs = targets, errs
+	if d.connects != nil {
+		d.connects.want(d.connectWants(assignments))
+	}
 	d.m.intercepts.Set(float64(len(targets)))
 	d.m.steeredPorts.Set(float64(len(d.ports)))
 	d.m.attachments.Set(float64(len(d.namespaces)))
@@ -446,6 +462,32 @@ func (d *dataplane) logFailures(now map[string]string) {
 		}
 	}
 	d.failing = now
+}
+
+// connectWants are the connect-time redirects the assignments call for: the
+// steered ports of L4 intercepts that admit every source, to their
+// destination; mu is held. A source-restricted intercept is decided by the
+// relay, which sees the caller's address.
+func (d *dataplane) connectWants(assignments []*detourv1.Assignment) map[netip.AddrPort]connectWant {
+	out := map[netip.AddrPort]connectWant{}
+	for _, a := range assignments {
+		if !a.L4 || a.RestrictSources {
+			continue
+		}
+		to, err := netip.ParseAddrPort(a.Destination)
+		if err != nil || !to.Addr().Unmap().Is4() {
+			continue // the relay reports a bad destination per connection
+		}
+		id := interceptID(a.Namespace, a.Name)
+		for _, k := range d.targets[id] {
+			from := netip.AddrPortFrom(k.addr, k.port)
+			if _, taken := out[from]; d.ports[k] == nil || taken {
+				continue
+			}
+			out[from] = connectWant{to: to, intercept: id}
+		}
+	}
+	return out
 }
 
 // sourceSet is the assignment's source filter; nil admits every source.
@@ -606,6 +648,10 @@ func (d *dataplane) observe(id string, o proxy.Outcome, dur time.Duration) {
 
 // Reports returns what each applied intercept looks like on this node.
 func (d *dataplane) Reports() []*detourv1.InterceptReport {
+	var direct map[string]uint64
+	if d.connects != nil {
+		direct = d.connects.connections()
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	out := make([]*detourv1.InterceptReport, 0, len(d.targets))
@@ -626,6 +672,9 @@ func (d *dataplane) Reports() []*detourv1.InterceptReport {
 		if c := d.counters[id]; c != nil {
 			r.Matched, r.Fallbacks = c.matched.Load(), c.fallbacks.Load()
 		}
+		// Connections redirected at connect() are matched too: they went
+		// to the developer's pod without passing through the agent.
+		r.Matched += direct[id]
 		out = append(out, r)
 	}
 	sort.Slice(out, func(i, j int) bool {
@@ -656,6 +705,12 @@ func (d *dataplane) Shutdown(ctx context.Context) error {
 		return nil
 	}
 	d.closed = true
+	if d.connects != nil {
+		// First, so callers on this node reach the steering, then the app.
+		if err := d.connects.close(); err != nil {
+			d.log.Warn("closing the connect-time redirects", "err", err)
+		}
+	}
 	ports := make(map[portKey]*port, len(d.ports))
 	for k, p := range d.ports {
 		if err := d.steer.Unsteer(k.addr, k.port); err != nil {

@@ -262,11 +262,21 @@ func TestPrivilegedLabH2GRPCAndL4(t *testing.T) {
 		}
 	})
 
-	t.Run("L4: 100 MiB echoed through the agent's relay", func(t *testing.T) {
+	t.Run("L4: 100 MiB from a pod on the node, redirected at connect", func(t *testing.T) {
 		l.ctl("intercept", "create", "bulk", "--service", "default/api", "--port", "9000",
 			"--l4", "--to", "i3-alice:9000", "--wait", "10s")
-		const size = 100 << 20
-		data := make([]byte, size)
+		// The caller sees the address it dialled (getpeername), though its
+		// connection is to i3-alice.
+		c := dialFrom(t, l.pod("i3-client").NetNS, bulkAddr)
+		if got := c.RemoteAddr().String(); got != bulkAddr {
+			t.Errorf("the caller's RemoteAddr (getpeername) is %s, want %s", got, bulkAddr)
+		}
+		line, err := bufio.NewReader(c).ReadString('\n')
+		c.Close()
+		if strings.TrimSpace(line) != "i3-alice" {
+			t.Fatalf("banner %q, %v; want i3-alice", line, err)
+		}
+		data := make([]byte, 100<<20)
 		rand.Read(data)
 		start := time.Now()
 		banner, got := tcpEcho(t, l.pod("i3-client").NetNS, bulkAddr, data, 0, nil)
@@ -282,9 +292,51 @@ func TestPrivilegedLabH2GRPCAndL4(t *testing.T) {
 			if err != nil {
 				return err
 			}
+			k := `detour_agent_connect_redirects_total{intercept="default/bulk"}`
+			if m[k] != 2 {
+				return fmt.Errorf("%s = %v, want 2", k, m[k])
+			}
+			// Nothing went through the agent: its relay counted nothing.
+			k = `detour_agent_requests_total{intercept="default/bulk",outcome="matched"}`
+			if m[k] != 0 {
+				return fmt.Errorf("%s = %v, want 0: the relay carried a connection redirected at connect", k, m[k])
+			}
+			return nil
+		})
+		// The intercept's status counts them as matched.
+		testutil.Eventually(t, 5*time.Second, func() error {
+			return checkStatus(l.status(), "bulk", func(n map[string]any) error {
+				if num(n["matched"]) != 2 {
+					return fmt.Errorf("matched %v, want the 2 connections redirected at connect: %v", n["matched"], n)
+				}
+				return nil
+			})
+		})
+	})
+
+	t.Run("L4: 100 MiB from the host, through the agent's relay", func(t *testing.T) {
+		// Callers in the host's namespace are never redirected at
+		// connect: the steering hands them to the agent's relay.
+		const size = 100 << 20
+		data := make([]byte, size)
+		rand.Read(data)
+		start := time.Now()
+		banner, got := tcpEcho(t, "", bulkAddr, data, 0, nil)
+		if banner != "i3-alice" {
+			t.Fatalf("banner %q, want i3-alice (i3-api: the connection was not detoured)", banner)
+		}
+		if sha256.Sum256(got) != sha256.Sum256(data) {
+			t.Fatalf("the echo differs from what was sent (sha256): %s", diffStreams(data, got))
+		}
+		t.Logf("100 MiB each way in %v", time.Since(start).Round(time.Millisecond))
+		testutil.Eventually(t, 5*time.Second, func() error {
+			m, err := l.agentMetrics()
+			if err != nil {
+				return err
+			}
 			k := `detour_agent_requests_total{intercept="default/bulk",outcome="matched"}`
-			if m[k] < 1 {
-				return fmt.Errorf("%s = %v, want >= 1", k, m[k])
+			if m[k] != 1 {
+				return fmt.Errorf("%s = %v, want 1", k, m[k])
 			}
 			if m["detour_agent_flow_rtt_seconds_count"] <= 0 {
 				return fmt.Errorf("detour_agent_flow_rtt_seconds_count = %v, want > 0", m["detour_agent_flow_rtt_seconds_count"])

@@ -1,0 +1,267 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sort"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/detourdev/detour/pkg/netns"
+)
+
+// Connector is the kernel side of connect-time redirects
+// (pkg/redirect/connect.Redirects): a connect() to an intercepted pod port
+// from a pod namespace on this node goes straight to another address.
+type Connector interface {
+	Set(from, to netip.AddrPort) error
+	Delete(from netip.AddrPort) (uint64, error)
+	Connections(from netip.AddrPort) (uint64, error)
+	Close() error
+}
+
+// connectWant is one redirect the assignments ask for.
+type connectWant struct {
+	to        netip.AddrPort
+	intercept string
+}
+
+// connectPlane keeps the connect-time redirects of L4 intercepts that admit
+// every source: their callers on this node (outside the host's namespace)
+// connect straight to the developer's pod, and nothing of Detour is left in
+// their path. The steering and the relay stay in place for everyone else
+// (callers on other nodes and in the host's namespace).
+//
+// A redirect is in the kernel only while the destination is known to
+// accept connections: a socket listening on its port in its namespace, as
+// sock_diag shows it there (nothing is sent to the developer's app to find
+// out). Otherwise the callers' connections go through the steering to the
+// relay, which falls back to the app when the developer's pod does not
+// answer, as for everyone else. check looks again every retry interval.
+type connectPlane struct {
+	c   Connector
+	log *slog.Logger
+	// listening reports whether something accepts connections at to.
+	listening func(to netip.AddrPort) error
+
+	mu        sync.Mutex
+	desired   map[netip.AddrPort]connectWant
+	installed map[netip.AddrPort]connectWant
+	// down is why a wanted redirect is not installed, logged when it
+	// changes.
+	down map[netip.AddrPort]string
+	// retired counts, per intercept, the connections of redirects since
+	// removed, so the counters never go down.
+	retired map[string]uint64
+	closed  bool
+
+	totalDesc, activeDesc *prometheus.Desc
+}
+
+func newConnectPlane(c Connector, log *slog.Logger, listening func(netip.AddrPort) error) *connectPlane {
+	return &connectPlane{
+		c: c, log: log, listening: listening,
+		desired:   map[netip.AddrPort]connectWant{},
+		installed: map[netip.AddrPort]connectWant{},
+		down:      map[netip.AddrPort]string{},
+		retired:   map[string]uint64{},
+		totalDesc: prometheus.NewDesc("detour_agent_connect_redirects_total",
+			"Connections of L4 intercepts sent straight to the developer's pod at connect() on this node (no relay).",
+			[]string{"intercept"}, nil),
+		activeDesc: prometheus.NewDesc("detour_agent_connect_redirected_ports",
+			"Pod ports whose callers on this node are redirected at connect() now.", nil, nil),
+	}
+}
+
+// want replaces the redirects wanted; check puts them in the kernel.
+func (cp *connectPlane) want(w map[netip.AddrPort]connectWant) {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	cp.desired = w
+}
+
+// wanted reports whether any redirect is wanted.
+func (cp *connectPlane) wanted() bool {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	return len(cp.desired) > 0
+}
+
+// check makes the kernel hold the wanted redirects whose destination
+// listens, and no other.
+func (cp *connectPlane) check() {
+	cp.mu.Lock()
+	desired, closed := cp.desired, cp.closed
+	cp.mu.Unlock()
+	if closed {
+		return
+	}
+	// Looking at the destinations enters namespaces: without the lock.
+	why := map[netip.AddrPort]string{}
+	for from, w := range desired {
+		if err := cp.listening(w.to); err != nil {
+			why[from] = err.Error()
+		}
+	}
+
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	if cp.closed {
+		return
+	}
+	for from, w := range cp.installed {
+		if d, ok := desired[from]; ok && d == w && why[from] == "" {
+			continue
+		}
+		cp.remove(from, w)
+	}
+	for from, w := range desired {
+		if msg := why[from]; msg != "" {
+			if cp.down[from] != msg {
+				cp.log.Info("not redirecting at connect: the destination does not listen; callers go through the agent",
+					"intercept", w.intercept, "port", from, "to", w.to, "why", msg)
+				cp.down[from] = msg
+			}
+			continue
+		}
+		delete(cp.down, from)
+		if _, ok := cp.installed[from]; ok {
+			continue
+		}
+		if err := cp.c.Set(from, w.to); err != nil {
+			cp.log.Error("connect-time redirect failed; callers go through the agent", "intercept", w.intercept, "port", from, "err", err)
+			continue
+		}
+		cp.installed[from] = w
+		cp.log.Info("callers on this node connect straight to the destination", "intercept", w.intercept, "port", from, "to", w.to)
+	}
+	for from := range cp.down {
+		if _, ok := desired[from]; !ok {
+			delete(cp.down, from)
+		}
+	}
+}
+
+// remove takes one redirect out of the kernel; mu is held.
+func (cp *connectPlane) remove(from netip.AddrPort, w connectWant) {
+	n, err := cp.c.Delete(from)
+	if err != nil {
+		cp.log.Error("removing a connect-time redirect failed", "intercept", w.intercept, "port", from, "err", err)
+		return
+	}
+	cp.retired[w.intercept] += n
+	delete(cp.installed, from)
+	cp.log.Info("connect-time redirect removed", "intercept", w.intercept, "port", from)
+}
+
+// connections is how many connections of each intercept were redirected.
+func (cp *connectPlane) connections() map[string]uint64 {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	out := make(map[string]uint64, len(cp.retired)+len(cp.installed))
+	for id, n := range cp.retired {
+		out[id] = n
+	}
+	if cp.closed {
+		return out
+	}
+	for from, w := range cp.installed {
+		if n, err := cp.c.Connections(from); err == nil {
+			out[w.intercept] += n
+		}
+	}
+	return out
+}
+
+// close removes every redirect and the programs: new connections go through
+// the steering (if still there) or straight to the app.
+func (cp *connectPlane) close() error {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	if cp.closed {
+		return nil
+	}
+	for from, w := range cp.installed {
+		cp.remove(from, w)
+	}
+	cp.closed = true
+	return cp.c.Close()
+}
+
+func (cp *connectPlane) Describe(ch chan<- *prometheus.Desc) {
+	ch <- cp.totalDesc
+	ch <- cp.activeDesc
+}
+
+func (cp *connectPlane) Collect(ch chan<- prometheus.Metric) {
+	byID := cp.connections()
+	ids := make([]string, 0, len(byID))
+	for id := range byID {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		ch <- prometheus.MustNewConstMetric(cp.totalDesc, prometheus.CounterValue, float64(byID[id]), id)
+	}
+	cp.mu.Lock()
+	n := len(cp.installed)
+	cp.mu.Unlock()
+	ch <- prometheus.MustNewConstMetric(cp.activeDesc, prometheus.GaugeValue, float64(n))
+}
+
+// listeningIn returns a check that a destination listens, by finding its
+// pod's namespace with resolve and a listening TCP socket for its address
+// and port there with sock_diag.
+func listeningIn(resolve func(netip.Addr) (string, error)) func(netip.AddrPort) error {
+	return func(to netip.AddrPort) error {
+		if resolve == nil {
+			return errors.New("this agent does not look namespaces up")
+		}
+		path, err := resolve(to.Addr())
+		if err != nil {
+			return fmt.Errorf("the destination is not a pod on this node: %w", err)
+		}
+		var found bool
+		err = netns.Do(path, func() error {
+			for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
+				socks, err := netlink.SocketDiagTCP(family)
+				if err != nil {
+					return fmt.Errorf("sock_diag: %w", err)
+				}
+				for _, s := range socks {
+					if s.State == tcpListen && s.ID.SourcePort == to.Port() && listensFor(s.ID.Source, to.Addr()) {
+						found = true
+						return nil
+					}
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if !found {
+			return fmt.Errorf("nothing listens on %s", to)
+		}
+		return nil
+	}
+}
+
+const tcpListen = 10 // TCP_LISTEN in include/net/tcp_states.h
+
+// listensFor reports whether a socket bound to bound accepts connections
+// to addr: bound to it, or to any address (0.0.0.0, or :: which takes IPv4
+// too unless IPV6_V6ONLY, the Linux default being dual-stack).
+func listensFor(bound []byte, addr netip.Addr) bool {
+	b, ok := netip.AddrFromSlice(bound)
+	if !ok {
+		return false
+	}
+	b = b.Unmap()
+	return b.IsUnspecified() || b == addr
+}
