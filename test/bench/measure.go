@@ -36,32 +36,37 @@ type caseDef struct {
 	want     string // the pod that must answer
 	viaAgent bool   // steered to the agent: its CPU is charged to the case
 	baseline string // the case its ratios divide by
+	// fromHost: the client runs in the host's namespace, not in b-client
+	// (a caller the connect-time redirect leaves to the agent's relay).
+	fromHost bool
 }
 
 var (
-	caseDirect        = caseDef{"direct", kindHTTP, podApp, 8080, false, podApp, false, ""}
-	caseH2Direct      = caseDef{"h2-direct", kindH2, podApp, 8080, false, podApp, false, ""}
-	caseL4Direct      = caseDef{"l4-direct", kindIperf, podApp, 5201, false, podApp, false, ""}
-	casePassthrough   = caseDef{"passthrough", kindHTTP, podApp, 8080, false, podApp, true, "direct"}
-	caseMatched       = caseDef{"matched", kindHTTP, podApp, 8080, true, podDev, true, "direct"}
-	caseNginx         = caseDef{"nginx", kindHTTP, podNginx, 8080, true, podDev, false, "direct"}
-	caseUnintercepted = caseDef{"unintercepted", kindHTTP, podApp, 8081, false, podApp, true, "direct"}
-	caseH2Matched     = caseDef{"h2-matched", kindH2, podApp, 8080, true, podDev, true, "h2-direct"}
-	caseL4Splice      = caseDef{"l4-splice", kindIperf, podApp, 5201, false, podDev, true, "l4-direct"}
-	caseDirectEnd     = caseDef{"direct-end", kindHTTP, podApp, 8080, false, podApp, false, "direct"}
+	caseDirect        = caseDef{"direct", kindHTTP, podApp, 8080, false, podApp, false, "", false}
+	caseH2Direct      = caseDef{"h2-direct", kindH2, podApp, 8080, false, podApp, false, "", false}
+	caseL4Direct      = caseDef{"l4-direct", kindIperf, podApp, 5201, false, podApp, false, "", false}
+	caseL4HostDirect  = caseDef{"l4-host-direct", kindIperf, podApp, 5201, false, podApp, false, "", true}
+	casePassthrough   = caseDef{"passthrough", kindHTTP, podApp, 8080, false, podApp, true, "direct", false}
+	caseMatched       = caseDef{"matched", kindHTTP, podApp, 8080, true, podDev, true, "direct", false}
+	caseNginx         = caseDef{"nginx", kindHTTP, podNginx, 8080, true, podDev, false, "direct", false}
+	caseUnintercepted = caseDef{"unintercepted", kindHTTP, podApp, 8081, false, podApp, true, "direct", false}
+	caseH2Matched     = caseDef{"h2-matched", kindH2, podApp, 8080, true, podDev, true, "h2-direct", false}
+	caseL4Connect     = caseDef{"l4-connect", kindIperf, podApp, 5201, false, podDev, true, "l4-direct", false}
+	caseL4Splice      = caseDef{"l4-splice", kindIperf, podApp, 5201, false, podDev, true, "l4-host-direct", true}
+	caseDirectEnd     = caseDef{"direct-end", kindHTTP, podApp, 8080, false, podApp, false, "direct", false}
 )
 
 // Phases of a round: before any intercept exists, while the intercepts
 // exist, and after they are gone again (direct once more, for drift).
 var (
-	phaseBefore = []caseDef{caseDirect, caseH2Direct, caseL4Direct}
-	phaseDuring = []caseDef{casePassthrough, caseMatched, caseNginx, caseUnintercepted, caseH2Matched, caseL4Splice}
+	phaseBefore = []caseDef{caseDirect, caseH2Direct, caseL4Direct, caseL4HostDirect}
+	phaseDuring = []caseDef{casePassthrough, caseMatched, caseNginx, caseUnintercepted, caseH2Matched, caseL4Connect, caseL4Splice}
 	phaseAfter  = []caseDef{caseDirectEnd}
 )
 
 // allCases in report order.
 var allCases = []caseDef{caseDirect, casePassthrough, caseMatched, caseNginx, caseUnintercepted,
-	caseDirectEnd, caseH2Direct, caseH2Matched, caseL4Direct, caseL4Splice}
+	caseDirectEnd, caseH2Direct, caseH2Matched, caseL4Direct, caseL4Connect, caseL4HostDirect, caseL4Splice}
 
 // sample is one case measured in one round, or the summary of rounds.
 type sample struct {
@@ -194,12 +199,20 @@ func (b *bench) inClient(ctx context.Context, argv ...string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.CommandContext(ctx, ip, append([]string{"netns", "exec", podClient}, argv...)...)
+	return b.run(exec.CommandContext(ctx, ip, append([]string{"netns", "exec", podClient}, argv...)...), argv[0])
+}
+
+// onHost runs argv in the host's namespace and returns its stdout.
+func (b *bench) onHost(ctx context.Context, argv ...string) ([]byte, error) {
+	return b.run(exec.CommandContext(ctx, argv[0], argv[1:]...), argv[0])
+}
+
+func (b *bench) run(cmd *exec.Cmd, name string) ([]byte, error) {
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return out, fmt.Errorf("%s: %w: %s", filepath.Base(argv[0]), err, strings.TrimSpace(tail(stderr.String()+string(out), 5)))
+		return out, fmt.Errorf("%s: %w: %s", filepath.Base(name), err, strings.TrimSpace(tail(stderr.String()+string(out), 5)))
 	}
 	return out, nil
 }
@@ -285,8 +298,12 @@ func (b *bench) measure(ctx context.Context, s *sample, c caseDef, pass int) err
 		accepted0 := b.devAccepted()
 		var out []byte
 		var err error
+		client := b.inClient
+		if c.fromHost {
+			client = b.onHost
+		}
 		for try := 0; try < 3; try++ {
-			out, err = b.inClient(ctx, b.tools["iperf3"], "-c", b.ip[c.pod], "-p", strconv.Itoa(c.port), "-t", strconv.Itoa(secs), "-J")
+			out, err = client(ctx, b.tools["iperf3"], "-c", b.ip[c.pod], "-p", strconv.Itoa(c.port), "-t", strconv.Itoa(secs), "-J")
 			if err == nil || ctx.Err() != nil || !strings.Contains(string(out)+err.Error(), "busy") {
 				break
 			}
@@ -297,7 +314,11 @@ func (b *bench) measure(ctx context.Context, s *sample, c caseDef, pass int) err
 			return errors.Join(err, perr)
 		}
 		if c.want == podDev && b.devAccepted() == accepted0 {
-			s.Skipped = "iperf3 to b-app:5201 did not reach b-dev: the L4 intercept did not steer it"
+			s.Skipped = "iperf3 to b-app:5201 did not reach b-dev: the L4 intercept did not detour it"
+			return nil
+		}
+		if c == caseL4Connect && b.agentRequests(ctx) != r0 {
+			s.Skipped = "the connection went through the agent's relay: it was not redirected at connect"
 			return nil
 		}
 		s.mibs = append(s.mibs, mib)
@@ -451,7 +472,7 @@ func (b *bench) skipReason(c caseDef) string {
 		return b.h2Skip
 	case c.kind == kindIperf && b.tools["iperf3"] == "":
 		return "iperf3 is not installed"
-	case c == caseL4Splice && b.l4Skip != "":
+	case (c == caseL4Splice || c == caseL4Connect) && b.l4Skip != "":
 		return b.l4Skip
 	}
 	return ""
@@ -572,7 +593,8 @@ func (b *bench) ratios(rr *roundResult, by map[string]*sample) {
 		rpss: append(append([]float64(nil), d.rpss...), de.rpss...),
 	}
 	direct.finish()
-	base := map[string]*sample{"direct": direct, "h2-direct": by["h2-direct"], "l4-direct": by["l4-direct"]}
+	base := map[string]*sample{"direct": direct, "h2-direct": by["h2-direct"], "l4-direct": by["l4-direct"],
+		"l4-host-direct": by["l4-host-direct"]}
 	for _, c := range allCases {
 		s := by[c.name]
 		if s.Skipped != "" {
