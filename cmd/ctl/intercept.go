@@ -117,8 +117,11 @@ func newInterceptCreateCmd(g *globals) *cobra.Command {
 every condition goes to --to; every other request reaches the service as
 before. Give at least one condition; repeat flags to add more (all must hold).
 With --l4 no request is read: every connection to the port goes to --to.
+Callers in pods on the intercepted pod's node (through the pod's address or
+the Service's ClusterIP) are sent there at connect(), with nothing of Detour
+left in their path, while --to listens; the others go through the agent.
 --from-pod and --from-namespace restrict an intercept to connections from
-those pods.
+those pods (always through the agent).
 An intercept that could select a request another intercept on the same port
 selects is refused, and the message names that intercept.
 
@@ -221,7 +224,7 @@ an IP address. With --ttl the intercept expires unless renewed in time.`,
 	f.Uint32Var(&port, "port", 0, "the service `PORT` to intercept")
 	f.StringVar(&to, "to", "", "where matching requests go, `HOST:PORT`: POD:PORT, NS/POD:PORT or IP:PORT")
 	f.DurationVar(&ttl, "ttl", 0, "lease `DURATION`: the intercept expires this long after creation or renewal (0: never)")
-	f.BoolVar(&l4, "l4", false, "take every connection to the port (no request is read; TLS passes through), spliced in the kernel")
+	f.BoolVar(&l4, "l4", false, "take every connection to the port (no request is read; TLS passes through): redirected at connect() for callers on the node, relayed by the agent for the others")
 	f.StringArrayVar(&fromPod, "from-pod", nil, "only detour connections from this pod, `[NS/]POD` (repeatable)")
 	f.StringArrayVar(&fromNS, "from-namespace", nil, "only detour connections from pods of this `NAMESPACE` (repeatable)")
 	f.DurationVar(&wait, "wait", 0, "after creating, wait up to `DURATION` until every targeted node reports steering attached (exit 1 if not)")
@@ -391,7 +394,7 @@ func newStatusCmd(g *globals) *cobra.Command {
 		Short: "Show the controller, the node agents and every intercept's steering and counters",
 		Long: `Show the controller (address, or pod through a cluster; version, up since), each node agent (connected,
 last seen) and, per intercept and node: whether steering is attached, how many
-requests matched, how many fell back to the shared service because your pod
+requests (for --l4, connections) matched, how many fell back to the shared service because your pod
 could not be reached, and how many connections the kernel steered.
 
 Every namespace by default; -n shows one. Through a cluster, the controller

@@ -479,9 +479,23 @@ func (d *dataplane) connectWants(assignments []*detourv1.Assignment) map[netip.A
 			continue // the relay reports a bad destination per connection
 		}
 		id := interceptID(a.Namespace, a.Name)
+		steered := false
 		for _, k := range d.targets[id] {
+			if d.ports[k] == nil {
+				continue
+			}
+			steered = true
 			from := netip.AddrPortFrom(k.addr, k.port)
-			if _, taken := out[from]; d.ports[k] == nil || taken {
+			if _, taken := out[from]; !taken {
+				out[from] = connectWant{to: to, intercept: id}
+			}
+		}
+		// The service's virtual address too, on a node where the
+		// intercept is in force: callers dial the ClusterIP, which
+		// kube-proxy would only turn into a pod address after connect().
+		for _, s := range a.ServiceAddresses {
+			from, err := netip.ParseAddrPort(s)
+			if _, taken := out[from]; err != nil || !steered || taken {
 				continue
 			}
 			out[from] = connectWant{to: to, intercept: id}

@@ -155,19 +155,24 @@ func computePlan(inv *inventory.Inventory, ics []*detourv1.Intercept) plan {
 			continue
 		}
 		restricted, sources := sourceAddrs(spec, inv)
+		var svcAddrs []string
+		if vip, err := netip.ParseAddr(svc.ClusterIP); err == nil && vip.Is4() {
+			svcAddrs = []string{netip.AddrPortFrom(vip, uint16(spec.GetPort())).String()}
+		}
 		for _, n := range nodes {
 			if p.nodes[n] == nil {
 				p.nodes[n] = map[string]*detourv1.Assignment{}
 			}
 			p.nodes[n][k] = &detourv1.Assignment{
-				Namespace:       ic.GetNamespace(),
-				Name:            ic.GetName(),
-				Match:           spec.GetMatch(),
-				Targets:         byNode[n],
-				Destination:     addr,
-				L4:              spec.GetL4(),
-				RestrictSources: restricted,
-				Sources:         sources,
+				Namespace:        ic.GetNamespace(),
+				Name:             ic.GetName(),
+				Match:            spec.GetMatch(),
+				Targets:          byNode[n],
+				Destination:      addr,
+				L4:               spec.GetL4(),
+				RestrictSources:  restricted,
+				Sources:          sources,
+				ServiceAddresses: svcAddrs,
 			}
 		}
 	}

@@ -120,3 +120,20 @@ func TestPlanSkipsDestinationPod(t *testing.T) {
 		t.Fatalf("%d targets on lab, want 1", n)
 	}
 }
+
+func TestPlanCarriesServiceAddress(t *testing.T) {
+	inv := labInventory()
+	ic := req("alice", "api-alice:8080", 0, session("alice")).GetIntercept()
+	ic.Namespace = "default"
+	if got := computePlan(inv, []*detourv1.Intercept{ic}).nodes["lab"]["default/alice"].GetServiceAddresses(); len(got) != 0 {
+		t.Errorf("without a ClusterIP (the lab), service addresses %v, want none", got)
+	}
+	inv.Services[0].ClusterIP = "10.96.0.7"
+	p := computePlan(inv, []*detourv1.Intercept{ic})
+	for _, node := range []string{"lab", "node-b"} {
+		got := p.nodes[node]["default/alice"].GetServiceAddresses()
+		if len(got) != 1 || got[0] != "10.96.0.7:80" {
+			t.Errorf("node %s: service addresses %v, want [10.96.0.7:80] (the ClusterIP and the service port)", node, got)
+		}
+	}
+}

@@ -40,6 +40,9 @@ type Service struct {
 	Namespace string            `json:"namespace"`
 	Selector  map[string]string `json:"selector"`
 	Ports     []ServicePort     `json:"ports"`
+	// ClusterIP is the service's IPv4 virtual address in Kubernetes; empty
+	// in the lab and for headless services.
+	ClusterIP string `json:"clusterIP,omitempty"`
 }
 
 // ServicePort maps a service port to the pods' target port.

@@ -29,6 +29,7 @@ import (
 	"github.com/detourdev/detour/internal/testutil"
 	"github.com/detourdev/detour/pkg/netns"
 	"github.com/detourdev/detour/pkg/podns"
+	"github.com/detourdev/detour/pkg/redirect/connect"
 	"github.com/detourdev/detour/pkg/redirect/steer"
 )
 
@@ -166,6 +167,9 @@ func TestE2E(t *testing.T) {
 
 	if ids, err := steer.LinkIDs(); err != nil || len(ids) != 0 {
 		t.Fatalf("before install: Detour steering links %v (err %v): the machine is not clean", ids, err)
+	}
+	if ids, err := connect.LinkIDs(); err != nil || len(ids) != 0 {
+		t.Fatalf("before install: Detour connect-time links %v (err %v): the machine is not clean", ids, err)
 	}
 
 	t.Log("install Detour with the manifests under deploy/")
@@ -343,9 +347,55 @@ func TestE2E(t *testing.T) {
 		}
 	})
 
+	t.Run("an L4 intercept: the client pod connects to the ClusterIP and reaches alice's pod directly", func(t *testing.T) {
+		// An L4 intercept takes every connection to the port: the
+		// session intercepts on it go first.
+		for _, s := range []string{"alice", "bob"} {
+			e.detour(t, "admin", "intercept", "delete", s, "-n", "shop")
+		}
+		e.detour(t, "alice", "intercept", "create", "bulk", "-n", "shop", "--service", "shop/api", "--port", "80",
+			"--l4", "--to", "api-alice:8080", "--wait", "60s")
+		defer func() {
+			// Back to alice's session intercept, for what follows.
+			e.detour(t, "admin", "intercept", "delete", "bulk", "-n", "shop")
+			e.detour(t, "alice", "intercept", "create", "alice", "-n", "shop", "--service", "shop/api", "--port", "80",
+				"--session", "alice", "--to", "api-alice:8080", "--wait", "60s")
+		}()
+		vip := strings.TrimSuffix(strings.TrimPrefix(svc, "http://"), "/")
+		testutil.Eventually(t, 30*time.Second, func() error {
+			got, err := c.get(c.fresh, svc, "")
+			if err != nil || got != "api-alice" {
+				return fmt.Errorf("a request without a session through the Service answered by %q (%v), want api-alice", got, err)
+			}
+			return nil
+		})
+		before := agentMetric(t, `detour_agent_connect_redirects_total{intercept="shop/bulk"}`)
+		for i := 0; i < 10; i++ {
+			if got, err := c.get(c.fresh, svc, ""); err != nil || got != "api-alice" {
+				t.Fatalf("request %d through the Service answered by %q (%v), want api-alice", i, got, err)
+			}
+		}
+		// Redirected at connect(), not relayed: the agent counted every
+		// connection there, and the client sees the ClusterIP as its peer.
+		if n := agentMetric(t, `detour_agent_connect_redirects_total{intercept="shop/bulk"}`) - before; n != 10 {
+			t.Errorf("the agent redirected %v of the 10 connections at connect, want 10", n)
+		}
+		conn, err := (&netns.Dialer{Path: c.ns}).DialContext(t.Context(), "tcp", vip)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := conn.RemoteAddr().String(); got != vip {
+			t.Errorf("the client's RemoteAddr (getpeername) is %s, want the ClusterIP %s", got, vip)
+		}
+		conn.Close()
+	})
+
 	t.Run("uninstall leaves no Detour BPF link on the node", func(t *testing.T) {
 		if ids, err := steer.LinkIDs(); err != nil || len(ids) == 0 {
 			t.Fatalf("before uninstall: steering links %v (err %v), want some: the check below would prove nothing", ids, err)
+		}
+		if ids, err := connect.LinkIDs(); err != nil || len(ids) == 0 {
+			t.Fatalf("before uninstall: connect-time links %v (err %v), want the agent's", ids, err)
 		}
 		t.Log(e.detour(t, "admin", "uninstall", "--timeout", "3m"))
 		ids, err := steer.LinkIDs()
@@ -355,6 +405,9 @@ func TestE2E(t *testing.T) {
 		if len(ids) != 0 {
 			t.Fatalf("after uninstall the kernel still has Detour steering links %v", ids)
 		}
+		if ids, err := connect.LinkIDs(); err != nil || len(ids) != 0 {
+			t.Fatalf("after uninstall the kernel still has Detour connect-time links %v (err %v)", ids, err)
+		}
 		if out, err := runErr(e.kubectl, "--kubeconfig", e.kubeconfig("admin"), "get", "crd", "intercepts.detour.dev"); err == nil {
 			t.Fatalf("the CRD is still there:\n%s", out)
 		}
@@ -363,4 +416,29 @@ func TestE2E(t *testing.T) {
 			t.Fatalf("after uninstall alice's request answered by %q (%v), want the baseline", got, err)
 		}
 	})
+}
+
+// agentMetric reads one series from the agent's /metrics: the agent uses
+// the node's network namespace, which this test runs in; 0 when absent.
+func agentMetric(t *testing.T, series string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://127.0.0.1:9471/metrics")
+	if err != nil {
+		t.Fatalf("agent metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			var f float64
+			if _, err := fmt.Sscan(v, &f); err != nil {
+				t.Fatalf("metric %s: %q", series, line)
+			}
+			return f
+		}
+	}
+	return 0
 }

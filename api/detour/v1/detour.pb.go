@@ -1541,8 +1541,12 @@ type Assignment struct {
 	// their IPv4 addresses (none: nothing is detoured right now).
 	RestrictSources bool     `protobuf:"varint,7,opt,name=restrict_sources,json=restrictSources,proto3" json:"restrict_sources,omitempty"`
 	Sources         []string `protobuf:"bytes,8,rep,name=sources,proto3" json:"sources,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// IP:PORT where callers reach the intercepted port through the service's
+	// virtual address (its ClusterIP and service port), for connect-time
+	// redirects of L4 intercepts; empty in the lab.
+	ServiceAddresses []string `protobuf:"bytes,9,rep,name=service_addresses,json=serviceAddresses,proto3" json:"service_addresses,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Assignment) Reset() {
@@ -1627,6 +1631,13 @@ func (x *Assignment) GetRestrictSources() bool {
 func (x *Assignment) GetSources() []string {
 	if x != nil {
 		return x.Sources
+	}
+	return nil
+}
+
+func (x *Assignment) GetServiceAddresses() []string {
+	if x != nil {
+		return x.ServiceAddresses
 	}
 	return nil
 }
@@ -2033,7 +2044,7 @@ const file_detour_v1_detour_proto_rawDesc = "" +
 	"\bpod_name\x18\x02 \x01(\tR\apodName\x12\x15\n" +
 	"\x06pod_ip\x18\x03 \x01(\tR\x05podIp\x12\x14\n" +
 	"\x05netns\x18\x04 \x01(\tR\x05netns\x12\x12\n" +
-	"\x04port\x18\x05 \x01(\rR\x04port\"\x8e\x02\n" +
+	"\x04port\x18\x05 \x01(\rR\x04port\"\xbb\x02\n" +
 	"\n" +
 	"Assignment\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
@@ -2043,7 +2054,8 @@ const file_detour_v1_detour_proto_rawDesc = "" +
 	"\vdestination\x18\x05 \x01(\tR\vdestination\x12\x0e\n" +
 	"\x02l4\x18\x06 \x01(\bR\x02l4\x12)\n" +
 	"\x10restrict_sources\x18\a \x01(\bR\x0frestrictSources\x12\x18\n" +
-	"\asources\x18\b \x03(\tR\asources\".\n" +
+	"\asources\x18\b \x03(\tR\asources\x12+\n" +
+	"\x11service_addresses\x18\t \x03(\tR\x10serviceAddresses\".\n" +
 	"\x18WatchDesiredStateRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\"\x98\x02\n" +
 	"\x19WatchDesiredStateResponse\x12=\n" +

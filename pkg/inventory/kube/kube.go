@@ -211,6 +211,7 @@ func (s *Source) Get() (*inventory.Inventory, error) {
 			Namespace: svc.Namespace,
 			Selector:  maps.Clone(svc.Spec.Selector),
 			Ports:     s.ports(svc),
+			ClusterIP: clusterIPv4(svc),
 		})
 	}
 	sort.Slice(inv.Pods, func(i, j int) bool {
@@ -288,6 +289,21 @@ func podIPv4(p *corev1.Pod) string {
 	for _, s := range ips {
 		if a, err := netip.ParseAddr(s); err == nil && a.Unmap().Is4() {
 			return a.Unmap().String()
+		}
+	}
+	return ""
+}
+
+// clusterIPv4 is the service's IPv4 ClusterIP, or empty (headless, none,
+// or IPv6 only).
+func clusterIPv4(svc *corev1.Service) string {
+	ips := svc.Spec.ClusterIPs
+	if len(ips) == 0 && svc.Spec.ClusterIP != "" {
+		ips = []string{svc.Spec.ClusterIP}
+	}
+	for _, ip := range ips {
+		if a, err := netip.ParseAddr(ip); err == nil && a.Is4() {
+			return a.String()
 		}
 	}
 	return ""

@@ -137,7 +137,8 @@ func TestSource(t *testing.T) {
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "api", Namespace: ns},
 		Spec: corev1.ServiceSpec{
-			Selector: map[string]string{"app": "api"},
+			ClusterIP: "10.0.0.50",
+			Selector:  map[string]string{"app": "api"},
 			Ports: []corev1.ServicePort{
 				{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)},
 				{Name: "same", Port: 81},
@@ -171,6 +172,7 @@ func TestSource(t *testing.T) {
 			{Name: "named", Port: 82, TargetPort: 9090},
 			{Name: "unresolved", Port: 83, TargetPort: 83},
 		},
+		ClusterIP: "10.0.0.50",
 	}
 	apiPod := inventory.Pod{Name: "api-0", Namespace: ns, Labels: map[string]string{"app": "api"}, IP: "10.0.0.10", Node: "node-a"}
 	webPod := inventory.Pod{Name: "web-0", Namespace: ns, Labels: map[string]string{"app": "web"}, IP: "10.0.1.20", Node: "node-b"}

@@ -28,6 +28,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"sync"
 
@@ -228,4 +229,45 @@ func CgroupV2Root() (string, error) {
 		}
 	}
 	return "", fmt.Errorf("no cgroup v2 hierarchy mounted at any of %v", candidates)
+}
+
+// LinkIDs lists the cgroup links in the kernel that run this package's
+// programs, from any process, so that tests can prove none is left behind.
+func LinkIDs() ([]link.ID, error) {
+	ours := map[string]ebpf.ProgramType{
+		connectProgConnect4:     ebpf.CGroupSockAddr,
+		connectProgGetpeername4: ebpf.CGroupSockAddr,
+		connectProgSockRelease:  ebpf.CGroupSock,
+	}
+	var ids []link.ID
+	it := new(link.Iterator)
+	defer it.Close()
+	for it.Next() {
+		info, err := it.Link.Info()
+		if err != nil {
+			return nil, fmt.Errorf("info of link %d: %w", it.ID, err)
+		}
+		if info.Type != link.CgroupType {
+			continue
+		}
+		prog, err := ebpf.NewProgramFromID(info.Program)
+		if errors.Is(err, os.ErrNotExist) {
+			continue // detached meanwhile
+		}
+		if err != nil {
+			return nil, fmt.Errorf("program of link %d: %w", it.ID, err)
+		}
+		pi, err := prog.Info()
+		prog.Close()
+		if err != nil {
+			return nil, fmt.Errorf("program of link %d: %w", it.ID, err)
+		}
+		if t, ok := ours[pi.Name]; ok && t == pi.Type {
+			ids = append(ids, it.ID)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("iterate links: %w", err)
+	}
+	return ids, nil
 }

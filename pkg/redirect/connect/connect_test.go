@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -98,6 +100,15 @@ func dial(t *testing.T, nsPath string, addr netip.AddrPort) answer {
 	return a
 }
 
+func containsAll(ids, want []link.ID) bool {
+	for _, id := range want {
+		if !slices.Contains(ids, id) {
+			return false
+		}
+	}
+	return true
+}
+
 func addLoAddr(t *testing.T, nsPath string, addrs ...string) {
 	t.Helper()
 	err := netns.Do(nsPath, func() error {
@@ -160,6 +171,17 @@ func TestPrivilegedRedirect(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { r.Close() })
+	var mine []link.ID
+	for _, l := range r.links {
+		info, err := l.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		mine = append(mine, info.ID)
+	}
+	if ids, err := LinkIDs(); err != nil || len(mine) != 3 || !containsAll(ids, mine) {
+		t.Fatalf("LinkIDs() = %v, %v; want it to list this Redirects' 3 links %v", ids, err, mine)
+	}
 	if err := r.Set(app, dev); err != nil {
 		t.Fatal(err)
 	}
@@ -238,6 +260,9 @@ func TestPrivilegedRedirect(t *testing.T) {
 	}
 	if got := dial(t, pod, app); got.server != "app" {
 		t.Errorf("after Close, %s answered %q, want app (the programs detached)", app, got.server)
+	}
+	if ids, err := LinkIDs(); err != nil || slices.ContainsFunc(mine, func(id link.ID) bool { return slices.Contains(ids, id) }) {
+		t.Errorf("after Close, LinkIDs() = %v, %v: still lists one of %v", ids, err, mine)
 	}
 	if err := r.Set(app, dev); !errors.Is(err, ErrClosed) {
 		t.Errorf("Set after Close = %v, want ErrClosed", err)
