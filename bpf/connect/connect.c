@@ -8,7 +8,8 @@
  * no relay in their path at all.
  *
  * - connect4 rewrites the destination of a connect() found in
- *   connect_redirects and remembers the address the caller asked for, by
+ *   connect_redirects, for the caller's network namespace or for any, and
+ *   remembers the address the caller asked for, by
  *   socket cookie, in connect_origins;
  * - getpeername4 answers with that remembered address, so the caller sees
  *   the peer it dialled;
@@ -31,8 +32,11 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 /* The host's network namespace cookie: its callers are never redirected. */
 const volatile __u64 host_netns = 0;
 
-/* An intercepted destination: the pod's IPv4 address and port. */
+/* An intercepted destination, the pod's (or its Service's) IPv4 address and
+ * port, as dialled from one network namespace (netns, a cookie) or from any
+ * (netns 0). */
 struct connect_key {
+	__u64 netns;
 	__u32 addr; /* network byte order, as ctx->user_ip4 */
 	__u16 port; /* host byte order */
 	__u16 pad; /* always zero */
@@ -77,11 +81,18 @@ int connect4(struct bpf_sock_addr *ctx)
 
 	if (ctx->type != SOCK_STREAM)
 		return 1;
-	if (bpf_get_netns_cookie(ctx) == host_netns)
+	key.netns = bpf_get_netns_cookie(ctx);
+	if (key.netns == host_netns)
 		return 1;
 	key.addr = ctx->user_ip4;
 	key.port = bpf_ntohs((__u16)ctx->user_port);
+	/* This caller's namespace first (an intercept for some sources), then
+	 * any namespace (an intercept for every source). */
 	dest = bpf_map_lookup_elem(&connect_redirects, &key);
+	if (!dest) {
+		key.netns = 0;
+		dest = bpf_map_lookup_elem(&connect_redirects, &key);
+	}
 	if (!dest)
 		return 1;
 

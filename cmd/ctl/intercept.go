@@ -121,7 +121,7 @@ Callers in pods on the intercepted pod's node (through the pod's address or
 the Service's ClusterIP) are sent there at connect(), with nothing of Detour
 left in their path, while --to listens; the others go through the agent.
 --from-pod and --from-namespace restrict an intercept to connections from
-those pods (always through the agent).
+those pods.
 An intercept that could select a request another intercept on the same port
 selects is refused, and the message names that intercept.
 

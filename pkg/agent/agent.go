@@ -47,9 +47,11 @@ type Config struct {
 	// targets must carry their netns path (the lab).
 	ResolveNetNS func(podIP netip.Addr) (string, error)
 	// Connector redirects at connect() the callers on this node of an L4
-	// intercept that admits every source, so they bypass the agent
-	// (pkg/redirect/connect). Destinations are checked to listen through
-	// ResolveNetNS. nil: every caller goes through the steering and relay.
+	// intercept (the source pods' only, for an intercept with a source
+	// filter), so they bypass the agent (pkg/redirect/connect).
+	// Destinations are checked to listen, and source pods' namespaces are
+	// found, through ResolveNetNS. nil: every caller goes through the
+	// steering and relay.
 	// The agent closes it when it stops.
 	Connector Connector
 	// RetryInterval is how often targets that could not be steered yet are
@@ -117,7 +119,7 @@ func New(cfg Config, s Steerer) (*Agent, error) {
 	dp.relay = cfg.Relay
 	dp.resolve = cfg.ResolveNetNS
 	if cfg.Connector != nil {
-		dp.connects = newConnectPlane(cfg.Connector, cfg.Logger, listeningIn(cfg.ResolveNetNS))
+		dp.connects = newConnectPlane(cfg.Connector, cfg.Logger, listeningIn(cfg.ResolveNetNS), netnsCookieOf(cfg.ResolveNetNS))
 		if err := cfg.Registry.Register(dp.connects); err != nil {
 			return nil, fmt.Errorf("agent: register connect metrics: %w", err)
 		}

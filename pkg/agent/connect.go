@@ -13,29 +13,43 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/detourdev/detour/pkg/netns"
+	"github.com/detourdev/detour/pkg/redirect/connect"
 )
 
 // Connector is the kernel side of connect-time redirects
 // (pkg/redirect/connect.Redirects): a connect() to an intercepted pod port
 // from a pod namespace on this node goes straight to another address.
 type Connector interface {
-	Set(from, to netip.AddrPort) error
-	Delete(from netip.AddrPort) (uint64, error)
-	Connections(from netip.AddrPort) (uint64, error)
+	Set(from connect.From, to netip.AddrPort) error
+	Delete(from connect.From) (uint64, error)
+	Connections(from connect.From) (uint64, error)
 	Close() error
 }
 
-// connectWant is one redirect the assignments ask for.
+// connectWant is one redirect the assignments ask for: the connections to
+// a pod port or service address go to to, from every pod namespace on the
+// node, or (restricted) only from the namespaces of the pods at sources.
 type connectWant struct {
+	addr       netip.AddrPort // the pod port or service address dialled
+	to         netip.AddrPort
+	intercept  string
+	restricted bool
+	sources    []netip.Addr
+}
+
+// installedRedirect is one redirect in the kernel.
+type installedRedirect struct {
 	to        netip.AddrPort
 	intercept string
 }
 
-// connectPlane keeps the connect-time redirects of L4 intercepts that admit
-// every source: their callers on this node (outside the host's namespace)
-// connect straight to the developer's pod, and nothing of Detour is left in
-// their path. The steering and the relay stay in place for everyone else
-// (callers on other nodes and in the host's namespace).
+// connectPlane keeps the connect-time redirects of L4 intercepts: their
+// callers in pod namespaces on this node (all of them, or only the source
+// pods' when the intercept has a source filter) connect straight to the
+// developer's pod, and nothing of Detour is left in their path. The
+// steering and the relay stay in place for everyone else (callers on other
+// nodes and in the host's namespace, and source pods whose namespace the
+// agent cannot find).
 //
 // A redirect is in the kernel only while the destination is known to
 // accept connections: a socket listening on its port in its namespace, as
@@ -48,13 +62,16 @@ type connectPlane struct {
 	log *slog.Logger
 	// listening reports whether something accepts connections at to.
 	listening func(to netip.AddrPort) error
+	// netnsOf finds the cookie of the namespace of the pod at an address
+	// on this node.
+	netnsOf func(pod netip.Addr) (uint64, error)
 
 	mu        sync.Mutex
-	desired   map[netip.AddrPort]connectWant
-	installed map[netip.AddrPort]connectWant
-	// down is why a wanted redirect is not installed, logged when it
-	// changes.
-	down map[netip.AddrPort]string
+	desired   []connectWant
+	installed map[connect.From]installedRedirect
+	// down is, per intercept and destination, why its redirects are not
+	// installed, logged when it changes.
+	down map[string]string
 	// retired counts, per intercept, the connections of redirects since
 	// removed, so the counters never go down.
 	retired map[string]uint64
@@ -63,12 +80,11 @@ type connectPlane struct {
 	totalDesc, activeDesc *prometheus.Desc
 }
 
-func newConnectPlane(c Connector, log *slog.Logger, listening func(netip.AddrPort) error) *connectPlane {
+func newConnectPlane(c Connector, log *slog.Logger, listening func(netip.AddrPort) error, netnsOf func(netip.Addr) (uint64, error)) *connectPlane {
 	return &connectPlane{
-		c: c, log: log, listening: listening,
-		desired:   map[netip.AddrPort]connectWant{},
-		installed: map[netip.AddrPort]connectWant{},
-		down:      map[netip.AddrPort]string{},
+		c: c, log: log, listening: listening, netnsOf: netnsOf,
+		installed: map[connect.From]installedRedirect{},
+		down:      map[string]string{},
 		retired:   map[string]uint64{},
 		totalDesc: prometheus.NewDesc("detour_agent_connect_redirects_total",
 			"Connections of L4 intercepts sent straight to the developer's pod at connect() on this node (no relay).",
@@ -79,7 +95,7 @@ func newConnectPlane(c Connector, log *slog.Logger, listening func(netip.AddrPor
 }
 
 // want replaces the redirects wanted; check puts them in the kernel.
-func (cp *connectPlane) want(w map[netip.AddrPort]connectWant) {
+func (cp *connectPlane) want(w []connectWant) {
 	cp.mu.Lock()
 	defer cp.mu.Unlock()
 	cp.desired = w
@@ -101,11 +117,41 @@ func (cp *connectPlane) check() {
 	if closed {
 		return
 	}
-	// Looking at the destinations enters namespaces: without the lock.
-	why := map[netip.AddrPort]string{}
-	for from, w := range desired {
-		if err := cp.listening(w.to); err != nil {
-			why[from] = err.Error()
+	// Looking at the destinations and finding the sources' namespaces
+	// enter namespaces: without the lock.
+	why := map[netip.AddrPort]string{} // by destination
+	want := map[connect.From]installedRedirect{}
+	cookies := map[netip.Addr]uint64{}
+	for _, w := range desired {
+		msg, seen := why[w.to]
+		if !seen {
+			if err := cp.listening(w.to); err != nil {
+				msg = err.Error()
+			}
+			why[w.to] = msg
+		}
+		if msg != "" {
+			continue
+		}
+		r := installedRedirect{to: w.to, intercept: w.intercept}
+		if !w.restricted {
+			want[connect.From{Addr: w.addr}] = r
+			continue
+		}
+		// A source whose namespace is not found here stays with the
+		// relay, which checks its address.
+		for _, src := range w.sources {
+			c, ok := cookies[src]
+			if !ok {
+				var err error
+				if c, err = cp.netnsOf(src); err != nil {
+					cp.log.Debug("source pod's namespace not found; its connections go through the agent", "intercept", w.intercept, "source", src, "err", err)
+				}
+				cookies[src] = c
+			}
+			if c != 0 {
+				want[connect.From{NetNS: c, Addr: w.addr}] = r
+			}
 		}
 	}
 
@@ -114,49 +160,46 @@ func (cp *connectPlane) check() {
 	if cp.closed {
 		return
 	}
-	for from, w := range cp.installed {
-		if d, ok := desired[from]; ok && d == w && why[from] == "" {
-			continue
+	for from, r := range cp.installed {
+		if w, ok := want[from]; !ok || w != r {
+			cp.remove(from, r)
 		}
-		cp.remove(from, w)
 	}
-	for from, w := range desired {
-		if msg := why[from]; msg != "" {
-			if cp.down[from] != msg {
+	down := map[string]string{}
+	for _, w := range desired {
+		if msg := why[w.to]; msg != "" {
+			k := w.intercept + " " + w.to.String()
+			if cp.down[k] != msg {
 				cp.log.Info("not redirecting at connect: the destination does not listen; callers go through the agent",
-					"intercept", w.intercept, "port", from, "to", w.to, "why", msg)
-				cp.down[from] = msg
+					"intercept", w.intercept, "to", w.to, "why", msg)
 			}
-			continue
+			down[k] = msg
 		}
-		delete(cp.down, from)
+	}
+	cp.down = down
+	for from, r := range want {
 		if _, ok := cp.installed[from]; ok {
 			continue
 		}
-		if err := cp.c.Set(from, w.to); err != nil {
-			cp.log.Error("connect-time redirect failed; callers go through the agent", "intercept", w.intercept, "port", from, "err", err)
+		if err := cp.c.Set(from, r.to); err != nil {
+			cp.log.Error("connect-time redirect failed; callers go through the agent", "intercept", r.intercept, "redirect", from.String(), "err", err)
 			continue
 		}
-		cp.installed[from] = w
-		cp.log.Info("callers on this node connect straight to the destination", "intercept", w.intercept, "port", from, "to", w.to)
-	}
-	for from := range cp.down {
-		if _, ok := desired[from]; !ok {
-			delete(cp.down, from)
-		}
+		cp.installed[from] = r
+		cp.log.Info("callers on this node connect straight to the destination", "intercept", r.intercept, "redirect", from.String(), "to", r.to)
 	}
 }
 
 // remove takes one redirect out of the kernel; mu is held.
-func (cp *connectPlane) remove(from netip.AddrPort, w connectWant) {
+func (cp *connectPlane) remove(from connect.From, r installedRedirect) {
 	n, err := cp.c.Delete(from)
 	if err != nil {
-		cp.log.Error("removing a connect-time redirect failed", "intercept", w.intercept, "port", from, "err", err)
+		cp.log.Error("removing a connect-time redirect failed", "intercept", r.intercept, "redirect", from.String(), "err", err)
 		return
 	}
-	cp.retired[w.intercept] += n
+	cp.retired[r.intercept] += n
 	delete(cp.installed, from)
-	cp.log.Info("connect-time redirect removed", "intercept", w.intercept, "port", from)
+	cp.log.Info("connect-time redirect removed", "intercept", r.intercept, "redirect", from.String())
 }
 
 // connections is how many connections of each intercept were redirected.
@@ -170,9 +213,9 @@ func (cp *connectPlane) connections() map[string]uint64 {
 	if cp.closed {
 		return out
 	}
-	for from, w := range cp.installed {
+	for from, r := range cp.installed {
 		if n, err := cp.c.Connections(from); err == nil {
-			out[w.intercept] += n
+			out[r.intercept] += n
 		}
 	}
 	return out
@@ -186,8 +229,8 @@ func (cp *connectPlane) close() error {
 	if cp.closed {
 		return nil
 	}
-	for from, w := range cp.installed {
-		cp.remove(from, w)
+	for from, r := range cp.installed {
+		cp.remove(from, r)
 	}
 	cp.closed = true
 	return cp.c.Close()
@@ -212,6 +255,21 @@ func (cp *connectPlane) Collect(ch chan<- prometheus.Metric) {
 	n := len(cp.installed)
 	cp.mu.Unlock()
 	ch <- prometheus.MustNewConstMetric(cp.activeDesc, prometheus.GaugeValue, float64(n))
+}
+
+// netnsCookieOf returns a lookup of the namespace cookie of the pod at an
+// address on this node, finding the namespace with resolve.
+func netnsCookieOf(resolve func(netip.Addr) (string, error)) func(netip.Addr) (uint64, error) {
+	return func(pod netip.Addr) (uint64, error) {
+		if resolve == nil {
+			return 0, errors.New("this agent does not look namespaces up")
+		}
+		path, err := resolve(pod)
+		if err != nil {
+			return 0, err
+		}
+		return connect.NetNSCookieOf(path)
+	}
 }
 
 // listeningIn returns a check that a destination listens, by finding its

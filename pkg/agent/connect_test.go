@@ -9,28 +9,30 @@ import (
 	"net/netip"
 	"sync"
 	"testing"
+
+	"github.com/detourdev/detour/pkg/redirect/connect"
 )
 
 // fakeConnector is the kernel map's logic: redirects and their counts.
 type fakeConnector struct {
 	mu     sync.Mutex
-	to     map[netip.AddrPort]netip.AddrPort
-	counts map[netip.AddrPort]uint64
+	to     map[connect.From]netip.AddrPort
+	counts map[connect.From]uint64
 	closed bool
 }
 
 func newFakeConnector() *fakeConnector {
-	return &fakeConnector{to: map[netip.AddrPort]netip.AddrPort{}, counts: map[netip.AddrPort]uint64{}}
+	return &fakeConnector{to: map[connect.From]netip.AddrPort{}, counts: map[connect.From]uint64{}}
 }
 
-func (f *fakeConnector) Set(from, to netip.AddrPort) error {
+func (f *fakeConnector) Set(from connect.From, to netip.AddrPort) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.to[from] = to
 	return nil
 }
 
-func (f *fakeConnector) Delete(from netip.AddrPort) (uint64, error) {
+func (f *fakeConnector) Delete(from connect.From) (uint64, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	n := f.counts[from]
@@ -39,7 +41,7 @@ func (f *fakeConnector) Delete(from netip.AddrPort) (uint64, error) {
 	return n, nil
 }
 
-func (f *fakeConnector) Connections(from netip.AddrPort) (uint64, error) {
+func (f *fakeConnector) Connections(from connect.From) (uint64, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.counts[from], nil
@@ -52,16 +54,20 @@ func (f *fakeConnector) Close() error {
 	return nil
 }
 
-// connect counts a connection the kernel would redirect.
-func (f *fakeConnector) connect(from netip.AddrPort) {
+// connect counts a connection the kernel would redirect: the namespace's
+// redirect, else the any-namespace one.
+func (f *fakeConnector) connect(netns uint64, addr netip.AddrPort) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if _, ok := f.to[from]; ok {
-		f.counts[from]++
+	for _, k := range []connect.From{{NetNS: netns, Addr: addr}, {Addr: addr}} {
+		if _, ok := f.to[k]; ok {
+			f.counts[k]++
+			return
+		}
 	}
 }
 
-func (f *fakeConnector) redirects() map[netip.AddrPort]netip.AddrPort {
+func (f *fakeConnector) redirects() map[connect.From]netip.AddrPort {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return maps.Clone(f.to)
@@ -72,6 +78,8 @@ func TestConnectPlane(t *testing.T) {
 		app1 = netip.MustParseAddrPort("10.0.0.2:9000")
 		app2 = netip.MustParseAddrPort("10.0.0.3:9000")
 		dev  = netip.MustParseAddrPort("10.0.0.9:9000")
+		any1 = connect.From{Addr: app1}
+		any2 = connect.From{Addr: app2}
 	)
 	listens := map[netip.AddrPort]bool{dev: true}
 	var mu sync.Mutex
@@ -83,32 +91,34 @@ func TestConnectPlane(t *testing.T) {
 			return errors.New("nothing listens")
 		}
 		return nil
-	})
-	setListening := func(v bool) {
+	}, func(netip.Addr) (uint64, error) { return 0, errors.New("not used") })
+	setListening := func(to netip.AddrPort, v bool) {
 		mu.Lock()
-		listens[dev] = v
+		listens[to] = v
 		mu.Unlock()
 	}
-	bulk := connectWant{to: dev, intercept: "shop/bulk"}
+	bulk := func(addr, to netip.AddrPort) connectWant {
+		return connectWant{addr: addr, to: to, intercept: "shop/bulk"}
+	}
 
-	cp.want(map[netip.AddrPort]connectWant{app1: bulk, app2: bulk})
+	cp.want([]connectWant{bulk(app1, dev), bulk(app2, dev)})
 	if len(fc.redirects()) != 0 {
 		t.Fatal("want alone put redirects in the kernel; check does")
 	}
 	cp.check()
-	if got := fc.redirects(); len(got) != 2 || got[app1] != dev || got[app2] != dev {
-		t.Fatalf("after check, redirects %v; want both ports to %s", got, dev)
+	if got := fc.redirects(); len(got) != 2 || got[any1] != dev || got[any2] != dev {
+		t.Fatalf("after check, redirects %v; want both ports to %s from any namespace", got, dev)
 	}
-	fc.connect(app1)
-	fc.connect(app2)
-	fc.connect(app2)
+	fc.connect(5, app1)
+	fc.connect(5, app2)
+	fc.connect(6, app2)
 	if got := cp.connections()["shop/bulk"]; got != 3 {
 		t.Errorf("connections = %d, want 3", got)
 	}
 
 	// The developer's app stops listening: callers go back to the relay,
 	// and the counts stay.
-	setListening(false)
+	setListening(dev, false)
 	cp.check()
 	if got := fc.redirects(); len(got) != 0 {
 		t.Errorf("with the destination not listening, redirects %v; want none", got)
@@ -116,21 +126,19 @@ func TestConnectPlane(t *testing.T) {
 	if got := cp.connections()["shop/bulk"]; got != 3 {
 		t.Errorf("after removal, connections = %d, want 3 (never going down)", got)
 	}
-	setListening(true)
+	setListening(dev, true)
 	cp.check()
-	fc.connect(app1)
+	fc.connect(5, app1)
 	if got := cp.connections()["shop/bulk"]; got != 4 {
 		t.Errorf("after the destination is back, connections = %d, want 4", got)
 	}
 
 	// A port no longer wanted goes; a changed destination is moved.
 	dev2 := netip.MustParseAddrPort("10.0.0.10:9000")
-	mu.Lock()
-	listens[dev2] = true
-	mu.Unlock()
-	cp.want(map[netip.AddrPort]connectWant{app1: {to: dev2, intercept: "shop/bulk"}})
+	setListening(dev2, true)
+	cp.want([]connectWant{bulk(app1, dev2)})
 	cp.check()
-	if got := fc.redirects(); len(got) != 1 || got[app1] != dev2 {
+	if got := fc.redirects(); len(got) != 1 || got[any1] != dev2 {
 		t.Errorf("redirects %v; want only %s to %s", got, app1, dev2)
 	}
 
@@ -140,10 +148,56 @@ func TestConnectPlane(t *testing.T) {
 	if got := fc.redirects(); len(got) != 0 || !fc.closed {
 		t.Errorf("after close, redirects %v, closed %v", got, fc.closed)
 	}
-	cp.want(map[netip.AddrPort]connectWant{app1: bulk})
+	cp.want([]connectWant{bulk(app1, dev)})
 	cp.check()
 	if got := fc.redirects(); len(got) != 0 {
 		t.Errorf("check after close set %v", got)
+	}
+}
+
+// TestConnectPlaneSources checks intercepts with a source filter: a redirect
+// per source pod namespace found on the node, none for a source not found
+// (the relay decides those), and two intercepts with disjoint sources on
+// one port side by side.
+func TestConnectPlaneSources(t *testing.T) {
+	var (
+		app   = netip.MustParseAddrPort("10.0.0.2:5432")
+		alice = netip.MustParseAddrPort("10.0.0.9:5432")
+		bob   = netip.MustParseAddrPort("10.0.0.10:5432")
+		c1    = netip.MustParseAddr("10.0.0.21")
+		c2    = netip.MustParseAddr("10.0.0.22")
+		gone  = netip.MustParseAddr("10.0.0.23")
+	)
+	namespaces := map[netip.Addr]uint64{c1: 101, c2: 102}
+	fc := newFakeConnector()
+	cp := newConnectPlane(fc, slog.New(slog.NewTextHandler(io.Discard, nil)),
+		func(netip.AddrPort) error { return nil },
+		func(pod netip.Addr) (uint64, error) {
+			if c, ok := namespaces[pod]; ok {
+				return c, nil
+			}
+			return 0, errors.New("no such pod on this node")
+		})
+	cp.want([]connectWant{
+		{addr: app, to: alice, intercept: "db/alice", restricted: true, sources: []netip.Addr{c1, gone}},
+		{addr: app, to: bob, intercept: "db/bob", restricted: true, sources: []netip.Addr{c2}},
+		{addr: app, to: bob, intercept: "db/none", restricted: true}, // no source on this node
+	})
+	cp.check()
+	want := map[connect.From]netip.AddrPort{
+		{NetNS: 101, Addr: app}: alice,
+		{NetNS: 102, Addr: app}: bob,
+	}
+	if got := fc.redirects(); !maps.Equal(got, want) {
+		t.Fatalf("redirects %v, want %v", got, want)
+	}
+	fc.connect(101, app)
+	fc.connect(102, app)
+	fc.connect(102, app)
+	fc.connect(103, app) // not a source: not redirected
+	got := cp.connections()
+	if got["db/alice"] != 1 || got["db/bob"] != 2 || got["db/none"] != 0 {
+		t.Errorf("connections %v, want db/alice 1, db/bob 2", got)
 	}
 }
 

@@ -465,40 +465,41 @@ func (d *dataplane) logFailures(now map[string]string) {
 }
 
 // connectWants are the connect-time redirects the assignments call for: the
-// steered ports of L4 intercepts that admit every source, to their
-// destination; mu is held. A source-restricted intercept is decided by the
-// relay, which sees the caller's address.
-func (d *dataplane) connectWants(assignments []*detourv1.Assignment) map[netip.AddrPort]connectWant {
-	out := map[netip.AddrPort]connectWant{}
+// steered ports (and service addresses) of L4 intercepts, to their
+// destination, for every caller or, with a source filter, for the source
+// pods on this node; mu is held.
+func (d *dataplane) connectWants(assignments []*detourv1.Assignment) []connectWant {
+	var out []connectWant
 	for _, a := range assignments {
-		if !a.L4 || a.RestrictSources {
+		if !a.L4 {
 			continue
 		}
 		to, err := netip.ParseAddrPort(a.Destination)
 		if err != nil || !to.Addr().Unmap().Is4() {
 			continue // the relay reports a bad destination per connection
 		}
-		id := interceptID(a.Namespace, a.Name)
-		steered := false
-		for _, k := range d.targets[id] {
-			if d.ports[k] == nil {
-				continue
+		w := connectWant{to: to, intercept: interceptID(a.Namespace, a.Name), restricted: a.RestrictSources}
+		for _, s := range a.NodeSources {
+			if src, err := netip.ParseAddr(s); err == nil {
+				w.sources = append(w.sources, src.Unmap())
 			}
-			steered = true
-			from := netip.AddrPortFrom(k.addr, k.port)
-			if _, taken := out[from]; !taken {
-				out[from] = connectWant{to: to, intercept: id}
+		}
+		steered := false
+		for _, k := range d.targets[w.intercept] {
+			if d.ports[k] != nil {
+				steered = true
+				w.addr = netip.AddrPortFrom(k.addr, k.port)
+				out = append(out, w)
 			}
 		}
 		// The service's virtual address too, on a node where the
 		// intercept is in force: callers dial the ClusterIP, which
 		// kube-proxy would only turn into a pod address after connect().
 		for _, s := range a.ServiceAddresses {
-			from, err := netip.ParseAddrPort(s)
-			if _, taken := out[from]; err != nil || !steered || taken {
-				continue
+			if addr, err := netip.ParseAddrPort(s); err == nil && steered {
+				w.addr = addr
+				out = append(out, w)
 			}
-			out[from] = connectWant{to: to, intercept: id}
 		}
 	}
 	return out

@@ -154,7 +154,7 @@ func computePlan(inv *inventory.Inventory, ics []*detourv1.Intercept) plan {
 			p.problems[k] = err.Error()
 			continue
 		}
-		restricted, sources := sourceAddrs(spec, inv)
+		restricted, sources, sourcesByNode := sourceAddrs(spec, inv)
 		var svcAddrs []string
 		if vip, err := netip.ParseAddr(svc.ClusterIP); err == nil && vip.Is4() {
 			svcAddrs = []string{netip.AddrPortFrom(vip, uint16(spec.GetPort())).String()}
@@ -173,6 +173,7 @@ func computePlan(inv *inventory.Inventory, ics []*detourv1.Intercept) plan {
 				RestrictSources:  restricted,
 				Sources:          sources,
 				ServiceAddresses: svcAddrs,
+				NodeSources:      sourcesByNode[n],
 			}
 		}
 	}

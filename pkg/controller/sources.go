@@ -100,18 +100,29 @@ func overlaps(a *detourv1.InterceptSpec, ac []match.Condition, b *detourv1.Inter
 }
 
 // sourceAddrs resolves a spec's source filter to the admitted pods' IPv4
-// addresses, sorted so an unchanged inventory gives an unchanged assignment.
-func sourceAddrs(spec *detourv1.InterceptSpec, inv *inventory.Inventory) (bool, []string) {
+// addresses, all of them and by node, sorted so an unchanged inventory gives
+// an unchanged assignment.
+func sourceAddrs(spec *detourv1.InterceptSpec, inv *inventory.Inventory) (bool, []string, map[string][]string) {
 	s := sourcesOf(spec)
 	if !s.restricted() {
-		return false, nil
+		return false, nil, nil
 	}
 	var addrs []string
+	byNode := map[string][]string{}
 	for i := range inv.Pods {
 		if p := &inv.Pods[i]; s.admits(p) && p.IP != "" {
 			addrs = append(addrs, p.IP)
+			node := p.Node
+			if node == "" {
+				node = inv.Node
+			}
+			byNode[node] = append(byNode[node], p.IP)
 		}
 	}
 	slices.Sort(addrs)
-	return true, slices.Compact(addrs)
+	for n, a := range byNode {
+		slices.Sort(a)
+		byNode[n] = slices.Compact(a)
+	}
+	return true, slices.Compact(addrs), byNode
 }

@@ -365,14 +365,21 @@ func TestPrivilegedLabH2GRPCAndL4(t *testing.T) {
 			}
 			t.Logf("from %s: answered by %s in %v", tc.from, banner, time.Since(start).Round(time.Millisecond))
 		}
+		// i3-client2 is on this node: its connections were redirected at
+		// connect, not relayed; i3-client's went through the agent, which
+		// saw a source outside the filter and passed it to the app.
 		testutil.Eventually(t, 5*time.Second, func() error {
 			m, err := l.agentMetrics()
 			if err != nil {
 				return err
 			}
-			k := `detour_agent_requests_total{intercept="default/src",outcome="matched"}`
+			k := `detour_agent_connect_redirects_total{intercept="default/src"}`
 			if m[k] != 2 {
 				return fmt.Errorf("%s = %v, want 2 (the connections from i3-client2)", k, m[k])
+			}
+			k = `detour_agent_requests_total{intercept="default/src",outcome="matched"}`
+			if m[k] != 0 {
+				return fmt.Errorf("%s = %v, want 0: the relay carried a connection redirected at connect", k, m[k])
 			}
 			return nil
 		})

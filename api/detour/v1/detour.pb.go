@@ -1545,8 +1545,11 @@ type Assignment struct {
 	// virtual address (its ClusterIP and service port), for connect-time
 	// redirects of L4 intercepts; empty in the lab.
 	ServiceAddresses []string `protobuf:"bytes,9,rep,name=service_addresses,json=serviceAddresses,proto3" json:"service_addresses,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Those of sources whose pods run on this node: for an L4 intercept,
+	// their connections can be redirected at connect() here.
+	NodeSources   []string `protobuf:"bytes,10,rep,name=node_sources,json=nodeSources,proto3" json:"node_sources,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Assignment) Reset() {
@@ -1638,6 +1641,13 @@ func (x *Assignment) GetSources() []string {
 func (x *Assignment) GetServiceAddresses() []string {
 	if x != nil {
 		return x.ServiceAddresses
+	}
+	return nil
+}
+
+func (x *Assignment) GetNodeSources() []string {
+	if x != nil {
+		return x.NodeSources
 	}
 	return nil
 }
@@ -2044,7 +2054,7 @@ const file_detour_v1_detour_proto_rawDesc = "" +
 	"\bpod_name\x18\x02 \x01(\tR\apodName\x12\x15\n" +
 	"\x06pod_ip\x18\x03 \x01(\tR\x05podIp\x12\x14\n" +
 	"\x05netns\x18\x04 \x01(\tR\x05netns\x12\x12\n" +
-	"\x04port\x18\x05 \x01(\rR\x04port\"\xbb\x02\n" +
+	"\x04port\x18\x05 \x01(\rR\x04port\"\xde\x02\n" +
 	"\n" +
 	"Assignment\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
@@ -2055,7 +2065,9 @@ const file_detour_v1_detour_proto_rawDesc = "" +
 	"\x02l4\x18\x06 \x01(\bR\x02l4\x12)\n" +
 	"\x10restrict_sources\x18\a \x01(\bR\x0frestrictSources\x12\x18\n" +
 	"\asources\x18\b \x03(\tR\asources\x12+\n" +
-	"\x11service_addresses\x18\t \x03(\tR\x10serviceAddresses\".\n" +
+	"\x11service_addresses\x18\t \x03(\tR\x10serviceAddresses\x12!\n" +
+	"\fnode_sources\x18\n" +
+	" \x03(\tR\vnodeSources\".\n" +
 	"\x18WatchDesiredStateRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\"\x98\x02\n" +
 	"\x19WatchDesiredStateResponse\x12=\n" +

@@ -36,6 +36,8 @@ import (
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/detourdev/detour/pkg/netns"
 )
 
 // ErrClosed is returned by the methods of closed Redirects.
@@ -99,9 +101,25 @@ func New(cgroupPath string) (*Redirects, error) {
 // Cgroup is the directory the programs are attached to.
 func (r *Redirects) Cgroup() string { return r.cgroup }
 
-// Set sends the connections made to from (outside the host's namespace) to
-// to instead. Changing a redirect keeps its count.
-func (r *Redirects) Set(from, to netip.AddrPort) error {
+// From is what a redirect applies to: connections to Addr made from the
+// network namespace whose cookie is NetNS (see NetNSCookie), or from any
+// namespace but the host's when NetNS is 0. A connect() matching both a
+// namespace's redirect and an any-namespace one takes the namespace's.
+type From struct {
+	NetNS uint64
+	Addr  netip.AddrPort
+}
+
+func (f From) String() string {
+	if f.NetNS == 0 {
+		return f.Addr.String()
+	}
+	return fmt.Sprintf("%s from netns %d", f.Addr, f.NetNS)
+}
+
+// Set sends the connections from makes to to instead. Changing a redirect
+// keeps its count.
+func (r *Redirects) Set(from From, to netip.AddrPort) error {
 	k, err := keyOf(from)
 	if err != nil {
 		return err
@@ -129,7 +147,7 @@ func (r *Redirects) Set(from, to netip.AddrPort) error {
 
 // Delete stops redirecting from and returns how many connections it
 // redirected. Deleting what is not there is no error.
-func (r *Redirects) Delete(from netip.AddrPort) (uint64, error) {
+func (r *Redirects) Delete(from From) (uint64, error) {
 	k, err := keyOf(from)
 	if err != nil {
 		return 0, err
@@ -151,7 +169,7 @@ func (r *Redirects) Delete(from netip.AddrPort) (uint64, error) {
 
 // Connections is how many connect() calls to from were redirected since it
 // was set; 0 when it is not.
-func (r *Redirects) Connections(from netip.AddrPort) (uint64, error) {
+func (r *Redirects) Connections(from From) (uint64, error) {
 	k, err := keyOf(from)
 	if err != nil {
 		return 0, err
@@ -189,13 +207,24 @@ func (r *Redirects) Close() error {
 	return errors.Join(errs...)
 }
 
-func keyOf(from netip.AddrPort) (connectConnectKey, error) {
-	from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
-	if !from.Addr().Is4() || from.Port() == 0 {
-		return connectConnectKey{}, fmt.Errorf("redirect from %s: want an IPv4 address and a port", from)
+func keyOf(from From) (connectConnectKey, error) {
+	addr := netip.AddrPortFrom(from.Addr.Addr().Unmap(), from.Addr.Port())
+	if !addr.Addr().Is4() || addr.Port() == 0 {
+		return connectConnectKey{}, fmt.Errorf("redirect %s: want an IPv4 address and a port", from)
 	}
-	a := from.Addr().As4()
-	return connectConnectKey{Addr: binary.NativeEndian.Uint32(a[:]), Port: from.Port()}, nil
+	a := addr.Addr().As4()
+	return connectConnectKey{Netns: from.NetNS, Addr: binary.NativeEndian.Uint32(a[:]), Port: addr.Port()}, nil
+}
+
+// NetNSCookieOf is the cookie of the network namespace at path.
+func NetNSCookieOf(path string) (uint64, error) {
+	var c uint64
+	err := netns.Do(path, func() error {
+		var err error
+		c, err = NetNSCookie()
+		return err
+	})
+	return c, err
 }
 
 // NetNSCookie is the cookie of the calling thread's network namespace, as

@@ -22,10 +22,11 @@ type connectConnectDest struct {
 }
 
 type connectConnectKey struct {
-	_    structs.HostLayout
-	Addr uint32
-	Port uint16
-	Pad  uint16
+	_     structs.HostLayout
+	Netns uint64
+	Addr  uint32
+	Port  uint16
+	Pad   uint16
 }
 
 type connectConnectOrigin struct {

@@ -30,12 +30,12 @@ func TestKeyOf(t *testing.T) {
 		{in: "[fd00::1]:80", wantErr: true},
 		{in: "10.1.2.3:0", wantErr: true},
 	} {
-		k, err := keyOf(netip.MustParseAddrPort(tt.in))
+		k, err := keyOf(From{NetNS: 7, Addr: netip.MustParseAddrPort(tt.in)})
 		if (err != nil) != tt.wantErr {
 			t.Errorf("keyOf(%s) = %+v, %v; want error %v", tt.in, k, err, tt.wantErr)
 		}
-		if err == nil && k.Port != 80 {
-			t.Errorf("keyOf(%s).Port = %d, want 80 in host order", tt.in, k.Port)
+		if err == nil && (k.Port != 80 || k.Netns != 7) {
+			t.Errorf("keyOf(%s) = %+v, want port 80 in host order and netns 7", tt.in, k)
 		}
 	}
 }
@@ -182,10 +182,10 @@ func TestPrivilegedRedirect(t *testing.T) {
 	if ids, err := LinkIDs(); err != nil || len(mine) != 3 || !containsAll(ids, mine) {
 		t.Fatalf("LinkIDs() = %v, %v; want it to list this Redirects' 3 links %v", ids, err, mine)
 	}
-	if err := r.Set(app, dev); err != nil {
+	if err := r.Set(From{Addr: app}, dev); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Set(hostApp, dev); err != nil {
+	if err := r.Set(From{Addr: hostApp}, dev); err != nil {
 		t.Fatal(err)
 	}
 
@@ -207,10 +207,10 @@ func TestPrivilegedRedirect(t *testing.T) {
 	if got := dial(t, "", hostApp); got.server != "host" {
 		t.Errorf("a connect to %s from the host namespace was answered by %q, want host (never redirected)", hostApp, got.server)
 	}
-	if n, err := r.Connections(app); err != nil || n != 1 {
+	if n, err := r.Connections(From{Addr: app}); err != nil || n != 1 {
 		t.Errorf("Connections(%s) = %d, %v; want 1", app, n, err)
 	}
-	if n, err := r.Connections(hostApp); err != nil || n != 1 {
+	if n, err := r.Connections(From{Addr: hostApp}); err != nil || n != 1 {
 		t.Errorf("Connections(%s) = %d, %v; want 1 (the host's connect is not counted)", hostApp, n, err)
 	}
 
@@ -231,28 +231,28 @@ func TestPrivilegedRedirect(t *testing.T) {
 	})
 
 	// Moving the redirect keeps its count.
-	if err := r.Set(app, hostApp); err != nil {
+	if err := r.Set(From{Addr: app}, hostApp); err != nil {
 		t.Fatal(err)
 	}
-	if n, _ := r.Connections(app); n != 1 {
+	if n, _ := r.Connections(From{Addr: app}); n != 1 {
 		t.Errorf("after Set to a new destination, Connections = %d, want 1", n)
 	}
-	if err := r.Set(app, dev); err != nil {
+	if err := r.Set(From{Addr: app}, dev); err != nil {
 		t.Fatal(err)
 	}
 
-	n, err := r.Delete(app)
+	n, err := r.Delete(From{Addr: app})
 	if err != nil || n != 1 {
 		t.Errorf("Delete(%s) = %d, %v; want 1", app, n, err)
 	}
 	if got := dial(t, pod, app); got.server != "app" {
 		t.Errorf("after Delete, %s answered %q, want app", app, got.server)
 	}
-	if n, err := r.Delete(app); err != nil || n != 0 {
+	if n, err := r.Delete(From{Addr: app}); err != nil || n != 0 {
 		t.Errorf("second Delete = %d, %v; want 0, nil", n, err)
 	}
 
-	if err := r.Set(app, dev); err != nil {
+	if err := r.Set(From{Addr: app}, dev); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.Close(); err != nil {
@@ -264,7 +264,7 @@ func TestPrivilegedRedirect(t *testing.T) {
 	if ids, err := LinkIDs(); err != nil || slices.ContainsFunc(mine, func(id link.ID) bool { return slices.Contains(ids, id) }) {
 		t.Errorf("after Close, LinkIDs() = %v, %v: still lists one of %v", ids, err, mine)
 	}
-	if err := r.Set(app, dev); !errors.Is(err, ErrClosed) {
+	if err := r.Set(From{Addr: app}, dev); !errors.Is(err, ErrClosed) {
 		t.Errorf("Set after Close = %v, want ErrClosed", err)
 	}
 }
@@ -286,11 +286,76 @@ func TestPrivilegedSetRefusesBadAddresses(t *testing.T) {
 		{"10.251.9.1:80", "[fd00::2]:80"},
 		{"10.251.9.1:80", "10.251.9.2:0"},
 	} {
-		if err := r.Set(netip.MustParseAddrPort(tt.from), netip.MustParseAddrPort(tt.to)); err == nil {
+		if err := r.Set(From{Addr: netip.MustParseAddrPort(tt.from)}, netip.MustParseAddrPort(tt.to)); err == nil {
 			t.Errorf("Set(%s, %s) accepted", tt.from, tt.to)
 		}
 	}
-	if n, err := r.Connections(good); err != nil || n != 0 {
+	if n, err := r.Connections(From{Addr: good}); err != nil || n != 0 {
 		t.Errorf("Connections of an address never set = %d, %v", n, err)
+	}
+}
+
+// TestPrivilegedRedirectPerNamespace checks redirects for one caller
+// namespace: they apply to that namespace's connects only, and win over a
+// redirect for any namespace.
+func TestPrivilegedRedirectPerNamespace(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	root, err := CgroupV2Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, other := testutil.NewNetNS(t), testutil.NewNetNS(t)
+	srvIP := netip.MustParseAddr("10.251.1.1")
+	testutil.Veth(t, testutil.End{NetNS: server, Dev: "dtc0", Addr: srvIP},
+		testutil.End{NetNS: other, Dev: "dtc1", Addr: netip.MustParseAddr("10.251.1.2")})
+	listen := func(name string) netip.AddrPort {
+		ln, err := netns.Listen(server, "tcp4", netip.AddrPortFrom(srvIP, 0).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		banner(t, ln, name)
+		return ln.Addr().(*net.TCPAddr).AddrPort()
+	}
+	app, dev, anyDev := listen("app"), listen("dev"), listen("any")
+	otherNS, err := NetNSCookieOf(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverNS, err := NetNSCookieOf(server)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if otherNS == 0 || otherNS == serverNS {
+		t.Fatalf("netns cookies %d and %d: want two different non-zero ones", otherNS, serverNS)
+	}
+
+	r, err := New(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if err := r.Set(From{NetNS: otherNS, Addr: app}, dev); err != nil {
+		t.Fatal(err)
+	}
+	if got := dial(t, other, app); got.server != "dev" || got.peer != app {
+		t.Errorf("from the namespace redirected: answered by %q, peer %s; want dev, peer %s", got.server, got.peer, app)
+	}
+	if got := dial(t, server, app); got.server != "app" {
+		t.Errorf("from another namespace: answered by %q, want app (not redirected)", got.server)
+	}
+	if err := r.Set(From{Addr: app}, anyDev); err != nil {
+		t.Fatal(err)
+	}
+	if got := dial(t, other, app); got.server != "dev" {
+		t.Errorf("with an any-namespace redirect too, the namespace's own: answered by %q, want dev", got.server)
+	}
+	if got := dial(t, server, app); got.server != "any" {
+		t.Errorf("with an any-namespace redirect, another namespace: answered by %q, want any", got.server)
+	}
+	if n, _ := r.Connections(From{NetNS: otherNS, Addr: app}); n != 2 {
+		t.Errorf("the namespace's redirect counted %d, want 2", n)
+	}
+	if n, _ := r.Connections(From{Addr: app}); n != 1 {
+		t.Errorf("the any-namespace redirect counted %d, want 1", n)
 	}
 }
