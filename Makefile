@@ -13,7 +13,7 @@ FUZZTIME ?= 30000x
 # What `make generate` writes; CI checks it matches the sources.
 GENERATED := '*_bpfel.go' '*_bpfel.o' '*.pb.go' 'zz_generated.*.go' 'pkg/generated' 'deploy/crds'
 
-.PHONY: help build images generate check-generated test test-unit fuzz demo e2e lint clean
+.PHONY: help build images generate check-generated test test-unit fuzz demo e2e soak lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -60,12 +60,16 @@ demo: build ## bring up the lab, intercept for alice and bob, send traffic, prin
 e2e: ## Detour on a real single-node Kubernetes built here (as root; see test/e2e/run.sh): install, intercepts, RBAC, agent and pod restarts, uninstall
 	bash test/e2e/run.sh
 
+soak: ## many 100 MiB echoes through the sockmap L4 relay under CPU load, every byte checked (as root, ~5 min; SOAK_TRANSFERS=100 SOAK_PARALLEL=2)
+	$(GO) test -tags soak -run TestSoakSockmapRelay -count=1 -v -timeout 60m ./test/integration
+
 bench: build ## measure the data path (as root, ~5 min): ratios to direct and nginx; JSON to BENCH_OUT (default bench/out/results.json); BENCH_FLAGS=-h lists options
 	$(GO) run ./test/bench $(BENCH_FLAGS)
 
 lint: ## gofmt, go vet and buf lint
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel.go$$'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
+	$(GO) vet -tags e2e,soak ./test/...
 	cd api && $(GO) tool -modfile=../tools/go.mod buf lint
 
 clean: ## remove build output

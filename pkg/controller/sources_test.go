@@ -72,6 +72,7 @@ func TestSourcesResolveToAddresses(t *testing.T) {
 		L4:              true,
 		RestrictSources: true,
 		Sources:         []string{"10.0.0.21", "10.0.0.30"}, // api-bob, and web-0 of team-a
+		NodeSources:     []string{"10.0.0.21", "10.0.0.30"}, // both on the lab node
 	}
 	if !proto.Equal(a, want) {
 		t.Fatalf("assignment\n%v\nwant\n%v", a, want)
