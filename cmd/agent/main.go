@@ -110,7 +110,7 @@ func parseFlags(args []string, getenv func(string) string, output io.Writer) (*o
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.l4Relay, "l4-relay", "copy", "how L4 intercepts move bytes: copy (io.Copy, which uses splice(2)) or sockmap (SOCKHASH + sk_skb verdict in the kernel; EXPERIMENTAL: slower than copy here, and it needs Linux 6.2+, BTF and CAP_PERFMON; see docs/architecture.md)")
 	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile of the whole run to this file when the agent stops (for benchmarks)")
-	fs.StringVar(&o.flowCgroup, "flow-metrics-cgroup", "auto", "cgroup v2 directory whose TCP flows feed the RTT and retransmit metrics (sockops): auto = the agent's own cgroup, off = none")
+	fs.StringVar(&o.flowCgroup, "flow-metrics-cgroup", "auto", "cgroup v2 directory whose TCP flows feed the RTT and retransmit metrics (sockops), only flows with an intercepted pod port or a destination's port at either end: auto = the agent's own cgroup, off = none")
 	fs.StringVar(&o.connectCgroup, "connect-redirect", "auto", "redirect at connect() the callers on this node of L4 intercepts that admit every source, straight to the developer's pod (cgroup connect4 on this cgroup v2 directory): auto = the node's cgroup v2 root, off = every caller goes through the agent's relay")
 	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", agent.DefaultShutdownGrace, "on SIGTERM/SIGINT, how long to finish the requests, streams and connections already taken once the steering is removed, before closing them (0: close at once)")
 	fs.Usage = func() {
@@ -285,6 +285,7 @@ func run() error {
 		log.Warn("flow metrics (sockops) unavailable", "err", err)
 	} else if ops != nil {
 		defer ops.Close()
+		cfg.FlowPorts = ops.SetPorts
 		reg.MustRegister(ops)
 		log.Info("flow metrics from sockops", "cgroup", o.flowCgroup)
 	}
@@ -331,8 +332,11 @@ func connectRedirects(cgroup string) (*connect.Redirects, error) {
 }
 
 // flowMetrics attaches the sockops flow metrics to a cgroup v2 directory:
-// "auto" is the agent's own cgroup, whose sockets are exactly the flows the
-// agent carries (an accepted socket belongs to its listener's cgroup).
+// "auto" is the agent's own cgroup (an accepted socket belongs to its
+// listener's cgroup). The cgroup can hold more than the agent (everything,
+// when the agent runs in the root cgroup), so only the flows with a port the
+// agent names (SetPorts: intercepted pod ports, destinations' ports) are
+// tracked.
 func flowMetrics(cgroup string) (*splice.SockOps, error) {
 	switch cgroup {
 	case "off", "":
@@ -344,7 +348,7 @@ func flowMetrics(cgroup string) (*splice.SockOps, error) {
 		}
 		cgroup = dir
 	}
-	return splice.NewSockOps(cgroup)
+	return splice.NewSockOpsOnPorts(cgroup)
 }
 
 // ownCgroupV2 finds this process's cgroup v2 directory, on a unified host

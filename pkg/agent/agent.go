@@ -54,6 +54,10 @@ type Config struct {
 	// steering and relay.
 	// The agent closes it when it stops.
 	Connector Connector
+	// FlowPorts is given, at every change, the ports whose TCP flows the
+	// sockops metrics should track (splice.SockOps.SetPorts): the steered
+	// pod ports and the destinations' ports. nil: not told.
+	FlowPorts func(ports []uint16) error
 	// RetryInterval is how often targets that could not be steered yet are
 	// tried again (their pod's sandbox may just be starting); every ten
 	// intervals all targets' namespaces are looked up again. Default 1 s.
@@ -118,6 +122,7 @@ func New(cfg Config, s Steerer) (*Agent, error) {
 	dp := newDataplane(s, cfg.Logger, m)
 	dp.relay = cfg.Relay
 	dp.resolve = cfg.ResolveNetNS
+	dp.flowPorts = cfg.FlowPorts
 	if cfg.Connector != nil {
 		dp.connects = newConnectPlane(cfg.Connector, cfg.Logger, listeningIn(cfg.ResolveNetNS), netnsCookieOf(cfg.ResolveNetNS))
 		if err := cfg.Registry.Register(dp.connects); err != nil {

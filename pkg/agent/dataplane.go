@@ -160,6 +160,9 @@ type dataplane struct {
 	// connects redirects the L4 intercepts' callers on this node at
 	// connect(); nil: off.
 	connects *connectPlane
+	// flowPorts sets the ports whose flows the sockops metrics track; nil:
+	// none are (or they track a whole cgroup).
+	flowPorts func(ports []uint16) error
 	// listen opens a listener inside the namespace at path (netns.Listen;
 	// tests listen in their own namespace).
 	listen func(path, network, addr string) (net.Listener, error)
@@ -414,6 +417,15 @@ func (d *dataplane) apply(assignments []*detourv1.Assignment, found map[string]*
 		}
 	}
 
+	if d.flowPorts != nil {
+		// Before steering, so the flows of new ports are tracked from
+		// their first connection.
+		if err := d.flowPorts(flowPortsOf(want, assignments)); err != nil {
+			d.m.bpfErrors.WithLabelValues("flow_ports").Inc()
+			d.log.Warn("setting the flow metrics' ports failed", "err", err)
+		}
+	}
+
 	// Removed first, so a pod replaced by one in a new namespace is
 	// detached from the old before it is attached to the new.
 	for k, p := range d.ports {
@@ -502,6 +514,27 @@ func (d *dataplane) connectWants(assignments []*detourv1.Assignment) []connectWa
 			}
 		}
 	}
+	return out
+}
+
+// flowPortsOf are the ports whose flows the sockops metrics track: the
+// steered pod ports (the agent's accepted sockets have them as local port,
+// its sockets to the app as remote port) and the destinations' ports.
+func flowPortsOf(want map[portKey]*desiredPort, assignments []*detourv1.Assignment) []uint16 {
+	set := map[uint16]bool{}
+	for k := range want {
+		set[k.port] = true
+	}
+	for _, a := range assignments {
+		if ap, err := netip.ParseAddrPort(a.Destination); err == nil {
+			set[ap.Port()] = true
+		}
+	}
+	out := make([]uint16, 0, len(set))
+	for p := range set {
+		out = append(out, p)
+	}
+	slices.Sort(out)
 	return out
 }
 

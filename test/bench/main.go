@@ -40,6 +40,7 @@ type config struct {
 	stateDir     string
 	install      bool
 	agentProfile string
+	agentFlags   []string
 	agreeWithin  float64
 	slices       int
 }
@@ -59,6 +60,13 @@ func main() {
 	flag.StringVar(&c.stateDir, "state-dir", "/run/detour/bench-lab", "the bench lab's state dir")
 	flag.BoolVar(&c.install, "install", true, "apt-get install wrk, nginx-light, nghttp2-client, iperf3 when missing")
 	flag.StringVar(&c.agentProfile, "agent-profile", "", "run the agent with --cpu-profile FILE (numbers then include the profiler's cost)")
+	flag.Func("agent-flag", "one more flag for the agent, as --name=value (repeatable; for A/B runs, e.g. --agent-flag=--flow-metrics-cgroup=off)", func(v string) error {
+		if !strings.HasPrefix(v, "-") {
+			return fmt.Errorf("%q: want a flag such as --name=value", v)
+		}
+		c.agentFlags = append(c.agentFlags, v)
+		return nil
+	})
 	flag.IntVar(&c.slices, "slices", 5, "cut each measurement into this many interleaved slices (at least 1s each)")
 	flag.Float64Var(&c.agreeWithin, "agree", 0.10, "two rounds agree when every ratio differs by at most this fraction")
 	flag.Parse()
@@ -276,6 +284,7 @@ func (b *bench) up(ctx context.Context) error {
 		b.cfg.agentProfile = prof
 		agentArgs = append(agentArgs, "--cpu-profile", prof)
 	}
+	agentArgs = append(agentArgs, c.agentFlags...)
 	agent, err := startProc("agent", filepath.Join(b.tmp, "agent.log"), append([]string{agentBin}, agentArgs...)...)
 	if err != nil {
 		return err

@@ -41,6 +41,7 @@ type SockOps struct {
 	objs   sockopsObjects
 	link   link.Link
 	cgroup string
+	filter bool // only connections with a port in flow_ports
 	closed bool
 
 	rttDesc, retransDesc, rtoDesc, flowsDesc *prometheus.Desc
@@ -50,6 +51,57 @@ type SockOps struct {
 // cgroupPath. With ports, it tracks only connections with one of them as
 // local or remote port; without, every connection of the cgroup.
 func NewSockOps(cgroupPath string, ports ...uint16) (*SockOps, error) {
+	return newSockOps(cgroupPath, len(ports) > 0, ports)
+}
+
+// NewSockOpsOnPorts is NewSockOps tracking only connections with a port
+// given to SetPorts (none until then) as local or remote port: for a cgroup
+// that holds more than the flows of interest.
+func NewSockOpsOnPorts(cgroupPath string) (*SockOps, error) {
+	return newSockOps(cgroupPath, true, nil)
+}
+
+// SetPorts replaces the ports whose connections are tracked, for SockOps
+// made by NewSockOpsOnPorts. A connection is chosen when it is established:
+// changing the ports does not start or stop tracking the ones already open.
+func (s *SockOps) SetPorts(ports []uint16) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.closed:
+		return ErrClosed
+	case !s.filter:
+		return errors.New("sockops: tracking every connection; SetPorts needs NewSockOpsOnPorts")
+	}
+	want := make(map[uint16]bool, len(ports))
+	for _, p := range ports {
+		want[p] = true
+	}
+	var (
+		p     uint16
+		v     uint8
+		stale []uint16
+	)
+	for it := s.objs.FlowPorts.Iterate(); it.Next(&p, &v); {
+		if !want[p] {
+			stale = append(stale, p)
+		}
+		delete(want, p)
+	}
+	for _, p := range stale {
+		if err := s.objs.FlowPorts.Delete(&p); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("remove port %d: %w", p, err)
+		}
+	}
+	for p := range want {
+		if err := s.objs.FlowPorts.Update(&p, uint8(1), ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("add port %d: %w", p, err)
+		}
+	}
+	return nil
+}
+
+func newSockOps(cgroupPath string, filter bool, ports []uint16) (*SockOps, error) {
 	if err := features.HaveProgramType(ebpf.SockOps); err != nil {
 		return nil, fmt.Errorf("sock_ops programs not supported: %w", err)
 	}
@@ -57,12 +109,12 @@ func NewSockOps(cgroupPath string, ports ...uint16) (*SockOps, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load sockops spec: %w", err)
 	}
-	if len(ports) > 0 {
+	if filter {
 		if err := spec.Variables["filter_ports"].Set(uint8(1)); err != nil {
 			return nil, fmt.Errorf("set filter_ports: %w", err)
 		}
 	}
-	s := &SockOps{cgroup: cgroupPath}
+	s := &SockOps{cgroup: cgroupPath, filter: filter}
 	if err := spec.LoadAndAssign(&s.objs, nil); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {

@@ -253,3 +253,78 @@ func cgroupLinks(t *testing.T, id ebpf.ProgramID) int {
 	}
 	return n
 }
+
+// TestPrivilegedSockOpsSetPorts checks the port filter set at run time: a
+// connection is tracked when one of its ports was set as it was established.
+func TestPrivilegedSockOpsSetPorts(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	cg := enterCgroup(t)
+	ops, err := NewSockOpsOnPorts(cg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ops.Close()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { _, _ = io.Copy(c, c); c.Close() }()
+		}
+	}()
+	port := uint16(ln.Addr().(*net.TCPAddr).Port)
+	echo := func() {
+		t.Helper()
+		c, err := net.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(within))
+		go func() { _, _ = io.Copy(c, stream(2, mib)); _ = c.(*net.TCPConn).CloseWrite() }()
+		if _, err := io.Copy(io.Discard, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	flows := func() uint64 {
+		t.Helper()
+		tot, err := ops.Totals()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tot.Flows
+	}
+
+	echo()
+	if n := flows(); n != 0 {
+		t.Fatalf("with no port set, %d flows tracked, want 0", n)
+	}
+	if err := ops.SetPorts([]uint16{port}); err != nil {
+		t.Fatal(err)
+	}
+	echo()
+	if n := flows(); n != 2 {
+		t.Fatalf("with the server's port set, %d flows tracked, want 2 (client and server sockets)", n)
+	}
+	if err := ops.SetPorts(nil); err != nil {
+		t.Fatal(err)
+	}
+	echo()
+	if n := flows(); n != 2 {
+		t.Fatalf("after the port was removed, %d flows tracked, want still 2", n)
+	}
+	all, err := NewSockOps(cg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer all.Close()
+	if err := all.SetPorts([]uint16{port}); err == nil {
+		t.Error("SetPorts on SockOps tracking every connection: no error")
+	}
+}
