@@ -276,33 +276,8 @@ func TestPrivilegedLabH2GRPCAndL4(t *testing.T) {
 		if strings.TrimSpace(line) != "i3-alice" {
 			t.Fatalf("banner %q, %v; want i3-alice", line, err)
 		}
-		data := make([]byte, 100<<20)
-		rand.Read(data)
-		start := time.Now()
-		banner, got := tcpEcho(t, l.pod("i3-client").NetNS, bulkAddr, data, 0, nil)
-		if banner != "i3-alice" {
-			t.Fatalf("banner %q, want i3-alice (i3-api: the connection was not detoured)", banner)
-		}
-		if sha256.Sum256(got) != sha256.Sum256(data) {
-			t.Fatalf("the echo differs from what was sent (sha256): %s", diffStreams(data, got))
-		}
-		t.Logf("100 MiB each way in %v", time.Since(start).Round(time.Millisecond))
-		testutil.Eventually(t, 5*time.Second, func() error {
-			m, err := l.agentMetrics()
-			if err != nil {
-				return err
-			}
-			k := `detour_agent_connect_redirects_total{intercept="default/bulk"}`
-			if m[k] != 2 {
-				return fmt.Errorf("%s = %v, want 2", k, m[k])
-			}
-			// Nothing went through the agent: its relay counted nothing.
-			k = `detour_agent_requests_total{intercept="default/bulk",outcome="matched"}`
-			if m[k] != 0 {
-				return fmt.Errorf("%s = %v, want 0: the relay carried a connection redirected at connect", k, m[k])
-			}
-			return nil
-		})
+		echo100MiB(t, l.pod("i3-client").NetNS, bulkAddr, "i3-alice")
+		l.redirectedAtConnect("default/bulk", 2)
 		// The intercept's status counts them as matched.
 		testutil.Eventually(t, 5*time.Second, func() error {
 			return checkStatus(l.status(), "bulk", func(n map[string]any) error {
@@ -317,18 +292,7 @@ func TestPrivilegedLabH2GRPCAndL4(t *testing.T) {
 	t.Run("L4: 100 MiB from the host, through the agent's relay", func(t *testing.T) {
 		// Callers in the host's namespace are never redirected at
 		// connect: the steering hands them to the agent's relay.
-		const size = 100 << 20
-		data := make([]byte, size)
-		rand.Read(data)
-		start := time.Now()
-		banner, got := tcpEcho(t, "", bulkAddr, data, 0, nil)
-		if banner != "i3-alice" {
-			t.Fatalf("banner %q, want i3-alice (i3-api: the connection was not detoured)", banner)
-		}
-		if sha256.Sum256(got) != sha256.Sum256(data) {
-			t.Fatalf("the echo differs from what was sent (sha256): %s", diffStreams(data, got))
-		}
-		t.Logf("100 MiB each way in %v", time.Since(start).Round(time.Millisecond))
+		echo100MiB(t, "", bulkAddr, "i3-alice")
 		testutil.Eventually(t, 5*time.Second, func() error {
 			m, err := l.agentMetrics()
 			if err != nil {
@@ -368,21 +332,7 @@ func TestPrivilegedLabH2GRPCAndL4(t *testing.T) {
 		// i3-client2 is on this node: its connections were redirected at
 		// connect, not relayed; i3-client's went through the agent, which
 		// saw a source outside the filter and passed it to the app.
-		testutil.Eventually(t, 5*time.Second, func() error {
-			m, err := l.agentMetrics()
-			if err != nil {
-				return err
-			}
-			k := `detour_agent_connect_redirects_total{intercept="default/src"}`
-			if m[k] != 2 {
-				return fmt.Errorf("%s = %v, want 2 (the connections from i3-client2)", k, m[k])
-			}
-			k = `detour_agent_requests_total{intercept="default/src",outcome="matched"}`
-			if m[k] != 0 {
-				return fmt.Errorf("%s = %v, want 0: the relay carried a connection redirected at connect", k, m[k])
-			}
-			return nil
-		})
+		l.redirectedAtConnect("default/src", 2)
 	})
 
 	t.Run("intercepts deleted: no link left, traffic at the app", func(t *testing.T) {
@@ -408,6 +358,45 @@ func TestPrivilegedLabH2GRPCAndL4(t *testing.T) {
 				t.Errorf("after delete, L4 from %s: banner %q, echo %q", from, banner, got)
 			}
 		}
+	})
+}
+
+// echo100MiB sends 100 MiB of random bytes to the echo server at addr from
+// the namespace at nsPath ("" the host's) and requires the banner of
+// wantPod and the same bytes back.
+func echo100MiB(t *testing.T, nsPath, addr, wantPod string) {
+	t.Helper()
+	data := make([]byte, 100<<20)
+	rand.Read(data)
+	start := time.Now()
+	banner, got := tcpEcho(t, nsPath, addr, data, 0, nil)
+	if banner != wantPod {
+		t.Fatalf("banner %q, want %s: the connection was not detoured", banner, wantPod)
+	}
+	if sha256.Sum256(got) != sha256.Sum256(data) {
+		t.Fatalf("the echo differs from what was sent (sha256): %s", diffStreams(data, got))
+	}
+	t.Logf("100 MiB each way in %v", time.Since(start).Round(time.Millisecond))
+}
+
+// redirectedAtConnect requires the agent to count n connections of
+// intercept as redirected at connect, and none carried by its relay.
+func (l *lab) redirectedAtConnect(intercept string, n float64) {
+	l.t.Helper()
+	testutil.Eventually(l.t, 5*time.Second, func() error {
+		m, err := l.agentMetrics()
+		if err != nil {
+			return err
+		}
+		k := `detour_agent_connect_redirects_total{intercept="` + intercept + `"}`
+		if m[k] != n {
+			return fmt.Errorf("%s = %v, want %v", k, m[k], n)
+		}
+		k = `detour_agent_requests_total{intercept="` + intercept + `",outcome="matched"}`
+		if m[k] != 0 {
+			return fmt.Errorf("%s = %v, want 0: the relay carried a connection redirected at connect", k, m[k])
+		}
+		return nil
 	})
 }
 

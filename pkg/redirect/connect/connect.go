@@ -157,14 +157,7 @@ func (r *Redirects) Delete(from From) (uint64, error) {
 	if r.closed {
 		return 0, ErrClosed
 	}
-	var d connectConnectDest
-	if err := r.objs.ConnectRedirects.LookupAndDelete(&k, &d); err != nil {
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return 0, nil
-		}
-		return 0, fmt.Errorf("delete redirect of %s: %w", from, err)
-	}
-	return d.Connections, nil
+	return r.connections(from, r.objs.ConnectRedirects.LookupAndDelete, &k)
 }
 
 // Connections is how many connect() calls to from were redirected since it
@@ -179,12 +172,18 @@ func (r *Redirects) Connections(from From) (uint64, error) {
 	if r.closed {
 		return 0, ErrClosed
 	}
+	return r.connections(from, r.objs.ConnectRedirects.Lookup, &k)
+}
+
+// connections reads from's count with lookup (Lookup, or LookupAndDelete);
+// a redirect not there counts 0. mu is held.
+func (r *Redirects) connections(from From, lookup func(key, value any) error, k *connectConnectKey) (uint64, error) {
 	var d connectConnectDest
-	if err := r.objs.ConnectRedirects.Lookup(&k, &d); err != nil {
+	if err := lookup(k, &d); err != nil {
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return 0, nil
 		}
-		return 0, fmt.Errorf("look up redirect of %s: %w", from, err)
+		return 0, fmt.Errorf("redirect %s: %w", from, err)
 	}
 	return d.Connections, nil
 }
