@@ -124,7 +124,10 @@ func New(cfg Config, s Steerer) (*Agent, error) {
 	dp.resolve = cfg.ResolveNetNS
 	dp.flowPorts = cfg.FlowPorts
 	if cfg.Connector != nil {
-		dp.connects = newConnectPlane(cfg.Connector, cfg.Logger, listeningIn(cfg.ResolveNetNS), netnsCookieOf(cfg.ResolveNetNS))
+		// Destinations and sources on other nodes are looked for at
+		// most every 10 s, not at every check.
+		resolve := newMissCache(10 * time.Second).wrap(cfg.ResolveNetNS)
+		dp.connects = newConnectPlane(cfg.Connector, cfg.Logger, listeningIn(resolve), netnsCookieOf(resolve))
 		if err := cfg.Registry.Register(dp.connects); err != nil {
 			return nil, fmt.Errorf("agent: register connect metrics: %w", err)
 		}
