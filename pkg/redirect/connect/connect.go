@@ -147,22 +147,15 @@ func (r *Redirects) Set(from From, to netip.AddrPort) error {
 
 // Delete stops redirecting from and returns how many connections it
 // redirected. Deleting what is not there is no error.
-func (r *Redirects) Delete(from From) (uint64, error) {
-	k, err := keyOf(from)
-	if err != nil {
-		return 0, err
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.closed {
-		return 0, ErrClosed
-	}
-	return r.connections(from, r.objs.ConnectRedirects.LookupAndDelete, &k)
-}
+func (r *Redirects) Delete(from From) (uint64, error) { return r.count(from, true) }
 
 // Connections is how many connect() calls to from were redirected since it
 // was set; 0 when it is not.
-func (r *Redirects) Connections(from From) (uint64, error) {
+func (r *Redirects) Connections(from From) (uint64, error) { return r.count(from, false) }
+
+// count reads from's count, deleting the redirect with it when del; a
+// redirect not there counts 0.
+func (r *Redirects) count(from From, del bool) (uint64, error) {
 	k, err := keyOf(from)
 	if err != nil {
 		return 0, err
@@ -172,14 +165,12 @@ func (r *Redirects) Connections(from From) (uint64, error) {
 	if r.closed {
 		return 0, ErrClosed
 	}
-	return r.connections(from, r.objs.ConnectRedirects.Lookup, &k)
-}
-
-// connections reads from's count with lookup (Lookup, or LookupAndDelete);
-// a redirect not there counts 0. mu is held.
-func (r *Redirects) connections(from From, lookup func(key, value any) error, k *connectConnectKey) (uint64, error) {
+	lookup := r.objs.ConnectRedirects.Lookup
+	if del {
+		lookup = r.objs.ConnectRedirects.LookupAndDelete
+	}
 	var d connectConnectDest
-	if err := lookup(k, &d); err != nil {
+	if err := lookup(&k, &d); err != nil {
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return 0, nil
 		}
