@@ -367,11 +367,25 @@ func ownCgroupV2() (string, error) {
 	if rel == "" {
 		return "", errors.New("no cgroup v2 membership in /proc/self/cgroup")
 	}
-	for _, root := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
+	// A container that shares the host's cgroup namespace sees its host
+	// path ("/kubepods/..."): under the node's hierarchy mounted at
+	// /host/sys/fs/cgroup (the DaemonSet's volume). One with its own
+	// namespace, or a process in the root cgroup, sees "/": its own
+	// mount, when it has a cgroup2 one, is then the right root.
+	own := []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup"}
+	host := []string{"/host/sys/fs/cgroup/unified", "/host/sys/fs/cgroup"}
+	roots := append(own, host...)
+	if rel != "/" {
+		roots = append(host, own...)
+	}
+	for _, root := range roots {
 		var st unix.Statfs_t
-		if unix.Statfs(root, &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC {
+		if unix.Statfs(root, &st) != nil || st.Type != unix.CGROUP2_SUPER_MAGIC {
+			continue
+		}
+		if fi, err := os.Stat(filepath.Join(root, rel)); err == nil && fi.IsDir() {
 			return filepath.Join(root, rel), nil
 		}
 	}
-	return "", errors.New("no cgroup v2 hierarchy mounted")
+	return "", fmt.Errorf("no cgroup v2 hierarchy mounted with this process's cgroup %s (looked in %v)", rel, roots)
 }

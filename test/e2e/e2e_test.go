@@ -12,6 +12,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -217,6 +218,14 @@ func TestE2E(t *testing.T) {
 		if n := c.dials.Load() - before; n != 1 {
 			t.Fatalf("the client opened %d connections for 15 requests, want 1 (keep-alive)", n)
 		}
+		// The agent's flows (the client's, steered to it, and its own to
+		// the pods) fed the sockops metrics.
+		testutil.Eventually(t, 10*time.Second, func() error {
+			if n := agentMetric(t, "detour_agent_flow_rtt_seconds_count"); n == 0 {
+				return errors.New("detour_agent_flow_rtt_seconds_count is 0 after the requests: no flow metrics in the cluster")
+			}
+			return nil
+		})
 	})
 
 	t.Run("the Intercept resources show what the controller and the agent did", func(t *testing.T) {
