@@ -164,3 +164,28 @@ func (h *handler) ws(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 }
+
+// WhoAnswers sends GET url through hc, with header x-detour-session set to
+// session unless it is empty, reads the whole response and returns the pod
+// that answered (PodHeader); any status but 200 is an error.
+func WhoAnswers(hc *http.Client, url, session string) (string, error) {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return "", err
+	}
+	if session != "" {
+		req.Header.Set("x-detour-session", session)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("status %s", resp.Status)
+	}
+	return resp.Header.Get(PodHeader), nil
+}

@@ -143,23 +143,7 @@ func newClient(t *testing.T, podIP string) *client {
 
 // get returns the pod that answered, or an error.
 func (c *client) get(hc *http.Client, url, session string) (string, error) {
-	req, err := http.NewRequest(http.MethodGet, url, nil)
-	if err != nil {
-		return "", err
-	}
-	if session != "" {
-		req.Header.Set("x-detour-session", session)
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, resp.Body)
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("status %s", resp.Status)
-	}
-	return resp.Header.Get(echo.PodHeader), nil
+	return echo.WhoAnswers(hc, url, session)
 }
 
 func TestE2E(t *testing.T) {

@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/detourdev/detour/internal/echo"
 	"github.com/detourdev/detour/internal/testutil"
 	"github.com/detourdev/detour/pkg/inventory"
 	"github.com/detourdev/detour/pkg/netns"
@@ -273,25 +274,7 @@ func (l *lab) client(fromPod string) *client {
 // get sends one request with the session (empty: none) and returns the pod
 // that answered.
 func (c *client) get(url, session string) (string, error) {
-	req, err := http.NewRequest(http.MethodGet, url, nil)
-	if err != nil {
-		return "", err
-	}
-	if session != "" {
-		req.Header.Set("x-detour-session", session)
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
-		return "", err
-	}
-	if resp.StatusCode != 200 {
-		return "", fmt.Errorf("status %s", resp.Status)
-	}
-	return resp.Header.Get("X-Detour-Pod"), nil
+	return echo.WhoAnswers(c.Client, url, session)
 }
 
 // status returns `detour status -o json` decoded loosely.
