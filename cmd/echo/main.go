@@ -34,8 +34,10 @@ func run() error {
 	name := flag.String("name", def, "name to answer with (default: $DETOUR_POD_NAME, else the hostname)")
 	listen := flag.String("listen", ":8080", "address to listen on for HTTP and gRPC")
 	tcpListen := flag.String("tcp-listen", "", "address to listen on for the raw TCP echo (default: none)")
+	call := flag.String("call", os.Getenv("DETOUR_ECHO_CALL"), "base URL of the next service for GET /chain, e.g. http://api:8080 (default: $DETOUR_ECHO_CALL; none: /chain answers NAME)")
+	propagate := flag.Bool("propagate", os.Getenv("DETOUR_ECHO_PROPAGATE") == "true", "copy x-detour-session and baggage from a /chain request to the call it makes (default: $DETOUR_ECHO_PROPAGATE is true)")
 	flag.Usage = func() {
-		fmt.Fprintf(flag.CommandLine.Output(), `Usage: detour-echo [--name NAME] [--listen ADDR] [--tcp-listen ADDR]
+		fmt.Fprintf(flag.CommandLine.Output(), `Usage: detour-echo [--name NAME] [--listen ADDR] [--tcp-listen ADDR] [--call URL [--propagate]]
 
 Serves HTTP/1.1 and cleartext HTTP/2 (prior knowledge) on --listen; every
 HTTP response carries the header X-Detour-Pod: NAME.
@@ -44,6 +46,9 @@ HTTP response carries the header X-Detour-Pod: NAME.
   GET  /download?bytes=N&seed=S  N deterministic bytes (ChaCha8 seeded by S), chunked
   POST /upload                   {"pod":NAME,"bytes":N,"sha256":HEX} of the body
   GET  /ws                       WebSocket echo, each message prefixed "NAME: "
+  GET  /chain                    NAME; with --call URL: "NAME -> " and what URL/chain answers
+                                 (a new connection per call; with --propagate the session
+                                 header and baggage go along), also in header X-Detour-Chain
   any  other path                NAME
 
 gRPC on the same port: HTTP/2 requests with content-type application/grpc*
@@ -89,7 +94,7 @@ then the server closes the connection.
 			return err
 		}
 	}
-	srv := echo.NewServer(*name, *listen)
+	srv := echo.NewChainServer(echo.Options{Name: *name, Call: *call, Propagate: *propagate}, *listen)
 	log.Info("serving", "name", *name, "addr", ln.Addr().String())
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()

@@ -18,6 +18,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -56,13 +57,52 @@ func Stream(seed uint64) io.Reader {
 // than in the HTTP header set here: the same header twice would reach the
 // client as two metadata values.
 func NewHandler(name string) http.Handler {
-	h := &handler{name: name}
+	return NewChainHandler(Options{Name: name})
+}
+
+// Options configure a handler beyond its name.
+type Options struct {
+	// Name is the pod name the handler answers with.
+	Name string
+	// Call is the base URL of the next service in a chain (for example
+	// http://api:8080): GET /chain calls Call+"/chain" and answers
+	// "NAME -> <its answer>". Empty: /chain answers NAME alone.
+	Call string
+	// Propagate copies the request's session header (x-detour-session) and
+	// baggage header to the call, as an app instrumented for tracing
+	// does; without it the call carries neither.
+	Propagate bool
+	// Client makes the calls; nil: a client that opens a new connection for
+	// every call (see chain).
+	Client *http.Client
+}
+
+// ChainHeader carries a /chain answer's chain of pods, as the body does.
+const ChainHeader = "X-Detour-Chain"
+
+// NewChainHandler is NewHandler with chain calls:
+//
+//	GET /chain   "<name>" or, with Options.Call, "<name> -> <next service's chain>"
+func NewChainHandler(o Options) http.Handler {
+	name := o.Name
+	h := &handler{name: name, opts: o}
+	if h.opts.Client == nil {
+		// A connection per call: connect-time routes (an environment's
+		// fork-to-fork routing) act when a connection is made, and a
+		// pooled connection made before a route existed would keep going
+		// where it went. Real apps pool; the docs say what that means.
+		h.opts.Client = &http.Client{
+			Timeout:   10 * time.Second,
+			Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil},
+		}
+	}
 	grpcSrv := NewGRPCServer(NewGRPCService(name))
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("POST /upload", h.upload)
 	mux.HandleFunc("GET /download", h.download)
 	mux.HandleFunc("GET /ws", h.ws)
+	mux.HandleFunc("GET /chain", h.chain)
 	mux.HandleFunc("/", h.hello)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if isGRPC(r.ProtoMajor, r.Header.Get("Content-Type")) {
@@ -84,18 +124,64 @@ func NewHandler(name string) http.Handler {
 // golang.org/x/net/http2/h2c is deprecated, and the HTTP/1.1 Upgrade route
 // to h2c it also offered was deprecated by RFC 9113.
 func NewServer(name, addr string) *http.Server {
+	return NewChainServer(Options{Name: name}, addr)
+}
+
+// NewChainServer is NewServer with chain calls (NewChainHandler).
+func NewChainServer(o Options, addr string) *http.Server {
 	p := new(http.Protocols)
 	p.SetHTTP1(true)
 	p.SetUnencryptedHTTP2(true)
 	return &http.Server{
 		Addr:              addr,
-		Handler:           NewHandler(name),
+		Handler:           NewChainHandler(o),
 		Protocols:         p,
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 }
 
-type handler struct{ name string }
+type handler struct {
+	name string
+	opts Options
+}
+
+// chain answers GET /chain: this pod's name, then, with Options.Call, the
+// chain the next service answers.
+func (h *handler) chain(w http.ResponseWriter, r *http.Request) {
+	_, _ = io.Copy(io.Discard, r.Body)
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if h.opts.Call == "" {
+		w.Header().Set(ChainHeader, h.name)
+		io.WriteString(w, h.name+"\n")
+		return
+	}
+	req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, strings.TrimSuffix(h.opts.Call, "/")+"/chain", nil)
+	if err != nil {
+		http.Error(w, h.name+" -> (bad --call: "+err.Error()+")", http.StatusInternalServerError)
+		return
+	}
+	if h.opts.Propagate {
+		for _, k := range []string{"x-detour-session", "baggage"} {
+			if v := r.Header.Values(k); len(v) > 0 {
+				req.Header[http.CanonicalHeaderKey(k)] = v
+			}
+		}
+	}
+	resp, err := h.opts.Client.Do(req)
+	if err != nil {
+		http.Error(w, h.name+" -> ("+err.Error()+")", http.StatusBadGateway)
+		return
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if err != nil || resp.StatusCode != http.StatusOK {
+		http.Error(w, fmt.Sprintf("%s -> (status %d, %v)", h.name, resp.StatusCode, err), http.StatusBadGateway)
+		return
+	}
+	chain := h.name + " -> " + strings.TrimSpace(string(body))
+	w.Header().Set(ChainHeader, chain)
+	io.WriteString(w, chain+"\n")
+}
 
 func (h *handler) hello(w http.ResponseWriter, r *http.Request) {
 	// Drain a body so a keep-alive connection stays usable for the next
@@ -165,18 +251,30 @@ func (h *handler) ws(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// Chain sends GET url (a /chain URL) through hc with the session header
+// set unless session is empty, and returns the chain of pods that answered,
+// e.g. "web-pr-7 -> api-pr-7"; any status but 200 is an error.
+func Chain(hc *http.Client, url, session string) (string, error) {
+	resp, err := getAs(hc, url, session)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("status %s: %s", resp.Status, strings.TrimSpace(string(body)))
+	}
+	return resp.Header.Get(ChainHeader), nil
+}
+
 // WhoAnswers sends GET url through hc, with header x-detour-session set to
 // session unless it is empty, reads the whole response and returns the pod
 // that answered (PodHeader); any status but 200 is an error.
 func WhoAnswers(hc *http.Client, url, session string) (string, error) {
-	req, err := http.NewRequest(http.MethodGet, url, nil)
-	if err != nil {
-		return "", err
-	}
-	if session != "" {
-		req.Header.Set("x-detour-session", session)
-	}
-	resp, err := hc.Do(req)
+	resp, err := getAs(hc, url, session)
 	if err != nil {
 		return "", err
 	}
@@ -188,4 +286,17 @@ func WhoAnswers(hc *http.Client, url, session string) (string, error) {
 		return "", fmt.Errorf("status %s", resp.Status)
 	}
 	return resp.Header.Get(PodHeader), nil
+}
+
+// getAs sends GET url through hc with header x-detour-session set to
+// session unless it is empty.
+func getAs(hc *http.Client, url, session string) (*http.Response, error) {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	if session != "" {
+		req.Header.Set("x-detour-session", session)
+	}
+	return hc.Do(req)
 }

@@ -218,3 +218,58 @@ func TestServerH2C(t *testing.T) {
 		t.Errorf("h2c download: %s, %d bytes", resp.Proto, len(body))
 	}
 }
+
+func TestChain(t *testing.T) {
+	// api records what the call it received carried.
+	var gotSession, gotBaggage string
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gotSession, gotBaggage = r.Header.Get("x-detour-session"), r.Header.Get("baggage")
+		NewHandler("api-1").ServeHTTP(w, r)
+	}))
+	defer api.Close()
+	for _, tc := range []struct {
+		name      string
+		propagate bool
+		wantSess  string
+	}{
+		{"no propagation", false, ""},
+		{"propagation", true, "pr-7"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			web := httptest.NewServer(NewChainHandler(Options{Name: "web-1", Call: api.URL, Propagate: tc.propagate}))
+			defer web.Close()
+			req, _ := http.NewRequest(http.MethodGet, web.URL+"/chain", nil)
+			req.Header.Set("x-detour-session", "pr-7")
+			req.Header.Set("baggage", "detour-session=pr-7")
+			resp, err := web.Client().Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if string(body) != "web-1 -> api-1\n" || resp.Header.Get(ChainHeader) != "web-1 -> api-1" {
+				t.Errorf("chain: body %q, header %q", body, resp.Header.Get(ChainHeader))
+			}
+			if gotSession != tc.wantSess {
+				t.Errorf("api saw x-detour-session %q, want %q", gotSession, tc.wantSess)
+			}
+			if wantBag := map[bool]string{true: "detour-session=pr-7"}[tc.propagate]; gotBaggage != wantBag {
+				t.Errorf("api saw baggage %q, want %q", gotBaggage, wantBag)
+			}
+		})
+	}
+	// The end of a chain answers its own name; Chain reads the header.
+	got, err := Chain(api.Client(), api.URL+"/chain", "")
+	if err != nil || got != "api-1" {
+		t.Errorf("Chain(end) = %q, %v", got, err)
+	}
+	// A call that fails says where the chain broke.
+	dead := httptest.NewServer(http.NotFoundHandler())
+	deadURL := dead.URL
+	dead.Close()
+	web := httptest.NewServer(NewChainHandler(Options{Name: "web-1", Call: deadURL}))
+	defer web.Close()
+	if _, err := Chain(web.Client(), web.URL+"/chain", ""); err == nil || !strings.Contains(err.Error(), "web-1 -> (") {
+		t.Errorf("Chain through a dead service: %v, want an error naming web-1", err)
+	}
+}
