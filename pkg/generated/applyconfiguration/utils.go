@@ -19,8 +19,28 @@ import (
 func ForKind(kind schema.GroupVersionKind) interface{} {
 	switch kind {
 	// Group=detour.dev, Version=v1alpha1
+	case v1alpha1.SchemeGroupVersion.WithKind("CommandOverride"):
+		return &detourv1alpha1.CommandOverrideApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("Condition"):
 		return &detourv1alpha1.ConditionApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("DataSource"):
+		return &detourv1alpha1.DataSourceApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("Environment"):
+		return &detourv1alpha1.EnvironmentApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("EnvironmentSource"):
+		return &detourv1alpha1.EnvironmentSourceApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("EnvironmentSpec"):
+		return &detourv1alpha1.EnvironmentSpecApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("EnvironmentStatus"):
+		return &detourv1alpha1.EnvironmentStatusApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("EnvOverride"):
+		return &detourv1alpha1.EnvOverrideApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("Fork"):
+		return &detourv1alpha1.ForkApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("ForkStatus"):
+		return &detourv1alpha1.ForkStatusApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("ImageOverride"):
+		return &detourv1alpha1.ImageOverrideApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("Intercept"):
 		return &detourv1alpha1.InterceptApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("InterceptNodeStatus"):
@@ -29,10 +49,14 @@ func ForKind(kind schema.GroupVersionKind) interface{} {
 		return &detourv1alpha1.InterceptSpecApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("InterceptStatus"):
 		return &detourv1alpha1.InterceptStatusApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("RouteStatus"):
+		return &detourv1alpha1.RouteStatusApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("ServiceRef"):
 		return &detourv1alpha1.ServiceRefApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("Sources"):
 		return &detourv1alpha1.SourcesApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("WorkloadRef"):
+		return &detourv1alpha1.WorkloadRefApplyConfiguration{}
 
 	}
 	return nil

@@ -40,6 +40,8 @@ func (f *genericInformer) Lister() cache.GenericLister {
 func (f *sharedInformerFactory) ForResource(resource schema.GroupVersionResource) (GenericInformer, error) {
 	switch resource {
 	// Group=detour.dev, Version=v1alpha1
+	case v1alpha1.SchemeGroupVersion.WithResource("environments"):
+		return &genericInformer{resource: resource.GroupResource(), informer: f.Detour().V1alpha1().Environments().Informer()}, nil
 	case v1alpha1.SchemeGroupVersion.WithResource("intercepts"):
 		return &genericInformer{resource: resource.GroupResource(), informer: f.Detour().V1alpha1().Intercepts().Informer()}, nil
 

@@ -5,6 +5,14 @@
 
 package v1alpha1
 
+// EnvironmentListerExpansion allows custom methods to be added to
+// EnvironmentLister.
+type EnvironmentListerExpansion interface{}
+
+// EnvironmentNamespaceListerExpansion allows custom methods to be added to
+// EnvironmentNamespaceLister.
+type EnvironmentNamespaceListerExpansion interface{}
+
 // InterceptListerExpansion allows custom methods to be added to
 // InterceptLister.
 type InterceptListerExpansion interface{}

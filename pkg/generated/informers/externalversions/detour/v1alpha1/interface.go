@@ -11,6 +11,8 @@ import (
 
 // Interface provides access to all the informers in this group version.
 type Interface interface {
+	// Environments returns a EnvironmentInformer.
+	Environments() EnvironmentInformer
 	// Intercepts returns a InterceptInformer.
 	Intercepts() InterceptInformer
 }
@@ -24,6 +26,11 @@ type version struct {
 // New returns a new Interface.
 func New(f internalinterfaces.SharedInformerFactory, namespace string, tweakListOptions internalinterfaces.TweakListOptionsFunc) Interface {
 	return &version{factory: f, namespace: namespace, tweakListOptions: tweakListOptions}
+}
+
+// Environments returns a EnvironmentInformer.
+func (v *version) Environments() EnvironmentInformer {
+	return &environmentInformer{factory: v.factory, namespace: v.namespace, tweakListOptions: v.tweakListOptions}
 }
 
 // Intercepts returns a InterceptInformer.

@@ -15,12 +15,17 @@ import (
 
 type DetourV1alpha1Interface interface {
 	RESTClient() rest.Interface
+	EnvironmentsGetter
 	InterceptsGetter
 }
 
 // DetourV1alpha1Client is used to interact with features provided by the detour.dev group.
 type DetourV1alpha1Client struct {
 	restClient rest.Interface
+}
+
+func (c *DetourV1alpha1Client) Environments(namespace string) EnvironmentInterface {
+	return newEnvironments(c, namespace)
 }
 
 func (c *DetourV1alpha1Client) Intercepts(namespace string) InterceptInterface {

@@ -15,6 +15,10 @@ type FakeDetourV1alpha1 struct {
 	*testing.Fake
 }
 
+func (c *FakeDetourV1alpha1) Environments(namespace string) v1alpha1.EnvironmentInterface {
+	return newFakeEnvironments(c, namespace)
+}
+
 func (c *FakeDetourV1alpha1) Intercepts(namespace string) v1alpha1.InterceptInterface {
 	return newFakeIntercepts(c, namespace)
 }

@@ -1,0 +1,419 @@
+package v1alpha1
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+)
+
+// Environment is an ephemeral environment: a few workloads of its namespace
+// (the baseline) forked with changes, everything else shared. Requests that
+// carry its key reach the forks; the forks' own connections to each other's
+// services go fork to fork; it all goes away when the TTL ends or the
+// Environment is deleted. It lives in the baseline namespace, where its
+// forks, their ConfigMaps, Secrets and neighbours are. docs/architecture.md
+// ("Environments") says how it is built.
+//
+// +genclient
+// +k8s:deepcopy-gen:interfaces=k8s.io/apimachinery/pkg/runtime.Object
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:scope=Namespaced,shortName=env,categories=detour
+// +kubebuilder:printcolumn:name="Key",type=string,JSONPath=`.status.key`
+// +kubebuilder:printcolumn:name="Forks",type=string,JSONPath=`.status.forkSummary`
+// +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="Expires",type=date,JSONPath=`.status.expiresAt`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:validation:XValidation:rule=`size(self.metadata.name) <= 40 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')`,message="name must be a DNS-1123 label of at most 40 characters: forks are named <workload>-<environment>"
+type Environment struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec EnvironmentSpec `json:"spec"`
+	// +optional
+	Status EnvironmentStatus `json:"status,omitempty"`
+}
+
+// EnvironmentSpec is what CI or a developer asks for. It mirrors the gRPC
+// API's EnvironmentSpec (api/detour/v1) field for field, except that the
+// namespace is the Environment's own.
+//
+// +kubebuilder:validation:XValidation:rule="self.forks.all(f, self.forks.exists_one(g, g.workload.kind == f.workload.kind && g.workload.name == f.workload.name))",message="a workload is forked at most once"
+// +kubebuilder:validation:XValidation:rule="!has(self.ttl) || duration(self.ttl) > duration('0s')",message="ttl must be positive"
+type EnvironmentSpec struct {
+	// Key is the session key that selects the environment: requests with
+	// header x-detour-session: KEY, or baggage member detour-session=KEY.
+	// Absent: the Environment's name.
+	//
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=128
+	// +kubebuilder:validation:Pattern="^[-!#$%&'*+.^_|~0-9A-Za-z\\x60]+$"
+	Key string `json:"key,omitempty"`
+
+	// Forks are the workloads copied, with changes, for this environment.
+	//
+	// +listType=atomic
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=32
+	Forks []Fork `json:"forks"`
+
+	// Data are the data sources the environment gets of its own (database
+	// branches, seed jobs). The environment is Ready only once they are.
+	//
+	// +optional
+	// +listType=map
+	// +listMapKey=name
+	// +kubebuilder:validation:MaxItems=16
+	Data []DataSource `json:"data,omitempty"`
+
+	// TTL is how long the environment lives after it is created or last
+	// renewed. Absent: the controller's default (--env-default-ttl); the
+	// controller refuses more than its maximum (--env-max-ttl).
+	//
+	// +optional
+	TTL *metav1.Duration `json:"ttl,omitempty"`
+
+	// Source is what CI knows about the change under test; shown, never
+	// acted on.
+	//
+	// +optional
+	Source *EnvironmentSource `json:"source,omitempty"`
+}
+
+// WorkloadKind is a kind of workload that can be forked.
+//
+// +kubebuilder:validation:Enum=Deployment;StatefulSet
+type WorkloadKind string
+
+// The workload kinds.
+const (
+	WorkloadDeployment  WorkloadKind = "Deployment"
+	WorkloadStatefulSet WorkloadKind = "StatefulSet"
+)
+
+// WorkloadRef names a workload of the environment's namespace.
+type WorkloadRef struct {
+	// Kind of the workload.
+	//
+	// +kubebuilder:default=Deployment
+	Kind WorkloadKind `json:"kind"`
+	// Name of the workload.
+	//
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`
+	Name string `json:"name"`
+}
+
+// Fork is one forked workload: a copy of its pod template with overrides,
+// named <workload>-<environment>.
+type Fork struct {
+	// Workload is the baseline workload copied; it is never modified.
+	Workload WorkloadRef `json:"workload"`
+
+	// Images replaces containers' images, by container name.
+	//
+	// +optional
+	// +listType=map
+	// +listMapKey=container
+	// +kubebuilder:validation:MaxItems=32
+	Images []ImageOverride `json:"images,omitempty"`
+
+	// Env sets or removes environment variables, in order.
+	//
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=128
+	Env []EnvOverride `json:"env,omitempty"`
+
+	// Commands replaces containers' command and arguments, by container name.
+	//
+	// +optional
+	// +listType=map
+	// +listMapKey=container
+	// +kubebuilder:validation:MaxItems=32
+	Commands []CommandOverride `json:"commands,omitempty"`
+
+	// Replicas of the fork. Absent: 1, whatever the baseline runs.
+	//
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=100
+	Replicas *int32 `json:"replicas,omitempty"`
+
+	// Patch is a strategic-merge patch applied to the fork's pod template
+	// (spec.template of the workload) after the other overrides.
+	//
+	// +optional
+	// +kubebuilder:pruning:PreserveUnknownFields
+	// +kubebuilder:validation:Schemaless
+	// +kubebuilder:validation:Type=object
+	Patch *runtime.RawExtension `json:"patch,omitempty"`
+}
+
+// ImageOverride sets one container's image.
+type ImageOverride struct {
+	// Container is the container's name (init containers included).
+	//
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	Container string `json:"container"`
+	// Image is the image reference.
+	//
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=512
+	Image string `json:"image"`
+}
+
+// EnvOverride sets (upsert) or removes (delete) one environment variable,
+// in one container or, without container, in all of them.
+//
+// +kubebuilder:validation:XValidation:rule="!(has(self.delete) && self.delete) || (!has(self.value) && !has(self.valueFrom))",message="a deleted variable takes no value"
+// +kubebuilder:validation:XValidation:rule="!(has(self.value) && has(self.valueFrom))",message="value and valueFrom are exclusive"
+type EnvOverride struct {
+	// Container is the container's name; absent: every container.
+	//
+	// +optional
+	// +kubebuilder:validation:MaxLength=63
+	Container string `json:"container,omitempty"`
+	// Name of the variable.
+	//
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=256
+	// +kubebuilder:validation:Pattern=`^[-._a-zA-Z][-._a-zA-Z0-9]*$`
+	Name string `json:"name"`
+	// Value is the literal value.
+	//
+	// +optional
+	Value *string `json:"value,omitempty"`
+	// ValueFrom takes the value from a ConfigMap, Secret or field, as a
+	// container's env does.
+	//
+	// +optional
+	ValueFrom *corev1.EnvVarSource `json:"valueFrom,omitempty"`
+	// Delete removes the variable.
+	//
+	// +optional
+	Delete bool `json:"delete,omitempty"`
+}
+
+// CommandOverride replaces one container's command and arguments.
+type CommandOverride struct {
+	// Container is the container's name.
+	//
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	Container string `json:"container"`
+	// Command replaces the container's command (entrypoint).
+	//
+	// +optional
+	// +listType=atomic
+	Command []string `json:"command,omitempty"`
+	// Args replaces the container's arguments.
+	//
+	// +optional
+	// +listType=atomic
+	Args []string `json:"args,omitempty"`
+}
+
+// DataSource is one data source of the environment's own. Its kinds are
+// described in docs/architecture.md ("Environment data").
+type DataSource struct {
+	// Name names the entry; forks and seed jobs refer to it.
+	//
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=40
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`
+	Name string `json:"name"`
+	// Kind of data source.
+	//
+	// +kubebuilder:validation:Enum=postgres-branch;job
+	Kind string `json:"kind"`
+}
+
+// EnvironmentSource is what CI knows of the change the environment tests.
+type EnvironmentSource struct {
+	// +optional
+	// +kubebuilder:validation:MaxLength=512
+	Repository string `json:"repository,omitempty"`
+	// +optional
+	// +kubebuilder:validation:MaxLength=256
+	Branch string `json:"branch,omitempty"`
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	PullRequest int64 `json:"pullRequest,omitempty"`
+	// +optional
+	// +kubebuilder:validation:MaxLength=64
+	Commit string `json:"commit,omitempty"`
+}
+
+// EnvironmentPhase is where an environment is in its life.
+//
+// +kubebuilder:validation:Enum=Pending;Provisioning;Ready;Failed;Expiring;Deleting
+type EnvironmentPhase string
+
+// The phases, in the order an environment goes through them.
+const (
+	// EnvironmentPending: accepted, nothing made yet.
+	EnvironmentPending EnvironmentPhase = "Pending"
+	// EnvironmentProvisioning: forks, routes or data are being made.
+	EnvironmentProvisioning EnvironmentPhase = "Provisioning"
+	// EnvironmentReady: every fork's pods are ready, routes are in place
+	// and data is loaded.
+	EnvironmentReady EnvironmentPhase = "Ready"
+	// EnvironmentFailed: something could not be made; the Ready condition
+	// says what. Delete cleans it up fully.
+	EnvironmentFailed EnvironmentPhase = "Failed"
+	// EnvironmentExpiring: the TTL ran out; it is being removed.
+	EnvironmentExpiring EnvironmentPhase = "Expiring"
+	// EnvironmentDeleting: it was deleted; it is being removed.
+	EnvironmentDeleting EnvironmentPhase = "Deleting"
+)
+
+// Condition types of an Environment's status.
+const (
+	// EnvironmentConditionForksReady is True when every fork's pods are ready.
+	EnvironmentConditionForksReady = "ForksReady"
+	// EnvironmentConditionRoutesReady is True when the environment's
+	// intercepts are active.
+	EnvironmentConditionRoutesReady = "RoutesReady"
+	// EnvironmentConditionDataReady is True when every data source is loaded.
+	EnvironmentConditionDataReady = "DataReady"
+	// EnvironmentConditionReady sums the others up.
+	EnvironmentConditionReady = "Ready"
+)
+
+// EnvironmentFinalizer holds an Environment until the controller has
+// removed what ownerReferences cannot reach: its intercepts' steering and
+// connect-time routes in the nodes' kernels.
+const EnvironmentFinalizer = "detour.dev/environment-cleanup"
+
+// Labels on everything an environment makes.
+const (
+	// LabelEnvironment names the environment that made an object (forks,
+	// their pods, intercepts).
+	LabelEnvironment = "detour.dev/environment"
+	// LabelForkOf names the baseline workload a fork copies.
+	LabelForkOf = "detour.dev/fork-of"
+)
+
+// EnvironmentStatus is what the controller observed.
+type EnvironmentStatus struct {
+	// ObservedGeneration is the metadata.generation the status describes.
+	//
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// Phase sums up the conditions.
+	//
+	// +optional
+	Phase EnvironmentPhase `json:"phase,omitempty"`
+
+	// Key is the session key in effect (spec.key, or the name).
+	//
+	// +optional
+	Key string `json:"key,omitempty"`
+
+	// ForkSummary lists the forked workloads for kubectl's Forks column,
+	// e.g. "api, worker".
+	//
+	// +optional
+	ForkSummary string `json:"forkSummary,omitempty"`
+
+	// ExpiresAt is when the TTL runs out.
+	//
+	// +optional
+	ExpiresAt *metav1.Time `json:"expiresAt,omitempty"`
+
+	// Forks holds each fork's state.
+	//
+	// +optional
+	// +listType=map
+	// +listMapKey=name
+	Forks []ForkStatus `json:"forks,omitempty"`
+
+	// Routes are the intercepts the environment owns, and what each does.
+	//
+	// +optional
+	// +listType=map
+	// +listMapKey=intercept
+	Routes []RouteStatus `json:"routes,omitempty"`
+
+	// Conditions: ForksReady, RoutesReady, DataReady, Ready.
+	//
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	// +patchStrategy=merge
+	// +patchMergeKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty" patchStrategy:"merge" patchMergeKey:"type"`
+}
+
+// ForkStatus is one fork's state.
+type ForkStatus struct {
+	// Name is the fork workload's name, <workload>-<environment>.
+	Name string `json:"name"`
+	// Workload is the baseline workload it copies.
+	Workload WorkloadRef `json:"workload"`
+	// Replicas the fork asks for.
+	//
+	// +optional
+	Replicas int32 `json:"replicas,omitempty"`
+	// ReadyReplicas of the fork.
+	//
+	// +optional
+	ReadyReplicas int32 `json:"readyReplicas,omitempty"`
+	// Images of the fork's containers, container=image.
+	//
+	// +optional
+	// +listType=atomic
+	Images []string `json:"images,omitempty"`
+	// Message says what the fork waits for or why it failed (an image
+	// that cannot be pulled, a pod that crashes).
+	//
+	// +optional
+	Message string `json:"message,omitempty"`
+}
+
+// RouteKind is what one of an environment's intercepts does.
+//
+// +kubebuilder:validation:Enum=session;forks
+type RouteKind string
+
+// The route kinds.
+const (
+	// RouteSession: requests with the key reach the fork.
+	RouteSession RouteKind = "session"
+	// RouteForks: connections from the environment's fork pods reach the
+	// fork, redirected at connect() where the caller's node can.
+	RouteForks RouteKind = "forks"
+)
+
+// RouteStatus is one intercept the environment owns.
+type RouteStatus struct {
+	// Intercept is the intercept's name (in the environment's namespace).
+	Intercept string `json:"intercept"`
+	// Kind says what it routes.
+	Kind RouteKind `json:"kind"`
+	// Service and Port are the service port it intercepts.
+	Service string `json:"service"`
+	Port    int32  `json:"port"`
+	// Fork is the fork workload it routes to.
+	Fork string `json:"fork"`
+	// State is the intercept's state (Pending, Active, Failed).
+	//
+	// +optional
+	State InterceptState `json:"state,omitempty"`
+}
+
+// EnvironmentList is a list of Environments.
+//
+// +k8s:deepcopy-gen:interfaces=k8s.io/apimachinery/pkg/runtime.Object
+// +kubebuilder:object:root=true
+type EnvironmentList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []Environment `json:"items"`
+}
