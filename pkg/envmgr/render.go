@@ -28,6 +28,9 @@ type Baseline struct {
 	Template corev1.PodTemplateSpec
 	// Selector is the workload's own pod selector (its matchLabels).
 	Selector map[string]string
+	// Object is the runtime's own form of the workload (an
+	// *appsv1.Deployment, say), which Apply copies the rest of the fork from.
+	Object any
 }
 
 // ForkPlan is one fork as a runtime must create it.

@@ -1,0 +1,52 @@
+package envmgr
+
+import (
+	"context"
+	"errors"
+
+	"github.com/detourdev/detour/pkg/apis/detour/v1alpha1"
+)
+
+// Errors a Workloads returns, wrapped with what was asked for; test with
+// errors.Is. Both make the environment Failed until its spec changes.
+var (
+	// ErrWorkloadNotFound: the baseline has no such workload.
+	ErrWorkloadNotFound = errors.New("workload not found")
+	// ErrUnsupported: the runtime cannot fork this (a kind it does not
+	// know; an override the lab cannot run, such as an image).
+	ErrUnsupported = errors.New("not supported")
+	// ErrNotOurs: an object with a fork's name exists and belongs to
+	// something else; it is never taken over.
+	ErrNotOurs = errors.New("exists and does not belong to the environment")
+)
+
+// ForkRef names a fork that exists.
+type ForkRef struct {
+	Kind v1alpha1.WorkloadKind
+	Name string
+}
+
+// Workloads is where forks run: a cluster's Deployments and StatefulSets
+// (package envmgr/cluster), or the lab's network namespaces (envmgr/labenv).
+// Every method is idempotent, so a reconcile that stopped at any line can
+// run again.
+type Workloads interface {
+	// Baseline finds a workload of the baseline namespace.
+	Baseline(ctx context.Context, namespace string, ref v1alpha1.WorkloadRef) (*Baseline, error)
+	// Apply makes the fork p of env, or brings an existing one to p.
+	Apply(ctx context.Context, env *v1alpha1.Environment, b *Baseline, p *ForkPlan) error
+	// Observe reports the fork's state; Exists is false when it is not
+	// there (yet).
+	Observe(ctx context.Context, p *ForkPlan) (ForkObservation, error)
+	// Forks lists the forks of env that exist, whatever its spec says now.
+	Forks(ctx context.Context, namespace, env string) ([]ForkRef, error)
+	// Delete removes a fork with its pods and storage; a fork already gone
+	// is not an error.
+	Delete(ctx context.Context, namespace string, f ForkRef) error
+}
+
+// IsRefusal tells whether err means the environment's spec or baseline must
+// change for it to succeed, rather than a retry.
+func IsRefusal(err error) bool {
+	return errors.Is(err, ErrWorkloadNotFound) || errors.Is(err, ErrUnsupported) || errors.Is(err, ErrNotOurs)
+}
