@@ -38,6 +38,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/detourdev/detour/pkg/netns"
+	"github.com/detourdev/detour/pkg/redirect/internal/bpfutil"
 )
 
 // ErrClosed is returned by the methods of closed Redirects.
@@ -72,11 +73,7 @@ func New(cgroupPath string) (*Redirects, error) {
 	}
 	r := &Redirects{cgroup: cgroupPath}
 	if err := spec.LoadAndAssign(&r.objs, nil); err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("load connect programs: %w\nverifier log:\n%+v", err, ve)
-		}
-		return nil, fmt.Errorf("load connect objects: %w", err)
+		return nil, bpfutil.LoadError("connect objects", err)
 	}
 	for _, a := range []struct {
 		attach ebpf.AttachType

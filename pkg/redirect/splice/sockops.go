@@ -17,6 +17,8 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
+
+	"github.com/detourdev/detour/pkg/redirect/internal/bpfutil"
 )
 
 // SockOps attaches the flow metrics sock_ops program to a cgroup v2 and
@@ -116,11 +118,7 @@ func newSockOps(cgroupPath string, filter bool, ports []uint16) (*SockOps, error
 	}
 	s := &SockOps{cgroup: cgroupPath, filter: filter}
 	if err := spec.LoadAndAssign(&s.objs, nil); err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("load sockops program: %w\nverifier log:\n%+v", err, ve)
-		}
-		return nil, fmt.Errorf("load sockops objects: %w", err)
+		return nil, bpfutil.LoadError("sockops objects", err)
 	}
 	for _, p := range ports {
 		if err := s.objs.FlowPorts.Update(&p, uint8(1), ebpf.UpdateAny); err != nil {

@@ -88,6 +88,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
+
+	"github.com/detourdev/detour/pkg/redirect/internal/bpfutil"
 )
 
 var (
@@ -148,11 +150,7 @@ func New() (*Splicer, error) {
 	s := &Splicer{}
 	// loadSpliceObjects closes whatever it loaded when it fails.
 	if err := loadSpliceObjects(&s.objs, nil); err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("load splice program: %w\nverifier log:\n%+v", err, ve)
-		}
-		return nil, fmt.Errorf("load splice objects: %w", err)
+		return nil, bpfutil.LoadError("splice objects", err)
 	}
 	if err := link.RawAttachProgram(s.attachOptions()); err != nil {
 		s.objs.Close()

@@ -47,6 +47,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/detourdev/detour/pkg/netns"
+	"github.com/detourdev/detour/pkg/redirect/internal/bpfutil"
 )
 
 // ErrClosed is returned by the methods of a closed Steering.
@@ -78,11 +79,7 @@ func New() (*Steering, error) {
 	s := &Steering{links: make(map[uint64]*attachment)}
 	// loadSteerObjects closes whatever it loaded when it fails.
 	if err := loadSteerObjects(&s.objs, nil); err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("load steer program: %w\nverifier log:\n%+v", err, ve)
-		}
-		return nil, fmt.Errorf("load steer objects: %w", err)
+		return nil, bpfutil.LoadError("steer objects", err)
 	}
 	return s, nil
 }

@@ -1,0 +1,23 @@
+// Package bpfutil holds what every owner of BPF objects in pkg/redirect does
+// the same way.
+package bpfutil
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+)
+
+// LoadError wraps err, from loading the BPF objects named what (a bpf2go
+// load function or ebpf.CollectionSpec.LoadAndAssign), with context. When
+// the verifier refused a program it adds the verifier's whole log: the
+// error's own message keeps only its last lines, rarely the ones that
+// explain the refusal.
+func LoadError(what string, err error) error {
+	var ve *ebpf.VerifierError
+	if errors.As(err, &ve) {
+		return fmt.Errorf("load %s: %w\nverifier log:\n%+v", what, err, ve)
+	}
+	return fmt.Errorf("load %s: %w", what, err)
+}

@@ -1,0 +1,52 @@
+package bpfutil
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+
+	"github.com/detourdev/detour/internal/testutil"
+)
+
+func TestLoadErrorWraps(t *testing.T) {
+	cause := errors.New("no such map")
+	err := LoadError("steer objects", cause)
+	if !errors.Is(err, cause) {
+		t.Fatalf("%v does not wrap its cause", err)
+	}
+	if got, want := err.Error(), "load steer objects: no such map"; got != want {
+		t.Fatalf("LoadError = %q, want %q", got, want)
+	}
+}
+
+// TestPrivilegedLoadErrorVerifierLog has the verifier refuse a program that
+// returns a register it never set, and checks that the whole log is shown.
+func TestPrivilegedLoadErrorVerifierLog(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	_, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:         ebpf.SocketFilter,
+		License:      "GPL",
+		Instructions: asm.Instructions{asm.Mov.Reg(asm.R0, asm.R2), asm.Return()},
+	})
+	var ve *ebpf.VerifierError
+	if !errors.As(err, &ve) {
+		t.Fatalf("loading an invalid program: %v, want a verifier error", err)
+	}
+	got := LoadError("test objects", err)
+	if !errors.As(got, &ve) {
+		t.Fatalf("%v does not wrap the verifier error", got)
+	}
+	msg := got.Error()
+	if !strings.HasPrefix(msg, "load test objects: ") || !strings.Contains(msg, "\nverifier log:\n") {
+		t.Fatalf("LoadError = %q, want the context and a verifier log section", msg)
+	}
+	log := msg[strings.Index(msg, "\nverifier log:\n"):]
+	for _, line := range ve.Log {
+		if !strings.Contains(log, line) {
+			t.Errorf("verifier log line %q missing from %q", line, log)
+		}
+	}
+}
