@@ -179,19 +179,15 @@ func (r *Redirects) count(from From, del bool) (uint64, error) {
 // Close detaches the programs and frees the maps. Sockets redirected before
 // keep their connection; getpeername then shows the developer's pod.
 func (r *Redirects) Close() error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.closed {
-		return nil
-	}
-	r.closed = true
-	var errs []error
-	// connect4 first: nothing is redirected without its origin kept.
-	for i := len(r.links) - 1; i >= 0; i-- {
-		errs = append(errs, r.links[i].Close())
-	}
-	errs = append(errs, r.objs.Close())
-	return errors.Join(errs...)
+	return bpfutil.CloseOnce(&r.mu, &r.closed, func() error {
+		var errs []error
+		// connect4 first: nothing is redirected without its origin kept.
+		for i := len(r.links) - 1; i >= 0; i-- {
+			errs = append(errs, r.links[i].Close())
+		}
+		errs = append(errs, r.objs.Close())
+		return errors.Join(errs...)
+	})
 }
 
 func keyOf(from From) (connectConnectKey, error) {

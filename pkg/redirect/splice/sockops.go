@@ -285,20 +285,16 @@ func cumulative(b [rttBuckets]uint64) map[float64]uint64 {
 // Close detaches the program, then unloads it and its maps. It is
 // idempotent.
 func (s *SockOps) Close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return nil
-	}
-	s.closed = true
-	var errs []error
-	if err := s.link.Close(); err != nil {
-		errs = append(errs, fmt.Errorf("detach sock_ops from %s: %w", s.cgroup, err))
-	}
-	if err := s.objs.Close(); err != nil {
-		errs = append(errs, fmt.Errorf("close sockops objects: %w", err))
-	}
-	return errors.Join(errs...)
+	return bpfutil.CloseOnce(&s.mu, &s.closed, func() error {
+		var errs []error
+		if err := s.link.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("detach sock_ops from %s: %w", s.cgroup, err))
+		}
+		if err := s.objs.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close sockops objects: %w", err))
+		}
+		return errors.Join(errs...)
+	})
 }
 
 // programID is the kernel's id of the loaded sock_ops program.

@@ -242,23 +242,19 @@ func (s *Steering) Connections(addr netip.Addr, port uint16) (uint64, error) {
 // Close detaches the program from every namespace, then unloads it and its
 // maps. It is idempotent.
 func (s *Steering) Close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return nil
-	}
-	s.closed = true
-	var errs []error
-	for ino, a := range s.links {
-		if err := a.link.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("close link of netns %s: %w", a.path, err))
+	return bpfutil.CloseOnce(&s.mu, &s.closed, func() error {
+		var errs []error
+		for ino, a := range s.links {
+			if err := a.link.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("close link of netns %s: %w", a.path, err))
+			}
+			delete(s.links, ino)
 		}
-		delete(s.links, ino)
-	}
-	if err := s.objs.Close(); err != nil {
-		errs = append(errs, fmt.Errorf("close steer objects: %w", err))
-	}
-	return errors.Join(errs...)
+		if err := s.objs.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close steer objects: %w", err))
+		}
+		return errors.Join(errs...)
+	})
 }
 
 // LinkIDs lists the sk_lookup links in the kernel that run this package's

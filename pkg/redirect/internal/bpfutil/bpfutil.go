@@ -5,6 +5,7 @@ package bpfutil
 import (
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/cilium/ebpf"
 )
@@ -20,4 +21,18 @@ func LoadError(what string, err error) error {
 		return fmt.Errorf("load %s: %w\nverifier log:\n%+v", what, err, ve)
 	}
 	return fmt.Errorf("load %s: %w", what, err)
+}
+
+// CloseOnce is the idempotent Close of an owner whose methods refuse work
+// once *closed is set under mu: the first call sets it and runs release
+// under mu, so no method is halfway through what release takes apart; later
+// calls return nil.
+func CloseOnce(mu *sync.Mutex, closed *bool, release func() error) error {
+	mu.Lock()
+	defer mu.Unlock()
+	if *closed {
+		return nil
+	}
+	*closed = true
+	return release()
 }

@@ -3,6 +3,7 @@ package bpfutil
 import (
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -48,5 +49,34 @@ func TestPrivilegedLoadErrorVerifierLog(t *testing.T) {
 		if !strings.Contains(log, line) {
 			t.Errorf("verifier log line %q missing from %q", line, log)
 		}
+	}
+}
+
+func TestCloseOnce(t *testing.T) {
+	var (
+		mu     sync.Mutex
+		closed bool
+		calls  int
+	)
+	failed := errors.New("detach failed")
+	release := func() error {
+		if mu.TryLock() {
+			t.Error("release ran without the lock held")
+			mu.Unlock()
+		}
+		calls++
+		return failed
+	}
+	if err := CloseOnce(&mu, &closed, release); !errors.Is(err, failed) {
+		t.Fatalf("first CloseOnce = %v, want release's error", err)
+	}
+	if !closed {
+		t.Fatal("closed not set by the first CloseOnce")
+	}
+	if err := CloseOnce(&mu, &closed, release); err != nil {
+		t.Fatalf("second CloseOnce = %v, want nil", err)
+	}
+	if calls != 1 {
+		t.Fatalf("release ran %d times, want once", calls)
 	}
 }
