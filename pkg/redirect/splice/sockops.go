@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
-	"os"
 	"slices"
 	"sync"
 	"time"
@@ -298,17 +297,4 @@ func (s *SockOps) Close() error {
 }
 
 // programID is the kernel's id of the loaded sock_ops program.
-func (s *SockOps) programID() (ebpf.ProgramID, error) { return programIDOf(s.objs.FlowSockops) }
-
-// programExists reports whether the kernel still has the program with id.
-func programExists(id ebpf.ProgramID) (bool, error) {
-	p, err := ebpf.NewProgramFromID(id)
-	if errors.Is(err, os.ErrNotExist) {
-		return false, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	p.Close()
-	return true, nil
-}
+func (s *SockOps) programID() (ebpf.ProgramID, error) { return bpfutil.ProgramID(s.objs.FlowSockops) }

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/detourdev/detour/internal/testutil"
+	"github.com/detourdev/detour/pkg/redirect/internal/bpfutil"
 )
 
 func TestFlowOf(t *testing.T) {
@@ -226,7 +227,7 @@ func TestPrivilegedSockOps(t *testing.T) {
 		if n := cgroupLinks(t, id); n != 0 {
 			return fmt.Errorf("%d cgroup links still run the program", n)
 		}
-		if ok, err := programExists(id); err != nil || ok {
+		if ok, err := bpfutil.ProgramLoaded(id); err != nil || ok {
 			return fmt.Errorf("program %d still loaded (%v)", id, err)
 		}
 		return nil

@@ -486,21 +486,7 @@ func (s *Splicer) Close() error {
 }
 
 // programID is the kernel's id of the loaded verdict program.
-func (s *Splicer) programID() (ebpf.ProgramID, error) { return programIDOf(s.objs.SpliceVerdict) }
-
-// programIDOf is the kernel's id of a loaded program, so tests can ask the
-// kernel whether it is still there.
-func programIDOf(p *ebpf.Program) (ebpf.ProgramID, error) {
-	info, err := p.Info()
-	if err != nil {
-		return 0, err
-	}
-	id, ok := info.ID()
-	if !ok {
-		return 0, errors.New("program id not available")
-	}
-	return id, nil
-}
+func (s *Splicer) programID() (ebpf.ProgramID, error) { return bpfutil.ProgramID(s.objs.SpliceVerdict) }
 
 // passedReader reads a spliced socket whose verdict passes everything to
 // userspace. The kernel can answer a read with 0 after the FIN while skbs

@@ -1,10 +1,11 @@
 // Package bpfutil holds what every owner of BPF objects in pkg/redirect does
-// the same way.
+// the same way, and what their tests ask the kernel about programs.
 package bpfutil
 
 import (
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -35,4 +36,31 @@ func CloseOnce(mu *sync.Mutex, closed *bool, release func() error) error {
 	}
 	*closed = true
 	return release()
+}
+
+// ProgramID is the kernel's id of a loaded program, by which a test can ask
+// the kernel later whether the program is still there (ProgramLoaded).
+func ProgramID(p *ebpf.Program) (ebpf.ProgramID, error) {
+	info, err := p.Info()
+	if err != nil {
+		return 0, err
+	}
+	id, ok := info.ID()
+	if !ok {
+		return 0, errors.New("program id not available")
+	}
+	return id, nil
+}
+
+// ProgramLoaded reports whether the kernel still has the program with id.
+func ProgramLoaded(id ebpf.ProgramID) (bool, error) {
+	p, err := ebpf.NewProgramFromID(id)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	p.Close()
+	return true, nil
 }

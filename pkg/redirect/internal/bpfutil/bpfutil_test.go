@@ -2,9 +2,11 @@ package bpfutil
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -79,4 +81,34 @@ func TestCloseOnce(t *testing.T) {
 	if calls != 1 {
 		t.Fatalf("release ran %d times, want once", calls)
 	}
+}
+
+// TestPrivilegedProgramLoaded follows a program by its id from load to
+// unload.
+func TestPrivilegedProgramLoaded(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:         ebpf.SocketFilter,
+		License:      "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := ProgramID(prog)
+	if err != nil {
+		prog.Close()
+		t.Fatal(err)
+	}
+	if ok, err := ProgramLoaded(id); err != nil || !ok {
+		t.Fatalf("ProgramLoaded(%d) of a loaded program = %v, %v", id, ok, err)
+	}
+	prog.Close()
+	// The kernel frees a program after an RCU grace period.
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if ok, err := ProgramLoaded(id); err != nil || ok {
+			return fmt.Errorf("program %d still loaded (%v)", id, err)
+		}
+		return nil
+	})
 }
