@@ -1,9 +1,7 @@
 // Package splice moves the bytes of a connection whose route is settled for
 // its whole life (an L4 intercept, an upgraded WebSocket, TLS or an unknown
 // protocol passed through) between the agent's two sockets inside the
-// kernel (DESIGN.md, data path step 3; the C is in bpf/splice/splice.c), and
-// reports per-flow RTT and retransmits from a cgroup sock_ops program
-// (SockOps, data path step 4; bpf/sockops/sockops.c).
+// kernel (DESIGN.md, data path step 3; the C is in bpf/splice/splice.c).
 //
 // A Splicer loads an sk_skb stream verdict program and attaches it to the
 // splice_socks SOCKHASH. Splice puts the accepted client socket and the
