@@ -365,27 +365,17 @@ func (f *File) Warnings() []string {
 			w = append(w, fmt.Sprintf("service %s/%s selects no pod: its name will not resolve in the lab", s.Namespace, s.Name))
 		}
 	}
-	for _, p := range f.Pods {
-		for _, s := range f.Services {
-			if s.Name == p.Name && s.Namespace == p.Namespace && !selects(s.Selector, p.Labels) {
+	for i := range inv.Pods {
+		p := &inv.Pods[i]
+		for j := range inv.Services {
+			s := &inv.Services[j]
+			if s.Name == p.Name && s.Namespace == p.Namespace && !s.Selects(p) {
 				w = append(w, fmt.Sprintf("service %s/%s and pod %s share a name: in namespace %s the short name %q resolves to the service; reach the pod as %s.%s.pod",
 					s.Namespace, s.Name, p.Name, p.Namespace, p.Name, p.Name, p.Namespace))
 			}
 		}
 	}
 	return w
-}
-
-func selects(selector, labels map[string]string) bool {
-	if len(selector) == 0 {
-		return false
-	}
-	for k, v := range selector {
-		if labels[k] != v {
-			return false
-		}
-	}
-	return true
 }
 
 // Inventory describes the lab's node as the controller and agent see it.
