@@ -12,6 +12,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/detourdev/detour/pkg/inventory"
+	"github.com/detourdev/detour/pkg/netns"
 )
 
 // Defaults for the optional parts of a lab file.
@@ -380,20 +381,19 @@ func (f *File) Warnings() []string {
 
 // Inventory describes the lab's node as the controller and agent see it.
 // netnsPath maps a pod name to its namespace path; nil means the standard
-// /run/netns/<pod>.
+// one under netns.RunDir.
 func (f *File) Inventory(netnsPath func(string) string) *inventory.Inventory {
+	if netnsPath == nil {
+		netnsPath = netns.PathOf
+	}
 	inv := &inventory.Inventory{Node: f.Node, Pods: []inventory.Pod{}, Services: []inventory.Service{}}
 	for i, p := range f.Pods {
-		path := "/run/netns/" + p.Name
-		if netnsPath != nil {
-			path = netnsPath(p.Name)
-		}
 		inv.Pods = append(inv.Pods, inventory.Pod{
 			Name:      p.Name,
 			Namespace: p.Namespace,
 			Labels:    p.Labels,
 			IP:        f.PodIP(i).String(),
-			NetNS:     path,
+			NetNS:     netnsPath(p.Name),
 			Node:      f.Node,
 		})
 	}
