@@ -35,6 +35,7 @@ import (
 	"github.com/detourdev/detour/pkg/kubeauth"
 	"github.com/detourdev/detour/pkg/podns"
 	"github.com/detourdev/detour/pkg/redirect/connect"
+	"github.com/detourdev/detour/pkg/redirect/flowmetrics"
 	"github.com/detourdev/detour/pkg/redirect/splice"
 	"github.com/detourdev/detour/pkg/redirect/steer"
 )
@@ -337,7 +338,7 @@ func connectRedirects(cgroup string) (*connect.Redirects, error) {
 // when the agent runs in the root cgroup), so only the flows with a port the
 // agent names (SetPorts: intercepted pod ports, destinations' ports) are
 // tracked.
-func flowMetrics(cgroup string) (*splice.SockOps, error) {
+func flowMetrics(cgroup string) (*flowmetrics.SockOps, error) {
 	switch cgroup {
 	case "off", "":
 		return nil, nil
@@ -348,7 +349,7 @@ func flowMetrics(cgroup string) (*splice.SockOps, error) {
 		}
 		cgroup = dir
 	}
-	return splice.NewSockOpsOnPorts(cgroup)
+	return flowmetrics.NewOnPorts(cgroup)
 }
 
 // ownCgroupV2 finds this process's cgroup v2 directory, on a unified host

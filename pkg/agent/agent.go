@@ -55,7 +55,7 @@ type Config struct {
 	// The agent closes it when it stops.
 	Connector Connector
 	// FlowPorts is given, at every change, the ports whose TCP flows the
-	// sockops metrics should track (splice.SockOps.SetPorts): the steered
+	// sockops metrics should track (flowmetrics.SockOps.SetPorts): the steered
 	// pod ports and the destinations' ports. nil: not told.
 	FlowPorts func(ports []uint16) error
 	// RetryInterval is how often targets that could not be steered yet are

@@ -12,6 +12,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/detourdev/detour/pkg/inventory"
+	"github.com/detourdev/detour/pkg/netns"
 )
 
 // Defaults for the optional parts of a lab file.
@@ -365,9 +366,11 @@ func (f *File) Warnings() []string {
 			w = append(w, fmt.Sprintf("service %s/%s selects no pod: its name will not resolve in the lab", s.Namespace, s.Name))
 		}
 	}
-	for _, p := range f.Pods {
-		for _, s := range f.Services {
-			if s.Name == p.Name && s.Namespace == p.Namespace && !selects(s.Selector, p.Labels) {
+	for i := range inv.Pods {
+		p := &inv.Pods[i]
+		for j := range inv.Services {
+			s := &inv.Services[j]
+			if s.Name == p.Name && s.Namespace == p.Namespace && !s.Selects(p) {
 				w = append(w, fmt.Sprintf("service %s/%s and pod %s share a name: in namespace %s the short name %q resolves to the service; reach the pod as %s.%s.pod",
 					s.Namespace, s.Name, p.Name, p.Namespace, p.Name, p.Name, p.Namespace))
 			}
@@ -376,34 +379,21 @@ func (f *File) Warnings() []string {
 	return w
 }
 
-func selects(selector, labels map[string]string) bool {
-	if len(selector) == 0 {
-		return false
-	}
-	for k, v := range selector {
-		if labels[k] != v {
-			return false
-		}
-	}
-	return true
-}
-
 // Inventory describes the lab's node as the controller and agent see it.
 // netnsPath maps a pod name to its namespace path; nil means the standard
-// /run/netns/<pod>.
+// one under netns.RunDir.
 func (f *File) Inventory(netnsPath func(string) string) *inventory.Inventory {
+	if netnsPath == nil {
+		netnsPath = netns.PathOf
+	}
 	inv := &inventory.Inventory{Node: f.Node, Pods: []inventory.Pod{}, Services: []inventory.Service{}}
 	for i, p := range f.Pods {
-		path := "/run/netns/" + p.Name
-		if netnsPath != nil {
-			path = netnsPath(p.Name)
-		}
 		inv.Pods = append(inv.Pods, inventory.Pod{
 			Name:      p.Name,
 			Namespace: p.Namespace,
 			Labels:    p.Labels,
 			IP:        f.PodIP(i).String(),
-			NetNS:     path,
+			NetNS:     netnsPath(p.Name),
 			Node:      f.Node,
 		})
 	}

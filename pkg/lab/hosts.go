@@ -60,15 +60,18 @@ func (f *File) hostsFile(i int) []byte {
 		names = append(names, p.Name+"."+p.Namespace+".pod")
 		add(f.PodIP(j), names...)
 	}
-	for _, s := range f.Services {
+	// Which pods a service selects, as the controller decides it.
+	inv := f.Inventory(nil)
+	for k := range inv.Services {
+		s := &inv.Services[k]
 		fq := s.Name + "." + s.Namespace
 		names := []string{}
 		if s.Namespace == self.Namespace {
 			names = append(names, s.Name)
 		}
 		names = append(names, fq, fq+".svc", fq+".svc.cluster.local")
-		for j, p := range f.Pods {
-			if p.Namespace == s.Namespace && selects(s.Selector, p.Labels) {
+		for j := range inv.Pods {
+			if s.Selects(&inv.Pods[j]) {
 				add(f.PodIP(j), names...)
 			}
 		}

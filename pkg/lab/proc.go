@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -113,4 +114,68 @@ func waitFor(ctx context.Context, timeout time.Duration, cond func() bool) bool 
 		case <-tick.C:
 		}
 	}
+}
+
+// startPod runs the pod's command under `ip netns exec`, which also
+// bind-mounts /etc/netns/<pod>/hosts over /etc/hosts in a private mount
+// namespace: that is how lab names resolve inside the pod. The command leads
+// its own session, so it outlives `detour lab up` and Down can end it and
+// all it forked with one signal to the group.
+func startPod(f *File, i int, pl *plan, st *State, opts Options) error {
+	p := f.Pods[i]
+	ps := &st.Pods[i]
+	logDir := filepath.Join(opts.StateDir, LogDir)
+	if err := os.MkdirAll(logDir, 0o755); err != nil {
+		return fmt.Errorf("log dir: %w", err)
+	}
+	logPath := filepath.Join(logDir, p.Name+".log")
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("log: %w", err)
+	}
+	defer logf.Close() // the child has its own copy
+	ps.Log = logPath
+
+	cmd := exec.Command(pl.ip, append([]string{"netns", "exec", p.Name}, pl.argv[i]...)...)
+	cmd.Env = podEnv(os.Environ(), pl.path, f, i)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", strings.Join(p.Command, " "), err)
+	}
+	pid := cmd.Process.Pid
+	// Reap it if it exits while this process lives (tests, a long-running
+	// caller); once this process exits, init adopts it.
+	go func() { _ = cmd.Wait() }()
+	ps.PID = pid
+	if pst, err := readProc(pid); err == nil {
+		ps.StartTime = pst.startTime
+	}
+	if err := st.save(); err != nil {
+		return err
+	}
+	opts.say("pod %s: started pid %d: %s (log %s)", p.Name, pid, strings.Join(p.Command, " "), logPath)
+	return nil
+}
+
+// podEnv is the caller's environment with PATH widened by PathPrepend and
+// the pod's identity added, as the downward API would give it.
+func podEnv(base []string, path string, f *File, i int) []string {
+	env := make([]string, 0, len(base)+5)
+	for _, kv := range base {
+		k, _, _ := strings.Cut(kv, "=")
+		switch k {
+		case "PATH", "DETOUR_POD_NAME", "DETOUR_POD_NAMESPACE", "DETOUR_POD_IP", "DETOUR_NODE_NAME":
+			continue
+		}
+		env = append(env, kv)
+	}
+	p := f.Pods[i]
+	return append(env,
+		"PATH="+path,
+		"DETOUR_POD_NAME="+p.Name,
+		"DETOUR_POD_NAMESPACE="+p.Namespace,
+		"DETOUR_POD_IP="+f.PodIP(i).String(),
+		"DETOUR_NODE_NAME="+f.Node,
+	)
 }

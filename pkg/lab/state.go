@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
@@ -134,4 +135,44 @@ func mkdirAll(dir string, perm os.FileMode) (created []string, err error) {
 		}
 	}
 	return created, nil
+}
+
+// claim makes the state directory and writes the first, empty state. The
+// exclusive create is the lock: of two concurrent Ups on one state dir, one
+// loses here before making anything.
+func claim(f *File, opts Options) (*State, error) {
+	created, err := mkdirAll(opts.StateDir, 0o755)
+	if err != nil {
+		return nil, fmt.Errorf("state dir: %w", err)
+	}
+	path := filepath.Join(opts.StateDir, StateFile)
+	fh, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		removeDirs(created)
+		if errors.Is(err, os.ErrExist) {
+			return nil, fmt.Errorf("%w: %s appeared meanwhile: another lab up is running", ErrConflict, path)
+		}
+		return nil, fmt.Errorf("state: %w", err)
+	}
+	fh.Close()
+	st := &State{
+		Lab:         f.Name,
+		Node:        f.Node,
+		StateDir:    opts.StateDir,
+		Started:     time.Now().UTC().Truncate(time.Second),
+		Subnet:      f.Prefix().String(),
+		Bridge:      f.Network.Bridge,
+		BridgeAddr:  netip.PrefixFrom(f.Gateway(), f.Prefix().Bits()).String(),
+		CreatedDirs: created,
+	}
+	for i, p := range f.Pods {
+		st.Pods = append(st.Pods, PodState{Name: p.Name, Namespace: p.Namespace, IP: f.PodIP(i).String(), Command: p.Command})
+	}
+	if err := st.save(); err != nil {
+		os.Remove(path)
+		removeDirs(created)
+		return nil, err
+	}
+	opts.say("state: %s", path)
+	return st, nil
 }

@@ -38,6 +38,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/detourdev/detour/pkg/netns"
+	"github.com/detourdev/detour/pkg/redirect/internal/bpfutil"
 )
 
 // ErrClosed is returned by the methods of closed Redirects.
@@ -72,11 +73,7 @@ func New(cgroupPath string) (*Redirects, error) {
 	}
 	r := &Redirects{cgroup: cgroupPath}
 	if err := spec.LoadAndAssign(&r.objs, nil); err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("load connect programs: %w\nverifier log:\n%+v", err, ve)
-		}
-		return nil, fmt.Errorf("load connect objects: %w", err)
+		return nil, bpfutil.LoadError("connect objects", err)
 	}
 	for _, a := range []struct {
 		attach ebpf.AttachType
@@ -182,19 +179,15 @@ func (r *Redirects) count(from From, del bool) (uint64, error) {
 // Close detaches the programs and frees the maps. Sockets redirected before
 // keep their connection; getpeername then shows the developer's pod.
 func (r *Redirects) Close() error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.closed {
-		return nil
-	}
-	r.closed = true
-	var errs []error
-	// connect4 first: nothing is redirected without its origin kept.
-	for i := len(r.links) - 1; i >= 0; i-- {
-		errs = append(errs, r.links[i].Close())
-	}
-	errs = append(errs, r.objs.Close())
-	return errors.Join(errs...)
+	return bpfutil.CloseOnce(&r.mu, &r.closed, func() error {
+		var errs []error
+		// connect4 first: nothing is redirected without its origin kept.
+		for i := len(r.links) - 1; i >= 0; i-- {
+			errs = append(errs, r.links[i].Close())
+		}
+		errs = append(errs, r.objs.Close())
+		return errors.Join(errs...)
+	})
 }
 
 func keyOf(from From) (connectConnectKey, error) {

@@ -142,152 +142,229 @@ func (cl *client) exchange(n int) bool {
 	if cl.upgradeH2C(n) {
 		return false // the connection was served as HTTP/2
 	}
-	p, req, br := cl.p, &cl.req, cl.bufs.r
+	x := cl.begin(n)
+	if !cl.connect(&x) {
+		return false
+	}
+	if x.hasBody {
+		res, bodyOK := cl.forwardWithBody(&x)
+		return cl.end(&x, res, bodyOK)
+	}
+	return cl.end(&x, cl.forwardWithoutBody(&x), true)
+}
+
+// inflight is one request on its way through exchange: what the steps
+// need of its head once the head has left the read buffer, the upstream
+// connection it goes out on, and how it is counted. It lives on
+// exchange's stack: the steps take it by pointer and keep none.
+type inflight struct {
+	n         int // the head's length at the start of the client's buffer
+	start     time.Time
+	method    string
+	keepAlive bool // the request allows another after it
+	expect    bool // Expect: 100-continue
+	chunked   bool
+	length    int64
+	hasBody   bool
+	// retry: the request can be sent again if its upstream connection
+	// turns out dead (see replay), so it needs no liveness probe first.
+	retry bool
+
+	up        *upConn
+	intercept string
+	outcome   Outcome
+}
+
+// begin reads what the exchange needs from the request head, before the
+// head leaves the buffer.
+func (cl *client) begin(n int) inflight {
 	start := time.Now()
+	req := &cl.req
+	method, hasBody := req.Method(), req.HasBody()
+	return inflight{
+		n:         n,
+		start:     start,
+		method:    method,
+		keepAlive: req.KeepAlive,
+		expect:    req.Expect100,
+		chunked:   req.Chunked,
+		length:    req.ContentLength,
+		hasBody:   hasBody,
+		retry:     !hasBody && replayable(method),
+		outcome:   OutcomeUnmatched,
+	}
+}
 
-	// Everything needed later, before the head leaves the buffer.
-	method := req.Method()
-	keepAlive, expect := req.KeepAlive, req.Expect100
-	chunked, length, hasBody := req.Chunked, req.ContentLength, req.HasBody()
-	// A request that can be sent again if its upstream connection turns
-	// out dead (see the replay below) needs no liveness probe first.
-	retry := !hasBody && replayable(method)
-
-	intercept, outcome := "", OutcomeUnmatched
-	var up *upConn
-	if rt := p.route(req, cl.src); rt != nil {
-		intercept, outcome = rt.Intercept, OutcomeFallback
+// connect picks the request's upstream connection: to the destination of
+// the route it matches, or to the app when it matches none or the
+// destination is down or unreachable (a fallback). When not even the app
+// answers, the client gets a 502 and connect reports false.
+func (cl *client) connect(x *inflight) bool {
+	p := cl.p
+	if rt := p.route(&cl.req, cl.src); rt != nil {
+		x.intercept, x.outcome = rt.Intercept, OutcomeFallback
 		if !p.isDown(rt.Destination) {
-			uc, err := cl.upstream(rt.Destination, start, retry)
+			uc, err := cl.upstream(rt.Destination, x.start, x.retry)
 			if err == nil {
-				up, outcome = uc, OutcomeMatched
-			} else {
-				p.log.Info("destination unreachable, falling back to the app",
-					"intercept", rt.Intercept, "destination", rt.Destination, "err", err)
-				p.markDown(rt.Destination)
+				x.up, x.outcome = uc, OutcomeMatched
+				return true
 			}
+			p.log.Info("destination unreachable, falling back to the app",
+				"intercept", rt.Intercept, "destination", rt.Destination, "err", err)
+			p.markDown(rt.Destination)
 		}
 	}
-	if up == nil {
-		uc, err := cl.upstream(p.cfg.App, start, retry)
-		if err != nil {
-			p.log.Warn("app unreachable", "app", p.cfg.App, "err", err)
-			cl.fail()
-			p.observe(intercept, outcome, start)
-			return false
-		}
-		up = uc
+	uc, err := cl.upstream(p.cfg.App, x.start, x.retry)
+	if err != nil {
+		p.log.Warn("app unreachable", "app", p.cfg.App, "err", err)
+		cl.fail()
+		p.observe(x.intercept, x.outcome, x.start)
+		return false
 	}
-	head, _ := br.Peek(n)
+	x.up = uc
+	return true
+}
+
+// forwardWithBody sends the head, then copies the body while it forwards
+// the response: the upstream may answer before (or while) it reads the
+// body, and the client may wait for 100 Continue before sending it. It
+// reports whether the whole body went through.
+func (cl *client) forwardWithBody(x *inflight) (result, bool) {
+	br, up := cl.bufs.r, x.up
+	head, _ := br.Peek(x.n)
 	up.bufs.w.Write(head)
-
-	var bodyDone chan error
+	br.Discard(x.n)
 	var res result
-	if hasBody {
-		br.Discard(n)
-		if expect {
-			// The client waits for 100 Continue: the upstream must see
-			// the head now, not once the body fills the buffer.
-			if err := up.bufs.w.Flush(); err != nil {
-				res.err = err
-			}
+	if x.expect {
+		// The client waits for 100 Continue: the upstream must see
+		// the head now, not once the body fills the buffer.
+		if err := up.bufs.w.Flush(); err != nil {
+			res.err = err
 		}
-		// The body is copied while the response is read: the upstream
-		// may answer before (or while) it reads the body, and the
-		// client may wait for 100 Continue before sending it.
-		bodyDone = make(chan error, 1)
-		go func(up *upConn) { // up as an argument: capturing it would move it to the heap on every request
-			var err error
-			if chunked {
-				_, err = http1.ForwardChunked(up.bufs.w, br)
-			} else {
-				_, err = http1.ForwardFixed(up.bufs.w, br, length)
-			}
-			if err == nil {
-				err = up.bufs.w.Flush()
-			}
-			if err != nil {
-				up.c.Close() // unblocks the response reader
-			}
-			bodyDone <- err
-		}(up)
-		if res.err == nil {
-			res = cl.forwardResponse(up, method, keepAlive)
-		}
+	}
+	bodyDone := make(chan error, 1)
+	go forwardBody(up, br, x.chunked, x.length, bodyDone)
+	if res.err == nil {
+		res = cl.forwardResponse(up, x.method, x.keepAlive)
+	}
+	return res, cl.awaitBody(x, res, bodyDone)
+}
+
+// forwardBody copies a request body from the client's buffer to up and
+// sends the outcome on done. On error it closes up, which unblocks the
+// response reader. It takes everything as arguments: a closure capturing
+// exchange's variables would move them to the heap on every request.
+func forwardBody(up *upConn, br *bufio.Reader, chunked bool, length int64, done chan<- error) {
+	var err error
+	if chunked {
+		_, err = http1.ForwardChunked(up.bufs.w, br)
 	} else {
-		res = cl.sendAndForward(up, method, keepAlive)
-		if res.err != nil && !res.forwarded && up.reused && retry {
-			// The reused connection was closed by the upstream while
-			// idle (usable did not probe it, or it died after the
-			// probe): the upstream saw nothing, so send the head again
-			// on a fresh connection, as net/http does.
-			addr := up.addr
-			up.close()
-			uc, err := p.dial(cl.ctx, addr)
-			if err != nil && outcome == OutcomeMatched {
-				// The developer's pod died with the connection: the
-				// request falls back, as it would on a fresh dial.
-				p.log.Info("destination unreachable, falling back to the app",
-					"intercept", intercept, "destination", addr, "err", err)
-				p.markDown(addr)
-				outcome = OutcomeFallback
-				uc, err = p.dial(cl.ctx, p.cfg.App)
-			}
-			if err == nil {
-				up = uc
-				up.bufs.w.Write(head)
-				res = cl.sendAndForward(up, method, keepAlive)
-			}
-		}
-		br.Discard(n)
+		_, err = http1.ForwardFixed(up.bufs.w, br, length)
 	}
-
-	bodyOK := true
-	if bodyDone != nil {
-		select {
-		case err := <-bodyDone:
-			bodyOK = err == nil
-		default:
-			if res.err != nil || expect && !res.sawContinue {
-				// The client will not send the body (it got a final
-				// answer instead of 100 Continue), or there is no one
-				// left to send it to: stop waiting for it.
-				cl.c.SetReadDeadline(time.Now())
-				up.c.Close()
-			}
-			bodyOK = <-bodyDone == nil
-			cl.c.SetReadDeadline(time.Time{})
-		}
+	if err == nil {
+		err = up.bufs.w.Flush()
 	}
+	if err != nil {
+		up.c.Close()
+	}
+	done <- err
+}
 
+// awaitBody waits for forwardBody once the response is through, and
+// reports whether the body went through whole.
+func (cl *client) awaitBody(x *inflight, res result, bodyDone <-chan error) bool {
+	select {
+	case err := <-bodyDone:
+		return err == nil
+	default:
+	}
+	if res.err != nil || x.expect && !res.sawContinue {
+		// The client will not send the body (it got a final answer
+		// instead of 100 Continue), or there is no one left to send it
+		// to: stop waiting for it.
+		cl.c.SetReadDeadline(time.Now())
+		x.up.c.Close()
+	}
+	ok := <-bodyDone == nil
+	cl.c.SetReadDeadline(time.Time{})
+	return ok
+}
+
+// forwardWithoutBody sends the head and forwards the response, replaying
+// the request on a fresh connection when its reused one turns out dead.
+func (cl *client) forwardWithoutBody(x *inflight) result {
+	br := cl.bufs.r
+	head, _ := br.Peek(x.n)
+	x.up.bufs.w.Write(head)
+	res := cl.sendAndForward(x.up, x.method, x.keepAlive)
+	if res.err != nil && !res.forwarded && x.up.reused && x.retry {
+		res = cl.replay(x, head, res)
+	}
+	br.Discard(x.n)
+	return res
+}
+
+// replay sends head again on a new connection. The reused connection was
+// closed by the upstream while idle (usable did not probe it, or it died
+// after the probe): the upstream saw nothing, so the request can go again,
+// as net/http does. When no new connection can be made, the first
+// attempt's result stands.
+func (cl *client) replay(x *inflight, head []byte, first result) result {
+	p := cl.p
+	addr := x.up.addr
+	x.up.close()
+	uc, err := p.dial(cl.ctx, addr)
+	if err != nil && x.outcome == OutcomeMatched {
+		// The developer's pod died with the connection: the request
+		// falls back, as it would on a fresh dial.
+		p.log.Info("destination unreachable, falling back to the app",
+			"intercept", x.intercept, "destination", addr, "err", err)
+		p.markDown(addr)
+		x.outcome = OutcomeFallback
+		uc, err = p.dial(cl.ctx, p.cfg.App)
+	}
+	if err != nil {
+		return first
+	}
+	x.up = uc
+	uc.bufs.w.Write(head)
+	return cl.sendAndForward(uc, x.method, x.keepAlive)
+}
+
+// end settles the exchange: it keeps the upstream connection on the client
+// for its next request or closes it, hands the client connection to the
+// upstream after a protocol switch, counts the request, and reports
+// whether the client connection can carry another.
+func (cl *client) end(x *inflight, res result, bodyOK bool) bool {
+	p, up := cl.p, x.up
 	if res.err != nil {
 		p.log.Debug("exchange failed", "upstream", up.addr, "err", res.err)
 		if !res.forwarded {
 			cl.fail()
 		}
 		up.close()
-		p.observe(intercept, outcome, start)
+		p.observe(x.intercept, x.outcome, x.start)
 		return false
 	}
 	if res.framing == http1.Tunnel {
-		p.observe(intercept, outcome, start)
+		p.observe(x.intercept, x.outcome, x.start)
 		if bodyOK {
 			// Switched protocols: the connection now belongs to this
 			// upstream until either side is done with it.
 			cl.kind.Store(kindTunnel)
-			splice(cl.c, br, up.c, up.bufs.r)
+			splice(cl.c, cl.bufs.r, up.c, up.bufs.r)
 		}
 		up.close()
 		return false
 	}
-	reusable := bodyOK && keepAlive && res.keepAlive
-	end := time.Now()
+	reusable := bodyOK && x.keepAlive && res.keepAlive
+	now := time.Now()
 	if reusable && res.framing != http1.UntilClose {
-		cl.keep(up, end)
+		cl.keep(up, now)
 	} else {
 		up.close()
 	}
-	p.observeDuration(intercept, outcome, end.Sub(start))
+	p.observeDuration(x.intercept, x.outcome, now.Sub(x.start))
 	return reusable && !res.lastOnClient
 }
 

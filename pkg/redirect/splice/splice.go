@@ -1,79 +1,33 @@
-// Package splice moves the bytes of a connection whose route is settled for
-// its whole life (an L4 intercept, an upgraded WebSocket, TLS or an unknown
-// protocol passed through) between the agent's two sockets inside the
-// kernel (DESIGN.md, data path step 3; the C is in bpf/splice/splice.c), and
-// reports per-flow RTT and retransmits from a cgroup sock_ops program
-// (SockOps, data path step 4; bpf/sockops/sockops.c).
+// Package splice relays a connection whose route is settled for its whole
+// life (an L4 intercept, an upgraded WebSocket, TLS or an unknown protocol
+// passed through) between the agent's two sockets inside the kernel, when
+// the agent runs with --l4-relay=sockmap (docs/architecture.md, "Data path
+// on a node", step 3; the C is in bpf/splice/splice.c).
 //
-// A Splicer loads an sk_skb stream verdict program and attaches it to the
-// splice_socks SOCKHASH. Splice puts the accepted client socket and the
-// dialled upstream socket into it, each with the other as its peer, and the
-// program sends every skb received on one out of the other. Userspace only
-// waits, on Go's netpoller, for each side's FIN, passes it on as a
-// half-close of the other side once the kernel has moved every byte before
-// it, and takes the sockets out again.
+// A Splicer attaches an sk_skb stream verdict program to the splice_socks
+// SOCKHASH. Splice puts the client socket and the upstream socket into it,
+// each with the other as its peer, and the program sends every skb received
+// on one out of the other. Userspace only waits, on Go's netpoller, for each
+// side's FIN, passes it on as a half-close of the other side once the kernel
+// has sent every byte before it, and takes the sockets out again. When the
+// kernel refuses the sockets (ErrRefused: MPTCP, not TCP, map full), nothing
+// but the bytes reported in Moved has been moved, and Copy, the same relay
+// in userspace, carries on; Relay does both. Measured, the splice is slower
+// than the copy (docs/performance.md, "The sockmap splice against the
+// copy"), which is why the agent's default relay is a copy.
 //
-// What the caller must know:
+// The caller writes out whatever it has read but not forwarded (a
+// bufio.Reader's leftovers, a 101 response) before Splice; bytes still in
+// the kernel's receive queues are Splice's. Both sockets must be plain TCP:
+// Go uses MPTCP by default and a sockmap refuses it, so dial with
+// pkg/netns.Dialer and listen with pkg/netns.Listen. Splice and Copy close
+// neither connection: they return once both directions have ended, on the
+// first error, or when ctx ends or the Splicer closes, and the caller then
+// closes both, which also aborts whatever is still in flight.
 //
-//   - Nothing may be buffered in userspace: bytes the caller has read but
-//     not forwarded (a bufio.Reader's leftovers after the request head, a
-//     101 response) must be written to the other side before Splice. Bytes
-//     still in the kernel's receive queues are Splice's business: it reads
-//     and forwards them itself before inserting the sockets, because the
-//     kernel would redirect a partly read skb whole, and would not look at
-//     bytes queued before the insert until more arrive.
-//   - Both sockets must be plain TCP. Go dials and listens with MPTCP by
-//     default where the kernel has it (Go 1.24+) and a sockmap refuses MPTCP:
-//     dial with net.Dialer.SetMultipathTCP(false) (pkg/netns.Dialer's Dialer
-//     field) and listen with pkg/netns.Listen.
-//   - When the kernel refuses (ErrRefused: MPTCP, not TCP, map full), Splice
-//     has moved nothing but the queued bytes it reports in Moved, and the
-//     caller goes on with Copy, the userspace fallback. Relay does both.
-//   - Splice does not close the connections. It returns once both
-//     directions have ended (each FIN passed on), on the first error (a
-//     reset), or when ctx ends or the Splicer closes; the caller then closes
-//     both, which also aborts whatever is still in flight.
-//
-// Measured here (BenchmarkThroughput, BenchmarkPingPong: two namespaces
-// joined by a veth, 2 CPUs, Linux 6.18), the splice does not win against
-// Copy: an egress redirect is queued to the peer's psock and sent by a
-// kworker (sk_psock_backlog), one more context switch per chunk, while
-// Copy's splice(2) keeps the payload out of userspace too. Ratios of the
-// medians of five runs: round trip of 64 bytes splice 1.5x copy (copy 2.7x
-// direct), stream throughput splice 0.65x copy. So Copy stays the default,
-// and Splice is for where a later measurement shows it winning (more
-// cores, CPU per byte rather than latency, very many idle long-lived
-// connections where a goroutine pair per connection costs).
-//
-// Kernel behaviour this package relies on or works around:
-//   - An empty skb (a bare FIN) must be dropped by the verdict: redirected
-//     or passed, the psock backlog takes the 0-byte send for a hard error
-//     and breaks that socket's pipe (EPIPE), dropping what is still queued.
-//   - The psock queue of redirected skbs is not bounded by the target's
-//     send buffer, so many megabytes can still be on their way when a FIN
-//     arrives; Splice passes the FIN on only once the target's write_seq
-//     has caught up with the bytes the program redirected.
-//   - A socket whose verdict passes skbs to userspace can return EOF from
-//     read() while passed skbs still wait in its backlog; the fallback
-//     reader trusts EOF only when it has read every byte the program passed.
-//   - Lowering SO_RCVLOWAT calls tcp_data_ready(), which runs the verdict
-//     on bytes queued before the socket went into the map.
-//   - The receive queue can repeat bytes: a segment that starts before
-//     rcv_nxt and ends after it (a retransmission cut differently from the
-//     original) is queued whole (tcp_data_queue, tcp_ofo_queue), and the
-//     verdict's reader, tcp_read_skb(), hands each skb over from its first
-//     byte where tcp_recvmsg() would start at copied_seq. The program cuts
-//     the repeated head off with bpf_skb_adjust_room (without it, about one
-//     100 MiB transfer in fifty under load had a run of bytes twice); if
-//     it cannot, the splice ends with an error instead of passing on a
-//     corrupt stream.
-//
-// The program is attached with BPF_PROG_ATTACH to the map (cilium/ebpf
-// v0.22.0 has no bpf_link for sockmaps, which the kernel has had since 6.10):
-// it stays attached while the map lives, and both live with the Splicer's
-// file descriptors, so the kernel frees them when the agent dies. Spliced
-// connections then break; the clients reconnect through steering, or
-// straight to the app if steering is gone too.
+// The program and the map live with the Splicer's file descriptors, so the
+// kernel frees them when the agent dies; spliced connections then break and
+// their clients reconnect through the steering.
 package splice
 
 import (
@@ -88,6 +42,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
+
+	"github.com/detourdev/detour/pkg/redirect/internal/bpfutil"
 )
 
 var (
@@ -148,11 +104,7 @@ func New() (*Splicer, error) {
 	s := &Splicer{}
 	// loadSpliceObjects closes whatever it loaded when it fails.
 	if err := loadSpliceObjects(&s.objs, nil); err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("load splice program: %w\nverifier log:\n%+v", err, ve)
-		}
-		return nil, fmt.Errorf("load splice objects: %w", err)
+		return nil, bpfutil.LoadError("splice objects", err)
 	}
 	if err := link.RawAttachProgram(s.attachOptions()); err != nil {
 		s.objs.Close()
@@ -163,6 +115,9 @@ func New() (*Splicer, error) {
 	return s, nil
 }
 
+// attachOptions attach with BPF_PROG_ATTACH: cilium/ebpf v0.22.0 has no
+// bpf_link for sockmaps (the kernel has since 6.10). The program stays
+// attached while the map lives.
 func (s *Splicer) attachOptions() link.RawAttachProgramOptions {
 	return link.RawAttachProgramOptions{
 		Target:  s.objs.SpliceSocks.FD(),
@@ -297,7 +252,9 @@ func (s *Splicer) enter() error {
 
 // flush forwards what the kernel has already queued on each socket to the
 // other one, both ways at once (either peer may wait for the other's bytes
-// before it reads).
+// before it reads). The verdict cannot take them: the kernel would redirect
+// a partly read skb whole, and would not run the verdict on bytes queued
+// before the insert until more arrive.
 func flush(a, b *net.TCPConn) (Moved, error) {
 	pa, _, err := drain(a)
 	if err != nil {
@@ -488,21 +445,7 @@ func (s *Splicer) Close() error {
 }
 
 // programID is the kernel's id of the loaded verdict program.
-func (s *Splicer) programID() (ebpf.ProgramID, error) { return programIDOf(s.objs.SpliceVerdict) }
-
-// programIDOf is the kernel's id of a loaded program, so tests can ask the
-// kernel whether it is still there.
-func programIDOf(p *ebpf.Program) (ebpf.ProgramID, error) {
-	info, err := p.Info()
-	if err != nil {
-		return 0, err
-	}
-	id, ok := info.ID()
-	if !ok {
-		return 0, errors.New("program id not available")
-	}
-	return id, nil
-}
+func (s *Splicer) programID() (ebpf.ProgramID, error) { return bpfutil.ProgramID(s.objs.SpliceVerdict) }
 
 // passedReader reads a spliced socket whose verdict passes everything to
 // userspace. The kernel can answer a read with 0 after the FIN while skbs

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/detourdev/detour/internal/testutil"
+	"github.com/detourdev/detour/pkg/redirect/internal/bpfutil"
 )
 
 const mib = 1 << 20
@@ -380,7 +381,7 @@ func TestPrivilegedClose(t *testing.T) {
 		t.Fatalf("Splice after Close: %v, want ErrClosed", err)
 	}
 	testutil.Eventually(t, within, func() error {
-		if ok, err := programExists(id); err != nil || ok {
+		if ok, err := bpfutil.ProgramLoaded(id); err != nil || ok {
 			return fmt.Errorf("program %d still loaded (%v)", id, err)
 		}
 		return nil

@@ -47,6 +47,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/detourdev/detour/pkg/netns"
+	"github.com/detourdev/detour/pkg/redirect/internal/bpfutil"
 )
 
 // ErrClosed is returned by the methods of a closed Steering.
@@ -78,11 +79,7 @@ func New() (*Steering, error) {
 	s := &Steering{links: make(map[uint64]*attachment)}
 	// loadSteerObjects closes whatever it loaded when it fails.
 	if err := loadSteerObjects(&s.objs, nil); err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("load steer program: %w\nverifier log:\n%+v", err, ve)
-		}
-		return nil, fmt.Errorf("load steer objects: %w", err)
+		return nil, bpfutil.LoadError("steer objects", err)
 	}
 	return s, nil
 }
@@ -245,23 +242,19 @@ func (s *Steering) Connections(addr netip.Addr, port uint16) (uint64, error) {
 // Close detaches the program from every namespace, then unloads it and its
 // maps. It is idempotent.
 func (s *Steering) Close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return nil
-	}
-	s.closed = true
-	var errs []error
-	for ino, a := range s.links {
-		if err := a.link.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("close link of netns %s: %w", a.path, err))
+	return bpfutil.CloseOnce(&s.mu, &s.closed, func() error {
+		var errs []error
+		for ino, a := range s.links {
+			if err := a.link.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("close link of netns %s: %w", a.path, err))
+			}
+			delete(s.links, ino)
 		}
-		delete(s.links, ino)
-	}
-	if err := s.objs.Close(); err != nil {
-		errs = append(errs, fmt.Errorf("close steer objects: %w", err))
-	}
-	return errors.Join(errs...)
+		if err := s.objs.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close steer objects: %w", err))
+		}
+		return errors.Join(errs...)
+	})
 }
 
 // LinkIDs lists the sk_lookup links in the kernel that run this package's

@@ -1,4 +1,4 @@
-package splice
+package flowmetrics
 
 import (
 	"bufio"
@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/detourdev/detour/internal/testutil"
+	"github.com/detourdev/detour/pkg/redirect/internal/bpfutil"
 )
 
 func TestFlowOf(t *testing.T) {
@@ -123,7 +124,7 @@ func enterCgroup(t *testing.T) string {
 func TestPrivilegedSockOps(t *testing.T) {
 	testutil.RequirePrivileged(t)
 	cg := enterCgroup(t)
-	ops, err := NewSockOps(cg, proxyPort, serverPort)
+	ops, err := New(cg, proxyPort, serverPort)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,8 +137,7 @@ func TestPrivilegedSockOps(t *testing.T) {
 	}
 
 	n := newNet(t)
-	s := newSplicer(t)
-	results := n.startProxy(t, s.Splice, proxyOpts{})
+	results := n.startSplicingProxy(t)
 	// An echo, and flows read while the connections are open.
 	n.serve(t, func(c *net.TCPConn) {
 		if _, err := io.Copy(c, c); err == nil {
@@ -159,8 +159,8 @@ func TestPrivilegedSockOps(t *testing.T) {
 	if _, err := io.Copy(io.Discard, c); err != nil {
 		t.Fatal(err)
 	}
-	if r := waitResult(t, results); r.err != nil {
-		t.Fatal(r.err)
+	if err := waitResult(t, results); err != nil {
+		t.Fatal(err)
 	}
 	// Client and server sockets of this process count too: look for the
 	// proxy's accepted socket and its upstream socket.
@@ -226,7 +226,7 @@ func TestPrivilegedSockOps(t *testing.T) {
 		if n := cgroupLinks(t, id); n != 0 {
 			return fmt.Errorf("%d cgroup links still run the program", n)
 		}
-		if ok, err := programExists(id); err != nil || ok {
+		if ok, err := bpfutil.ProgramLoaded(id); err != nil || ok {
 			return fmt.Errorf("program %d still loaded (%v)", id, err)
 		}
 		return nil
@@ -259,7 +259,7 @@ func cgroupLinks(t *testing.T, id ebpf.ProgramID) int {
 func TestPrivilegedSockOpsSetPorts(t *testing.T) {
 	testutil.RequirePrivileged(t)
 	cg := enterCgroup(t)
-	ops, err := NewSockOpsOnPorts(cg)
+	ops, err := NewOnPorts(cg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -319,7 +319,7 @@ func TestPrivilegedSockOpsSetPorts(t *testing.T) {
 	if n := flows(); n != 2 {
 		t.Fatalf("after the port was removed, %d flows tracked, want still 2", n)
 	}
-	all, err := NewSockOps(cg)
+	all, err := New(cg)
 	if err != nil {
 		t.Fatal(err)
 	}

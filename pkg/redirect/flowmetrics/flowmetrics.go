@@ -1,4 +1,10 @@
-package splice
+// Package flowmetrics measures the TCP flows of a cgroup from the kernel's
+// own TCP state (docs/architecture.md, "Data path on a node", step 5): a
+// cgroup sock_ops program (bpf/sockops/sockops.c) turns on the RTT,
+// retransmit and RTO callbacks of each connection as it is established and
+// keeps per-flow smoothed RTT and retransmits, and node-wide totals that
+// SockOps exports to Prometheus.
+package flowmetrics
 
 import (
 	"cmp"
@@ -7,7 +13,6 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
-	"os"
 	"slices"
 	"sync"
 	"time"
@@ -17,7 +22,12 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
+
+	"github.com/detourdev/detour/pkg/redirect/internal/bpfutil"
 )
+
+// ErrClosed is returned by the methods of a closed SockOps.
+var ErrClosed = errors.New("flow metrics closed")
 
 // SockOps attaches the flow metrics sock_ops program to a cgroup v2 and
 // reads what it records: per flow the smoothed RTT and retransmits, and
@@ -47,22 +57,22 @@ type SockOps struct {
 	rttDesc, retransDesc, rtoDesc, flowsDesc *prometheus.Desc
 }
 
-// NewSockOps loads the program and attaches it to the cgroup v2 directory at
+// New loads the program and attaches it to the cgroup v2 directory at
 // cgroupPath. With ports, it tracks only connections with one of them as
 // local or remote port; without, every connection of the cgroup.
-func NewSockOps(cgroupPath string, ports ...uint16) (*SockOps, error) {
+func New(cgroupPath string, ports ...uint16) (*SockOps, error) {
 	return newSockOps(cgroupPath, len(ports) > 0, ports)
 }
 
-// NewSockOpsOnPorts is NewSockOps tracking only connections with a port
+// NewOnPorts is New tracking only connections with a port
 // given to SetPorts (none until then) as local or remote port: for a cgroup
 // that holds more than the flows of interest.
-func NewSockOpsOnPorts(cgroupPath string) (*SockOps, error) {
+func NewOnPorts(cgroupPath string) (*SockOps, error) {
 	return newSockOps(cgroupPath, true, nil)
 }
 
 // SetPorts replaces the ports whose connections are tracked, for SockOps
-// made by NewSockOpsOnPorts. A connection is chosen when it is established:
+// made by NewOnPorts. A connection is chosen when it is established:
 // changing the ports does not start or stop tracking the ones already open.
 func (s *SockOps) SetPorts(ports []uint16) error {
 	s.mu.Lock()
@@ -71,7 +81,7 @@ func (s *SockOps) SetPorts(ports []uint16) error {
 	case s.closed:
 		return ErrClosed
 	case !s.filter:
-		return errors.New("sockops: tracking every connection; SetPorts needs NewSockOpsOnPorts")
+		return errors.New("flowmetrics: tracking every connection; SetPorts needs NewOnPorts")
 	}
 	want := make(map[uint16]bool, len(ports))
 	for _, p := range ports {
@@ -116,11 +126,7 @@ func newSockOps(cgroupPath string, filter bool, ports []uint16) (*SockOps, error
 	}
 	s := &SockOps{cgroup: cgroupPath, filter: filter}
 	if err := spec.LoadAndAssign(&s.objs, nil); err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("load sockops program: %w\nverifier log:\n%+v", err, ve)
-		}
-		return nil, fmt.Errorf("load sockops objects: %w", err)
+		return nil, bpfutil.LoadError("sockops objects", err)
 	}
 	for _, p := range ports {
 		if err := s.objs.FlowPorts.Update(&p, uint8(1), ebpf.UpdateAny); err != nil {
@@ -287,34 +293,17 @@ func cumulative(b [rttBuckets]uint64) map[float64]uint64 {
 // Close detaches the program, then unloads it and its maps. It is
 // idempotent.
 func (s *SockOps) Close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return nil
-	}
-	s.closed = true
-	var errs []error
-	if err := s.link.Close(); err != nil {
-		errs = append(errs, fmt.Errorf("detach sock_ops from %s: %w", s.cgroup, err))
-	}
-	if err := s.objs.Close(); err != nil {
-		errs = append(errs, fmt.Errorf("close sockops objects: %w", err))
-	}
-	return errors.Join(errs...)
+	return bpfutil.CloseOnce(&s.mu, &s.closed, func() error {
+		var errs []error
+		if err := s.link.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("detach sock_ops from %s: %w", s.cgroup, err))
+		}
+		if err := s.objs.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close sockops objects: %w", err))
+		}
+		return errors.Join(errs...)
+	})
 }
 
 // programID is the kernel's id of the loaded sock_ops program.
-func (s *SockOps) programID() (ebpf.ProgramID, error) { return programIDOf(s.objs.FlowSockops) }
-
-// programExists reports whether the kernel still has the program with id.
-func programExists(id ebpf.ProgramID) (bool, error) {
-	p, err := ebpf.NewProgramFromID(id)
-	if errors.Is(err, os.ErrNotExist) {
-		return false, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	p.Close()
-	return true, nil
-}
+func (s *SockOps) programID() (ebpf.ProgramID, error) { return bpfutil.ProgramID(s.objs.FlowSockops) }
