@@ -12,7 +12,6 @@ import (
 	"sort"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -73,66 +72,6 @@ type podNetNS struct {
 // fdPath names an open namespace by its descriptor, for pkg/netns and the
 // Steerer, which take paths.
 func fdPath(f *os.File) string { return "/proc/self/fd/" + strconv.Itoa(int(f.Fd())) }
-
-// counters are one intercept's request counts on this node, and its
-// Prometheus series.
-type counters struct {
-	matched   atomic.Uint64
-	fallbacks atomic.Uint64
-	metrics   *requestMetrics
-}
-
-func (c *counters) count(o proxy.Outcome, dur time.Duration) {
-	c.metrics.observe(o, dur)
-	switch o {
-	case proxy.OutcomeMatched:
-		c.matched.Add(1)
-	case proxy.OutcomeFallback:
-		c.fallbacks.Add(1)
-	}
-}
-
-// portObserver counts the requests of one port's router. It is given the
-// counters of the port's intercepts whenever its routes are set, so a
-// request finds them with a pointer load and a short scan, without the
-// dataplane's lock (which Reports holds while it reads BPF maps).
-type portObserver struct {
-	d      *dataplane
-	routes atomic.Pointer[[]routeCounters]
-}
-
-type routeCounters struct {
-	intercept string
-	c         *counters
-}
-
-func (po *portObserver) Request(id string, o proxy.Outcome, dur time.Duration) {
-	if id == "" {
-		po.d.m.unmatched.observe(o, dur)
-		return
-	}
-	if rs := po.routes.Load(); rs != nil {
-		for i := range *rs {
-			if r := &(*rs)[i]; r.intercept == id {
-				r.c.count(o, dur)
-				return
-			}
-		}
-	}
-	// Routed by routes replaced since: find the intercept the slow way.
-	po.d.observe(id, o, dur)
-}
-
-// setRoutes gives po the counters of routes' intercepts; d.mu is held.
-func (po *portObserver) setRoutes(routes []proxy.Route) {
-	rs := make([]routeCounters, 0, len(routes))
-	for _, r := range routes {
-		if c := po.d.counters[r.Intercept]; c != nil {
-			rs = append(rs, routeCounters{intercept: r.Intercept, c: c})
-		}
-	}
-	po.routes.Store(&rs)
-}
 
 // dataplane turns assignments into steering and routers, and removes what is
 // no longer assigned: a pod port with no intercept has nothing in its path.
@@ -679,19 +618,6 @@ func (d *dataplane) unref(ino uint64) {
 		d.log.Info("steering detached from a pod network namespace", "netns", ns.from, "inode", ino)
 	}
 	_ = ns.f.Close()
-}
-
-// observe counts a request of intercept id that its port's observer does
-// not know (any more): the intercept's counters are looked up under the lock.
-func (d *dataplane) observe(id string, o proxy.Outcome, dur time.Duration) {
-	d.mu.Lock()
-	c := d.counters[id]
-	d.mu.Unlock()
-	if c == nil {
-		d.m.observe(id, o, dur)
-		return
-	}
-	c.count(o, dur)
 }
 
 // Reports returns what each applied intercept looks like on this node.
