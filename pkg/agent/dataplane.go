@@ -6,10 +6,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"slices"
 	"sort"
-	"strconv"
 	"sync"
 	"time"
 
@@ -44,31 +42,6 @@ type portKey struct {
 func (k portKey) String() string {
 	return fmt.Sprintf("%s (netns inode %d)", netip.AddrPortFrom(k.addr, k.port), k.ns)
 }
-
-// port is the agent's listener and router for one intercepted pod port.
-type port struct {
-	ln    *net.TCPListener
-	proxy *proxy.Proxy
-	obs   *portObserver
-	// nsf is the port's own handle on the pod's namespace, which its router
-	// dials the app from, also while it drains after the port is removed:
-	// it is closed with the router.
-	nsf *os.File
-}
-
-// podNetNS is a pod namespace the steering is attached to, held open: a
-// /proc/<pid>/ns/net path dies with its process (an app container
-// restarting in a living pod) and a named path can come to name a new
-// namespace, while the descriptor names this one for as long as it is open.
-type podNetNS struct {
-	f     *os.File
-	from  string // the path it was found by, for logs
-	ports int    // ports steered in it
-}
-
-// fdPath names an open namespace by its descriptor, for pkg/netns and the
-// Steerer, which take paths.
-func fdPath(f *os.File) string { return "/proc/self/fd/" + strconv.Itoa(int(f.Fd())) }
 
 // dataplane turns assignments into steering and routers, and removes what is
 // no longer assigned: a pod port with no intercept has nothing in its path.
@@ -434,125 +407,6 @@ func compile(conds []*detourv1.Condition) (*match.Matcher, error) {
 		return nil, err
 	}
 	return match.Compile(mc)
-}
-
-// addPort opens the agent's listener inside the pod's namespace (found at
-// at), starts its router and only then steers the port to it, so no
-// connection is handed to a listener nobody serves. On error everything it
-// made is undone.
-func (d *dataplane) addPort(k portKey, app string, at *located) (_ *port, err error) {
-	ns := d.namespaces[k.ns]
-	if ns == nil {
-		// A handle of the namespace's own: at's is closed after the sync.
-		f, err := os.Open(fdPath(at.f))
-		if err != nil {
-			return nil, fmt.Errorf("open netns %s: %w", at.from, err)
-		}
-		if err := d.steer.Attach(fdPath(f)); err != nil {
-			_ = f.Close()
-			d.m.bpfErrors.WithLabelValues("attach").Inc()
-			return nil, fmt.Errorf("attach steering to netns %s: %w", at.from, err)
-		}
-		ns = &podNetNS{f: f, from: at.from}
-		d.namespaces[k.ns] = ns
-		d.log.Info("steering attached to a pod network namespace", "netns", at.from, "inode", k.ns)
-	}
-	ns.ports++
-	defer func() {
-		if err != nil {
-			d.unref(k.ns)
-		}
-	}()
-
-	nsf, err := os.Open(fdPath(ns.f))
-	if err != nil {
-		return nil, fmt.Errorf("open netns %s: %w", ns.from, err)
-	}
-	path := fdPath(nsf)
-	ln, err := d.listen(path, "tcp4", netip.AddrPortFrom(k.addr, 0).String())
-	if err != nil {
-		_ = nsf.Close()
-		return nil, fmt.Errorf("listen in pod namespace: %w", err)
-	}
-	tl := ln.(*net.TCPListener)
-	dialer := &netns.Dialer{Path: path}
-	obs := &portObserver{d: d}
-	px := proxy.New(proxy.Config{
-		App:      app,
-		Dial:     dialer.DialContext,
-		Observer: obs,
-		Logger:   d.log.With("port", k.String()),
-		Relay:    d.relay,
-	})
-	go func() { _ = px.Serve(tl) }()
-	if err := d.steer.Steer(k.addr, k.port, tl); err != nil {
-		d.m.bpfErrors.WithLabelValues("steer").Inc()
-		_ = tl.Close()
-		_ = px.Close()
-		_ = nsf.Close()
-		return nil, fmt.Errorf("steer port: %w", err)
-	}
-	p := &port{ln: tl, proxy: px, obs: obs, nsf: nsf}
-	d.ports[k] = p
-	d.log.Info("steering pod port to the agent", "port", k.String(), "netns", ns.from)
-	return p, nil
-}
-
-// removePort stops steering first, so new connections reach the app at
-// once; the connections the router already has, or has yet to take from
-// its listener's queue, are routed to the app and drained (see drainPort)
-// for at most the drain time.
-func (d *dataplane) removePort(k portKey, p *port) {
-	if err := d.steer.Unsteer(k.addr, k.port); err != nil {
-		d.m.bpfErrors.WithLabelValues("unsteer").Inc()
-		d.log.Error("unsteer failed", "port", k.String(), "err", err)
-	}
-	p.proxy.SetRoutes(nil)
-	delete(d.ports, k)
-	d.unref(k.ns)
-	d.log.Info("pod port no longer steered", "port", k.String())
-	ctx, cancel := context.WithTimeout(d.drainsCtx, d.drain)
-	d.drains.Add(1)
-	go func() {
-		defer d.drains.Done()
-		defer cancel()
-		d.drainPort(ctx, k, p)
-	}()
-}
-
-// drainPort lets the router of a port no longer steered finish what it has
-// (proxy.Shutdown: the listener's accept queue, requests and streams in
-// flight; keep-alive connections end at their next request) until ctx
-// ends, then closes it and returns what was left.
-func (d *dataplane) drainPort(ctx context.Context, k portKey, p *port) proxy.Activity {
-	err := p.proxy.Shutdown(ctx)
-	_ = p.ln.Close()
-	var left proxy.Activity
-	if err != nil {
-		if left = p.proxy.Active(); left.Conns() > 0 {
-			d.log.Warn("drain time over; closing the connections left", "port", k.String(), "left", left)
-		}
-	}
-	_ = p.proxy.Close()
-	_ = p.nsf.Close()
-	return left
-}
-
-// unref drops a port's hold on its namespace, detaching the steering from
-// the namespace with its last port.
-func (d *dataplane) unref(ino uint64) {
-	ns := d.namespaces[ino]
-	if ns.ports--; ns.ports > 0 {
-		return
-	}
-	delete(d.namespaces, ino)
-	if err := d.steer.Detach(fdPath(ns.f)); err != nil {
-		d.m.bpfErrors.WithLabelValues("detach").Inc()
-		d.log.Error("detach steering failed", "netns", ns.from, "inode", ino, "err", err)
-	} else {
-		d.log.Info("steering detached from a pod network namespace", "netns", ns.from, "inode", ino)
-	}
-	_ = ns.f.Close()
 }
 
 // Reports returns what each applied intercept looks like on this node.
