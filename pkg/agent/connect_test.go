@@ -7,12 +7,10 @@ import (
 	"maps"
 	"net"
 	"net/netip"
-	"slices"
 	"sync"
 	"testing"
 	"time"
 
-	detourv1 "github.com/detourdev/detour/api/detour/v1"
 	"github.com/detourdev/detour/pkg/podns"
 	"github.com/detourdev/detour/pkg/redirect/connect"
 )
@@ -225,22 +223,6 @@ func TestListensFor(t *testing.T) {
 	// sock_diag gives IPv4 addresses in 4 bytes too.
 	if !listensFor(net.ParseIP("10.0.0.9").To4(), dest) {
 		t.Error("a 4-byte address was not recognised")
-	}
-}
-
-func TestFlowPortsOf(t *testing.T) {
-	want := map[portKey]*desiredPort{
-		{ns: 1, addr: netip.MustParseAddr("10.0.0.2"), port: 8080}: {},
-		{ns: 2, addr: netip.MustParseAddr("10.0.0.3"), port: 8080}: {},
-		{ns: 2, addr: netip.MustParseAddr("10.0.0.3"), port: 9000}: {},
-	}
-	assignments := []*detourv1.Assignment{
-		{Destination: "10.0.0.9:18080"},
-		{Destination: "10.0.0.9:9000"},
-		{Destination: "not an address"},
-	}
-	if got := flowPortsOf(want, assignments); !slices.Equal(got, []uint16{8080, 9000, 18080}) {
-		t.Errorf("flowPortsOf = %v, want [8080 9000 18080]", got)
 	}
 }
 

@@ -79,3 +79,18 @@ func (d *dataplane) observe(id string, o proxy.Outcome, dur time.Duration) {
 	}
 	c.count(o, dur)
 }
+
+// keepCounters keeps the counters of the intercepts in ids, makes those of
+// new ones and drops the others'; d.mu is held.
+func (d *dataplane) keepCounters(ids map[string][]portKey) {
+	for id := range d.counters {
+		if _, ok := ids[id]; !ok {
+			delete(d.counters, id)
+		}
+	}
+	for id := range ids {
+		if d.counters[id] == nil {
+			d.counters[id] = &counters{metrics: d.m.forIntercept(id)}
+		}
+	}
+}

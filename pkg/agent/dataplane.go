@@ -2,8 +2,8 @@ package agent
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -12,9 +12,7 @@ import (
 	"time"
 
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
-	"github.com/detourdev/detour/pkg/apiconv"
 	"github.com/detourdev/detour/pkg/netns"
-	"github.com/detourdev/detour/pkg/redirect/match"
 	"github.com/detourdev/detour/pkg/redirect/proxy"
 )
 
@@ -30,24 +28,13 @@ type Steerer interface {
 	Close() error
 }
 
-// portKey is one intercepted pod port. Its namespace is named by inode: the
-// path a pod's namespace is found by can change while the namespace stays
-// (/proc/<pid>/ns/net of another of its processes).
-type portKey struct {
-	ns   uint64
-	addr netip.Addr
-	port uint16
-}
-
-func (k portKey) String() string {
-	return fmt.Sprintf("%s (netns inode %d)", netip.AddrPortFrom(k.addr, k.port), k.ns)
-}
-
 // dataplane turns assignments into steering and routers, and removes what is
 // no longer assigned: a pod port with no intercept has nothing in its path.
 // A target that cannot be steered yet (its pod's namespace is not found, or
 // attaching failed) is tried again by run until it is steered or no longer
-// assigned.
+// assigned. A sync finds the targets' namespaces (locate), works out what
+// to change without touching anything (planSync, so it can be tested on
+// its own) and changes it (the port and namespace steps in ports.go).
 type dataplane struct {
 	steer Steerer
 	log   *slog.Logger
@@ -115,14 +102,6 @@ func newDataplane(s Steerer, log *slog.Logger, m *metrics) *dataplane {
 
 func interceptID(namespace, name string) string { return namespace + "/" + name }
 
-// desiredPort is what one pod port should route.
-type desiredPort struct {
-	app    string
-	routes []proxy.Route
-	at     *located
-	target string // the first target routed here, for logs
-}
-
 // Apply makes the node match the assignments. It never fails as a whole:
 // an assignment that cannot be applied is reported through its status, and
 // its targets that may yet be steered are tried again by run.
@@ -180,13 +159,7 @@ func (d *dataplane) sync() {
 		return
 	}
 	found := d.locate(desired)
-	defer func() {
-		for _, l := range found {
-			if l.f != nil {
-				_ = l.f.Close()
-			}
-		}
-	}()
+	defer found.close()
 	d.mu.Lock()
 	applied := !d.closed
 	if applied {
@@ -198,111 +171,58 @@ func (d *dataplane) sync() {
 	}
 }
 
-// apply does Apply's work with the targets' namespaces found; mu is held.
-func (d *dataplane) apply(assignments []*detourv1.Assignment, found map[string]*located) {
-	want := map[portKey]*desiredPort{}
-	targets := map[string][]portKey{}
-	errs := map[string]string{}
-	fail := func(id, msg string) {
-		if errs[id] == "" {
-			errs[id] = msg
-		}
-	}
-	failing := map[string]string{} // by target, for targets to retry
-	for _, a := range assignments {
-		id := interceptID(a.Namespace, a.Name)
-		targets[id] = nil
-		var m *match.Matcher
-		if !a.L4 {
-			var err error
-			if m, err = compile(a.Match); err != nil {
-				fail(id, err.Error())
-				continue
-			}
-		}
-		sources, err := sourceSet(a)
-		if err != nil {
-			fail(id, err.Error())
-			continue
-		}
-		for _, t := range a.Targets {
-			addr, err := netip.ParseAddr(t.PodIp)
-			if err != nil || !addr.Is4() || t.Port == 0 || t.Port > 65535 {
-				fail(id, fmt.Sprintf("bad target %s/%s %q:%d", t.PodNamespace, t.PodName, t.PodIp, t.Port))
-				continue
-			}
-			target := fmt.Sprintf("%s/%s %s", t.PodNamespace, t.PodName, netip.AddrPortFrom(addr, uint16(t.Port)))
-			l := found[locateKey(t)]
-			if l.err != nil {
-				msg := fmt.Sprintf("pod %s: %v", target, l.err)
-				fail(id, msg)
-				if !l.final {
-					failing[target] = msg
-				}
-				continue
-			}
-			k := portKey{ns: l.ino, addr: addr, port: uint16(t.Port)}
-			targets[id] = append(targets[id], k)
-			dp := want[k]
-			if dp == nil {
-				dp = &desiredPort{app: netip.AddrPortFrom(addr, k.port).String(), at: l, target: target}
-				want[k] = dp
-			}
-			dp.routes = append(dp.routes, proxy.Route{Intercept: id, Matcher: m, Destination: a.Destination, L4: a.L4, Sources: sources})
-		}
-	}
+// apply carries out, in its order (what goes, then what comes), the plan
+// that makes the node match the assignments with the targets' namespaces
+// found, and records in it what failed; mu is held.
+func (d *dataplane) apply(assignments []*detourv1.Assignment, found *found) {
+	p := planSync(assignments, found.where, slices.Collect(maps.Keys(d.ports)), slices.Collect(maps.Keys(d.namespaces)))
 
 	// Counters first: the routes set below reach them without the lock.
-	for id := range d.counters {
-		if _, ok := targets[id]; !ok {
-			delete(d.counters, id)
-		}
-	}
-	for id := range targets {
-		if d.counters[id] == nil {
-			d.counters[id] = &counters{metrics: d.m.forIntercept(id)}
-		}
-	}
+	d.keepCounters(p.targets)
 
 	if d.flowPorts != nil {
 		// Before steering, so the flows of new ports are tracked from
 		// their first connection.
-		if err := d.flowPorts(flowPortsOf(want, assignments)); err != nil {
+		if err := d.flowPorts(flowPortsOf(p.ports, assignments)); err != nil {
 			d.m.bpfErrors.WithLabelValues("flow_ports").Inc()
 			d.log.Warn("setting the flow metrics' ports failed", "err", err)
 		}
 	}
 
-	// Removed first, so a pod replaced by one in a new namespace is
-	// detached from the old before it is attached to the new.
-	for k, p := range d.ports {
-		if _, ok := want[k]; !ok {
-			d.removePort(k, p)
+	for _, k := range p.remove {
+		d.removePort(k, d.ports[k])
+	}
+	for _, ino := range p.detach {
+		d.detach(ino)
+	}
+	attachErrs := map[uint64]error{}
+	for _, a := range p.attach {
+		if err := d.attach(a, found.files[a.ino]); err != nil {
+			attachErrs[a.ino] = err
 		}
 	}
-	for k, dp := range want {
-		p := d.ports[k]
-		if p == nil {
-			var err error
-			if p, err = d.addPort(k, dp.app, dp.at); err != nil {
-				msg := fmt.Sprintf("pod %s: %v", dp.target, err)
-				for _, r := range dp.routes {
-					fail(r.Intercept, msg)
-				}
-				failing[dp.target] = msg
-				continue
-			}
+	for _, k := range p.add {
+		err := attachErrs[k.ns]
+		if err == nil {
+			err = d.addPort(k, p.ports[k])
 		}
-		p.obs.setRoutes(dp.routes)
-		p.proxy.SetRoutes(dp.routes)
+		if err != nil {
+			p.portFailed(k, err)
+		}
+	}
+	// A namespace attached for ports that all failed is detached again, as
+	// addPort undoes what it made.
+	d.detachUnused()
+	for _, k := range p.update {
+		d.ports[k].setRoutes(p.ports[k].routes)
 	}
 
-	d.logFailures(failing)
-	d.targets, d.errs = targets, errs
+	d.logFailures(p.failing)
+	d.targets, d.errs = p.targets, p.errs
 	if d.connects != nil {
-		d.connects.want(d.connectWants(assignments))
+		d.connects.want(connectWants(assignments, d.targets, func(k portKey) bool { return d.ports[k] != nil }))
 	}
-	d.m.intercepts.Set(float64(len(targets)))
+	d.m.intercepts.Set(float64(len(d.targets)))
 	d.m.steeredPorts.Set(float64(len(d.ports)))
 	d.m.attachments.Set(float64(len(d.namespaces)))
 }
@@ -321,92 +241,6 @@ func (d *dataplane) logFailures(now map[string]string) {
 		}
 	}
 	d.failing = now
-}
-
-// connectWants are the connect-time redirects the assignments call for: the
-// steered ports (and service addresses) of L4 intercepts, to their
-// destination, for every caller or, with a source filter, for the source
-// pods on this node; mu is held.
-func (d *dataplane) connectWants(assignments []*detourv1.Assignment) []connectWant {
-	var out []connectWant
-	for _, a := range assignments {
-		if !a.L4 {
-			continue
-		}
-		to, err := netip.ParseAddrPort(a.Destination)
-		if err != nil || !to.Addr().Unmap().Is4() {
-			continue // the relay reports a bad destination per connection
-		}
-		w := connectWant{to: to, intercept: interceptID(a.Namespace, a.Name), restricted: a.RestrictSources}
-		for _, s := range a.NodeSources {
-			if src, err := netip.ParseAddr(s); err == nil {
-				w.sources = append(w.sources, src.Unmap())
-			}
-		}
-		steered := false
-		for _, k := range d.targets[w.intercept] {
-			if d.ports[k] != nil {
-				steered = true
-				w.addr = netip.AddrPortFrom(k.addr, k.port)
-				out = append(out, w)
-			}
-		}
-		// The service's virtual address too, on a node where the
-		// intercept is in force: callers dial the ClusterIP, which
-		// kube-proxy would only turn into a pod address after connect().
-		for _, s := range a.ServiceAddresses {
-			if addr, err := netip.ParseAddrPort(s); err == nil && steered {
-				w.addr = addr
-				out = append(out, w)
-			}
-		}
-	}
-	return out
-}
-
-// flowPortsOf are the ports whose flows the sockops metrics track: the
-// steered pod ports (the agent's accepted sockets have them as local port,
-// its sockets to the app as remote port) and the destinations' ports.
-func flowPortsOf(want map[portKey]*desiredPort, assignments []*detourv1.Assignment) []uint16 {
-	set := map[uint16]bool{}
-	for k := range want {
-		set[k.port] = true
-	}
-	for _, a := range assignments {
-		if ap, err := netip.ParseAddrPort(a.Destination); err == nil {
-			set[ap.Port()] = true
-		}
-	}
-	out := make([]uint16, 0, len(set))
-	for p := range set {
-		out = append(out, p)
-	}
-	slices.Sort(out)
-	return out
-}
-
-// sourceSet is the assignment's source filter; nil admits every source.
-func sourceSet(a *detourv1.Assignment) (map[netip.Addr]struct{}, error) {
-	if !a.RestrictSources {
-		return nil, nil
-	}
-	set := make(map[netip.Addr]struct{}, len(a.Sources))
-	for _, s := range a.Sources {
-		addr, err := netip.ParseAddr(s)
-		if err != nil {
-			return nil, fmt.Errorf("bad source address %q", s)
-		}
-		set[addr.Unmap()] = struct{}{}
-	}
-	return set, nil
-}
-
-func compile(conds []*detourv1.Condition) (*match.Matcher, error) {
-	mc, err := apiconv.ConditionsFromProto(conds)
-	if err != nil {
-		return nil, err
-	}
-	return match.Compile(mc)
 }
 
 // Reports returns what each applied intercept looks like on this node.
@@ -481,16 +315,12 @@ func (d *dataplane) Shutdown(ctx context.Context) error {
 			d.log.Warn("unsteer on stop", "port", k.String(), "err", err)
 		}
 		delete(d.ports, k)
-		d.unref(k.ns) // detaches the namespace with its last port
 		ports[k] = p
 	}
-	// Closing the steering closes whatever link is left, by the
-	// namespaces' inodes.
+	d.detachUnused() // all of them, with no port left
+	// Closing the steering closes whatever link is left (a detach that
+	// failed), by the namespaces' inodes.
 	err := d.steer.Close()
-	for ino, ns := range d.namespaces {
-		_ = ns.f.Close()
-		delete(d.namespaces, ino)
-	}
 	d.m.steeredPorts.Set(0)
 	d.m.attachments.Set(0)
 	d.mu.Unlock()

@@ -28,75 +28,102 @@ type port struct {
 // restarting in a living pod) and a named path can come to name a new
 // namespace, while the descriptor names this one for as long as it is open.
 type podNetNS struct {
-	f     *os.File
-	from  string // the path it was found by, for logs
-	ports int    // ports steered in it
+	f    *os.File
+	from string // the path it was found by, for logs
 }
 
 // fdPath names an open namespace by its descriptor, for pkg/netns and the
 // Steerer, which take paths.
 func fdPath(f *os.File) string { return "/proc/self/fd/" + strconv.Itoa(int(f.Fd())) }
 
-// addPort opens the agent's listener inside the pod's namespace (found at
-// at), starts its router and only then steers the port to it, so no
-// connection is handed to a listener nobody serves. On error everything it
-// made is undone.
-func (d *dataplane) addPort(k portKey, app string, at *located) (_ *port, err error) {
-	ns := d.namespaces[k.ns]
-	if ns == nil {
-		// A handle of the namespace's own: at's is closed after the sync.
-		f, err := os.Open(fdPath(at.f))
-		if err != nil {
-			return nil, fmt.Errorf("open netns %s: %w", at.from, err)
-		}
-		if err := d.steer.Attach(fdPath(f)); err != nil {
-			_ = f.Close()
-			d.m.bpfErrors.WithLabelValues("attach").Inc()
-			return nil, fmt.Errorf("attach steering to netns %s: %w", at.from, err)
-		}
-		ns = &podNetNS{f: f, from: at.from}
-		d.namespaces[k.ns] = ns
-		d.log.Info("steering attached to a pod network namespace", "netns", at.from, "inode", k.ns)
+// attach attaches the steering to a namespace, found open at f, on a handle
+// of the namespace's own: f is closed when the sync ends.
+func (d *dataplane) attach(a attachment, f *os.File) error {
+	own, err := os.Open(fdPath(f))
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", a.from, err)
 	}
-	ns.ports++
-	defer func() {
-		if err != nil {
-			d.unref(k.ns)
-		}
-	}()
+	if err := d.steer.Attach(fdPath(own)); err != nil {
+		_ = own.Close()
+		d.m.bpfErrors.WithLabelValues("attach").Inc()
+		return fmt.Errorf("attach steering to netns %s: %w", a.from, err)
+	}
+	d.namespaces[a.ino] = &podNetNS{f: own, from: a.from}
+	d.log.Info("steering attached to a pod network namespace", "netns", a.from, "inode", a.ino)
+	return nil
+}
 
+// detach detaches the steering from a namespace and lets go of it.
+func (d *dataplane) detach(ino uint64) {
+	ns := d.namespaces[ino]
+	delete(d.namespaces, ino)
+	if err := d.steer.Detach(fdPath(ns.f)); err != nil {
+		d.m.bpfErrors.WithLabelValues("detach").Inc()
+		d.log.Error("detach steering failed", "netns", ns.from, "inode", ino, "err", err)
+	} else {
+		d.log.Info("steering detached from a pod network namespace", "netns", ns.from, "inode", ino)
+	}
+	_ = ns.f.Close()
+}
+
+// detachUnused detaches the namespaces no steered port is in.
+func (d *dataplane) detachUnused() {
+	used := map[uint64]bool{}
+	for k := range d.ports {
+		used[k.ns] = true
+	}
+	for ino := range d.namespaces {
+		if !used[ino] {
+			d.detach(ino)
+		}
+	}
+}
+
+// addPort opens the agent's listener inside the pod's namespace, which the
+// steering is attached to, starts its router with the port's routes and
+// only then steers the port to it, so no connection is handed to a
+// listener nobody serves. On error everything it made is undone.
+func (d *dataplane) addPort(k portKey, dp *desiredPort) error {
+	ns := d.namespaces[k.ns]
 	nsf, err := os.Open(fdPath(ns.f))
 	if err != nil {
-		return nil, fmt.Errorf("open netns %s: %w", ns.from, err)
+		return fmt.Errorf("open netns %s: %w", ns.from, err)
 	}
 	path := fdPath(nsf)
 	ln, err := d.listen(path, "tcp4", netip.AddrPortFrom(k.addr, 0).String())
 	if err != nil {
 		_ = nsf.Close()
-		return nil, fmt.Errorf("listen in pod namespace: %w", err)
+		return fmt.Errorf("listen in pod namespace: %w", err)
 	}
 	tl := ln.(*net.TCPListener)
 	dialer := &netns.Dialer{Path: path}
 	obs := &portObserver{d: d}
 	px := proxy.New(proxy.Config{
-		App:      app,
+		App:      dp.app,
 		Dial:     dialer.DialContext,
 		Observer: obs,
 		Logger:   d.log.With("port", k.String()),
 		Relay:    d.relay,
 	})
+	p := &port{ln: tl, proxy: px, obs: obs, nsf: nsf}
+	p.setRoutes(dp.routes)
 	go func() { _ = px.Serve(tl) }()
 	if err := d.steer.Steer(k.addr, k.port, tl); err != nil {
 		d.m.bpfErrors.WithLabelValues("steer").Inc()
 		_ = tl.Close()
 		_ = px.Close()
 		_ = nsf.Close()
-		return nil, fmt.Errorf("steer port: %w", err)
+		return fmt.Errorf("steer port: %w", err)
 	}
-	p := &port{ln: tl, proxy: px, obs: obs, nsf: nsf}
 	d.ports[k] = p
 	d.log.Info("steering pod port to the agent", "port", k.String(), "netns", ns.from)
-	return p, nil
+	return nil
+}
+
+// setRoutes gives the port's router and observer its routes; d.mu is held.
+func (p *port) setRoutes(routes []proxy.Route) {
+	p.obs.setRoutes(routes)
+	p.proxy.SetRoutes(routes)
 }
 
 // removePort stops steering first, so new connections reach the app at
@@ -110,7 +137,6 @@ func (d *dataplane) removePort(k portKey, p *port) {
 	}
 	p.proxy.SetRoutes(nil)
 	delete(d.ports, k)
-	d.unref(k.ns)
 	d.log.Info("pod port no longer steered", "port", k.String())
 	ctx, cancel := context.WithTimeout(d.drainsCtx, d.drain)
 	d.drains.Add(1)
@@ -137,21 +163,4 @@ func (d *dataplane) drainPort(ctx context.Context, k portKey, p *port) proxy.Act
 	_ = p.proxy.Close()
 	_ = p.nsf.Close()
 	return left
-}
-
-// unref drops a port's hold on its namespace, detaching the steering from
-// the namespace with its last port.
-func (d *dataplane) unref(ino uint64) {
-	ns := d.namespaces[ino]
-	if ns.ports--; ns.ports > 0 {
-		return
-	}
-	delete(d.namespaces, ino)
-	if err := d.steer.Detach(fdPath(ns.f)); err != nil {
-		d.m.bpfErrors.WithLabelValues("detach").Inc()
-		d.log.Error("detach steering failed", "netns", ns.from, "inode", ino, "err", err)
-	} else {
-		d.log.Info("steering detached from a pod network namespace", "netns", ns.from, "inode", ino)
-	}
-	_ = ns.f.Close()
 }
