@@ -7,14 +7,12 @@ import (
 	"net/netip"
 	"sort"
 	"sync"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/detourdev/detour/pkg/netns"
-	"github.com/detourdev/detour/pkg/podns"
 	"github.com/detourdev/detour/pkg/redirect/connect"
 )
 
@@ -257,52 +255,6 @@ func (cp *connectPlane) Collect(ch chan<- prometheus.Metric) {
 	n := len(cp.installed)
 	cp.mu.Unlock()
 	ch <- prometheus.MustNewConstMetric(cp.activeDesc, prometheus.GaugeValue, float64(n))
-}
-
-// missCache remembers for a while the addresses that no namespace on this
-// node has, so that a destination or source pod on another node does not
-// cost a scan of /proc (pkg/podns) every second.
-type missCache struct {
-	ttl time.Duration
-	now func() time.Time
-
-	mu     sync.Mutex
-	misses map[netip.Addr]miss
-}
-
-type miss struct {
-	until time.Time
-	err   error
-}
-
-func newMissCache(ttl time.Duration) *missCache {
-	return &missCache{ttl: ttl, now: time.Now, misses: map[netip.Addr]miss{}}
-}
-
-// wrap returns resolve answering at once, with the last miss, for an
-// address it did not find within the last ttl.
-func (m *missCache) wrap(resolve func(netip.Addr) (string, error)) func(netip.Addr) (string, error) {
-	if resolve == nil {
-		return nil
-	}
-	return func(a netip.Addr) (string, error) {
-		now := m.now()
-		m.mu.Lock()
-		last, ok := m.misses[a]
-		m.mu.Unlock()
-		if ok && now.Before(last.until) {
-			return "", last.err
-		}
-		path, err := resolve(a)
-		m.mu.Lock()
-		defer m.mu.Unlock()
-		if nf := (*podns.NotFoundError)(nil); errors.As(err, &nf) {
-			m.misses[a] = miss{until: now.Add(m.ttl), err: err}
-		} else {
-			delete(m.misses, a)
-		}
-		return path, err
-	}
 }
 
 // netnsCookieOf returns a lookup of the namespace cookie of the pod at an
