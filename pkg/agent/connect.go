@@ -9,8 +9,6 @@ import (
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/detourdev/detour/pkg/netns"
 	"github.com/detourdev/detour/pkg/redirect/connect"
@@ -274,7 +272,7 @@ func netnsCookieOf(resolve func(netip.Addr) (string, error)) func(netip.Addr) (u
 
 // listeningIn returns a check that a destination listens, by finding its
 // pod's namespace with resolve and a listening TCP socket for its address
-// and port there with sock_diag.
+// and port there.
 func listeningIn(resolve func(netip.Addr) (string, error)) func(netip.AddrPort) error {
 	return func(to netip.AddrPort) error {
 		if resolve == nil {
@@ -284,42 +282,13 @@ func listeningIn(resolve func(netip.Addr) (string, error)) func(netip.AddrPort) 
 		if err != nil {
 			return fmt.Errorf("the destination is not a pod on this node: %w", err)
 		}
-		var found bool
-		err = netns.Do(path, func() error {
-			for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
-				socks, err := netlink.SocketDiagTCP(family)
-				if err != nil {
-					return fmt.Errorf("sock_diag: %w", err)
-				}
-				for _, s := range socks {
-					if s.State == tcpListen && s.ID.SourcePort == to.Port() && listensFor(s.ID.Source, to.Addr()) {
-						found = true
-						return nil
-					}
-				}
-			}
-			return nil
-		})
+		listening, err := netns.Listening(path, to)
 		if err != nil {
 			return err
 		}
-		if !found {
+		if !listening {
 			return fmt.Errorf("nothing listens on %s", to)
 		}
 		return nil
 	}
-}
-
-const tcpListen = 10 // TCP_LISTEN in include/net/tcp_states.h
-
-// listensFor reports whether a socket bound to bound accepts connections
-// to addr: bound to it, or to any address (0.0.0.0, or :: which takes IPv4
-// too unless IPV6_V6ONLY, the Linux default being dual-stack).
-func listensFor(bound []byte, addr netip.Addr) bool {
-	b, ok := netip.AddrFromSlice(bound)
-	if !ok {
-		return false
-	}
-	b = b.Unmap()
-	return b.IsUnspecified() || b == addr
 }
