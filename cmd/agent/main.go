@@ -219,10 +219,11 @@ func run() error {
 		if err != nil {
 			return fmt.Errorf("cpu profile: %w", err)
 		}
+		defer f.Close()
 		if err := pprof.StartCPUProfile(f); err != nil {
 			return fmt.Errorf("cpu profile: %w", err)
 		}
-		defer func() { pprof.StopCPUProfile(); f.Close() }()
+		defer pprof.StopCPUProfile()
 	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(o.logLevel)); err != nil {
@@ -243,6 +244,10 @@ func run() error {
 		loadErrors.Inc()
 		return fmt.Errorf("load eBPF steering: %w", err)
 	}
+	// Run closes the steering itself, first thing when it stops (the
+	// steering goes, then the routers drain); this Close, a no-op then, is
+	// for the returns before Run.
+	defer s.Close()
 	cfg := agent.Config{
 		Node: o.node, Controller: o.controller, StateFile: o.stateFile,
 		Version: version, Logger: log, Registry: reg,
@@ -260,7 +265,6 @@ func run() error {
 		sp, err := splice.New()
 		if err != nil {
 			loadErrors.Inc()
-			_ = s.Close()
 			return fmt.Errorf("load the sockmap splice: %w", err)
 		}
 		defer sp.Close()
@@ -269,7 +273,6 @@ func run() error {
 			return err
 		}
 	default:
-		_ = s.Close()
 		return fmt.Errorf("bad --l4-relay %q: want copy or sockmap", o.l4Relay)
 	}
 	if cr, err := connectRedirects(o.connectCgroup); err != nil {
@@ -277,6 +280,7 @@ func run() error {
 		loadErrors.Inc()
 		log.Warn("connect-time redirects unavailable; L4 intercepts are relayed for every caller", "err", err)
 	} else if cr != nil {
+		defer cr.Close() // as for the steering: Run closes it first
 		cfg.Connector = cr
 		log.Info("connect-time redirects for L4 intercepts", "cgroup", cr.Cgroup())
 	}
@@ -292,7 +296,6 @@ func run() error {
 	}
 	a, err := agent.New(cfg, s)
 	if err != nil {
-		_ = s.Close()
 		return err
 	}
 
@@ -301,7 +304,6 @@ func run() error {
 
 	ln, err := net.Listen("tcp", o.metricsAddr)
 	if err != nil {
-		_ = s.Close()
 		return fmt.Errorf("metrics listener: %w", err)
 	}
 	srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 5 * time.Second}

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
+	"github.com/detourdev/detour/pkg/podns"
 )
 
 // Config is what an agent needs besides its steering.
@@ -126,7 +127,7 @@ func New(cfg Config, s Steerer) (*Agent, error) {
 	if cfg.Connector != nil {
 		// Destinations and sources on other nodes are looked for at
 		// most every 10 s, not at every check.
-		resolve := newMissCache(10 * time.Second).wrap(cfg.ResolveNetNS)
+		resolve := podns.NewMissCache(10 * time.Second).Wrap(cfg.ResolveNetNS)
 		dp.connects = newConnectPlane(cfg.Connector, cfg.Logger, listeningIn(resolve), netnsCookieOf(resolve))
 		if err := cfg.Registry.Register(dp.connects); err != nil {
 			return nil, fmt.Errorf("agent: register connect metrics: %w", err)

@@ -7,14 +7,10 @@ import (
 	"net/netip"
 	"sort"
 	"sync"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/detourdev/detour/pkg/netns"
-	"github.com/detourdev/detour/pkg/podns"
 	"github.com/detourdev/detour/pkg/redirect/connect"
 )
 
@@ -259,52 +255,6 @@ func (cp *connectPlane) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(cp.activeDesc, prometheus.GaugeValue, float64(n))
 }
 
-// missCache remembers for a while the addresses that no namespace on this
-// node has, so that a destination or source pod on another node does not
-// cost a scan of /proc (pkg/podns) every second.
-type missCache struct {
-	ttl time.Duration
-	now func() time.Time
-
-	mu     sync.Mutex
-	misses map[netip.Addr]miss
-}
-
-type miss struct {
-	until time.Time
-	err   error
-}
-
-func newMissCache(ttl time.Duration) *missCache {
-	return &missCache{ttl: ttl, now: time.Now, misses: map[netip.Addr]miss{}}
-}
-
-// wrap returns resolve answering at once, with the last miss, for an
-// address it did not find within the last ttl.
-func (m *missCache) wrap(resolve func(netip.Addr) (string, error)) func(netip.Addr) (string, error) {
-	if resolve == nil {
-		return nil
-	}
-	return func(a netip.Addr) (string, error) {
-		now := m.now()
-		m.mu.Lock()
-		last, ok := m.misses[a]
-		m.mu.Unlock()
-		if ok && now.Before(last.until) {
-			return "", last.err
-		}
-		path, err := resolve(a)
-		m.mu.Lock()
-		defer m.mu.Unlock()
-		if nf := (*podns.NotFoundError)(nil); errors.As(err, &nf) {
-			m.misses[a] = miss{until: now.Add(m.ttl), err: err}
-		} else {
-			delete(m.misses, a)
-		}
-		return path, err
-	}
-}
-
 // netnsCookieOf returns a lookup of the namespace cookie of the pod at an
 // address on this node, finding the namespace with resolve.
 func netnsCookieOf(resolve func(netip.Addr) (string, error)) func(netip.Addr) (uint64, error) {
@@ -322,7 +272,7 @@ func netnsCookieOf(resolve func(netip.Addr) (string, error)) func(netip.Addr) (u
 
 // listeningIn returns a check that a destination listens, by finding its
 // pod's namespace with resolve and a listening TCP socket for its address
-// and port there with sock_diag.
+// and port there.
 func listeningIn(resolve func(netip.Addr) (string, error)) func(netip.AddrPort) error {
 	return func(to netip.AddrPort) error {
 		if resolve == nil {
@@ -332,42 +282,13 @@ func listeningIn(resolve func(netip.Addr) (string, error)) func(netip.AddrPort) 
 		if err != nil {
 			return fmt.Errorf("the destination is not a pod on this node: %w", err)
 		}
-		var found bool
-		err = netns.Do(path, func() error {
-			for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
-				socks, err := netlink.SocketDiagTCP(family)
-				if err != nil {
-					return fmt.Errorf("sock_diag: %w", err)
-				}
-				for _, s := range socks {
-					if s.State == tcpListen && s.ID.SourcePort == to.Port() && listensFor(s.ID.Source, to.Addr()) {
-						found = true
-						return nil
-					}
-				}
-			}
-			return nil
-		})
+		listening, err := netns.Listening(path, to)
 		if err != nil {
 			return err
 		}
-		if !found {
+		if !listening {
 			return fmt.Errorf("nothing listens on %s", to)
 		}
 		return nil
 	}
-}
-
-const tcpListen = 10 // TCP_LISTEN in include/net/tcp_states.h
-
-// listensFor reports whether a socket bound to bound accepts connections
-// to addr: bound to it, or to any address (0.0.0.0, or :: which takes IPv4
-// too unless IPV6_V6ONLY, the Linux default being dual-stack).
-func listensFor(bound []byte, addr netip.Addr) bool {
-	b, ok := netip.AddrFromSlice(bound)
-	if !ok {
-		return false
-	}
-	b = b.Unmap()
-	return b.IsUnspecified() || b == addr
 }

@@ -5,15 +5,10 @@ import (
 	"io"
 	"log/slog"
 	"maps"
-	"net"
 	"net/netip"
-	"slices"
 	"sync"
 	"testing"
-	"time"
 
-	detourv1 "github.com/detourdev/detour/api/detour/v1"
-	"github.com/detourdev/detour/pkg/podns"
 	"github.com/detourdev/detour/pkg/redirect/connect"
 )
 
@@ -202,81 +197,5 @@ func TestConnectPlaneSources(t *testing.T) {
 	got := cp.connections()
 	if got["db/alice"] != 1 || got["db/bob"] != 2 || got["db/none"] != 0 {
 		t.Errorf("connections %v, want db/alice 1, db/bob 2", got)
-	}
-}
-
-func TestListensFor(t *testing.T) {
-	dest := netip.MustParseAddr("10.0.0.9")
-	for _, tt := range []struct {
-		bound string
-		want  bool
-	}{
-		{"0.0.0.0", true},
-		{"::", true},
-		{"10.0.0.9", true},
-		{"::ffff:10.0.0.9", true},
-		{"127.0.0.1", false},
-		{"10.0.0.8", false},
-	} {
-		if got := listensFor(net.ParseIP(tt.bound).To16(), dest); got != tt.want {
-			t.Errorf("listensFor(%s, %s) = %v, want %v", tt.bound, dest, got, tt.want)
-		}
-	}
-	// sock_diag gives IPv4 addresses in 4 bytes too.
-	if !listensFor(net.ParseIP("10.0.0.9").To4(), dest) {
-		t.Error("a 4-byte address was not recognised")
-	}
-}
-
-func TestFlowPortsOf(t *testing.T) {
-	want := map[portKey]*desiredPort{
-		{ns: 1, addr: netip.MustParseAddr("10.0.0.2"), port: 8080}: {},
-		{ns: 2, addr: netip.MustParseAddr("10.0.0.3"), port: 8080}: {},
-		{ns: 2, addr: netip.MustParseAddr("10.0.0.3"), port: 9000}: {},
-	}
-	assignments := []*detourv1.Assignment{
-		{Destination: "10.0.0.9:18080"},
-		{Destination: "10.0.0.9:9000"},
-		{Destination: "not an address"},
-	}
-	if got := flowPortsOf(want, assignments); !slices.Equal(got, []uint16{8080, 9000, 18080}) {
-		t.Errorf("flowPortsOf = %v, want [8080 9000 18080]", got)
-	}
-}
-
-func TestMissCache(t *testing.T) {
-	var calls int
-	found := map[netip.Addr]bool{}
-	resolve := func(a netip.Addr) (string, error) {
-		calls++
-		if found[a] {
-			return "/proc/1/ns/net", nil
-		}
-		return "", &podns.NotFoundError{Addr: a}
-	}
-	now := time.Unix(1000, 0)
-	m := newMissCache(10 * time.Second)
-	m.now = func() time.Time { return now }
-	r := m.wrap(resolve)
-	elsewhere := netip.MustParseAddr("10.0.1.5")
-
-	for range 5 {
-		if _, err := r(elsewhere); err == nil {
-			t.Fatal("a pod on no namespace here was found")
-		}
-	}
-	if calls != 1 {
-		t.Errorf("5 lookups of a missing pod within the ttl scanned %d times, want 1", calls)
-	}
-	found[elsewhere] = true
-	now = now.Add(11 * time.Second)
-	if path, err := r(elsewhere); err != nil || path == "" {
-		t.Errorf("after the ttl, the pod (now here) = %q, %v", path, err)
-	}
-	if _, err := r(elsewhere); err != nil || calls != 3 {
-		t.Errorf("a found pod is looked up every time (podns checks its cache): calls %d, err %v", calls, err)
-	}
-	if m.wrap(nil) != nil {
-		t.Error("wrap(nil) is not nil: the agent would think it can look namespaces up")
 	}
 }

@@ -2,25 +2,17 @@ package agent
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
-	"os"
 	"slices"
 	"sort"
-	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
-	"github.com/detourdev/detour/pkg/apiconv"
 	"github.com/detourdev/detour/pkg/netns"
-	"github.com/detourdev/detour/pkg/redirect/match"
 	"github.com/detourdev/detour/pkg/redirect/proxy"
 )
 
@@ -36,109 +28,13 @@ type Steerer interface {
 	Close() error
 }
 
-// portKey is one intercepted pod port. Its namespace is named by inode: the
-// path a pod's namespace is found by can change while the namespace stays
-// (/proc/<pid>/ns/net of another of its processes).
-type portKey struct {
-	ns   uint64
-	addr netip.Addr
-	port uint16
-}
-
-func (k portKey) String() string {
-	return fmt.Sprintf("%s (netns inode %d)", netip.AddrPortFrom(k.addr, k.port), k.ns)
-}
-
-// port is the agent's listener and router for one intercepted pod port.
-type port struct {
-	ln    *net.TCPListener
-	proxy *proxy.Proxy
-	obs   *portObserver
-	// nsf is the port's own handle on the pod's namespace, which its router
-	// dials the app from, also while it drains after the port is removed:
-	// it is closed with the router.
-	nsf *os.File
-}
-
-// podNetNS is a pod namespace the steering is attached to, held open: a
-// /proc/<pid>/ns/net path dies with its process (an app container
-// restarting in a living pod) and a named path can come to name a new
-// namespace, while the descriptor names this one for as long as it is open.
-type podNetNS struct {
-	f     *os.File
-	from  string // the path it was found by, for logs
-	ports int    // ports steered in it
-}
-
-// fdPath names an open namespace by its descriptor, for pkg/netns and the
-// Steerer, which take paths.
-func fdPath(f *os.File) string { return "/proc/self/fd/" + strconv.Itoa(int(f.Fd())) }
-
-// counters are one intercept's request counts on this node, and its
-// Prometheus series.
-type counters struct {
-	matched   atomic.Uint64
-	fallbacks atomic.Uint64
-	metrics   *requestMetrics
-}
-
-func (c *counters) count(o proxy.Outcome, dur time.Duration) {
-	c.metrics.observe(o, dur)
-	switch o {
-	case proxy.OutcomeMatched:
-		c.matched.Add(1)
-	case proxy.OutcomeFallback:
-		c.fallbacks.Add(1)
-	}
-}
-
-// portObserver counts the requests of one port's router. It is given the
-// counters of the port's intercepts whenever its routes are set, so a
-// request finds them with a pointer load and a short scan, without the
-// dataplane's lock (which Reports holds while it reads BPF maps).
-type portObserver struct {
-	d      *dataplane
-	routes atomic.Pointer[[]routeCounters]
-}
-
-type routeCounters struct {
-	intercept string
-	c         *counters
-}
-
-func (po *portObserver) Request(id string, o proxy.Outcome, dur time.Duration) {
-	if id == "" {
-		po.d.m.unmatched.observe(o, dur)
-		return
-	}
-	if rs := po.routes.Load(); rs != nil {
-		for i := range *rs {
-			if r := &(*rs)[i]; r.intercept == id {
-				r.c.count(o, dur)
-				return
-			}
-		}
-	}
-	// Routed by routes replaced since: find the intercept the slow way.
-	po.d.observe(id, o, dur)
-}
-
-// setRoutes gives po the counters of routes' intercepts; d.mu is held.
-func (po *portObserver) setRoutes(routes []proxy.Route) {
-	rs := make([]routeCounters, 0, len(routes))
-	for _, r := range routes {
-		if c := po.d.counters[r.Intercept]; c != nil {
-			rs = append(rs, routeCounters{intercept: r.Intercept, c: c})
-		}
-	}
-	po.routes.Store(&rs)
-}
-
 // dataplane turns assignments into steering and routers, and removes what is
 // no longer assigned: a pod port with no intercept has nothing in its path.
 // A target that cannot be steered yet (its pod's namespace is not found, or
 // attaching failed) is tried again by run until it is steered or no longer
-// assigned.
+// assigned. A sync finds the targets' namespaces (locate), works out what
+// to change without touching anything (planSync, so it can be tested on
+// its own) and changes it (the port and namespace steps in ports.go).
 type dataplane struct {
 	steer Steerer
 	log   *slog.Logger
@@ -206,25 +102,6 @@ func newDataplane(s Steerer, log *slog.Logger, m *metrics) *dataplane {
 
 func interceptID(namespace, name string) string { return namespace + "/" + name }
 
-// desiredPort is what one pod port should route.
-type desiredPort struct {
-	app    string
-	routes []proxy.Route
-	at     *located
-	target string // the first target routed here, for logs
-}
-
-// located is where a target's pod namespace was found in one sync: an open
-// handle on it and its inode, or why not.
-type located struct {
-	f    *os.File
-	ino  uint64
-	from string
-	err  error
-	// final: trying again will not help.
-	final bool
-}
-
 // Apply makes the node match the assignments. It never fails as a whole:
 // an assignment that cannot be applied is reported through its status, and
 // its targets that may yet be steered are tried again by run.
@@ -282,13 +159,7 @@ func (d *dataplane) sync() {
 		return
 	}
 	found := d.locate(desired)
-	defer func() {
-		for _, l := range found {
-			if l.f != nil {
-				_ = l.f.Close()
-			}
-		}
-	}()
+	defer found.close()
 	d.mu.Lock()
 	applied := !d.closed
 	if applied {
@@ -300,162 +171,58 @@ func (d *dataplane) sync() {
 	}
 }
 
-// locate finds and opens the namespace of every target, by its netns path
-// or, lacking one, by its pod's address.
-func (d *dataplane) locate(assignments []*detourv1.Assignment) map[string]*located {
-	found := map[string]*located{}
-	for _, a := range assignments {
-		for _, t := range a.Targets {
-			key := locateKey(t)
-			if _, ok := found[key]; ok {
-				continue
-			}
-			l := &located{from: t.Netns}
-			found[key] = l
-			if l.from == "" {
-				addr, err := netip.ParseAddr(t.PodIp)
-				switch {
-				case err != nil:
-					l.err = fmt.Errorf("bad pod address %q", t.PodIp)
-					l.final = true
-				case d.resolve == nil:
-					l.err = errors.New("the target has no netns path and this agent does not look namespaces up")
-					l.final = true
-				default:
-					l.from, l.err = d.resolve(addr)
-				}
-				if l.err != nil {
-					continue
-				}
-			}
-			l.f, l.err = os.Open(l.from)
-			if l.err != nil {
-				l.err = fmt.Errorf("open the pod's network namespace: %w", l.err)
-				continue
-			}
-			var st unix.Stat_t
-			if err := unix.Fstat(int(l.f.Fd()), &st); err != nil {
-				l.err = fmt.Errorf("stat the pod's network namespace %s: %w", l.from, err)
-				continue
-			}
-			l.ino = st.Ino
-		}
-	}
-	return found
-}
-
-func locateKey(t *detourv1.Target) string {
-	if t.Netns != "" {
-		return "path " + t.Netns
-	}
-	return "ip " + t.PodIp
-}
-
-// apply does Apply's work with the targets' namespaces found; mu is held.
-func (d *dataplane) apply(assignments []*detourv1.Assignment, found map[string]*located) {
-	want := map[portKey]*desiredPort{}
-	targets := map[string][]portKey{}
-	errs := map[string]string{}
-	fail := func(id, msg string) {
-		if errs[id] == "" {
-			errs[id] = msg
-		}
-	}
-	failing := map[string]string{} // by target, for targets to retry
-	for _, a := range assignments {
-		id := interceptID(a.Namespace, a.Name)
-		targets[id] = nil
-		var m *match.Matcher
-		if !a.L4 {
-			var err error
-			if m, err = compile(a.Match); err != nil {
-				fail(id, err.Error())
-				continue
-			}
-		}
-		sources, err := sourceSet(a)
-		if err != nil {
-			fail(id, err.Error())
-			continue
-		}
-		for _, t := range a.Targets {
-			addr, err := netip.ParseAddr(t.PodIp)
-			if err != nil || !addr.Is4() || t.Port == 0 || t.Port > 65535 {
-				fail(id, fmt.Sprintf("bad target %s/%s %q:%d", t.PodNamespace, t.PodName, t.PodIp, t.Port))
-				continue
-			}
-			target := fmt.Sprintf("%s/%s %s", t.PodNamespace, t.PodName, netip.AddrPortFrom(addr, uint16(t.Port)))
-			l := found[locateKey(t)]
-			if l.err != nil {
-				msg := fmt.Sprintf("pod %s: %v", target, l.err)
-				fail(id, msg)
-				if !l.final {
-					failing[target] = msg
-				}
-				continue
-			}
-			k := portKey{ns: l.ino, addr: addr, port: uint16(t.Port)}
-			targets[id] = append(targets[id], k)
-			dp := want[k]
-			if dp == nil {
-				dp = &desiredPort{app: netip.AddrPortFrom(addr, k.port).String(), at: l, target: target}
-				want[k] = dp
-			}
-			dp.routes = append(dp.routes, proxy.Route{Intercept: id, Matcher: m, Destination: a.Destination, L4: a.L4, Sources: sources})
-		}
-	}
+// apply carries out, in its order (what goes, then what comes), the plan
+// that makes the node match the assignments with the targets' namespaces
+// found, and records in it what failed; mu is held.
+func (d *dataplane) apply(assignments []*detourv1.Assignment, found *found) {
+	p := planSync(assignments, found.where, slices.Collect(maps.Keys(d.ports)), slices.Collect(maps.Keys(d.namespaces)))
 
 	// Counters first: the routes set below reach them without the lock.
-	for id := range d.counters {
-		if _, ok := targets[id]; !ok {
-			delete(d.counters, id)
-		}
-	}
-	for id := range targets {
-		if d.counters[id] == nil {
-			d.counters[id] = &counters{metrics: d.m.forIntercept(id)}
-		}
-	}
+	d.keepCounters(p.targets)
 
 	if d.flowPorts != nil {
 		// Before steering, so the flows of new ports are tracked from
 		// their first connection.
-		if err := d.flowPorts(flowPortsOf(want, assignments)); err != nil {
+		if err := d.flowPorts(flowPortsOf(p.ports, assignments)); err != nil {
 			d.m.bpfErrors.WithLabelValues("flow_ports").Inc()
 			d.log.Warn("setting the flow metrics' ports failed", "err", err)
 		}
 	}
 
-	// Removed first, so a pod replaced by one in a new namespace is
-	// detached from the old before it is attached to the new.
-	for k, p := range d.ports {
-		if _, ok := want[k]; !ok {
-			d.removePort(k, p)
+	for _, k := range p.remove {
+		d.removePort(k, d.ports[k])
+	}
+	for _, ino := range p.detach {
+		d.detach(ino)
+	}
+	attachErrs := map[uint64]error{}
+	for _, a := range p.attach {
+		if err := d.attach(a, found.files[a.ino]); err != nil {
+			attachErrs[a.ino] = err
 		}
 	}
-	for k, dp := range want {
-		p := d.ports[k]
-		if p == nil {
-			var err error
-			if p, err = d.addPort(k, dp.app, dp.at); err != nil {
-				msg := fmt.Sprintf("pod %s: %v", dp.target, err)
-				for _, r := range dp.routes {
-					fail(r.Intercept, msg)
-				}
-				failing[dp.target] = msg
-				continue
-			}
+	for _, k := range p.add {
+		err := attachErrs[k.ns]
+		if err == nil {
+			err = d.addPort(k, p.ports[k])
 		}
-		p.obs.setRoutes(dp.routes)
-		p.proxy.SetRoutes(dp.routes)
+		if err != nil {
+			p.portFailed(k, err)
+		}
+	}
+	// A namespace attached for ports that all failed is detached again, as
+	// addPort undoes what it made.
+	d.detachUnused()
+	for _, k := range p.update {
+		d.ports[k].setRoutes(p.ports[k].routes)
 	}
 
-	d.logFailures(failing)
-	d.targets, d.errs = targets, errs
+	d.logFailures(p.failing)
+	d.targets, d.errs = p.targets, p.errs
 	if d.connects != nil {
-		d.connects.want(d.connectWants(assignments))
+		d.connects.want(connectWants(assignments, d.targets, func(k portKey) bool { return d.ports[k] != nil }))
 	}
-	d.m.intercepts.Set(float64(len(targets)))
+	d.m.intercepts.Set(float64(len(d.targets)))
 	d.m.steeredPorts.Set(float64(len(d.ports)))
 	d.m.attachments.Set(float64(len(d.namespaces)))
 }
@@ -474,224 +241,6 @@ func (d *dataplane) logFailures(now map[string]string) {
 		}
 	}
 	d.failing = now
-}
-
-// connectWants are the connect-time redirects the assignments call for: the
-// steered ports (and service addresses) of L4 intercepts, to their
-// destination, for every caller or, with a source filter, for the source
-// pods on this node; mu is held.
-func (d *dataplane) connectWants(assignments []*detourv1.Assignment) []connectWant {
-	var out []connectWant
-	for _, a := range assignments {
-		if !a.L4 {
-			continue
-		}
-		to, err := netip.ParseAddrPort(a.Destination)
-		if err != nil || !to.Addr().Unmap().Is4() {
-			continue // the relay reports a bad destination per connection
-		}
-		w := connectWant{to: to, intercept: interceptID(a.Namespace, a.Name), restricted: a.RestrictSources}
-		for _, s := range a.NodeSources {
-			if src, err := netip.ParseAddr(s); err == nil {
-				w.sources = append(w.sources, src.Unmap())
-			}
-		}
-		steered := false
-		for _, k := range d.targets[w.intercept] {
-			if d.ports[k] != nil {
-				steered = true
-				w.addr = netip.AddrPortFrom(k.addr, k.port)
-				out = append(out, w)
-			}
-		}
-		// The service's virtual address too, on a node where the
-		// intercept is in force: callers dial the ClusterIP, which
-		// kube-proxy would only turn into a pod address after connect().
-		for _, s := range a.ServiceAddresses {
-			if addr, err := netip.ParseAddrPort(s); err == nil && steered {
-				w.addr = addr
-				out = append(out, w)
-			}
-		}
-	}
-	return out
-}
-
-// flowPortsOf are the ports whose flows the sockops metrics track: the
-// steered pod ports (the agent's accepted sockets have them as local port,
-// its sockets to the app as remote port) and the destinations' ports.
-func flowPortsOf(want map[portKey]*desiredPort, assignments []*detourv1.Assignment) []uint16 {
-	set := map[uint16]bool{}
-	for k := range want {
-		set[k.port] = true
-	}
-	for _, a := range assignments {
-		if ap, err := netip.ParseAddrPort(a.Destination); err == nil {
-			set[ap.Port()] = true
-		}
-	}
-	out := make([]uint16, 0, len(set))
-	for p := range set {
-		out = append(out, p)
-	}
-	slices.Sort(out)
-	return out
-}
-
-// sourceSet is the assignment's source filter; nil admits every source.
-func sourceSet(a *detourv1.Assignment) (map[netip.Addr]struct{}, error) {
-	if !a.RestrictSources {
-		return nil, nil
-	}
-	set := make(map[netip.Addr]struct{}, len(a.Sources))
-	for _, s := range a.Sources {
-		addr, err := netip.ParseAddr(s)
-		if err != nil {
-			return nil, fmt.Errorf("bad source address %q", s)
-		}
-		set[addr.Unmap()] = struct{}{}
-	}
-	return set, nil
-}
-
-func compile(conds []*detourv1.Condition) (*match.Matcher, error) {
-	mc, err := apiconv.ConditionsFromProto(conds)
-	if err != nil {
-		return nil, err
-	}
-	return match.Compile(mc)
-}
-
-// addPort opens the agent's listener inside the pod's namespace (found at
-// at), starts its router and only then steers the port to it, so no
-// connection is handed to a listener nobody serves. On error everything it
-// made is undone.
-func (d *dataplane) addPort(k portKey, app string, at *located) (_ *port, err error) {
-	ns := d.namespaces[k.ns]
-	if ns == nil {
-		// A handle of the namespace's own: at's is closed after the sync.
-		f, err := os.Open(fdPath(at.f))
-		if err != nil {
-			return nil, fmt.Errorf("open netns %s: %w", at.from, err)
-		}
-		if err := d.steer.Attach(fdPath(f)); err != nil {
-			_ = f.Close()
-			d.m.bpfErrors.WithLabelValues("attach").Inc()
-			return nil, fmt.Errorf("attach steering to netns %s: %w", at.from, err)
-		}
-		ns = &podNetNS{f: f, from: at.from}
-		d.namespaces[k.ns] = ns
-		d.log.Info("steering attached to a pod network namespace", "netns", at.from, "inode", k.ns)
-	}
-	ns.ports++
-	defer func() {
-		if err != nil {
-			d.unref(k.ns)
-		}
-	}()
-
-	nsf, err := os.Open(fdPath(ns.f))
-	if err != nil {
-		return nil, fmt.Errorf("open netns %s: %w", ns.from, err)
-	}
-	path := fdPath(nsf)
-	ln, err := d.listen(path, "tcp4", netip.AddrPortFrom(k.addr, 0).String())
-	if err != nil {
-		_ = nsf.Close()
-		return nil, fmt.Errorf("listen in pod namespace: %w", err)
-	}
-	tl := ln.(*net.TCPListener)
-	dialer := &netns.Dialer{Path: path}
-	obs := &portObserver{d: d}
-	px := proxy.New(proxy.Config{
-		App:      app,
-		Dial:     dialer.DialContext,
-		Observer: obs,
-		Logger:   d.log.With("port", k.String()),
-		Relay:    d.relay,
-	})
-	go func() { _ = px.Serve(tl) }()
-	if err := d.steer.Steer(k.addr, k.port, tl); err != nil {
-		d.m.bpfErrors.WithLabelValues("steer").Inc()
-		_ = tl.Close()
-		_ = px.Close()
-		_ = nsf.Close()
-		return nil, fmt.Errorf("steer port: %w", err)
-	}
-	p := &port{ln: tl, proxy: px, obs: obs, nsf: nsf}
-	d.ports[k] = p
-	d.log.Info("steering pod port to the agent", "port", k.String(), "netns", ns.from)
-	return p, nil
-}
-
-// removePort stops steering first, so new connections reach the app at
-// once; the connections the router already has, or has yet to take from
-// its listener's queue, are routed to the app and drained (see drainPort)
-// for at most the drain time.
-func (d *dataplane) removePort(k portKey, p *port) {
-	if err := d.steer.Unsteer(k.addr, k.port); err != nil {
-		d.m.bpfErrors.WithLabelValues("unsteer").Inc()
-		d.log.Error("unsteer failed", "port", k.String(), "err", err)
-	}
-	p.proxy.SetRoutes(nil)
-	delete(d.ports, k)
-	d.unref(k.ns)
-	d.log.Info("pod port no longer steered", "port", k.String())
-	ctx, cancel := context.WithTimeout(d.drainsCtx, d.drain)
-	d.drains.Add(1)
-	go func() {
-		defer d.drains.Done()
-		defer cancel()
-		d.drainPort(ctx, k, p)
-	}()
-}
-
-// drainPort lets the router of a port no longer steered finish what it has
-// (proxy.Shutdown: the listener's accept queue, requests and streams in
-// flight; keep-alive connections end at their next request) until ctx
-// ends, then closes it and returns what was left.
-func (d *dataplane) drainPort(ctx context.Context, k portKey, p *port) proxy.Activity {
-	err := p.proxy.Shutdown(ctx)
-	_ = p.ln.Close()
-	var left proxy.Activity
-	if err != nil {
-		if left = p.proxy.Active(); left.Conns() > 0 {
-			d.log.Warn("drain time over; closing the connections left", "port", k.String(), "left", left)
-		}
-	}
-	_ = p.proxy.Close()
-	_ = p.nsf.Close()
-	return left
-}
-
-// unref drops a port's hold on its namespace, detaching the steering from
-// the namespace with its last port.
-func (d *dataplane) unref(ino uint64) {
-	ns := d.namespaces[ino]
-	if ns.ports--; ns.ports > 0 {
-		return
-	}
-	delete(d.namespaces, ino)
-	if err := d.steer.Detach(fdPath(ns.f)); err != nil {
-		d.m.bpfErrors.WithLabelValues("detach").Inc()
-		d.log.Error("detach steering failed", "netns", ns.from, "inode", ino, "err", err)
-	} else {
-		d.log.Info("steering detached from a pod network namespace", "netns", ns.from, "inode", ino)
-	}
-	_ = ns.f.Close()
-}
-
-// observe counts a request of intercept id that its port's observer does
-// not know (any more): the intercept's counters are looked up under the lock.
-func (d *dataplane) observe(id string, o proxy.Outcome, dur time.Duration) {
-	d.mu.Lock()
-	c := d.counters[id]
-	d.mu.Unlock()
-	if c == nil {
-		d.m.observe(id, o, dur)
-		return
-	}
-	c.count(o, dur)
 }
 
 // Reports returns what each applied intercept looks like on this node.
@@ -766,16 +315,12 @@ func (d *dataplane) Shutdown(ctx context.Context) error {
 			d.log.Warn("unsteer on stop", "port", k.String(), "err", err)
 		}
 		delete(d.ports, k)
-		d.unref(k.ns) // detaches the namespace with its last port
 		ports[k] = p
 	}
-	// Closing the steering closes whatever link is left, by the
-	// namespaces' inodes.
+	d.detachUnused() // all of them, with no port left
+	// Closing the steering closes whatever link is left (a detach that
+	// failed), by the namespaces' inodes.
 	err := d.steer.Close()
-	for ino, ns := range d.namespaces {
-		_ = ns.f.Close()
-		delete(d.namespaces, ino)
-	}
 	d.m.steeredPorts.Set(0)
 	d.m.attachments.Set(0)
 	d.mu.Unlock()

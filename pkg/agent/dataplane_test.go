@@ -3,7 +3,9 @@ package agent
 import (
 	"context"
 	"errors"
+	"net"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -163,5 +165,43 @@ func TestCloseRemovesSteering(t *testing.T) {
 	}
 	if err := d.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
+	}
+}
+
+// TestPortFailureDetachesItsNamespace: a port whose listener cannot be
+// opened leaves nothing behind (its namespace, attached for it, is detached
+// again), is reported and retried, and is steered once it can be.
+func TestPortFailureDetachesItsNamespace(t *testing.T) {
+	s, r, logs := newFakeSteerer(), newFakeResolver(), &logBuffer{}
+	d := newTestDataplane(t, s, r, logs)
+	var refuse atomic.Bool
+	refuse.Store(true)
+	d.listen = func(path, network, addr string) (net.Listener, error) {
+		if refuse.Load() {
+			return nil, errors.New("address already in use")
+		}
+		return listenHere(path, network, addr)
+	}
+	ip := netip.MustParseAddr("10.0.0.5")
+	nsPath, ino := fakeNetNS(t)
+	r.set(ip, nsPath)
+
+	d.Apply([]*detourv1.Assignment{intercept("api", target("api-0", ip, 8080))})
+	if err := s.wantState(nil); err != nil {
+		t.Fatalf("after the listener failed: %v", err)
+	}
+	if err := wantReport(d.Reports(), "default/api", false, "pod default/api-0 10.0.0.5:8080: listen in pod namespace: address already in use"); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go d.run(ctx, 5*time.Millisecond)
+	refuse.Store(false)
+	testutil.Eventually(t, 5*time.Second, func() error {
+		return wantReport(d.Reports(), "default/api", true, "")
+	})
+	if err := s.wantState([]uint64{ino}, "10.0.0.5:8080"); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -1,6 +1,7 @@
-// Package netns runs code, opens listeners and dials connections inside
-// another network namespace. The agent uses it to own sockets in a pod's
-// namespace while the agent process itself stays in the node's namespace.
+// Package netns runs code, opens listeners, dials connections and looks
+// for listening sockets inside another network namespace. The agent uses it
+// to own sockets in a pod's namespace while the agent process itself stays
+// in the node's namespace.
 package netns
 
 import (

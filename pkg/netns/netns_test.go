@@ -1,6 +1,9 @@
 package netns_test
 
 import (
+	"context"
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strconv"
@@ -28,5 +31,53 @@ func TestPrivilegedCreateSurvivesIPNetnsAdd(t *testing.T) {
 	}
 	if out, err := exec.Command("ip", "netns", "exec", name, "true").CombinedOutput(); err != nil {
 		t.Fatalf("ip netns exec: %v\n%s", err, out)
+	}
+}
+
+// TestPrivilegedListening: a socket listening inside a namespace is seen
+// there, for its own address or, bound to any address, for every address;
+// a port nothing listens on is not, and neither is a socket that is
+// connected rather than listening.
+func TestPrivilegedListening(t *testing.T) {
+	path := testutil.NewNetNS(t)
+	lnLo, err := netns.Listen(path, "tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lnLo.Close()
+	lnAny, err := netns.Listen(path, "tcp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lnAny.Close()
+	lo := netip.MustParseAddrPort(lnLo.Addr().String())
+	anyPort := uint16(lnAny.Addr().(*net.TCPAddr).Port)
+	// A connection accepted on lo: its socket has lo's port, not listening.
+	d := &netns.Dialer{Path: path}
+	c, err := d.DialContext(context.Background(), "tcp4", lo.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	client := netip.MustParseAddrPort(c.LocalAddr().String())
+
+	for _, tt := range []struct {
+		addr netip.AddrPort
+		want bool
+	}{
+		{lo, true},
+		{netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), lo.Port()), false},
+		{netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), anyPort), true},
+		{netip.AddrPortFrom(netip.MustParseAddr("10.1.2.3"), anyPort), true},
+		{client, false},
+	} {
+		got, err := netns.Listening(path, tt.addr)
+		if err != nil || got != tt.want {
+			t.Errorf("Listening(%s) = %v, %v; want %v", tt.addr, got, err, tt.want)
+		}
+	}
+	// The namespace's sockets only: another namespace has none of them.
+	if got, err := netns.Listening(testutil.NewNetNS(t), lo); err != nil || got {
+		t.Errorf("Listening(%s) in another namespace = %v, %v; want false", lo, got, err)
 	}
 }
