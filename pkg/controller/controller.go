@@ -46,7 +46,7 @@ type Config struct {
 	// Version is reported by GetStatus.
 	Version string
 	// Status, when set, is told of every change to an intercept's status
-	// and run by Run (the Kubernetes store's kube.StatusWriter); nil keeps
+	// and run by Run (the Kubernetes store's StatusWriter); nil keeps
 	// status in GetStatus alone.
 	Status StatusSink
 }

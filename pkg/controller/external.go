@@ -12,7 +12,6 @@ import (
 
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
 	"github.com/detourdev/detour/pkg/store"
-	"github.com/detourdev/detour/pkg/store/kube"
 )
 
 // WatchingStore is a store that reports every change to its intercepts,
@@ -21,7 +20,7 @@ import (
 // such changes exactly as if they had come through the gRPC API.
 type WatchingStore interface {
 	store.Store
-	Watch(ctx context.Context) (<-chan kube.Event, error)
+	Watch(ctx context.Context) (<-chan store.Event, error)
 }
 
 // syncRetry is how long a key whose store read failed waits before Run

@@ -20,6 +20,13 @@ import (
 	"github.com/detourdev/detour/pkg/store/kube"
 )
 
+// The Kubernetes store is what the controller's interfaces are for; the
+// controller itself imports only pkg/store.
+var (
+	_ WatchingStore = (*kube.Store)(nil)
+	_ StatusSink    = (*kube.StatusWriter)(nil)
+)
+
 // startAPI runs an API server with the Intercept CRD and returns its
 // admin's rest.Config and, through the typed clientset, the Intercepts of
 // namespace default, to change them as kubectl would.
