@@ -54,7 +54,7 @@ func AgentSyncRules(serviceAccount, audience string) kubeauth.Rules {
 func controlScope(msg any) (namespace, name string, err error) {
 	orDefault := func(ns string) string {
 		if ns == "" {
-			return inventory.DefaultNamespace
+			return inventory.NamespaceDefault
 		}
 		return ns
 	}

@@ -12,8 +12,10 @@ import (
 	"sort"
 )
 
-// DefaultNamespace is the namespace of pods and services that name none.
-const DefaultNamespace = "default"
+// NamespaceDefault is Kubernetes' default namespace, "default"
+// (metav1.NamespaceDefault, restated so that the lab builds without
+// client-go): that of pods, services and intercepts that name none.
+const NamespaceDefault = "default"
 
 // Inventory is one node's pods and the services over them.
 type Inventory struct {
