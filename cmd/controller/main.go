@@ -383,7 +383,7 @@ func serve(ctx context.Context, d *deps) error {
 }
 
 // waitInventory returns once the inventory answers, or when ctx ends.
-func waitInventory(ctx context.Context, inv inventory) error {
+func waitInventory(ctx context.Context, inv inventorySource) error {
 	for {
 		if _, err := inv.Get(); err == nil {
 			return nil

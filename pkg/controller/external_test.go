@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
+	"github.com/detourdev/detour/pkg/inventory"
 	"github.com/detourdev/detour/pkg/store"
 )
 
@@ -43,7 +44,7 @@ func TestWatchRetriesFailedReads(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := &flakyStore{Bolt: bolt, events: make(chan store.Event)}
-	h := &harness{t: t, clock: newFakeClock(), inv: NewStaticInventory(labInventory()), reg: prometheus.NewRegistry()}
+	h := &harness{t: t, clock: newFakeClock(), inv: inventory.NewStaticSource(labInventory()), reg: prometheus.NewRegistry()}
 	srv, err := New(ctx(t), Config{Store: st, Inventory: h.inv, Clock: h.clock, Registerer: h.reg})
 	if err != nil {
 		t.Fatal(err)

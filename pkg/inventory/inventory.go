@@ -1,7 +1,8 @@
 // Package inventory describes what runs on a node: pods with their addresses
 // and network namespaces, and the services that select them. The lab writes
 // it; the controller and agent read it (in Kubernetes, informers fill the
-// same shape).
+// same shape). The controller takes it from a Source: the lab's file
+// (FileSource), memory (StaticSource), or the API server (pkg/inventory/kube).
 package inventory
 
 import (
