@@ -69,7 +69,7 @@ func TestManifestsMatchTheCLI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ns := find(t, objs, "Namespace", kubeclient.DefaultNamespace)
+	ns := find(t, objs, "Namespace", kubeclient.DetourNamespace)
 	for _, u := range objs {
 		if u.GetNamespace() != "" && u.GetNamespace() != ns.GetName() {
 			t.Errorf("%s is in namespace %s, not %s", kubeclient.Ref(u), u.GetNamespace(), ns.GetName())

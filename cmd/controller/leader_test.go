@@ -24,6 +24,7 @@ import (
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
 	"github.com/detourdev/detour/internal/envtest"
 	"github.com/detourdev/detour/internal/testutil"
+	"github.com/detourdev/detour/pkg/leader"
 )
 
 // get fetches an HTTP path of a controller's metrics listener.
@@ -144,23 +145,23 @@ func TestLeaderElection(t *testing.T) {
 	}
 	a, b := startReplica(t, env, "a"), startReplica(t, env, "b")
 
-	var leader, follower *replica
+	var leading, follower *replica
 	testutil.Eventually(t, 20*time.Second, func() error {
 		ra, whyA := a.ready()
 		rb, whyB := b.ready()
 		switch {
 		case ra && !rb:
-			leader, follower = a, b
+			leading, follower = a, b
 		case rb && !ra:
-			leader, follower = b, a
+			leading, follower = b, a
 		default:
 			return fmt.Errorf("not one replica leading: a ready %v (%s), b ready %v (%s)", ra, whyA, rb, whyB)
 		}
 		return nil
 	})
-	t.Logf("%s leads", leader.name)
-	if !leader.serves(t) {
-		t.Fatalf("leader %s does not serve gRPC", leader.name)
+	t.Logf("%s leads", leading.name)
+	if !leading.serves(t) {
+		t.Fatalf("leader %s does not serve gRPC", leading.name)
 	}
 	if ok, why := follower.ready(); ok || why != "not the leader" {
 		t.Fatalf("follower /readyz: %v %q, want 503 not the leader", ok, why)
@@ -172,16 +173,16 @@ func TestLeaderElection(t *testing.T) {
 		c.Close()
 		t.Fatalf("follower %s listens on its gRPC address", follower.name)
 	}
-	if l, f := gauge(t, leader.o.metricsListen, "detour_controller_leader"), gauge(t, follower.o.metricsListen, "detour_controller_leader"); l != 1 || f != 0 {
+	if l, f := gauge(t, leading.o.metricsListen, "detour_controller_leader"), gauge(t, follower.o.metricsListen, "detour_controller_leader"); l != 1 || f != 0 {
 		t.Fatalf("detour_controller_leader: leader %v, follower %v", l, f)
 	}
 
 	// The leader stops cleanly (SIGTERM): it releases the lease, and the
 	// other replica takes over well within a lease duration.
 	stopped := time.Now()
-	leader.stop()
-	if err := leader.wait(t); err != nil {
-		t.Fatalf("leader %s stopped with %v", leader.name, err)
+	leading.stop()
+	if err := leading.wait(t); err != nil {
+		t.Fatalf("leader %s stopped with %v", leading.name, err)
 	}
 	testutil.Eventually(t, 20*time.Second, func() error {
 		if ok, why := follower.ready(); !ok {
@@ -214,7 +215,7 @@ func TestLeaderElection(t *testing.T) {
 	if _, err := leases.Update(ctx, lease, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := follower.wait(t); !errors.Is(err, errLostLeadership) {
-		t.Fatalf("replica %s after losing its lease: %v, want %v", follower.name, err, errLostLeadership)
+	if err := follower.wait(t); !errors.Is(err, leader.ErrLost) {
+		t.Fatalf("replica %s after losing its lease: %v, want %v", follower.name, err, leader.ErrLost)
 	}
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 
 	"github.com/detourdev/detour/pkg/controller"
@@ -303,19 +304,18 @@ func serve(ctx context.Context, d *deps) error {
 			log.Error("close store", "err", err)
 		}
 	}()
+	// The parts run in a group: the first to fail stops the others, and
+	// serve returns its error once all have ended.
 	ctx, cancel := context.WithCancel(ctx)
-	errs := make(chan error, 3)
-	var wg sync.WaitGroup
-	defer func() { cancel(); wg.Wait() }()
+	g, ctx := errgroup.WithContext(ctx)
+	defer func() { cancel(); _ = g.Wait() }()
 	goRun := func(name string, f func() error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		g.Go(func() error {
 			if err := f(); err != nil {
-				errs <- fmt.Errorf("%s: %w", name, err)
-				cancel()
+				return fmt.Errorf("%s: %w", name, err)
 			}
-		}()
+			return nil
+		})
 	}
 	inv, invWhere, err := openInventory(o, d.kube, log.With("component", "inventory"))
 	if err != nil {
@@ -327,9 +327,7 @@ func serve(ctx context.Context, d *deps) error {
 	// send agents empty desired state, tearing down steering for a moment.
 	if err := waitInventory(ctx, inv); err != nil {
 		cancel()
-		wg.Wait()
-		close(errs)
-		if first := <-errs; first != nil {
+		if first := g.Wait(); first != nil {
 			return first
 		}
 		return err
@@ -381,13 +379,11 @@ func serve(ctx context.Context, d *deps) error {
 		log.Warn("gRPC calls still running after 5s; closing them")
 		gs.Stop()
 	}
-	wg.Wait()
-	close(errs)
-	return <-errs // nil when every part ended because of ctx
+	return g.Wait() // nil when every part ended because of ctx
 }
 
 // waitInventory returns once the inventory answers, or when ctx ends.
-func waitInventory(ctx context.Context, inv inventory) error {
+func waitInventory(ctx context.Context, inv inventorySource) error {
 	for {
 		if _, err := inv.Get(); err == nil {
 			return nil

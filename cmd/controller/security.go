@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/detourdev/detour/pkg/controller"
 	"github.com/detourdev/detour/pkg/kubeauth"
 )
 
@@ -38,14 +39,18 @@ func grpcSecurity(ctx context.Context, o *options, kc *kubeClients, log *slog.Lo
 		sec.tls = true
 	}
 	if o.auth == "kube" {
-		a, err := kubeauth.New(kubeauth.Config{
-			Client:              kc.client,
-			AgentAudience:       o.agentTokenAudience,
-			AgentServiceAccount: o.agentServiceAccount,
-			Logger:              log.With("component", "auth"),
-		})
+		a, err := kubeauth.New(kubeauth.Config{Client: kc.client, Logger: log.With("component", "auth")})
 		if err != nil {
 			return security{}, fmt.Errorf("--auth kube: %w", err)
+		}
+		// Each service's own table of who may call it.
+		for _, rules := range []kubeauth.Rules{
+			controller.ControlRules(),
+			controller.AgentSyncRules(o.agentServiceAccount, o.agentTokenAudience),
+		} {
+			if err := a.Register(rules); err != nil {
+				return security{}, fmt.Errorf("--auth kube: %w", err)
+			}
 		}
 		sec.opts = append(sec.opts,
 			grpc.ChainUnaryInterceptor(a.UnaryInterceptor()),

@@ -13,7 +13,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/detourdev/detour/pkg/controller"
+	"github.com/detourdev/detour/pkg/inventory"
 	invkube "github.com/detourdev/detour/pkg/inventory/kube"
 	"github.com/detourdev/detour/pkg/store"
 	"github.com/detourdev/detour/pkg/store/kube"
@@ -110,17 +110,18 @@ func checkCRD(ctx context.Context, st store.Store) error {
 	return fmt.Errorf("reach the Kubernetes API server: %w", err)
 }
 
-// inventory is a source of pods and services that runs until ctx ends.
-type inventory interface {
-	controller.InventorySource
+// inventorySource is a source of pods and services that runs until ctx
+// ends: the lab's file, or the API server's informers.
+type inventorySource interface {
+	inventory.Source
 	Run(ctx context.Context) error
 }
 
 // openInventory opens the source --inventory-source names and says where it
 // reads, for the log.
-func openInventory(o *options, kc *kubeClients, log *slog.Logger) (inventory, string, error) {
+func openInventory(o *options, kc *kubeClients, log *slog.Logger) (inventorySource, string, error) {
 	if o.inventoryFrom != "kube" {
-		return controller.NewFileInventory(o.inventoryPath, log), o.inventoryPath, nil
+		return inventory.NewFileSource(o.inventoryPath, log), o.inventoryPath, nil
 	}
 	return invkube.New(kc.client, invkube.Options{}), "kube:" + kc.where, nil
 }

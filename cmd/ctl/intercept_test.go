@@ -107,13 +107,13 @@ func TestShortDuration(t *testing.T) {
 }
 
 // startController runs a real controller on a loopback TCP port.
-func startController(t *testing.T) (addr string, inv *controller.StaticInventory) {
+func startController(t *testing.T) (addr string, inv *inventory.StaticSource) {
 	t.Helper()
 	st, err := store.Open(filepath.Join(t.TempDir(), "c.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	inv = controller.NewStaticInventory(&inventory.Inventory{
+	inv = inventory.NewStaticSource(&inventory.Inventory{
 		Node: "lab",
 		Pods: []inventory.Pod{
 			{Name: "api-0", Namespace: "default", Labels: map[string]string{"app": "api"}, IP: "10.0.0.10", NetNS: "/run/netns/api-0"},

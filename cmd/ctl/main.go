@@ -127,7 +127,7 @@ func newRootCmdWith(d deps) *cobra.Command {
 	pf.StringVar(&g.controller, "controller", def, "controller gRPC `ADDRESS`, dialled directly in plain text (env DETOUR_CONTROLLER)")
 	pf.StringVar(&g.kubeconfig, "kubeconfig", "", "kubeconfig `FILE` (default: $KUBECONFIG, else ~/.kube/config)")
 	pf.StringVar(&g.context, "context", "", "kubeconfig `CONTEXT` (default: the current context)")
-	pf.StringVar(&g.detourNamespace, "detour-namespace", kubeclient.DefaultNamespace, "`NAMESPACE` Detour is installed in")
+	pf.StringVar(&g.detourNamespace, "detour-namespace", kubeclient.DetourNamespace, "`NAMESPACE` Detour is installed in")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return withCode(exitUsage, err) })
 	root.AddCommand(newInterceptCmd(g), newStatusCmd(g), newInstallCmd(g), newUninstallCmd(g), newLabCmd(g))

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
+	"github.com/detourdev/detour/pkg/inventory"
 	"github.com/detourdev/detour/pkg/store"
 )
 
@@ -35,8 +36,8 @@ const watchBuffer = 256
 
 // Config is what a Server depends on.
 type Config struct {
-	Store     store.Store     // required
-	Inventory InventorySource // required
+	Store     store.Store      // required
+	Inventory inventory.Source // required
 	// Clock drives leases; nil means the wall clock.
 	Clock Clock
 	// Logger; nil discards.
@@ -46,7 +47,7 @@ type Config struct {
 	// Version is reported by GetStatus.
 	Version string
 	// Status, when set, is told of every change to an intercept's status
-	// and run by Run (the Kubernetes store's kube.StatusWriter); nil keeps
+	// and run by Run (the Kubernetes store's StatusWriter); nil keeps
 	// status in GetStatus alone.
 	Status StatusSink
 }
@@ -60,7 +61,7 @@ type Server struct {
 	detourv1.UnimplementedAgentSyncServiceServer
 
 	store   store.Store
-	inv     InventorySource
+	inv     inventory.Source
 	clock   Clock
 	log     *slog.Logger
 	metrics *metrics
@@ -298,6 +299,15 @@ func (s *Server) reconcileLocked() {
 
 // leaseMoved tells the lease loop to look at the expiries again.
 func (s *Server) leaseMoved() { notify(s.leaseChanged) }
+
+// notify signals ch without blocking; one pending signal is enough because
+// the reader looks at the whole state again.
+func notify(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
 
 // icWatcher is one WatchIntercepts stream.
 type icWatcher struct {

@@ -9,10 +9,10 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/proto"
+	"k8s.io/client-go/util/workqueue"
 
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
 	"github.com/detourdev/detour/pkg/store"
-	"github.com/detourdev/detour/pkg/store/kube"
 )
 
 // WatchingStore is a store that reports every change to its intercepts,
@@ -21,26 +21,43 @@ import (
 // such changes exactly as if they had come through the gRPC API.
 type WatchingStore interface {
 	store.Store
-	Watch(ctx context.Context) (<-chan kube.Event, error)
+	Watch(ctx context.Context) (<-chan store.Event, error)
 }
 
-// syncRetry is how long a key whose store read failed waits before Run
-// reads it again.
-const syncRetry = time.Second
+// Backoff of a key whose store read failed: doubling from syncRetryBase
+// up to syncRetryMax, per key. The cap is far below the workqueue default's
+// 1000 s, so that an intercept changed during an API server outage is
+// applied within half a minute of its return.
+const (
+	syncRetryBase = 5 * time.Millisecond
+	syncRetryMax  = 30 * time.Second
+)
 
 // runWatch follows the store's changes until ctx ends. Events are taken as
-// keys to read again (level-triggered, like a workqueue), not as states to
-// apply: the store is read under mu, after any write of this controller has
-// finished, so the echo of our own write, or a stale event overtaken by a
-// later write, finds the store equal to memory and changes nothing.
+// keys to read again (level-triggered), not as states to apply: the store
+// is read under mu, after any write of this controller has finished, so the
+// echo of our own write, or a stale event overtaken by a later write, finds
+// the store equal to memory and changes nothing. Keys go through a typed
+// rate-limited workqueue with one worker, as in a Kubernetes controller:
+// keys are read in the order they changed, a key that changes again while
+// it waits is read once, and one whose read fails is retried with a
+// backoff of its own.
 func (s *Server) runWatch(ctx context.Context, w WatchingStore) error {
 	events, err := w.Watch(ctx)
 	if err != nil {
 		return fmt.Errorf("watch intercepts: %w", err)
 	}
 	s.log.Info("following intercept changes made outside the controller")
-	retry := map[string]bool{}
-	var retryAt <-chan time.Time
+	queue := workqueue.NewTypedRateLimitingQueueWithConfig(
+		workqueue.NewTypedItemExponentialFailureRateLimiter[string](syncRetryBase, syncRetryMax),
+		workqueue.TypedRateLimitingQueueConfig[string]{Name: "intercept_changes"})
+	worker := make(chan struct{})
+	go func() {
+		defer close(worker)
+		for s.syncNext(ctx, queue) {
+		}
+	}()
+	defer func() { queue.ShutDown(); <-worker }()
 	for {
 		select {
 		case <-ctx.Done():
@@ -52,34 +69,29 @@ func (s *Server) runWatch(ctx context.Context, w WatchingStore) error {
 				}
 				return errors.New("watch intercepts: the store stopped reporting changes")
 			}
-			k := keyOf(ev.Intercept.GetNamespace(), ev.Intercept.GetName())
-			if err := s.syncKey(ctx, ev.Intercept.GetNamespace(), ev.Intercept.GetName()); err != nil {
-				s.log.Warn("read changed intercept; retrying", "intercept", k, "err", err)
-				retry[k] = true
-				if retryAt == nil {
-					retryAt = time.After(syncRetry)
-				}
-			}
-		case <-retryAt:
-			retryAt = nil
-			keys := make([]string, 0, len(retry))
-			for k := range retry {
-				keys = append(keys, k)
-			}
-			slices.Sort(keys)
-			for _, k := range keys {
-				ns, name, _ := strings.Cut(k, "/")
-				if err := s.syncKey(ctx, ns, name); err != nil {
-					s.log.Warn("read changed intercept; retrying", "intercept", k, "err", err)
-					continue
-				}
-				delete(retry, k)
-			}
-			if len(retry) > 0 {
-				retryAt = time.After(syncRetry)
-			}
+			queue.Add(keyOf(ev.Intercept.GetNamespace(), ev.Intercept.GetName()))
 		}
 	}
+}
+
+// syncNext reads the next changed key from the store; false once the queue
+// is shut down.
+func (s *Server) syncNext(ctx context.Context, queue workqueue.TypedRateLimitingInterface[string]) bool {
+	k, quit := queue.Get()
+	if quit {
+		return false
+	}
+	defer queue.Done(k)
+	ns, name, _ := strings.Cut(k, "/")
+	if err := s.syncKey(ctx, ns, name); err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn("read changed intercept; retrying", "intercept", k, "failures", queue.NumRequeues(k)+1, "err", err)
+		}
+		queue.AddRateLimited(k)
+		return true
+	}
+	queue.Forget(k)
+	return true
 }
 
 // syncKey brings one intercept in memory up to what the store holds.

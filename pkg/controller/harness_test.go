@@ -94,7 +94,7 @@ func labInventory() *inventory.Inventory {
 type harness struct {
 	t      *testing.T
 	clock  *fakeClock
-	inv    *StaticInventory
+	inv    *inventory.StaticSource
 	path   string
 	reg    *prometheus.Registry
 	srv    *Server
@@ -109,7 +109,7 @@ func newHarness(t *testing.T) *harness {
 	h := &harness{
 		t:     t,
 		clock: newFakeClock(),
-		inv:   NewStaticInventory(labInventory()),
+		inv:   inventory.NewStaticSource(labInventory()),
 		path:  filepath.Join(t.TempDir(), "controller.db"),
 	}
 	h.start()

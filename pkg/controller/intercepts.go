@@ -87,7 +87,7 @@ func (s *Server) normalize(in *detourv1.Intercept) (*detourv1.Intercept, error) 
 	spec := ic.Spec
 	switch {
 	case ic.Namespace == "" && spec.ServiceNamespace == "":
-		ic.Namespace, spec.ServiceNamespace = inventory.DefaultNamespace, inventory.DefaultNamespace
+		ic.Namespace, spec.ServiceNamespace = inventory.NamespaceDefault, inventory.NamespaceDefault
 	case ic.Namespace == "":
 		ic.Namespace = spec.ServiceNamespace
 	case spec.ServiceNamespace == "":
@@ -213,7 +213,7 @@ func namespaceOf(ns, name string) (string, error) {
 		return "", status.Error(codes.InvalidArgument, "no intercept name given")
 	}
 	if ns == "" {
-		ns = inventory.DefaultNamespace
+		ns = inventory.NamespaceDefault
 	}
 	return ns, nil
 }

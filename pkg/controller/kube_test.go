@@ -17,7 +17,15 @@ import (
 	"github.com/detourdev/detour/pkg/apis/detour/v1alpha1"
 	"github.com/detourdev/detour/pkg/generated/clientset/versioned"
 	typed "github.com/detourdev/detour/pkg/generated/clientset/versioned/typed/detour/v1alpha1"
+	"github.com/detourdev/detour/pkg/inventory"
 	"github.com/detourdev/detour/pkg/store/kube"
+)
+
+// The Kubernetes store is what the controller's interfaces are for; the
+// controller itself imports only pkg/store.
+var (
+	_ WatchingStore = (*kube.Store)(nil)
+	_ StatusSink    = (*kube.StatusWriter)(nil)
 )
 
 // startAPI runs an API server with the Intercept CRD and returns its
@@ -40,7 +48,7 @@ func startAPI(t *testing.T) (*rest.Config, typed.InterceptInterface) {
 // startKube runs a controller over a kube store on cfg's API server, behind
 // a real gRPC server on an in-memory listener, as newHarness does over bolt,
 // writing the Intercepts' status as cmd/controller does.
-func startKube(t *testing.T, cfg *rest.Config, clock *fakeClock, inv *StaticInventory) *harness {
+func startKube(t *testing.T, cfg *rest.Config, clock *fakeClock, inv *inventory.StaticSource) *harness {
 	t.Helper()
 	st, err := kube.New(cfg, "detour-controller")
 	if err != nil {
@@ -138,7 +146,7 @@ func (h *harness) listNames(t *testing.T) []string {
 // an unexpected event.
 func TestKubeStore(t *testing.T) {
 	cfg, api := startAPI(t)
-	clock, inv := newFakeClock(), NewStaticInventory(labInventory())
+	clock, inv := newFakeClock(), inventory.NewStaticSource(labInventory())
 
 	h := startKube(t, cfg, clock, inv)
 	node := h.watchNode(t, "lab")

@@ -10,27 +10,24 @@ import (
 
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
 	"github.com/detourdev/detour/pkg/apis/detour/v1alpha1"
-	"github.com/detourdev/detour/pkg/store/kube"
+	"github.com/detourdev/detour/pkg/store"
 )
 
 // StatusSink publishes each intercept's status where users look for it.
 // The controller knows what the status means (refusals, the plan, the
 // agents' reports); the sink knows where it goes and how often it may be
-// written. kube.StatusWriter is one: it writes the status subresource of
-// Intercept resources.
+// written. The Kubernetes store's StatusWriter (pkg/store/kube) is one: it
+// writes the status subresource of Intercept resources.
 type StatusSink interface {
 	// Changed says the status of namespace/name may have changed. It is
 	// called with the Server's lock held, so it must not block or call
 	// back; the sink reads the status later with src.ObservedStatus.
 	Changed(namespace, name string)
 	// Run writes until ctx ends, reading each status from src.
-	Run(ctx context.Context, src kube.StatusSource) error
+	Run(ctx context.Context, src store.StatusSource) error
 }
 
-var (
-	_ StatusSink        = (*kube.StatusWriter)(nil)
-	_ kube.StatusSource = (*Server)(nil)
-)
+var _ store.StatusSource = (*Server)(nil)
 
 // The reasons of the conditions, CamelCase as the API conventions want.
 const (
@@ -66,7 +63,7 @@ func (s *Server) allStatusChangedLocked() {
 	}
 }
 
-// ObservedStatus implements kube.StatusSource: the intercept's state and
+// ObservedStatus implements store.StatusSource: the intercept's state and
 // conditions, and the nodes' reports of the version in force.
 //
 //   - Accepted is False while the latest version is refused (invalid or
@@ -82,16 +79,16 @@ func (s *Server) allStatusChangedLocked() {
 //
 // Expired is never written: the controller deletes an intercept whose lease
 // ends, status and all.
-func (s *Server) ObservedStatus(namespace, name string) (kube.Observed, bool) {
+func (s *Server) ObservedStatus(namespace, name string) (store.Observed, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	k := keyOf(namespace, name)
 	ic, inForce := s.intercepts[k]
 	rej, refused := s.rejected[k]
 	if !inForce && !refused {
-		return kube.Observed{}, false
+		return store.Observed{}, false
 	}
-	var obs kube.Observed
+	var obs store.Observed
 	accepted := metav1.Condition{Type: v1alpha1.InterceptConditionAccepted, Status: metav1.ConditionTrue,
 		Reason: reasonAccepted, Message: "valid, and overlaps no other intercept"}
 	if refused {

@@ -15,6 +15,7 @@ import (
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
 	"github.com/detourdev/detour/pkg/apis/detour/v1alpha1"
 	typed "github.com/detourdev/detour/pkg/generated/clientset/versioned/typed/detour/v1alpha1"
+	"github.com/detourdev/detour/pkg/inventory"
 )
 
 // waitStatus polls the resource until cond holds, failing with its last
@@ -83,7 +84,7 @@ func node(st *v1alpha1.InterceptStatus, name string) v1alpha1.InterceptNodeStatu
 // alone.
 func TestKubeStatus(t *testing.T) {
 	cfg, api := startAPI(t)
-	h := startKube(t, cfg, newFakeClock(), NewStaticInventory(labInventory()))
+	h := startKube(t, cfg, newFakeClock(), inventory.NewStaticSource(labInventory()))
 	report := func(node string, reports ...*detourv1.InterceptReport) {
 		t.Helper()
 		if _, err := h.agents.ReportStatus(ctx(t), &detourv1.ReportStatusRequest{Node: node, Intercepts: reports}); err != nil {

@@ -1,7 +1,8 @@
 // Package inventory describes what runs on a node: pods with their addresses
 // and network namespaces, and the services that select them. The lab writes
 // it; the controller and agent read it (in Kubernetes, informers fill the
-// same shape).
+// same shape). The controller takes it from a Source: the lab's file
+// (FileSource), memory (StaticSource), or the API server (pkg/inventory/kube).
 package inventory
 
 import (
@@ -12,8 +13,10 @@ import (
 	"sort"
 )
 
-// DefaultNamespace is the namespace of pods and services that name none.
-const DefaultNamespace = "default"
+// NamespaceDefault is Kubernetes' default namespace, "default"
+// (metav1.NamespaceDefault, restated so that the lab builds without
+// client-go): that of pods, services and intercepts that name none.
+const NamespaceDefault = "default"
 
 // Inventory is one node's pods and the services over them.
 type Inventory struct {

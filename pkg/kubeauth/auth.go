@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -15,8 +17,6 @@ import (
 	"google.golang.org/grpc/status"
 	authnv1 "k8s.io/api/authentication/v1"
 	"k8s.io/client-go/kubernetes"
-
-	detourv1 "github.com/detourdev/detour/api/detour/v1"
 )
 
 // NodeNameExtra is the user extra the API server adds to a service-account
@@ -30,15 +30,9 @@ const DefaultCacheTTL = 30 * time.Second
 
 // Config configures an Authenticator.
 type Config struct {
-	// Client is the controller's own client; it needs create on
-	// tokenreviews and subjectaccessreviews.
+	// Client is the server's own client; it needs create on tokenreviews
+	// and subjectaccessreviews.
 	Client kubernetes.Interface
-	// AgentAudience is the audience the agents' projected tokens carry,
-	// e.g. "detour".
-	AgentAudience string
-	// AgentServiceAccount is "namespace:name" of the agents' service
-	// account, e.g. "detour-system:detour-agent".
-	AgentServiceAccount string
 	// Logger receives denials and review failures (never tokens);
 	// slog.Default() when nil.
 	Logger *slog.Logger
@@ -48,29 +42,23 @@ type Config struct {
 	CacheTTL time.Duration
 }
 
-// Authenticator checks the bearer token of every call to the controller's
-// gRPC services and decides whether its holder may make the call: agents
-// by their service account and node, users by Kubernetes RBAC on
-// intercepts.detour.dev.
+// Authenticator checks the bearer token of every call to the gRPC services
+// whose Rules are registered, and decides by the method's Rule whether its
+// holder may make the call.
 type Authenticator struct {
-	client    kubernetes.Interface
-	audience  string
-	agentUser string // system:serviceaccount:<ns>:<name>
-	log       *slog.Logger
-	cache     *reviewCache
+	client kubernetes.Interface
+	log    *slog.Logger
+	cache  *reviewCache
+
+	mu    sync.RWMutex
+	rules Rules // by full method name
 }
 
-// New checks cfg and returns an Authenticator.
+// New checks cfg and returns an Authenticator that lets no call through
+// until Rules are registered.
 func New(cfg Config) (*Authenticator, error) {
 	if cfg.Client == nil {
 		return nil, errors.New("kubeauth: no Kubernetes client")
-	}
-	if cfg.AgentAudience == "" {
-		return nil, errors.New("kubeauth: no agent audience")
-	}
-	ns, name, ok := strings.Cut(cfg.AgentServiceAccount, ":")
-	if !ok || ns == "" || name == "" || strings.Contains(name, ":") {
-		return nil, fmt.Errorf("kubeauth: agent service account %q is not namespace:name", cfg.AgentServiceAccount)
 	}
 	ttl := cfg.CacheTTL
 	if ttl == 0 {
@@ -81,12 +69,34 @@ func New(cfg Config) (*Authenticator, error) {
 		log = slog.Default()
 	}
 	return &Authenticator{
-		client:    cfg.Client,
-		audience:  cfg.AgentAudience,
-		agentUser: "system:serviceaccount:" + ns + ":" + name,
-		log:       log,
-		cache:     newReviewCache(ttl, maxCacheEntries, time.Now),
+		client: cfg.Client,
+		log:    log,
+		cache:  newReviewCache(ttl, maxCacheEntries, time.Now),
+		rules:  Rules{},
 	}, nil
+}
+
+// Register adds a service's rules. It refuses, registering none of them, a
+// rule that cannot work or a method that already has one. It may be called
+// while calls are served; until then the methods are refused.
+func (a *Authenticator) Register(rules Rules) error {
+	for m, r := range rules {
+		if r == nil {
+			return fmt.Errorf("kubeauth: method %s: no rule", m)
+		}
+		if err := r.check(); err != nil {
+			return fmt.Errorf("kubeauth: method %s: %w", m, err)
+		}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for m := range rules {
+		if _, ok := a.rules[m]; ok {
+			return fmt.Errorf("kubeauth: method %s registered twice", m)
+		}
+	}
+	maps.Copy(a.rules, rules)
+	return nil
 }
 
 // identity is who made a call, as the API server told us.
@@ -111,11 +121,11 @@ func UserFrom(ctx context.Context) (username string, ok bool) {
 // UnaryInterceptor authenticates and authorizes unary calls.
 func (a *Authenticator) UnaryInterceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		id, err := a.authenticate(ctx, info.FullMethod)
+		rule, id, err := a.authenticate(ctx, info.FullMethod)
 		if err != nil {
 			return nil, err
 		}
-		if err := a.authorize(ctx, id, info.FullMethod, req); err != nil {
+		if err := rule.authorize(ctx, a, id, info.FullMethod, req); err != nil {
 			return nil, err
 		}
 		return handler(context.WithValue(ctx, identityKey{}, id), req)
@@ -127,7 +137,7 @@ func (a *Authenticator) UnaryInterceptor() grpc.UnaryServerInterceptor {
 // on its request, which only arrives with RecvMsg.
 func (a *Authenticator) StreamInterceptor() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		id, err := a.authenticate(ss.Context(), info.FullMethod)
+		rule, id, err := a.authenticate(ss.Context(), info.FullMethod)
 		if err != nil {
 			return err
 		}
@@ -135,6 +145,7 @@ func (a *Authenticator) StreamInterceptor() grpc.StreamServerInterceptor {
 			ServerStream: ss,
 			ctx:          context.WithValue(ss.Context(), identityKey{}, id),
 			a:            a,
+			rule:         rule,
 			id:           id,
 			method:       info.FullMethod,
 		})
@@ -145,6 +156,7 @@ type authStream struct {
 	grpc.ServerStream
 	ctx        context.Context
 	a          *Authenticator
+	rule       Rule
 	id         *identity
 	method     string
 	authorized atomic.Bool
@@ -156,16 +168,17 @@ func (s *authStream) RecvMsg(m any) error {
 	if err := s.ServerStream.RecvMsg(m); err != nil {
 		return err
 	}
-	if err := s.a.authorize(s.ctx, s.id, s.method, m); err != nil {
+	if err := s.rule.authorize(s.ctx, s.a, s.id, s.method, m); err != nil {
 		return err
 	}
 	s.authorized.Store(true)
 	return nil
 }
 
-// SendMsg refuses to send before a request was received and authorized:
-// every stream of these services starts with its request, so a handler
-// that sends first would bypass authorization.
+// SendMsg refuses to send before a request was received and authorized: a
+// guarded stream must start with its request (as every stream of Detour's
+// services does), or a handler that sends first would bypass
+// authorization.
 func (s *authStream) SendMsg(m any) error {
 	if !s.authorized.Load() {
 		return status.Errorf(codes.PermissionDenied, "%s: nothing may be sent before the request is authorized", s.method)
@@ -173,70 +186,25 @@ func (s *authStream) SendMsg(m any) error {
 	return s.ServerStream.SendMsg(m)
 }
 
-// agentPrefix starts the full names of the AgentSyncService's methods.
-var agentPrefix = "/" + detourv1.AgentSyncService_ServiceDesc.ServiceName + "/"
-
-// authenticate reviews the call's token with the audience its service
-// wants and, for agents, checks the service account and that the token
-// names a node.
-func (a *Authenticator) authenticate(ctx context.Context, method string) (*identity, error) {
+// authenticate reviews the call's token as the method's rule wants it, and
+// returns the rule and who holds the token.
+func (a *Authenticator) authenticate(ctx context.Context, method string) (Rule, *identity, error) {
 	token, err := bearerToken(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	switch {
-	case isAgentMethod(method):
-		user, err := a.review(ctx, token, []string{a.audience})
-		if err != nil {
-			return nil, err
-		}
-		if user.Username != a.agentUser {
-			a.log.Info("agent call refused: wrong service account", "user", user.Username, "method", method)
-			return nil, status.Errorf(codes.PermissionDenied,
-				"user %q may not call %s: only the agents' service account %s may", user.Username, method, a.agentUser)
-		}
-		nodes := user.Extra[NodeNameExtra]
-		if len(nodes) != 1 || nodes[0] == "" {
-			a.log.Info("agent call refused: token names no node", "user", user.Username, "method", method)
-			return nil, status.Errorf(codes.PermissionDenied,
-				"the token of %q names no node (no %s extra): an agent must present a projected service-account token of its pod "+
-					"(audience %q), issued by Kubernetes 1.30 or newer for a pod scheduled to a node", user.Username, NodeNameExtra, a.audience)
-		}
-		return &identity{user: user, node: nodes[0]}, nil
-	case isControlMethod(method):
-		// No audiences: the API server's own, those of a user's
-		// kubeconfig token.
-		user, err := a.review(ctx, token, nil)
-		if err != nil {
-			return nil, err
-		}
-		return &identity{user: user}, nil
-	default:
-		a.log.Info("call to an unknown method refused", "method", method)
-		return nil, status.Errorf(codes.PermissionDenied, "method %s is not open to anyone", method)
-	}
-}
-
-// authorize decides whether id may make the call with request msg.
-func (a *Authenticator) authorize(ctx context.Context, id *identity, method string, msg any) error {
-	if strings.HasPrefix(method, agentPrefix) {
-		return a.authorizeAgent(id, method, msg)
-	}
-	return a.authorizeUser(ctx, id, method, msg)
-}
-
-// authorizeAgent lets an agent speak only for the node its token is bound to.
-func (a *Authenticator) authorizeAgent(id *identity, method string, msg any) error {
-	r, ok := msg.(interface{ GetNode() string })
+	a.mu.RLock()
+	rule, ok := a.rules[method]
+	a.mu.RUnlock()
 	if !ok {
-		return status.Errorf(codes.PermissionDenied, "%s: request %T names no node", method, msg)
+		a.log.Info("call to an unknown method refused", "method", method)
+		return nil, nil, status.Errorf(codes.PermissionDenied, "method %s is not open to anyone", method)
 	}
-	if node := r.GetNode(); node != id.node {
-		a.log.Info("agent call refused: other node", "user", id.user.Username, "tokenNode", id.node, "requestNode", node, "method", method)
-		return status.Errorf(codes.PermissionDenied,
-			"the agent on node %q may not speak for node %q", id.node, node)
+	id, err := rule.authenticate(ctx, a, method, token)
+	if err != nil {
+		return nil, nil, err
 	}
-	return nil
+	return rule, id, nil
 }
 
 // bearerToken returns the token of the call's "authorization: Bearer"
@@ -267,19 +235,4 @@ func parseBearer(v string) (string, error) {
 		return "", status.Error(codes.Unauthenticated, `malformed authorization header: want "Bearer <token>"`)
 	}
 	return token, nil
-}
-
-func isAgentMethod(m string) bool {
-	switch m {
-	case detourv1.AgentSyncService_Register_FullMethodName,
-		detourv1.AgentSyncService_WatchDesiredState_FullMethodName,
-		detourv1.AgentSyncService_ReportStatus_FullMethodName:
-		return true
-	}
-	return false
-}
-
-func isControlMethod(m string) bool {
-	_, ok := controlVerb(m)
-	return ok
 }

@@ -2,7 +2,6 @@ package kubeauth
 
 import (
 	"context"
-	"errors"
 	"io"
 	"log/slog"
 	"strings"
@@ -14,6 +13,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	authnv1 "k8s.io/api/authentication/v1"
+	authzv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
@@ -47,18 +47,6 @@ func callCtx(t *testing.T) context.Context {
 	return ctx
 }
 
-// as is the call option that sends token; none when it is empty.
-func as(token string) []grpc.CallOption {
-	if token == "" {
-		return nil
-	}
-	return []grpc.CallOption{grpc.PerRPCCredentials(Token(token))}
-}
-
-func intercept(ns string) *detourv1.CreateInterceptRequest {
-	return &detourv1.CreateInterceptRequest{Intercept: &detourv1.Intercept{Namespace: ns, Name: "x", Spec: &detourv1.InterceptSpec{ServiceName: "api"}}}
-}
-
 // The API server of envtest.Version puts the node of the pod a token is
 // bound to in the token's user extra: the agent check relies on it.
 func TestAgentTokenCarriesNodeName(t *testing.T) {
@@ -78,168 +66,6 @@ func TestAgentTokenCarriesNodeName(t *testing.T) {
 	}
 }
 
-func TestControlService(t *testing.T) {
-	f := cluster(t)
-	alice, mallory := f.env.Tokens["alice"], f.env.Tokens["mallory"]
-	c := detourv1.NewControlServiceClient(f.conn)
-	tests := []struct {
-		name  string
-		call  func(ctx context.Context) error
-		code  codes.Code
-		parts []string
-	}{
-		{"alice creates in shop", func(ctx context.Context) error {
-			res, err := c.CreateIntercept(ctx, intercept("shop"), as(alice)...)
-			if err == nil && res.GetIntercept().GetName() != "alice" {
-				return errors.New("UserFrom in the handler said " + res.GetIntercept().GetName())
-			}
-			return err
-		}, codes.OK, nil},
-		{"alice deletes in shop", func(ctx context.Context) error {
-			_, err := c.DeleteIntercept(ctx, &detourv1.DeleteInterceptRequest{Namespace: "shop", Name: "x"}, as(alice)...)
-			return err
-		}, codes.OK, nil},
-		{"alice creates in other", func(ctx context.Context) error {
-			_, err := c.CreateIntercept(ctx, intercept("other"), as(alice)...)
-			return err
-		}, codes.PermissionDenied, []string{`user "alice" may not create intercepts.detour.dev in namespace "other"`}},
-		{"alice creates in the default namespace", func(ctx context.Context) error {
-			_, err := c.CreateIntercept(ctx, intercept(""), as(alice)...)
-			return err
-		}, codes.PermissionDenied, []string{`in namespace "default"`}},
-		{"alice may not get", func(ctx context.Context) error {
-			_, err := c.GetIntercept(ctx, &detourv1.GetInterceptRequest{Namespace: "shop", Name: "x"}, as(alice)...)
-			return err
-		}, codes.PermissionDenied, []string{`user "alice" may not get intercept "x"`, `in namespace "shop"`}},
-		{"alice lists all namespaces", func(ctx context.Context) error {
-			_, err := c.ListIntercepts(ctx, &detourv1.ListInterceptsRequest{}, as(alice)...)
-			return err
-		}, codes.PermissionDenied, []string{`user "alice" may not list intercepts.detour.dev in all namespaces`}},
-		{"alice status", func(ctx context.Context) error {
-			_, err := c.GetStatus(ctx, &detourv1.GetStatusRequest{}, as(alice)...)
-			return err
-		}, codes.PermissionDenied, []string{"list", "in all namespaces"}},
-		{"alice status of shop is judged in shop", func(ctx context.Context) error {
-			_, err := c.GetStatus(ctx, &detourv1.GetStatusRequest{Namespace: "shop"}, as(alice)...)
-			return err
-		}, codes.PermissionDenied, []string{`user "alice" may not list`, `in namespace "shop"`}},
-		{"mallory creates in shop", func(ctx context.Context) error {
-			_, err := c.CreateIntercept(ctx, intercept("shop"), as(mallory)...)
-			return err
-		}, codes.PermissionDenied, []string{`user "mallory" may not create`}},
-		{"admin lists all namespaces", func(ctx context.Context) error {
-			_, err := c.ListIntercepts(ctx, &detourv1.ListInterceptsRequest{}, as(f.env.AdminToken)...)
-			return err
-		}, codes.OK, nil},
-		{"no token", func(ctx context.Context) error {
-			_, err := c.CreateIntercept(ctx, intercept("shop"))
-			return err
-		}, codes.Unauthenticated, []string{"no credentials"}},
-		{"garbage token", func(ctx context.Context) error {
-			_, err := c.CreateIntercept(ctx, intercept("shop"), as("garbage")...)
-			return err
-		}, codes.Unauthenticated, []string{"invalid bearer token"}},
-		{"basic auth", func(ctx context.Context) error {
-			ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Basic YWxpY2U6cHc=")
-			_, err := c.CreateIntercept(ctx, intercept("shop"))
-			return err
-		}, codes.Unauthenticated, []string{"malformed authorization header"}},
-		{"agent token", func(ctx context.Context) error {
-			_, err := c.CreateIntercept(ctx, intercept("shop"), as(f.agentToken)...)
-			return err
-		}, codes.Unauthenticated, []string{"invalid bearer token"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			wantStatus(t, tt.call(callCtx(t)), tt.code, tt.parts...)
-		})
-	}
-}
-
-// A server stream is authorized when its request arrives.
-func TestControlServiceWatch(t *testing.T) {
-	f := cluster(t)
-	c := detourv1.NewControlServiceClient(f.conn)
-	recv := func(token, ns string) (*detourv1.WatchInterceptsResponse, error) {
-		s, err := c.WatchIntercepts(callCtx(t), &detourv1.WatchInterceptsRequest{Namespace: ns}, as(token)...)
-		if err != nil {
-			return nil, err
-		}
-		return s.Recv()
-	}
-	_, err := recv(f.env.Tokens["alice"], "shop")
-	wantStatus(t, err, codes.PermissionDenied, `user "alice" may not watch intercepts.detour.dev in namespace "shop"`)
-	res, err := recv(f.env.AdminToken, "")
-	wantStatus(t, err, codes.OK)
-	if got := res.GetIntercept().GetName(); got != envtest.AdminName {
-		t.Fatalf("UserFrom in the stream handler: %q, want %q", got, envtest.AdminName)
-	}
-	_, err = recv("", "shop")
-	wantStatus(t, err, codes.Unauthenticated)
-}
-
-func TestAgentService(t *testing.T) {
-	f := cluster(t)
-	c := detourv1.NewAgentSyncServiceClient(f.conn)
-	register := func(token, node string) func(ctx context.Context) error {
-		return func(ctx context.Context) error {
-			_, err := c.Register(ctx, &detourv1.RegisterRequest{Node: node, Version: "test"}, as(token)...)
-			return err
-		}
-	}
-	report := func(token, node string) func(ctx context.Context) error {
-		return func(ctx context.Context) error {
-			_, err := c.ReportStatus(ctx, &detourv1.ReportStatusRequest{Node: node}, as(token)...)
-			return err
-		}
-	}
-	tests := []struct {
-		name  string
-		call  func(ctx context.Context) error
-		code  codes.Code
-		parts []string
-	}{
-		{"register own node", register(f.agentToken, nodeA), codes.OK, nil},
-		{"report own node", report(f.agentToken, nodeA), codes.OK, nil},
-		{"register other node", register(f.agentToken, "node-b"), codes.PermissionDenied,
-			[]string{`the agent on node "node-a" may not speak for node "node-b"`}},
-		{"report other node", report(f.agentToken, "node-b"), codes.PermissionDenied, []string{`"node-b"`}},
-		{"wrong audience", register(f.wrongAudToken, nodeA), codes.Unauthenticated, []string{"invalid bearer token", `audience "detour"`}},
-		{"other service account", register(f.intruderToken, nodeA), codes.PermissionDenied,
-			[]string{`user "system:serviceaccount:detour-system:intruder"`, "system:serviceaccount:detour-system:detour-agent"}},
-		{"token bound to no pod", register(f.unboundToken, nodeA), codes.PermissionDenied, []string{"names no node", NodeNameExtra}},
-		{"user token", register(f.env.Tokens["alice"], nodeA), codes.Unauthenticated, nil},
-		{"no token", register("", nodeA), codes.Unauthenticated, nil},
-		{"garbage token", register("garbage", nodeA), codes.Unauthenticated, nil},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			wantStatus(t, tt.call(callCtx(t)), tt.code, tt.parts...)
-		})
-	}
-}
-
-func TestAgentWatchDesiredState(t *testing.T) {
-	f := cluster(t)
-	c := detourv1.NewAgentSyncServiceClient(f.conn)
-	recv := func(token, node string) (*detourv1.WatchDesiredStateResponse, error) {
-		s, err := c.WatchDesiredState(callCtx(t), &detourv1.WatchDesiredStateRequest{Node: node}, as(token)...)
-		if err != nil {
-			return nil, err
-		}
-		return s.Recv()
-	}
-	res, err := recv(f.agentToken, nodeA)
-	wantStatus(t, err, codes.OK)
-	if want := "system:serviceaccount:" + agentNS + ":" + agentSA; res.GetName() != want {
-		t.Fatalf("UserFrom in the stream handler: %q, want %q", res.GetName(), want)
-	}
-	_, err = recv(f.agentToken, "node-b")
-	wantStatus(t, err, codes.PermissionDenied, `may not speak for node "node-b"`)
-	_, err = recv(f.wrongAudToken, nodeA)
-	wantStatus(t, err, codes.Unauthenticated)
-}
-
 func TestUnknownMethodRefused(t *testing.T) {
 	c := fake.NewClientset()
 	c.PrependReactor("create", "tokenreviews", func(action k8stesting.Action) (bool, runtime.Object, error) {
@@ -247,8 +73,15 @@ func TestUnknownMethodRefused(t *testing.T) {
 		tr.Status = authnv1.TokenReviewStatus{Authenticated: true, User: authnv1.UserInfo{Username: "alice"}}
 		return true, tr, nil
 	})
-	a, err := New(Config{Client: c, AgentAudience: "detour", AgentServiceAccount: "ns:sa", Logger: discard()})
+	a, err := New(Config{Client: c, Logger: discard()})
 	if err != nil {
+		t.Fatal(err)
+	}
+	// Rows for one method of each service; the others have none.
+	if err := a.Register(Rules{
+		detourv1.ControlService_WatchIntercepts_FullMethodName: UserRule{Verb: "watch", Resource: intercepts, Scope: allNamespaces},
+		detourv1.AgentSyncService_Register_FullMethodName:      AgentRule{ServiceAccount: "ns:sa", Audience: "detour"},
+	}); err != nil {
 		t.Fatal(err)
 	}
 	ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs("authorization", "Bearer tok"))
@@ -274,23 +107,98 @@ func (s *fakeStream) SendMsg(any) error        { return nil }
 
 func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
+var intercepts = Resource{Group: "detour.dev", Resource: "intercepts", Singular: "intercept"}
+
+func allNamespaces(any) (string, string, error) { return "", "", nil }
+
 func TestNewChecksConfig(t *testing.T) {
-	c := fake.NewClientset()
-	for _, cfg := range []Config{
-		{AgentAudience: "detour", AgentServiceAccount: "ns:sa"},
-		{Client: c, AgentServiceAccount: "ns:sa"},
-		{Client: c, AgentAudience: "detour", AgentServiceAccount: "sa"},
-		{Client: c, AgentAudience: "detour", AgentServiceAccount: ":sa"},
-		{Client: c, AgentAudience: "detour", AgentServiceAccount: "ns:"},
-		{Client: c, AgentAudience: "detour", AgentServiceAccount: "ns:sa:x"},
-	} {
-		if _, err := New(cfg); err == nil {
-			t.Errorf("New(%+v) accepted", cfg)
-		}
+	if _, err := New(Config{}); err == nil {
+		t.Error("New without a client accepted")
 	}
-	if _, err := New(Config{Client: c, AgentAudience: "detour", AgentServiceAccount: "ns:sa"}); err != nil {
+	if _, err := New(Config{Client: fake.NewClientset()}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// Register refuses rules that cannot work, and a method twice, and then
+// registers none of the batch.
+func TestRegisterChecksRules(t *testing.T) {
+	a, err := New(Config{Client: fake.NewClientset(), Logger: discard()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const m = "/test.Service/Call"
+	for _, r := range []Rule{
+		nil,
+		AgentRule{ServiceAccount: "ns:sa"},
+		AgentRule{Audience: "detour", ServiceAccount: "sa"},
+		AgentRule{Audience: "detour", ServiceAccount: ":sa"},
+		AgentRule{Audience: "detour", ServiceAccount: "ns:"},
+		AgentRule{Audience: "detour", ServiceAccount: "ns:sa:x"},
+		UserRule{Resource: intercepts, Scope: allNamespaces},
+		UserRule{Verb: "get", Scope: allNamespaces},
+		UserRule{Verb: "get", Resource: intercepts},
+	} {
+		if err := a.Register(Rules{"/test.Service/Other": UserRule{Verb: "get", Resource: intercepts, Scope: allNamespaces}, m: r}); err == nil {
+			t.Errorf("Register(%+v) accepted", r)
+		}
+	}
+	if err := a.Register(Rules{"/test.Service/Other": AgentRule{Audience: "detour", ServiceAccount: "ns:sa"}}); err != nil {
+		t.Fatalf("a refused batch left a method registered: %v", err)
+	}
+	if err := a.Register(Rules{m: UserRule{Verb: "get", Resource: intercepts, Scope: allNamespaces}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Register(Rules{m: UserRule{Verb: "list", Resource: intercepts, Scope: allNamespaces}}); err == nil {
+		t.Error("a method registered twice")
+	}
+}
+
+// A UserRule asks the API server about the caller and the rule's verb and
+// resource in the request's scope, and a refusal says what was refused.
+func TestUserRuleReview(t *testing.T) {
+	c := fake.NewClientset()
+	c.PrependReactor("create", "tokenreviews", func(action k8stesting.Action) (bool, runtime.Object, error) {
+		tr := action.(k8stesting.CreateAction).GetObject().(*authnv1.TokenReview)
+		tr.Status = authnv1.TokenReviewStatus{Authenticated: true, User: authnv1.UserInfo{
+			Username: "alice", UID: "u1", Groups: []string{"devs"}, Extra: map[string]authnv1.ExtraValue{"k": {"v"}}}}
+		return true, tr, nil
+	})
+	var asked []authzv1.SubjectAccessReviewSpec
+	c.PrependReactor("create", "subjectaccessreviews", func(action k8stesting.Action) (bool, runtime.Object, error) {
+		sar := action.(k8stesting.CreateAction).GetObject().(*authzv1.SubjectAccessReview)
+		asked = append(asked, sar.Spec)
+		sar.Status = authzv1.SubjectAccessReviewStatus{Allowed: sar.Spec.ResourceAttributes.Namespace == "shop", Reason: "no binding"}
+		return true, sar, nil
+	})
+	a, err := New(Config{Client: c, Logger: discard()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const m = "/test.Service/Get"
+	if err := a.Register(Rules{m: UserRule{Verb: "get", Resource: intercepts, Scope: func(req any) (string, string, error) {
+		r := req.(*detourv1.GetInterceptRequest)
+		return r.GetNamespace(), r.GetName(), nil
+	}}}); err != nil {
+		t.Fatal(err)
+	}
+	ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs("authorization", "Bearer tok"))
+	call := func(ns string) (string, error) {
+		res, err := a.UnaryInterceptor()(ctx, &detourv1.GetInterceptRequest{Namespace: ns, Name: "x"}, &grpc.UnaryServerInfo{FullMethod: m},
+			func(ctx context.Context, _ any) (any, error) { u, _ := UserFrom(ctx); return u, nil })
+		u, _ := res.(string)
+		return u, err
+	}
+	if u, err := call("shop"); err != nil || u != "alice" {
+		t.Fatalf("allowed call: %q %v, want the handler to see alice", u, err)
+	}
+	want := authzv1.ResourceAttributes{Namespace: "shop", Verb: "get", Group: "detour.dev", Resource: "intercepts", Name: "x"}
+	if got := asked[0]; *got.ResourceAttributes != want || got.User != "alice" || got.UID != "u1" ||
+		len(got.Groups) != 1 || got.Groups[0] != "devs" || len(got.Extra["k"]) != 1 {
+		t.Fatalf("SubjectAccessReview %+v, want alice's identity and %+v", got, want)
+	}
+	_, err = call("other")
+	wantStatus(t, err, codes.PermissionDenied, `user "alice" may not get intercept "x" (intercepts.detour.dev) in namespace "other" (RBAC: no binding)`)
 }
 
 // Successful reviews are reused for the TTL, failures never: a fake
@@ -308,7 +216,7 @@ func TestReviewCache(t *testing.T) {
 		}
 		return true, tr, nil
 	})
-	a, err := New(Config{Client: c, AgentAudience: "detour", AgentServiceAccount: "ns:sa", Logger: discard(), CacheTTL: time.Minute})
+	a, err := New(Config{Client: c, Logger: discard(), CacheTTL: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -350,7 +258,7 @@ func TestReviewRequiresAudienceInAnswer(t *testing.T) {
 		tr.Status = authnv1.TokenReviewStatus{Authenticated: true, User: authnv1.UserInfo{Username: "x"}}
 		return true, tr, nil
 	})
-	a, err := New(Config{Client: c, AgentAudience: "detour", AgentServiceAccount: "ns:sa", Logger: discard()})
+	a, err := New(Config{Client: c, Logger: discard()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,9 +1,15 @@
-// Package kubeauth authenticates the callers of the controller's gRPC
-// services with Kubernetes identities: agents present a service-account
-// token bound to their pod (audience "detour"), users the bearer token of
-// their kubeconfig. The controller checks tokens with TokenReview and users'
-// rights with SubjectAccessReview, so Kubernetes RBAC decides who may do
-// what. It also holds the client side: per-RPC bearer-token credentials.
+// Package kubeauth authenticates the callers of gRPC services with
+// Kubernetes identities and asks Kubernetes whether they may make each
+// call. It knows no service: each registers its Rules, a table from method
+// to who may call it (the controller's are in pkg/controller), so a new
+// service adds rows without changing this package. Two kinds of caller:
+// users, by the bearer token of their kubeconfig, checked with TokenReview,
+// and their rights on a resource with SubjectAccessReview (UserRule), so
+// that Kubernetes RBAC decides who may do what; and node agents, by a
+// projected service-account token bound to their pod, each for its own
+// node only (AgentRule). It also holds the client side, per-RPC
+// bearer-token credentials, and the serving certificate the tokens travel
+// under (EnsureServingCert). See docs/architecture.md, "Kubernetes mode".
 package kubeauth
 
 import (

@@ -17,8 +17,9 @@ import (
 
 // Where the manifests under deploy/ put the controller.
 const (
-	// DefaultNamespace is Detour's own namespace.
-	DefaultNamespace = "detour-system"
+	// DetourNamespace is Detour's own namespace, where the controller,
+	// the agents and their Secrets and ConfigMaps live.
+	DetourNamespace = "detour-system"
 	// ControllerSelector selects the controller's pods.
 	ControllerSelector = "app.kubernetes.io/name=detour-controller"
 	// ControllerPortName is the container port of its gRPC service (TLS).

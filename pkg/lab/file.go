@@ -134,13 +134,13 @@ func (f *File) setDefaults() {
 	}
 	for i := range f.Pods {
 		if f.Pods[i].Namespace == "" {
-			f.Pods[i].Namespace = inventory.DefaultNamespace
+			f.Pods[i].Namespace = inventory.NamespaceDefault
 		}
 	}
 	for i := range f.Services {
 		s := &f.Services[i]
 		if s.Namespace == "" {
-			s.Namespace = inventory.DefaultNamespace
+			s.Namespace = inventory.NamespaceDefault
 		}
 		for j := range s.Ports {
 			if s.Ports[j].TargetPort == 0 {

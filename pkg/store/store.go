@@ -1,7 +1,11 @@
 // Package store keeps the controller's intercepts across restarts. Store is
 // the interface the controller codes against: in Kubernetes the Intercept
 // custom resources sit behind it, in the lab a one-file bbolt database
-// (Open).
+// (Open). The types a store and the controller exchange beyond Store live
+// here too, so that the controller depends on no store in particular:
+// Event, what a store others write to reports of their changes, and
+// Observed and StatusSource, the controller's view of an intercept that a
+// store with a status to write (pkg/store/kube) reads.
 package store
 
 import (

@@ -240,7 +240,7 @@ func (l *lab) ctlCode(args ...string) (string, int) {
 
 func (l *lab) pod(name string) *inventory.Pod {
 	l.t.Helper()
-	p, err := l.inv.Pod(inventory.DefaultNamespace, name)
+	p, err := l.inv.Pod(inventory.NamespaceDefault, name)
 	if err != nil {
 		l.t.Fatal(err)
 	}

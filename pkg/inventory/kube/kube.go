@@ -56,15 +56,7 @@ import (
 	"github.com/detourdev/detour/pkg/inventory"
 )
 
-// inventorySource is pkg/controller's InventorySource, restated here so
-// that this package does not import the controller (which may come to
-// import this package); the tests check it against the real one.
-type inventorySource interface {
-	Get() (*inventory.Inventory, error)
-	Changed() <-chan struct{}
-}
-
-var _ inventorySource = (*Source)(nil)
+var _ inventory.Source = (*Source)(nil)
 
 // Options tunes New.
 type Options struct {
@@ -80,8 +72,7 @@ type Options struct {
 // ErrNotSynced is returned by Get before Run's caches have synced.
 var ErrNotSynced = errors.New("kubernetes inventory: caches not synced yet")
 
-// Source is an inventory kept current by informers. It implements the
-// controller's InventorySource.
+// Source is an inventory.Source kept current by informers.
 type Source struct {
 	opts    Options
 	changed chan struct{}
@@ -159,7 +150,7 @@ func (s *Source) Run(ctx context.Context) error {
 	return nil
 }
 
-// Changed implements the controller's InventorySource: it receives,
+// Changed implements inventory.Source: it receives,
 // coalesced, after any pod, service or EndpointSlice was added, updated or
 // deleted (and once when the caches have synced).
 func (s *Source) Changed() <-chan struct{} { return s.changed }
@@ -171,7 +162,7 @@ func (s *Source) notify() {
 	}
 }
 
-// Get implements the controller's InventorySource. It builds a new
+// Get implements inventory.Source. It builds a new
 // Inventory from the listers at each call, sorted by namespace and name; the
 // cached objects are only read, never modified.
 func (s *Source) Get() (*inventory.Inventory, error) {

@@ -16,14 +16,9 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/detourdev/detour/internal/envtest"
-	"github.com/detourdev/detour/pkg/controller"
 	"github.com/detourdev/detour/pkg/inventory"
 	"github.com/detourdev/detour/pkg/inventory/kube"
 )
-
-// The Source must be what the controller consumes. An external test
-// package, so that the controller may import pkg/inventory/kube one day.
-var _ controller.InventorySource = (*kube.Source)(nil)
 
 const ns = "inv-test"
 

@@ -247,7 +247,7 @@ func testKubectl(t *testing.T, c *cluster) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	next := func(want EventType, name string) *detourv1.Intercept {
+	next := func(want store.EventType, name string) *detourv1.Intercept {
 		t.Helper()
 		for {
 			select {
@@ -267,7 +267,7 @@ func testKubectl(t *testing.T, c *cluster) {
 			}
 		}
 	}
-	next(Added, "early")
+	next(store.Added, "early")
 
 	obj := &v1alpha1.Intercept{
 		ObjectMeta: metav1.ObjectMeta{Name: "by-hand"},
@@ -281,7 +281,7 @@ func testKubectl(t *testing.T, c *cluster) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := next(Added, "by-hand")
+	got := next(store.Added, "by-hand")
 	if sp := got.GetSpec(); !sp.GetL4() || sp.GetPort() != 8080 || sp.GetServiceNamespace() != "kubectl" {
 		t.Fatalf("watched spec %v", sp)
 	}
@@ -305,14 +305,14 @@ func testKubectl(t *testing.T, c *cluster) {
 	if _, err := api.Update(ctx, st, metav1.UpdateOptions{FieldManager: "kubectl-edit"}); err != nil {
 		t.Fatal(err)
 	}
-	if got := next(Updated, "by-hand"); got.GetSpec().GetDestination() != "dev-pod:9090" {
+	if got := next(store.Updated, "by-hand"); got.GetSpec().GetDestination() != "dev-pod:9090" {
 		t.Fatalf("Updated with destination %q", got.GetSpec().GetDestination())
 	}
 
 	if err := api.Delete(ctx, "by-hand", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if got := next(Deleted, "by-hand"); got.GetSpec().GetDestination() != "dev-pod:9090" {
+	if got := next(store.Deleted, "by-hand"); got.GetSpec().GetDestination() != "dev-pod:9090" {
 		t.Fatalf("Deleted with destination %q", got.GetSpec().GetDestination())
 	}
 	if _, err := s.Get(ctx, "kubectl", "by-hand"); !errors.Is(err, store.ErrNotFound) {
@@ -329,7 +329,7 @@ func testKubectl(t *testing.T, c *cluster) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	next(Added, "early")
+	next(store.Added, "early")
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}

@@ -17,38 +17,11 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 
-	detourv1 "github.com/detourdev/detour/api/detour/v1"
 	"github.com/detourdev/detour/pkg/apis/detour/v1alpha1"
 	ac "github.com/detourdev/detour/pkg/generated/applyconfiguration/detour/v1alpha1"
 	listers "github.com/detourdev/detour/pkg/generated/listers/detour/v1alpha1"
+	"github.com/detourdev/detour/pkg/store"
 )
-
-// Observed is what the controller knows of one intercept: the meaning of its
-// status. The StatusWriter adds what only the resource has (generations,
-// transition times, the match summary of its spec) and writes it.
-type Observed struct {
-	// Spec is the version of the intercept the rest describes (for a
-	// refused edit, the refused version). Status is written only while the
-	// resource still has this spec, so observedGeneration never claims a
-	// version the controller has not looked at.
-	Spec *detourv1.InterceptSpec
-	// State sums the conditions up.
-	State v1alpha1.InterceptState
-	// Conditions are Accepted and Ready: type, status, reason and message.
-	// ObservedGeneration and LastTransitionTime are the writer's to set.
-	Conditions []metav1.Condition
-	// Nodes are the per-node reports of the version in force, by node.
-	Nodes []*detourv1.InterceptNodeStatus
-}
-
-// StatusSource gives the controller's view of an intercept.
-type StatusSource interface {
-	// ObservedStatus returns what is known of namespace/name, or false when
-	// the source has nothing to say (it has not looked at the intercept
-	// yet, or it is gone). It is called from the writer's worker, never
-	// with a lock of the writer held.
-	ObservedStatus(namespace, name string) (Observed, bool)
-}
 
 // DefaultStatusInterval is the least time between two status writes of one
 // intercept: agents report every second, and a busy intercept's counters
@@ -75,7 +48,7 @@ type StatusOptions struct {
 var statusResults = []string{"ok", "not_found", "error"}
 
 // StatusWriter writes the status of Intercept resources from a
-// StatusSource: Changed queues an intercept, and a worker compares the
+// store.StatusSource: Changed queues an intercept, and a worker compares the
 // source's view with the informer's cache and applies the difference
 // through the status subresource (server-side apply of the fields it owns:
 // observedGeneration, state, matchSummary, nodes, conditions), at most once
@@ -156,7 +129,7 @@ func (w *StatusWriter) wait(key string) time.Duration {
 // Run writes status until ctx ends. It also queues every intercept the
 // informer sees added or changed, so that a status edited by hand, or a
 // write lost with a restart, is put right. Run may be called once.
-func (w *StatusWriter) Run(ctx context.Context, src StatusSource) error {
+func (w *StatusWriter) Run(ctx context.Context, src store.StatusSource) error {
 	defer w.queue.ShutDown()
 	informer, lister, err := w.store.sharedInformer()
 	if err != nil {
@@ -198,7 +171,7 @@ func (w *StatusWriter) Run(ctx context.Context, src StatusSource) error {
 	return nil
 }
 
-func (w *StatusWriter) processNext(ctx context.Context, src StatusSource, lister listers.InterceptLister) bool {
+func (w *StatusWriter) processNext(ctx context.Context, src store.StatusSource, lister listers.InterceptLister) bool {
 	key, quit := w.queue.Get()
 	if quit {
 		return false
@@ -219,7 +192,7 @@ func (w *StatusWriter) processNext(ctx context.Context, src StatusSource, lister
 
 // sync writes key's status if it differs from the cache's, or says how long
 // to wait when the last write was too recent.
-func (w *StatusWriter) sync(ctx context.Context, key string, src StatusSource, lister listers.InterceptLister) (time.Duration, error) {
+func (w *StatusWriter) sync(ctx context.Context, key string, src store.StatusSource, lister listers.InterceptLister) (time.Duration, error) {
 	ns, name, err := cache.SplitMetaNamespaceKey(key)
 	if err != nil {
 		return 0, nil // not a key of ours; retrying cannot help
@@ -278,7 +251,7 @@ func (w *StatusWriter) forget(key string) {
 // desiredStatus is the status the writer owns for obj, from what the source
 // observed. A condition keeps its transition time while its status stays.
 // obj belongs to the cache and is only read.
-func desiredStatus(obj *v1alpha1.Intercept, obs Observed, now metav1.Time) v1alpha1.InterceptStatus {
+func desiredStatus(obj *v1alpha1.Intercept, obs store.Observed, now metav1.Time) v1alpha1.InterceptStatus {
 	st := v1alpha1.InterceptStatus{
 		ObservedGeneration: obj.Generation,
 		State:              obs.State,

@@ -8,6 +8,7 @@ import (
 
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
 	"github.com/detourdev/detour/pkg/apis/detour/v1alpha1"
+	"github.com/detourdev/detour/pkg/store"
 )
 
 // TestDesiredStatus checks the writer's own logic, without an API server:
@@ -25,7 +26,7 @@ func TestDesiredStatus(t *testing.T) {
 			Destination: "api-alice:8080",
 		},
 	}
-	obs := Observed{
+	obs := store.Observed{
 		State: v1alpha1.InterceptPending,
 		Conditions: []metav1.Condition{
 			{Type: v1alpha1.InterceptConditionAccepted, Status: metav1.ConditionTrue, Reason: "Accepted", Message: "ok"},

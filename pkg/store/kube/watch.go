@@ -11,39 +11,8 @@ import (
 
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
 	"github.com/detourdev/detour/pkg/apis/detour/v1alpha1"
+	"github.com/detourdev/detour/pkg/store"
 )
-
-// EventType says what happened to an intercept.
-type EventType int
-
-// The event types.
-const (
-	// Added: the intercept is new to the watcher; every intercept that
-	// exists when Watch starts arrives as Added first.
-	Added EventType = iota + 1
-	// Updated: the intercept's gRPC form changed (spec or expires_at).
-	Updated
-	// Deleted: the intercept is gone; Intercept is its last known state.
-	Deleted
-)
-
-func (t EventType) String() string {
-	switch t {
-	case Added:
-		return "Added"
-	case Updated:
-		return "Updated"
-	case Deleted:
-		return "Deleted"
-	}
-	return fmt.Sprintf("EventType(%d)", int(t))
-}
-
-// Event is one change to an intercept, in the gRPC API's form.
-type Event struct {
-	Type      EventType
-	Intercept *detourv1.Intercept
-}
 
 // Watch reports every change to the intercepts of all namespaces, whoever
 // made it (this Store, another controller, kubectl), until ctx ends or the
@@ -55,18 +24,18 @@ type Event struct {
 // conditions) send nothing, so a controller that writes status does not wake
 // itself. Events wait for the reader: an informer buffers them without
 // bound, so the reader should not stall for long.
-func (s *Store) Watch(ctx context.Context) (<-chan Event, error) {
+func (s *Store) Watch(ctx context.Context) (<-chan store.Event, error) {
 	informer, _, err := s.sharedInformer()
 	if err != nil {
 		return nil, fmt.Errorf("watch intercepts: %w", err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	events := make(chan Event)
+	events := make(chan store.Event)
 	// Every send holds mu, so that none is under way (or starts) when
 	// events is closed; ctx ends first, which frees a send that waits.
 	var mu sync.Mutex
 	stopped := false
-	send := func(t EventType, obj any) {
+	send := func(t store.EventType, obj any) {
 		ic, ok := convert(obj)
 		if !ok {
 			return
@@ -77,25 +46,25 @@ func (s *Store) Watch(ctx context.Context) (<-chan Event, error) {
 			return
 		}
 		select {
-		case events <- Event{Type: t, Intercept: ic}:
+		case events <- store.Event{Type: t, Intercept: ic}:
 		case <-ctx.Done():
 		}
 	}
 	reg, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: func(obj any) { send(Added, obj) },
+		AddFunc: func(obj any) { send(store.Added, obj) },
 		UpdateFunc: func(oldObj, newObj any) {
 			o, okOld := convert(oldObj)
 			n, okNew := convert(newObj)
 			if okOld && okNew && proto.Equal(o, n) {
 				return
 			}
-			send(Updated, newObj)
+			send(store.Updated, newObj)
 		},
 		DeleteFunc: func(obj any) {
 			if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 				obj = d.Obj // missed the delete itself: this is the last state seen
 			}
-			send(Deleted, obj)
+			send(store.Deleted, obj)
 		},
 	})
 	if err != nil {

@@ -1,0 +1,83 @@
+package controller
+
+import (
+	"fmt"
+
+	detourv1 "github.com/detourdev/detour/api/detour/v1"
+	"github.com/detourdev/detour/pkg/inventory"
+	"github.com/detourdev/detour/pkg/kubeauth"
+)
+
+// Who may call the controller's services in a cluster (--auth=kube): the
+// rows kubeauth enforces, one per method. A method without a row is refused
+// to everyone, so a new RPC must be given one here (TestAccessCoversEveryMethod).
+// See docs/architecture.md, "Kubernetes mode", "Who may call".
+
+// interceptsResource is the resource on which RBAC grants users the
+// ControlService.
+var interceptsResource = kubeauth.Resource{Group: "detour.dev", Resource: "intercepts", Singular: "intercept"}
+
+// ControlRules is who may call ControlService: users, each call needing a
+// verb on intercepts.detour.dev in the namespace it is about, so that the
+// same RBAC rules govern detour and kubectl. Renewing is an update; the
+// status of a namespace is a list of its intercepts.
+func ControlRules() kubeauth.Rules {
+	user := func(verb string) kubeauth.Rule {
+		return kubeauth.UserRule{Verb: verb, Resource: interceptsResource, Scope: controlScope}
+	}
+	return kubeauth.Rules{
+		detourv1.ControlService_CreateIntercept_FullMethodName: user("create"),
+		detourv1.ControlService_GetIntercept_FullMethodName:    user("get"),
+		detourv1.ControlService_ListIntercepts_FullMethodName:  user("list"),
+		detourv1.ControlService_GetStatus_FullMethodName:       user("list"),
+		detourv1.ControlService_DeleteIntercept_FullMethodName: user("delete"),
+		detourv1.ControlService_RenewIntercept_FullMethodName:  user("update"),
+		detourv1.ControlService_WatchIntercepts_FullMethodName: user("watch"),
+	}
+}
+
+// AgentSyncRules is who may call AgentSyncService: the agents, by a
+// projected token of serviceAccount ("namespace:name") for audience, each
+// for the node its pod runs on.
+func AgentSyncRules(serviceAccount, audience string) kubeauth.Rules {
+	agent := kubeauth.AgentRule{ServiceAccount: serviceAccount, Audience: audience}
+	return kubeauth.Rules{
+		detourv1.AgentSyncService_Register_FullMethodName:          agent,
+		detourv1.AgentSyncService_WatchDesiredState_FullMethodName: agent,
+		detourv1.AgentSyncService_ReportStatus_FullMethodName:      agent,
+	}
+}
+
+// controlScope is the namespace (empty: all) and name a ControlService
+// request is about. The namespace defaults as the Server defaults it, so
+// that RBAC judges the namespace the controller will act in.
+func controlScope(msg any) (namespace, name string, err error) {
+	orDefault := func(ns string) string {
+		if ns == "" {
+			return inventory.NamespaceDefault
+		}
+		return ns
+	}
+	switch r := msg.(type) {
+	case *detourv1.CreateInterceptRequest:
+		ic := r.GetIntercept()
+		ns := ic.GetNamespace()
+		if ns == "" {
+			ns = ic.GetSpec().GetServiceNamespace()
+		}
+		return orDefault(ns), ic.GetName(), nil
+	case *detourv1.GetInterceptRequest:
+		return orDefault(r.GetNamespace()), r.GetName(), nil
+	case *detourv1.DeleteInterceptRequest:
+		return orDefault(r.GetNamespace()), r.GetName(), nil
+	case *detourv1.RenewInterceptRequest:
+		return orDefault(r.GetNamespace()), r.GetName(), nil
+	case *detourv1.ListInterceptsRequest:
+		return r.GetNamespace(), "", nil
+	case *detourv1.WatchInterceptsRequest:
+		return r.GetNamespace(), "", nil
+	case *detourv1.GetStatusRequest:
+		return r.GetNamespace(), "", nil
+	}
+	return "", "", fmt.Errorf("unexpected request %T", msg)
+}
