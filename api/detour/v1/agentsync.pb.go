@@ -4,7 +4,7 @@
 // 	protoc        (unknown)
 // source: detour/v1/agentsync.proto
 
-// AgentSyncService and its messages: what each node agent speaks to the
+// AgentSyncService and its messages: the API each node agent speaks to the
 // controller.
 
 package detourv1
@@ -24,9 +24,11 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Type says how to apply the event.
 type WatchDesiredStateResponse_Type int32
 
 const (
+	// Never sent.
 	WatchDesiredStateResponse_TYPE_UNSPECIFIED WatchDesiredStateResponse_Type = 0
 	// The whole desired state of the node: replaces what the agent had.
 	WatchDesiredStateResponse_TYPE_SNAPSHOT WatchDesiredStateResponse_Type = 1
@@ -79,10 +81,14 @@ func (WatchDesiredStateResponse_Type) EnumDescriptor() ([]byte, []int) {
 	return file_detour_v1_agentsync_proto_rawDescGZIP(), []int{5, 0}
 }
 
+// RegisterRequest introduces an agent.
 type RegisterRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
-	Version       string                 `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The node the agent serves (the agent's --node; in Kubernetes, its
+	// pod's node); required.
+	Node string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// The agent's build version.
+	Version       string `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -131,6 +137,7 @@ func (x *RegisterRequest) GetVersion() string {
 	return ""
 }
 
+// RegisterResponse acknowledges a registration; it has no fields.
 type RegisterResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -167,16 +174,21 @@ func (*RegisterResponse) Descriptor() ([]byte, []int) {
 	return file_detour_v1_agentsync_proto_rawDescGZIP(), []int{1}
 }
 
-// A pod port on the agent's node that an intercept targets.
+// Target is a pod port on the agent's node that an intercept targets: the
+// agent steers new connections to it into its own router.
 type Target struct {
-	state        protoimpl.MessageState `protogen:"open.v1"`
-	PodNamespace string                 `protobuf:"bytes,1,opt,name=pod_namespace,json=podNamespace,proto3" json:"pod_namespace,omitempty"`
-	PodName      string                 `protobuf:"bytes,2,opt,name=pod_name,json=podName,proto3" json:"pod_name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The pod's namespace.
+	PodNamespace string `protobuf:"bytes,1,opt,name=pod_namespace,json=podNamespace,proto3" json:"pod_namespace,omitempty"`
+	// The pod's name.
+	PodName string `protobuf:"bytes,2,opt,name=pod_name,json=podName,proto3" json:"pod_name,omitempty"`
 	// The pod's IPv4 address.
 	PodIp string `protobuf:"bytes,3,opt,name=pod_ip,json=podIp,proto3" json:"pod_ip,omitempty"`
-	// Path of the pod's network namespace on the node.
+	// Path of the pod's network namespace on the node, when the controller
+	// knows it (the lab's inventory); empty in Kubernetes, where the agent
+	// finds the namespace that holds pod_ip itself.
 	Netns string `protobuf:"bytes,4,opt,name=netns,proto3" json:"netns,omitempty"`
-	// The container port (the service's targetPort).
+	// The container port (the service's targetPort, resolved to a number).
 	Port          uint32 `protobuf:"varint,5,opt,name=port,proto3" json:"port,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -247,26 +259,40 @@ func (x *Target) GetPort() uint32 {
 	return 0
 }
 
-// Assignment is one intercept as one node must apply it.
+// Assignment is one intercept as one node must apply it. The controller
+// computes it from the intercept and the inventory; the agent applies it
+// as given.
 type Assignment struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	Match     []*Condition           `protobuf:"bytes,3,rep,name=match,proto3" json:"match,omitempty"`
-	Targets   []*Target              `protobuf:"bytes,4,rep,name=targets,proto3" json:"targets,omitempty"`
-	// Resolved IP:PORT of the developer's pod.
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The intercept's namespace.
+	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// The intercept's name.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// The intercept's conditions (InterceptSpec.match), unchanged; empty for
+	// an l4 intercept.
+	Match []*Condition `protobuf:"bytes,3,rep,name=match,proto3" json:"match,omitempty"`
+	// The pod ports on this node to steer; never empty (a node with none
+	// gets no assignment).
+	Targets []*Target `protobuf:"bytes,4,rep,name=targets,proto3" json:"targets,omitempty"`
+	// Resolved IP:PORT of the developer's pod (or the IP the developer
+	// gave).
 	Destination string `protobuf:"bytes,5,opt,name=destination,proto3" json:"destination,omitempty"`
-	L4          bool   `protobuf:"varint,6,opt,name=l4,proto3" json:"l4,omitempty"`
+	// Layer 4: every connection to a target goes to destination whole; see
+	// InterceptSpec.l4.
+	L4 bool `protobuf:"varint,6,opt,name=l4,proto3" json:"l4,omitempty"`
 	// True when the intercept admits only some sources; then sources holds
 	// their IPv4 addresses (none: nothing is detoured right now).
-	RestrictSources bool     `protobuf:"varint,7,opt,name=restrict_sources,json=restrictSources,proto3" json:"restrict_sources,omitempty"`
-	Sources         []string `protobuf:"bytes,8,rep,name=sources,proto3" json:"sources,omitempty"`
+	RestrictSources bool `protobuf:"varint,7,opt,name=restrict_sources,json=restrictSources,proto3" json:"restrict_sources,omitempty"`
+	// IPv4 addresses of the admitted source pods, sorted; meaningful only
+	// with restrict_sources.
+	Sources []string `protobuf:"bytes,8,rep,name=sources,proto3" json:"sources,omitempty"`
 	// IP:PORT where callers reach the intercepted port through the service's
 	// virtual address (its ClusterIP and service port), for connect-time
 	// redirects of L4 intercepts; empty in the lab.
 	ServiceAddresses []string `protobuf:"bytes,9,rep,name=service_addresses,json=serviceAddresses,proto3" json:"service_addresses,omitempty"`
 	// Those of sources whose pods run on this node: for an L4 intercept,
-	// their connections can be redirected at connect() here.
+	// their connections can be redirected at connect() here. Empty without
+	// restrict_sources.
 	NodeSources   []string `protobuf:"bytes,10,rep,name=node_sources,json=nodeSources,proto3" json:"node_sources,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -372,9 +398,11 @@ func (x *Assignment) GetNodeSources() []string {
 	return nil
 }
 
+// WatchDesiredStateRequest names the node whose desired state to watch.
 type WatchDesiredStateRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The agent's node; required.
+	Node          string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -416,12 +444,18 @@ func (x *WatchDesiredStateRequest) GetNode() string {
 	return ""
 }
 
+// WatchDesiredStateResponse is one event of the desired-state stream.
 type WatchDesiredStateResponse struct {
-	state       protoimpl.MessageState         `protogen:"open.v1"`
-	Type        WatchDesiredStateResponse_Type `protobuf:"varint,1,opt,name=type,proto3,enum=detour.v1.WatchDesiredStateResponse_Type" json:"type,omitempty"`
-	Assignments []*Assignment                  `protobuf:"bytes,2,rep,name=assignments,proto3" json:"assignments,omitempty"`
-	// For TYPE_DELETE.
-	Namespace     string `protobuf:"bytes,3,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How to apply the event.
+	Type WatchDesiredStateResponse_Type `protobuf:"varint,1,opt,name=type,proto3,enum=detour.v1.WatchDesiredStateResponse_Type" json:"type,omitempty"`
+	// For TYPE_SNAPSHOT, every assignment of the node (possibly none),
+	// sorted by "namespace/name"; for TYPE_UPSERT, the one assignment.
+	Assignments []*Assignment `protobuf:"bytes,2,rep,name=assignments,proto3" json:"assignments,omitempty"`
+	// For TYPE_DELETE, the namespace of the intercept whose assignment is
+	// gone.
+	Namespace string `protobuf:"bytes,3,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// For TYPE_DELETE, the name of that intercept.
 	Name          string `protobuf:"bytes,4,opt,name=name,proto3" json:"name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -485,17 +519,30 @@ func (x *WatchDesiredStateResponse) GetName() string {
 	return ""
 }
 
+// InterceptReport is one applied intercept as the reporting agent sees it.
+// The controller passes its fields on in InterceptNodeStatus.
 type InterceptReport struct {
-	state              protoimpl.MessageState `protogen:"open.v1"`
-	Namespace          string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	Name               string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	SteeringAttached   bool                   `protobuf:"varint,3,opt,name=steering_attached,json=steeringAttached,proto3" json:"steering_attached,omitempty"`
-	Matched            uint64                 `protobuf:"varint,4,opt,name=matched,proto3" json:"matched,omitempty"`
-	Fallbacks          uint64                 `protobuf:"varint,5,opt,name=fallbacks,proto3" json:"fallbacks,omitempty"`
-	SteeredConnections uint64                 `protobuf:"varint,6,opt,name=steered_connections,json=steeredConnections,proto3" json:"steered_connections,omitempty"`
-	Error              string                 `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The intercept's namespace.
+	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// The intercept's name.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Steering is in place on every target of the assignment.
+	SteeringAttached bool `protobuf:"varint,3,opt,name=steering_attached,json=steeringAttached,proto3" json:"steering_attached,omitempty"`
+	// Requests (for an l4 intercept, connections) sent to the destination
+	// since the agent began applying the intercept.
+	Matched uint64 `protobuf:"varint,4,opt,name=matched,proto3" json:"matched,omitempty"`
+	// Requests (connections) selected but sent to the original app because
+	// the destination refused or did not answer in time.
+	Fallbacks uint64 `protobuf:"varint,5,opt,name=fallbacks,proto3" json:"fallbacks,omitempty"`
+	// Connections the kernel steered to the agent for the targets.
+	SteeredConnections uint64 `protobuf:"varint,6,opt,name=steered_connections,json=steeredConnections,proto3" json:"steered_connections,omitempty"`
+	// The first reason the agent could not apply the assignment (conditions
+	// it cannot compile, a bad target, a pod whose network namespace it
+	// cannot find or steer), in words for a user; empty when all is applied.
+	Error         string `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *InterceptReport) Reset() {
@@ -577,10 +624,14 @@ func (x *InterceptReport) GetError() string {
 	return ""
 }
 
+// ReportStatusRequest is a node's picture of the intercepts it applies.
 type ReportStatusRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
-	Intercepts    []*InterceptReport     `protobuf:"bytes,2,rep,name=intercepts,proto3" json:"intercepts,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The agent's node; required.
+	Node string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// One report per intercept the agent applies; one it leaves out has no
+	// report from this node any more.
+	Intercepts    []*InterceptReport `protobuf:"bytes,2,rep,name=intercepts,proto3" json:"intercepts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -629,6 +680,7 @@ func (x *ReportStatusRequest) GetIntercepts() []*InterceptReport {
 	return nil
 }
 
+// ReportStatusResponse acknowledges a report; it has no fields.
 type ReportStatusResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields

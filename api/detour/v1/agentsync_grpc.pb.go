@@ -4,7 +4,7 @@
 // - protoc             (unknown)
 // source: detour/v1/agentsync.proto
 
-// AgentSyncService and its messages: what each node agent speaks to the
+// AgentSyncService and its messages: the API each node agent speaks to the
 // controller.
 
 package detourv1
@@ -31,11 +31,22 @@ const (
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// AgentSyncService is the node agents' API.
+// AgentSyncService is the node agents' API. An agent registers, watches its
+// node's desired state and applies it, and reports what it applied every
+// second. In Kubernetes each call carries the agent's service-account token,
+// and an agent may name only the node its pod runs on.
 type AgentSyncServiceClient interface {
+	// Register records the node's agent and its version, for GetStatus. The
+	// agent calls it before each WatchDesiredState; an agent that watches or
+	// reports without registering is still recorded, without a version.
 	Register(ctx context.Context, in *RegisterRequest, opts ...grpc.CallOption) (*RegisterResponse, error)
-	// A snapshot first, then changes, for as long as the stream lives.
+	// WatchDesiredState streams the node's whole desired state (one
+	// TYPE_SNAPSHOT), then each change to it, for as long as the stream
+	// lives. A client that reads too slowly is ended with ResourceExhausted
+	// and should watch again for a fresh snapshot.
 	WatchDesiredState(ctx context.Context, in *WatchDesiredStateRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchDesiredStateResponse], error)
+	// ReportStatus gives the controller the node's picture of every
+	// intercept it applies; each report replaces the node's previous one.
 	ReportStatus(ctx context.Context, in *ReportStatusRequest, opts ...grpc.CallOption) (*ReportStatusResponse, error)
 }
 
@@ -90,11 +101,22 @@ func (c *agentSyncServiceClient) ReportStatus(ctx context.Context, in *ReportSta
 // All implementations must embed UnimplementedAgentSyncServiceServer
 // for forward compatibility.
 //
-// AgentSyncService is the node agents' API.
+// AgentSyncService is the node agents' API. An agent registers, watches its
+// node's desired state and applies it, and reports what it applied every
+// second. In Kubernetes each call carries the agent's service-account token,
+// and an agent may name only the node its pod runs on.
 type AgentSyncServiceServer interface {
+	// Register records the node's agent and its version, for GetStatus. The
+	// agent calls it before each WatchDesiredState; an agent that watches or
+	// reports without registering is still recorded, without a version.
 	Register(context.Context, *RegisterRequest) (*RegisterResponse, error)
-	// A snapshot first, then changes, for as long as the stream lives.
+	// WatchDesiredState streams the node's whole desired state (one
+	// TYPE_SNAPSHOT), then each change to it, for as long as the stream
+	// lives. A client that reads too slowly is ended with ResourceExhausted
+	// and should watch again for a fresh snapshot.
 	WatchDesiredState(*WatchDesiredStateRequest, grpc.ServerStreamingServer[WatchDesiredStateResponse]) error
+	// ReportStatus gives the controller the node's picture of every
+	// intercept it applies; each report replaces the node's previous one.
 	ReportStatus(context.Context, *ReportStatusRequest) (*ReportStatusResponse, error)
 	mustEmbedUnimplementedAgentSyncServiceServer()
 }

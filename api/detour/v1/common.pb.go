@@ -4,8 +4,11 @@
 // 	protoc        (unknown)
 // source: detour/v1/common.proto
 
-// The Detour API. Control is what the CLI speaks to the controller;
-// AgentSync is what each node agent speaks to the controller.
+// The Detour API, in three files of one package: common.proto (what both
+// services share), control.proto (ControlService: what the CLI speaks to
+// the controller) and agentsync.proto (AgentSyncService: what each node
+// agent speaks to the controller). docs/architecture.md, "Control plane",
+// says how the pieces use them.
 
 package detourv1
 
@@ -24,21 +27,33 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
-// Kind mirrors pkg/redirect/match.Kind.
+// Kind mirrors pkg/redirect/match.Kind, which states each kind's
+// semantics; pkg/apiconv converts between the two.
 type Condition_Kind int32
 
 const (
+	// Not a kind: the controller refuses a condition without one.
 	Condition_KIND_UNSPECIFIED Condition_Kind = 0
-	// Value is the session key: header x-detour-session, else baggage member detour-session.
-	Condition_KIND_SESSION       Condition_Kind = 1
-	Condition_KIND_HEADER_EXACT  Condition_Kind = 2
+	// The request's session key equals value: the value of header
+	// x-detour-session, else baggage member detour-session. name is unused.
+	Condition_KIND_SESSION Condition_Kind = 1
+	// Header name equals value.
+	Condition_KIND_HEADER_EXACT Condition_Kind = 2
+	// Header name starts with value.
 	Condition_KIND_HEADER_PREFIX Condition_Kind = 3
-	Condition_KIND_HEADER_REGEX  Condition_Kind = 4
-	// Name is the baggage member's key.
-	Condition_KIND_BAGGAGE     Condition_Kind = 5
-	Condition_KIND_PATH_EXACT  Condition_Kind = 6
+	// Header name matches value, a Go (RE2) regular expression, unanchored.
+	Condition_KIND_HEADER_REGEX Condition_Kind = 4
+	// W3C baggage member name has value value.
+	Condition_KIND_BAGGAGE Condition_Kind = 5
+	// The request path, without the query, equals value (which starts
+	// with /). name is unused.
+	Condition_KIND_PATH_EXACT Condition_Kind = 6
+	// The request path, without the query, starts with value. name is
+	// unused.
 	Condition_KIND_PATH_PREFIX Condition_Kind = 7
-	Condition_KIND_METHOD      Condition_Kind = 8
+	// The request method equals value, case-sensitively (GET, not get).
+	// name is unused.
+	Condition_KIND_METHOD Condition_Kind = 8
 )
 
 // Enum value maps for Condition_Kind.
@@ -94,12 +109,22 @@ func (Condition_Kind) EnumDescriptor() ([]byte, []int) {
 	return file_detour_v1_common_proto_rawDescGZIP(), []int{0, 0}
 }
 
-// Condition is one test on a request; the conditions of an intercept are ANDed.
+// Condition is one test on a request; the conditions of an intercept are
+// ANDed. The developer writes them in InterceptSpec.match; the controller
+// copies them unchanged into each node's Assignment.match, and the node's
+// agent evaluates them on every HTTP request (HTTP/1.x and HTTP/2) to a
+// targeted pod port. Header names compare case-insensitively; values and
+// paths compare byte for byte; a header sent in several fields is tested
+// on its values joined with ", ".
 type Condition struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Kind          Condition_Kind         `protobuf:"varint,1,opt,name=kind,proto3,enum=detour.v1.Condition_Kind" json:"kind,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	Value         string                 `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Which test; required.
+	Kind Condition_Kind `protobuf:"varint,1,opt,name=kind,proto3,enum=detour.v1.Condition_Kind" json:"kind,omitempty"`
+	// The header or baggage member the test reads; empty for the kinds that
+	// need none (session, path, method), and then refused when set.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// What the request must carry, as the kind says; never empty.
+	Value         string `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }

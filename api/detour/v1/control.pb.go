@@ -4,7 +4,8 @@
 // 	protoc        (unknown)
 // source: detour/v1/control.proto
 
-// ControlService and its messages: what the CLI speaks to the controller.
+// ControlService and its messages: the API the CLI (`detour`) speaks to the
+// controller.
 
 package detourv1
 
@@ -25,16 +26,24 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Type is what happened to the intercept.
 type WatchInterceptsResponse_Type int32
 
 const (
+	// Never sent.
 	WatchInterceptsResponse_TYPE_UNSPECIFIED WatchInterceptsResponse_Type = 0
 	// One per existing intercept when the watch starts.
 	WatchInterceptsResponse_TYPE_EXISTING WatchInterceptsResponse_Type = 1
-	WatchInterceptsResponse_TYPE_CREATED  WatchInterceptsResponse_Type = 2
-	WatchInterceptsResponse_TYPE_UPDATED  WatchInterceptsResponse_Type = 3
-	WatchInterceptsResponse_TYPE_DELETED  WatchInterceptsResponse_Type = 4
-	WatchInterceptsResponse_TYPE_EXPIRED  WatchInterceptsResponse_Type = 5
+	// A new intercept in force: created with the CLI, or (in Kubernetes) a
+	// resource made with kubectl once the controller accepts it.
+	WatchInterceptsResponse_TYPE_CREATED WatchInterceptsResponse_Type = 2
+	// A new version in force: renewed, or its resource edited and the
+	// edit accepted.
+	WatchInterceptsResponse_TYPE_UPDATED WatchInterceptsResponse_Type = 3
+	// Deleted with the CLI or as a resource.
+	WatchInterceptsResponse_TYPE_DELETED WatchInterceptsResponse_Type = 4
+	// Deleted by the controller because its lease ran out.
+	WatchInterceptsResponse_TYPE_EXPIRED WatchInterceptsResponse_Type = 5
 )
 
 // Enum value maps for WatchInterceptsResponse_Type.
@@ -84,27 +93,39 @@ func (WatchInterceptsResponse_Type) EnumDescriptor() ([]byte, []int) {
 	return file_detour_v1_control_proto_rawDescGZIP(), []int{13, 0}
 }
 
-// InterceptSpec is what a developer asks for.
+// InterceptSpec is what a developer asks for; the CLI sets it from its
+// flags and the controller never changes it after accepting it.
 type InterceptSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The target service, by namespace and name, and one of its ports.
-	ServiceNamespace string       `protobuf:"bytes,1,opt,name=service_namespace,json=serviceNamespace,proto3" json:"service_namespace,omitempty"`
-	ServiceName      string       `protobuf:"bytes,2,opt,name=service_name,json=serviceName,proto3" json:"service_name,omitempty"`
-	Port             uint32       `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
-	Match            []*Condition `protobuf:"bytes,4,rep,name=match,proto3" json:"match,omitempty"`
+	// The target service's namespace. Empty takes Intercept.namespace (or
+	// "default" when both are empty); when both are set they must be equal,
+	// since an intercept lives beside its service.
+	ServiceNamespace string `protobuf:"bytes,1,opt,name=service_namespace,json=serviceNamespace,proto3" json:"service_namespace,omitempty"`
+	// The target service's name; required.
+	ServiceName string `protobuf:"bytes,2,opt,name=service_name,json=serviceName,proto3" json:"service_name,omitempty"`
+	// One of the service's ports (its port, not its targetPort), 1 to 65535.
+	Port uint32 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
+	// The conditions a request must all meet to be detoured; at least one,
+	// except for l4 intercepts, which take none.
+	Match []*Condition `protobuf:"bytes,4,rep,name=match,proto3" json:"match,omitempty"`
 	// Where matching requests go: HOST:PORT, HOST a pod name (in the service's
-	// namespace), NAMESPACE/POD, or an IP address.
+	// namespace), NAMESPACE/POD, or an IP address. A pod is resolved to its
+	// current address each time the controller plans, so the intercept
+	// follows the developer's pod when it is recreated.
 	Destination string `protobuf:"bytes,5,opt,name=destination,proto3" json:"destination,omitempty"`
-	// Lease length; zero means the intercept does not expire.
+	// Lease length: the intercept is deleted this long after it was created
+	// or last renewed. Unset or zero: the intercept does not expire.
 	Ttl *durationpb.Duration `protobuf:"bytes,6,opt,name=ttl,proto3" json:"ttl,omitempty"`
 	// Layer 4: every connection to the port goes to the destination; no
 	// request is read, so match must be empty. Settled flows are spliced in
 	// the kernel.
 	L4 bool `protobuf:"varint,7,opt,name=l4,proto3" json:"l4,omitempty"`
 	// Only connections from these pods ("POD" in the service's namespace, or
-	// "NS/POD") or from pods of these namespaces are detoured. Both empty:
-	// connections from anywhere.
-	SourcePods       []string `protobuf:"bytes,8,rep,name=source_pods,json=sourcePods,proto3" json:"source_pods,omitempty"`
+	// "NS/POD") are detoured; see source_namespaces. Both empty: connections
+	// from anywhere.
+	SourcePods []string `protobuf:"bytes,8,rep,name=source_pods,json=sourcePods,proto3" json:"source_pods,omitempty"`
+	// Only connections from pods of these namespaces are detoured; with
+	// source_pods, a connection from either is.
 	SourceNamespaces []string `protobuf:"bytes,9,rep,name=source_namespaces,json=sourceNamespaces,proto3" json:"source_namespaces,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
@@ -203,13 +224,23 @@ func (x *InterceptSpec) GetSourceNamespaces() []string {
 	return nil
 }
 
+// Intercept is one stored intercept: what was asked for and when.
 type Intercept struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	Spec      *InterceptSpec         `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The intercept's namespace: always its service's (see
+	// InterceptSpec.service_namespace). On create, empty takes the spec's.
+	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// The intercept's name, a DNS-1123 label unique in its namespace; set by
+	// the client on create.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// What was asked for.
+	Spec *InterceptSpec `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`
+	// When the controller accepted it. Set by the controller; ignored on
+	// create.
 	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
-	// Unset when the intercept has no lease.
+	// When the lease runs out and the controller deletes the intercept: the
+	// creation or last renewal plus the ttl. Set by the controller; unset
+	// when the intercept has no lease.
 	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -280,9 +311,12 @@ func (x *Intercept) GetExpiresAt() *timestamppb.Timestamp {
 	return nil
 }
 
+// CreateInterceptRequest asks for a new intercept.
 type CreateInterceptRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Intercept     *Intercept             `protobuf:"bytes,1,opt,name=intercept,proto3" json:"intercept,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The intercept: name and spec set by the client; created_at and
+	// expires_at are the controller's and ignored.
+	Intercept     *Intercept `protobuf:"bytes,1,opt,name=intercept,proto3" json:"intercept,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -324,9 +358,11 @@ func (x *CreateInterceptRequest) GetIntercept() *Intercept {
 	return nil
 }
 
+// CreateInterceptResponse is the intercept as stored.
 type CreateInterceptResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Intercept     *Intercept             `protobuf:"bytes,1,opt,name=intercept,proto3" json:"intercept,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// With the namespaces defaulted and the times set.
+	Intercept     *Intercept `protobuf:"bytes,1,opt,name=intercept,proto3" json:"intercept,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -368,10 +404,13 @@ func (x *CreateInterceptResponse) GetIntercept() *Intercept {
 	return nil
 }
 
+// GetInterceptRequest names one intercept.
 type GetInterceptRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Empty means "default".
+	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Required.
+	Name          string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -420,9 +459,11 @@ func (x *GetInterceptRequest) GetName() string {
 	return ""
 }
 
+// GetInterceptResponse is the intercept asked for.
 type GetInterceptResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Intercept     *Intercept             `protobuf:"bytes,1,opt,name=intercept,proto3" json:"intercept,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// As stored.
+	Intercept     *Intercept `protobuf:"bytes,1,opt,name=intercept,proto3" json:"intercept,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -464,9 +505,11 @@ func (x *GetInterceptResponse) GetIntercept() *Intercept {
 	return nil
 }
 
+// ListInterceptsRequest chooses which intercepts to list.
 type ListInterceptsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Empty lists every namespace.
+	// Only this namespace's intercepts; empty lists every namespace (and
+	// then needs list on intercepts cluster-wide).
 	Namespace     string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -509,9 +552,11 @@ func (x *ListInterceptsRequest) GetNamespace() string {
 	return ""
 }
 
+// ListInterceptsResponse is the intercepts asked for.
 type ListInterceptsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Intercepts    []*Intercept           `protobuf:"bytes,1,rep,name=intercepts,proto3" json:"intercepts,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Ordered by namespace, then name.
+	Intercepts    []*Intercept `protobuf:"bytes,1,rep,name=intercepts,proto3" json:"intercepts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -553,10 +598,13 @@ func (x *ListInterceptsResponse) GetIntercepts() []*Intercept {
 	return nil
 }
 
+// DeleteInterceptRequest names the intercept to delete.
 type DeleteInterceptRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Empty means "default".
+	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Required.
+	Name          string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -605,6 +653,7 @@ func (x *DeleteInterceptRequest) GetName() string {
 	return ""
 }
 
+// DeleteInterceptResponse says the intercept is gone; it has no fields.
 type DeleteInterceptResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -641,11 +690,15 @@ func (*DeleteInterceptResponse) Descriptor() ([]byte, []int) {
 	return file_detour_v1_control_proto_rawDescGZIP(), []int{9}
 }
 
+// RenewInterceptRequest names the intercept whose lease to extend.
 type RenewInterceptRequest struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	// New lease length from now; zero keeps the intercept's own ttl.
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Empty means "default".
+	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Required.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// New lease length from now; unset or zero takes the intercept's own
+	// ttl. With neither, the intercept keeps having no lease.
 	Ttl           *durationpb.Duration `protobuf:"bytes,3,opt,name=ttl,proto3" json:"ttl,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -702,9 +755,11 @@ func (x *RenewInterceptRequest) GetTtl() *durationpb.Duration {
 	return nil
 }
 
+// RenewInterceptResponse is the intercept with its new lease.
 type RenewInterceptResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Intercept     *Intercept             `protobuf:"bytes,1,opt,name=intercept,proto3" json:"intercept,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// With expires_at moved.
+	Intercept     *Intercept `protobuf:"bytes,1,opt,name=intercept,proto3" json:"intercept,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -746,9 +801,11 @@ func (x *RenewInterceptResponse) GetIntercept() *Intercept {
 	return nil
 }
 
+// WatchInterceptsRequest chooses which intercepts to watch.
 type WatchInterceptsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only this namespace's intercepts; empty watches every namespace.
+	Namespace     string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -790,10 +847,14 @@ func (x *WatchInterceptsRequest) GetNamespace() string {
 	return ""
 }
 
+// WatchInterceptsResponse is one event of a watch.
 type WatchInterceptsResponse struct {
-	state         protoimpl.MessageState       `protogen:"open.v1"`
-	Type          WatchInterceptsResponse_Type `protobuf:"varint,1,opt,name=type,proto3,enum=detour.v1.WatchInterceptsResponse_Type" json:"type,omitempty"`
-	Intercept     *Intercept                   `protobuf:"bytes,2,opt,name=intercept,proto3" json:"intercept,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What happened.
+	Type WatchInterceptsResponse_Type `protobuf:"varint,1,opt,name=type,proto3,enum=detour.v1.WatchInterceptsResponse_Type" json:"type,omitempty"`
+	// The intercept after the event; for TYPE_DELETED and TYPE_EXPIRED, as
+	// it last was.
+	Intercept     *Intercept `protobuf:"bytes,2,opt,name=intercept,proto3" json:"intercept,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -842,11 +903,12 @@ func (x *WatchInterceptsResponse) GetIntercept() *Intercept {
 	return nil
 }
 
+// GetStatusRequest chooses which intercepts to report on.
 type GetStatusRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Only the intercepts of this namespace; empty means all. With
 	// Kubernetes authorization, the caller needs list on intercepts in it
-	// (cluster-wide when empty).
+	// (cluster-wide when empty). Agents are reported either way.
 	Namespace     string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -889,12 +951,19 @@ func (x *GetStatusRequest) GetNamespace() string {
 	return ""
 }
 
+// AgentStatus is one node's agent as the controller sees it.
 type AgentStatus struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
-	Connected     bool                   `protobuf:"varint,2,opt,name=connected,proto3" json:"connected,omitempty"`
-	LastSeen      *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
-	Version       string                 `protobuf:"bytes,4,opt,name=version,proto3" json:"version,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The node's name, as the agent registered it.
+	Node string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// The agent has a desired-state watch open now.
+	Connected bool `protobuf:"varint,2,opt,name=connected,proto3" json:"connected,omitempty"`
+	// When the agent last registered, reported, or opened or closed its
+	// watch. Unset if never.
+	LastSeen *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
+	// The agent's build version, as it registered it; empty before it
+	// registers.
+	Version       string `protobuf:"bytes,4,opt,name=version,proto3" json:"version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -957,19 +1026,34 @@ func (x *AgentStatus) GetVersion() string {
 	return ""
 }
 
-// Counters of one intercept on one node, as its agent last reported them.
+// InterceptNodeStatus is one intercept on one node: the counters its agent
+// last reported (agents report every second), or why nothing applies
+// there.
 type InterceptNodeStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	Node  string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
-	// Steering is in place on every targeted pod port of this node.
-	SteeringAttached bool   `protobuf:"varint,2,opt,name=steering_attached,json=steeringAttached,proto3" json:"steering_attached,omitempty"`
-	Matched          uint64 `protobuf:"varint,3,opt,name=matched,proto3" json:"matched,omitempty"`
-	Fallbacks        uint64 `protobuf:"varint,4,opt,name=fallbacks,proto3" json:"fallbacks,omitempty"`
-	// Connections the kernel handed to the agent for this intercept's ports.
+	// The node's name; empty only in the single entry of an intercept that
+	// targets no node, which then carries the reason in error.
+	Node string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// Steering is in place on every targeted pod port of this node; false
+	// until the node's agent confirms it.
+	SteeringAttached bool `protobuf:"varint,2,opt,name=steering_attached,json=steeringAttached,proto3" json:"steering_attached,omitempty"`
+	// Requests (for an l4 intercept, connections, counting those redirected
+	// at connect() that never reach the agent) sent to the destination,
+	// since the agent began applying the intercept. Counts restart when the
+	// agent does.
+	Matched uint64 `protobuf:"varint,3,opt,name=matched,proto3" json:"matched,omitempty"`
+	// Requests (connections) the intercept selected but sent to the
+	// original app because the destination refused or did not answer in
+	// time; counted like matched.
+	Fallbacks uint64 `protobuf:"varint,4,opt,name=fallbacks,proto3" json:"fallbacks,omitempty"`
+	// Connections the kernel handed to the agent for this intercept's ports,
+	// since each was steered.
 	SteeredConnections uint64 `protobuf:"varint,5,opt,name=steered_connections,json=steeredConnections,proto3" json:"steered_connections,omitempty"`
-	Error              string `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// Why the intercept is not (fully) applied on this node, in words for a
+	// user; empty when it is.
+	Error         string `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *InterceptNodeStatus) Reset() {
@@ -1044,10 +1128,15 @@ func (x *InterceptNodeStatus) GetError() string {
 	return ""
 }
 
+// InterceptStatus is one intercept across the nodes.
 type InterceptStatus struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The intercept's namespace.
+	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// The intercept's name.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// One entry per node its service's pods run on or that reported on it,
+	// ordered by node.
 	Nodes         []*InterceptNodeStatus `protobuf:"bytes,3,rep,name=nodes,proto3" json:"nodes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1104,14 +1193,21 @@ func (x *InterceptStatus) GetNodes() []*InterceptNodeStatus {
 	return nil
 }
 
+// GetStatusResponse is the state of the controller, its agents and the
+// intercepts.
 type GetStatusResponse struct {
-	state             protoimpl.MessageState `protogen:"open.v1"`
-	ControllerVersion string                 `protobuf:"bytes,1,opt,name=controller_version,json=controllerVersion,proto3" json:"controller_version,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The controller's build version.
+	ControllerVersion string `protobuf:"bytes,1,opt,name=controller_version,json=controllerVersion,proto3" json:"controller_version,omitempty"`
+	// When this controller process started.
 	ControllerStarted *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=controller_started,json=controllerStarted,proto3" json:"controller_started,omitempty"`
-	Agents            []*AgentStatus         `protobuf:"bytes,3,rep,name=agents,proto3" json:"agents,omitempty"`
-	Intercepts        []*InterceptStatus     `protobuf:"bytes,4,rep,name=intercepts,proto3" json:"intercepts,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Every agent the controller has heard from since it started, ordered
+	// by node.
+	Agents []*AgentStatus `protobuf:"bytes,3,rep,name=agents,proto3" json:"agents,omitempty"`
+	// The intercepts asked for, ordered by namespace, then name.
+	Intercepts    []*InterceptStatus `protobuf:"bytes,4,rep,name=intercepts,proto3" json:"intercepts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetStatusResponse) Reset() {

@@ -4,7 +4,8 @@
 // - protoc             (unknown)
 // source: detour/v1/control.proto
 
-// ControlService and its messages: what the CLI speaks to the controller.
+// ControlService and its messages: the API the CLI (`detour`) speaks to the
+// controller.
 
 package detourv1
 
@@ -34,14 +35,40 @@ const (
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// ControlService is the CLI's API.
+// ControlService is the CLI's API: intercepts and their status. Where the
+// controller runs with Kubernetes authorization, each call needs an RBAC
+// verb on intercepts.detour.dev in the namespace it concerns (the same
+// rights kubectl needs); each RPC names its verb. A namespace left empty in
+// a request that acts on one intercept means "default".
 type ControlServiceClient interface {
+	// CreateIntercept validates and stores a new intercept, and starts
+	// steering its service's pods to the destination. Refused with
+	// InvalidArgument (bad spec), NotFound (no such service or destination
+	// pod), AlreadyExists (the name is taken) or FailedPrecondition (it could
+	// select a request an existing intercept on the same service port
+	// selects). RBAC verb: create.
 	CreateIntercept(ctx context.Context, in *CreateInterceptRequest, opts ...grpc.CallOption) (*CreateInterceptResponse, error)
+	// GetIntercept returns one intercept; NotFound when there is none.
+	// RBAC verb: get.
 	GetIntercept(ctx context.Context, in *GetInterceptRequest, opts ...grpc.CallOption) (*GetInterceptResponse, error)
+	// ListIntercepts returns the intercepts of one namespace, or of all,
+	// ordered by namespace then name. RBAC verb: list.
 	ListIntercepts(ctx context.Context, in *ListInterceptsRequest, opts ...grpc.CallOption) (*ListInterceptsResponse, error)
+	// DeleteIntercept removes an intercept; the agents then remove its
+	// steering. NotFound when there is none. RBAC verb: delete.
 	DeleteIntercept(ctx context.Context, in *DeleteInterceptRequest, opts ...grpc.CallOption) (*DeleteInterceptResponse, error)
+	// RenewIntercept moves an intercept's lease end to a ttl from now, so
+	// that it does not expire while its developer is still at work. NotFound
+	// when there is none. RBAC verb: update.
 	RenewIntercept(ctx context.Context, in *RenewInterceptRequest, opts ...grpc.CallOption) (*RenewInterceptResponse, error)
+	// WatchIntercepts streams one TYPE_EXISTING event per intercept, then
+	// every change, until the client cancels. A client that reads too slowly
+	// is ended with ResourceExhausted and should watch again. RBAC verb:
+	// watch.
 	WatchIntercepts(ctx context.Context, in *WatchInterceptsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchInterceptsResponse], error)
+	// GetStatus reports the controller, each node's agent and, per
+	// intercept, each node it targets, with the counters the agents last
+	// reported. RBAC verb: list.
 	GetStatus(ctx context.Context, in *GetStatusRequest, opts ...grpc.CallOption) (*GetStatusResponse, error)
 }
 
@@ -136,14 +163,40 @@ func (c *controlServiceClient) GetStatus(ctx context.Context, in *GetStatusReque
 // All implementations must embed UnimplementedControlServiceServer
 // for forward compatibility.
 //
-// ControlService is the CLI's API.
+// ControlService is the CLI's API: intercepts and their status. Where the
+// controller runs with Kubernetes authorization, each call needs an RBAC
+// verb on intercepts.detour.dev in the namespace it concerns (the same
+// rights kubectl needs); each RPC names its verb. A namespace left empty in
+// a request that acts on one intercept means "default".
 type ControlServiceServer interface {
+	// CreateIntercept validates and stores a new intercept, and starts
+	// steering its service's pods to the destination. Refused with
+	// InvalidArgument (bad spec), NotFound (no such service or destination
+	// pod), AlreadyExists (the name is taken) or FailedPrecondition (it could
+	// select a request an existing intercept on the same service port
+	// selects). RBAC verb: create.
 	CreateIntercept(context.Context, *CreateInterceptRequest) (*CreateInterceptResponse, error)
+	// GetIntercept returns one intercept; NotFound when there is none.
+	// RBAC verb: get.
 	GetIntercept(context.Context, *GetInterceptRequest) (*GetInterceptResponse, error)
+	// ListIntercepts returns the intercepts of one namespace, or of all,
+	// ordered by namespace then name. RBAC verb: list.
 	ListIntercepts(context.Context, *ListInterceptsRequest) (*ListInterceptsResponse, error)
+	// DeleteIntercept removes an intercept; the agents then remove its
+	// steering. NotFound when there is none. RBAC verb: delete.
 	DeleteIntercept(context.Context, *DeleteInterceptRequest) (*DeleteInterceptResponse, error)
+	// RenewIntercept moves an intercept's lease end to a ttl from now, so
+	// that it does not expire while its developer is still at work. NotFound
+	// when there is none. RBAC verb: update.
 	RenewIntercept(context.Context, *RenewInterceptRequest) (*RenewInterceptResponse, error)
+	// WatchIntercepts streams one TYPE_EXISTING event per intercept, then
+	// every change, until the client cancels. A client that reads too slowly
+	// is ended with ResourceExhausted and should watch again. RBAC verb:
+	// watch.
 	WatchIntercepts(*WatchInterceptsRequest, grpc.ServerStreamingServer[WatchInterceptsResponse]) error
+	// GetStatus reports the controller, each node's agent and, per
+	// intercept, each node it targets, with the counters the agents last
+	// reported. RBAC verb: list.
 	GetStatus(context.Context, *GetStatusRequest) (*GetStatusResponse, error)
 	mustEmbedUnimplementedControlServiceServer()
 }
