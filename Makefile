@@ -66,15 +66,30 @@ soak: ## many 100 MiB echoes through the sockmap L4 relay under CPU load, every 
 bench: build ## measure the data path (as root, ~6 min): ratios to direct and nginx; JSON to BENCH_OUT (default bench/out/results.json); BENCH_FLAGS=-h lists options
 	$(GO) run ./test/bench $(BENCH_FLAGS)
 
+# buf breaking compares the API with the protos at BUF_BREAKING_AGAINST, a
+# git revision. The default is what makes the comparison say something: on
+# a branch, the commit it forked from main (so: what the branch changes);
+# on main itself, as in CI's fresh clone of the submitted main, where that
+# would be HEAD and the check could never fail, HEAD's first parent (what
+# the last commit or merge changed). Set it to compare with anything else,
+# e.g. BUF_BREAKING_AGAINST=v1.0.0. The rules are buf.yaml's (PACKAGE: wire
+# and generated-code compatibility).
+BUF_BREAKING_AGAINST ?= $(shell b=$$(git merge-base HEAD main 2>/dev/null); \
+  if [ -n "$$b" ] && [ "$$b" != "$$(git rev-parse HEAD)" ]; then echo "$$b"; else echo HEAD~1; fi)
+
 # staticcheck: the checks of staticcheck.conf, over every package and the
 # build-tagged tests, but not client-gen's output in pkg/generated (fixed by
 # regenerating, not by hand). The tools module builds it, as it builds buf.
-lint: ## gofmt, go vet, staticcheck and buf lint
+lint: ## gofmt, go vet, staticcheck, buf lint and buf breaking (against BUF_BREAKING_AGAINST: by default main's fork point, or HEAD~1 on main)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel.go$$'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
 	$(GO) vet -tags e2e,soak ./test/...
 	$(GO) tool -modfile=tools/go.mod staticcheck -tags e2e,soak $$($(GO) list -tags e2e,soak ./... | grep -v '/pkg/generated/')
 	cd api && $(GO) tool -modfile=../tools/go.mod buf lint
+	@git rev-parse -q --verify '$(BUF_BREAKING_AGAINST)^{commit}' >/dev/null || { echo "buf breaking: no revision '$(BUF_BREAKING_AGAINST)' to compare with: set BUF_BREAKING_AGAINST"; exit 1; }
+	@echo "buf breaking against $(BUF_BREAKING_AGAINST) ($$(git log -1 --format='%h %s' '$(BUF_BREAKING_AGAINST)'))"
+	set -o pipefail; git archive --format=tar '$(BUF_BREAKING_AGAINST)' api | \
+	  (cd api && $(GO) tool -modfile=../tools/go.mod buf breaking --against '-#format=tar,subdir=api')
 
 clean: ## remove build output
 	rm -rf $(BIN)
