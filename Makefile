@@ -48,6 +48,26 @@ test: ## run every test (as root: the privileged ones load BPF and make namespac
 	$(GO) test -race -count=1 -timeout 25m ./...
 	$(MAKE) fuzz
 
+# test-unit: CI is unset so that a privileged test skips (as it does on a
+# developer's machine) instead of failing. As root, the test binaries run as
+# nobody (go test -exec setpriv): the privileged tests skip for the reason
+# they would anywhere else, and a test that needs root without saying so
+# fails here instead of passing by accident. The builds stay root's, with
+# root's caches. So do the Kubernetes binaries of the envtest tests:
+# test/cluster/build.sh, as root, makes sure they are built (at once when
+# they are) and the tests get them ready-made in DETOUR_K8S_BIN, since
+# nobody may not take the build's lock. When the build fails those tests
+# skip and say why.
+K8S_VERSION = $(shell sed -n 's/^K8S_VERSION=//p' test/cluster/build.sh)
+DETOUR_K8S_CACHE ?= /var/cache/detour/k8s-$(K8S_VERSION)
+test-unit: ## run the tests that need no root, as no root (privileged ones skip; as root, the tests run as nobody)
+ifeq ($(shell id -u),0)
+	-DETOUR_K8S_CACHE=$(DETOUR_K8S_CACHE) bash test/cluster/build.sh
+	env -u CI DETOUR_K8S_BIN=$(DETOUR_K8S_CACHE)/bin $(GO) test -exec 'setpriv --reuid=65534 --regid=65534 --clear-groups --' ./...
+else
+	env -u CI $(GO) test ./...
+endif
+
 fuzz: ## run each fuzz target for FUZZTIME (default 30000x: executions)
 	@set -e; for pkg in $$($(GO) list ./...); do \
 	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
@@ -66,11 +86,30 @@ soak: ## many 100 MiB echoes through the sockmap L4 relay under CPU load, every 
 bench: build ## measure the data path (as root, ~6 min): ratios to direct and nginx; JSON to BENCH_OUT (default bench/out/results.json); BENCH_FLAGS=-h lists options
 	$(GO) run ./test/bench $(BENCH_FLAGS)
 
-lint: ## gofmt, go vet and buf lint
+# buf breaking compares the API with the protos at BUF_BREAKING_AGAINST, a
+# git revision. The default is what makes the comparison say something: on
+# a branch, the commit it forked from main (so: what the branch changes);
+# on main itself, as in CI's fresh clone of the submitted main, where that
+# would be HEAD and the check could never fail, HEAD's first parent (what
+# the last commit or merge changed). Set it to compare with anything else,
+# e.g. BUF_BREAKING_AGAINST=v1.0.0. The rules are buf.yaml's (PACKAGE: wire
+# and generated-code compatibility).
+BUF_BREAKING_AGAINST ?= $(shell b=$$(git merge-base HEAD main 2>/dev/null); \
+  if [ -n "$$b" ] && [ "$$b" != "$$(git rev-parse HEAD)" ]; then echo "$$b"; else echo HEAD~1; fi)
+
+# staticcheck: the checks of staticcheck.conf, over every package and the
+# build-tagged tests, but not client-gen's output in pkg/generated (fixed by
+# regenerating, not by hand). The tools module builds it, as it builds buf.
+lint: ## gofmt, go vet, staticcheck, buf lint and buf breaking (against BUF_BREAKING_AGAINST: by default main's fork point, or HEAD~1 on main)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel.go$$'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
 	$(GO) vet -tags e2e,soak ./test/...
+	$(GO) tool -modfile=tools/go.mod staticcheck -tags e2e,soak $$($(GO) list -tags e2e,soak ./... | grep -v '/pkg/generated/')
 	cd api && $(GO) tool -modfile=../tools/go.mod buf lint
+	@git rev-parse -q --verify '$(BUF_BREAKING_AGAINST)^{commit}' >/dev/null || { echo "buf breaking: no revision '$(BUF_BREAKING_AGAINST)' to compare with: set BUF_BREAKING_AGAINST"; exit 1; }
+	@echo "buf breaking against $(BUF_BREAKING_AGAINST) ($$(git log -1 --format='%h %s' '$(BUF_BREAKING_AGAINST)'))"
+	set -o pipefail; git archive --format=tar '$(BUF_BREAKING_AGAINST)' api | \
+	  (cd api && $(GO) tool -modfile=../tools/go.mod buf breaking --against '-#format=tar,subdir=api')
 
 clean: ## remove build output
 	rm -rf $(BIN)

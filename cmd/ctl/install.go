@@ -156,6 +156,7 @@ This needs the rights to create all of these, cluster-scoped ones included
 			}
 			if err := in.WaitReady(ctx, objs); err != nil {
 				if kubeclient.IsTimeout(err) {
+					//lint:ignore ST1005 the message the CLI prints, and it starts with the product's name
 					return withCode(exitError, fmt.Errorf("Detour is installed but not ready within --timeout %s: %w", timeout, err))
 				}
 				return apiError(err)
@@ -221,6 +222,7 @@ cluster. Like install, it needs cluster-admin-like rights (exit 4 without).`,
 			fmt.Fprintf(cmd.ErrOrStderr(), "removing Detour with context %q\n", kc.Context)
 			err = in.Delete(ctx, objs, wait)
 			if kubeclient.IsTimeout(err) {
+				//lint:ignore ST1005 the message the CLI prints, and it starts with the product's name
 				return withCode(exitError, fmt.Errorf("Detour is being removed but not gone within --timeout %s: %w", timeout, err))
 			}
 			return apiError(err)

@@ -34,6 +34,8 @@ import (
 	"github.com/detourdev/detour/pkg/netns"
 )
 
+//lint:file-ignore SA1019 x/net's HTTP/2 client, as the proxy's upstream side uses (pkg/redirect/proxy, newUpstreamTransport): it multiplexes concurrent streams on one dial, which the prior-knowledge subtest checks
+
 // i3Lab has its own bridge, subnet and pod names, so it never meets the lab
 // of TestPrivilegedLabEndToEnd, even when a run leaves one behind.
 const i3Lab = `

@@ -2,10 +2,10 @@
 // versions:
 // - protoc-gen-go-grpc v1.6.2
 // - protoc             (unknown)
-// source: detour/v1/detour.proto
+// source: detour/v1/control.proto
 
-// The Detour API. Control is what the CLI speaks to the controller;
-// AgentSync is what each node agent speaks to the controller.
+// ControlService and its messages: the API the CLI (`detour`) speaks to the
+// controller.
 
 package detourv1
 
@@ -35,14 +35,40 @@ const (
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// ControlService is the CLI's API.
+// ControlService is the CLI's API: intercepts and their status. Where the
+// controller runs with Kubernetes authorization, each call needs an RBAC
+// verb on intercepts.detour.dev in the namespace it concerns (the same
+// rights kubectl needs); each RPC names its verb. A namespace left empty in
+// a request that acts on one intercept means "default".
 type ControlServiceClient interface {
+	// CreateIntercept validates and stores a new intercept, and starts
+	// steering its service's pods to the destination. Refused with
+	// InvalidArgument (bad spec), NotFound (no such service or destination
+	// pod), AlreadyExists (the name is taken) or FailedPrecondition (it could
+	// select a request an existing intercept on the same service port
+	// selects). RBAC verb: create.
 	CreateIntercept(ctx context.Context, in *CreateInterceptRequest, opts ...grpc.CallOption) (*CreateInterceptResponse, error)
+	// GetIntercept returns one intercept; NotFound when there is none.
+	// RBAC verb: get.
 	GetIntercept(ctx context.Context, in *GetInterceptRequest, opts ...grpc.CallOption) (*GetInterceptResponse, error)
+	// ListIntercepts returns the intercepts of one namespace, or of all,
+	// ordered by namespace then name. RBAC verb: list.
 	ListIntercepts(ctx context.Context, in *ListInterceptsRequest, opts ...grpc.CallOption) (*ListInterceptsResponse, error)
+	// DeleteIntercept removes an intercept; the agents then remove its
+	// steering. NotFound when there is none. RBAC verb: delete.
 	DeleteIntercept(ctx context.Context, in *DeleteInterceptRequest, opts ...grpc.CallOption) (*DeleteInterceptResponse, error)
+	// RenewIntercept moves an intercept's lease end to a ttl from now, so
+	// that it does not expire while its developer is still at work. NotFound
+	// when there is none. RBAC verb: update.
 	RenewIntercept(ctx context.Context, in *RenewInterceptRequest, opts ...grpc.CallOption) (*RenewInterceptResponse, error)
+	// WatchIntercepts streams one TYPE_EXISTING event per intercept, then
+	// every change, until the client cancels. A client that reads too slowly
+	// is ended with ResourceExhausted and should watch again. RBAC verb:
+	// watch.
 	WatchIntercepts(ctx context.Context, in *WatchInterceptsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchInterceptsResponse], error)
+	// GetStatus reports the controller, each node's agent and, per
+	// intercept, each node it targets, with the counters the agents last
+	// reported. RBAC verb: list.
 	GetStatus(ctx context.Context, in *GetStatusRequest, opts ...grpc.CallOption) (*GetStatusResponse, error)
 }
 
@@ -137,14 +163,40 @@ func (c *controlServiceClient) GetStatus(ctx context.Context, in *GetStatusReque
 // All implementations must embed UnimplementedControlServiceServer
 // for forward compatibility.
 //
-// ControlService is the CLI's API.
+// ControlService is the CLI's API: intercepts and their status. Where the
+// controller runs with Kubernetes authorization, each call needs an RBAC
+// verb on intercepts.detour.dev in the namespace it concerns (the same
+// rights kubectl needs); each RPC names its verb. A namespace left empty in
+// a request that acts on one intercept means "default".
 type ControlServiceServer interface {
+	// CreateIntercept validates and stores a new intercept, and starts
+	// steering its service's pods to the destination. Refused with
+	// InvalidArgument (bad spec), NotFound (no such service or destination
+	// pod), AlreadyExists (the name is taken) or FailedPrecondition (it could
+	// select a request an existing intercept on the same service port
+	// selects). RBAC verb: create.
 	CreateIntercept(context.Context, *CreateInterceptRequest) (*CreateInterceptResponse, error)
+	// GetIntercept returns one intercept; NotFound when there is none.
+	// RBAC verb: get.
 	GetIntercept(context.Context, *GetInterceptRequest) (*GetInterceptResponse, error)
+	// ListIntercepts returns the intercepts of one namespace, or of all,
+	// ordered by namespace then name. RBAC verb: list.
 	ListIntercepts(context.Context, *ListInterceptsRequest) (*ListInterceptsResponse, error)
+	// DeleteIntercept removes an intercept; the agents then remove its
+	// steering. NotFound when there is none. RBAC verb: delete.
 	DeleteIntercept(context.Context, *DeleteInterceptRequest) (*DeleteInterceptResponse, error)
+	// RenewIntercept moves an intercept's lease end to a ttl from now, so
+	// that it does not expire while its developer is still at work. NotFound
+	// when there is none. RBAC verb: update.
 	RenewIntercept(context.Context, *RenewInterceptRequest) (*RenewInterceptResponse, error)
+	// WatchIntercepts streams one TYPE_EXISTING event per intercept, then
+	// every change, until the client cancels. A client that reads too slowly
+	// is ended with ResourceExhausted and should watch again. RBAC verb:
+	// watch.
 	WatchIntercepts(*WatchInterceptsRequest, grpc.ServerStreamingServer[WatchInterceptsResponse]) error
+	// GetStatus reports the controller, each node's agent and, per
+	// intercept, each node it targets, with the counters the agents last
+	// reported. RBAC verb: list.
 	GetStatus(context.Context, *GetStatusRequest) (*GetStatusResponse, error)
 	mustEmbedUnimplementedControlServiceServer()
 }
@@ -356,193 +408,5 @@ var ControlService_ServiceDesc = grpc.ServiceDesc{
 			ServerStreams: true,
 		},
 	},
-	Metadata: "detour/v1/detour.proto",
-}
-
-const (
-	AgentSyncService_Register_FullMethodName          = "/detour.v1.AgentSyncService/Register"
-	AgentSyncService_WatchDesiredState_FullMethodName = "/detour.v1.AgentSyncService/WatchDesiredState"
-	AgentSyncService_ReportStatus_FullMethodName      = "/detour.v1.AgentSyncService/ReportStatus"
-)
-
-// AgentSyncServiceClient is the client API for AgentSyncService service.
-//
-// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
-//
-// AgentSyncService is the node agents' API.
-type AgentSyncServiceClient interface {
-	Register(ctx context.Context, in *RegisterRequest, opts ...grpc.CallOption) (*RegisterResponse, error)
-	// A snapshot first, then changes, for as long as the stream lives.
-	WatchDesiredState(ctx context.Context, in *WatchDesiredStateRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchDesiredStateResponse], error)
-	ReportStatus(ctx context.Context, in *ReportStatusRequest, opts ...grpc.CallOption) (*ReportStatusResponse, error)
-}
-
-type agentSyncServiceClient struct {
-	cc grpc.ClientConnInterface
-}
-
-func NewAgentSyncServiceClient(cc grpc.ClientConnInterface) AgentSyncServiceClient {
-	return &agentSyncServiceClient{cc}
-}
-
-func (c *agentSyncServiceClient) Register(ctx context.Context, in *RegisterRequest, opts ...grpc.CallOption) (*RegisterResponse, error) {
-	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(RegisterResponse)
-	err := c.cc.Invoke(ctx, AgentSyncService_Register_FullMethodName, in, out, cOpts...)
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
-func (c *agentSyncServiceClient) WatchDesiredState(ctx context.Context, in *WatchDesiredStateRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchDesiredStateResponse], error) {
-	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &AgentSyncService_ServiceDesc.Streams[0], AgentSyncService_WatchDesiredState_FullMethodName, cOpts...)
-	if err != nil {
-		return nil, err
-	}
-	x := &grpc.GenericClientStream[WatchDesiredStateRequest, WatchDesiredStateResponse]{ClientStream: stream}
-	if err := x.ClientStream.SendMsg(in); err != nil {
-		return nil, err
-	}
-	if err := x.ClientStream.CloseSend(); err != nil {
-		return nil, err
-	}
-	return x, nil
-}
-
-// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type AgentSyncService_WatchDesiredStateClient = grpc.ServerStreamingClient[WatchDesiredStateResponse]
-
-func (c *agentSyncServiceClient) ReportStatus(ctx context.Context, in *ReportStatusRequest, opts ...grpc.CallOption) (*ReportStatusResponse, error) {
-	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(ReportStatusResponse)
-	err := c.cc.Invoke(ctx, AgentSyncService_ReportStatus_FullMethodName, in, out, cOpts...)
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
-// AgentSyncServiceServer is the server API for AgentSyncService service.
-// All implementations must embed UnimplementedAgentSyncServiceServer
-// for forward compatibility.
-//
-// AgentSyncService is the node agents' API.
-type AgentSyncServiceServer interface {
-	Register(context.Context, *RegisterRequest) (*RegisterResponse, error)
-	// A snapshot first, then changes, for as long as the stream lives.
-	WatchDesiredState(*WatchDesiredStateRequest, grpc.ServerStreamingServer[WatchDesiredStateResponse]) error
-	ReportStatus(context.Context, *ReportStatusRequest) (*ReportStatusResponse, error)
-	mustEmbedUnimplementedAgentSyncServiceServer()
-}
-
-// UnimplementedAgentSyncServiceServer must be embedded to have
-// forward compatible implementations.
-//
-// NOTE: this should be embedded by value instead of pointer to avoid a nil
-// pointer dereference when methods are called.
-type UnimplementedAgentSyncServiceServer struct{}
-
-func (UnimplementedAgentSyncServiceServer) Register(context.Context, *RegisterRequest) (*RegisterResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method Register not implemented")
-}
-func (UnimplementedAgentSyncServiceServer) WatchDesiredState(*WatchDesiredStateRequest, grpc.ServerStreamingServer[WatchDesiredStateResponse]) error {
-	return status.Error(codes.Unimplemented, "method WatchDesiredState not implemented")
-}
-func (UnimplementedAgentSyncServiceServer) ReportStatus(context.Context, *ReportStatusRequest) (*ReportStatusResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method ReportStatus not implemented")
-}
-func (UnimplementedAgentSyncServiceServer) mustEmbedUnimplementedAgentSyncServiceServer() {}
-func (UnimplementedAgentSyncServiceServer) testEmbeddedByValue()                          {}
-
-// UnsafeAgentSyncServiceServer may be embedded to opt out of forward compatibility for this service.
-// Use of this interface is not recommended, as added methods to AgentSyncServiceServer will
-// result in compilation errors.
-type UnsafeAgentSyncServiceServer interface {
-	mustEmbedUnimplementedAgentSyncServiceServer()
-}
-
-func RegisterAgentSyncServiceServer(s grpc.ServiceRegistrar, srv AgentSyncServiceServer) {
-	// If the following call panics, it indicates UnimplementedAgentSyncServiceServer was
-	// embedded by pointer and is nil.  This will cause panics if an
-	// unimplemented method is ever invoked, so we test this at initialization
-	// time to prevent it from happening at runtime later due to I/O.
-	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
-		t.testEmbeddedByValue()
-	}
-	s.RegisterService(&AgentSyncService_ServiceDesc, srv)
-}
-
-func _AgentSyncService_Register_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(RegisterRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(AgentSyncServiceServer).Register(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: AgentSyncService_Register_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(AgentSyncServiceServer).Register(ctx, req.(*RegisterRequest))
-	}
-	return interceptor(ctx, in, info, handler)
-}
-
-func _AgentSyncService_WatchDesiredState_Handler(srv interface{}, stream grpc.ServerStream) error {
-	m := new(WatchDesiredStateRequest)
-	if err := stream.RecvMsg(m); err != nil {
-		return err
-	}
-	return srv.(AgentSyncServiceServer).WatchDesiredState(m, &grpc.GenericServerStream[WatchDesiredStateRequest, WatchDesiredStateResponse]{ServerStream: stream})
-}
-
-// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type AgentSyncService_WatchDesiredStateServer = grpc.ServerStreamingServer[WatchDesiredStateResponse]
-
-func _AgentSyncService_ReportStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(ReportStatusRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(AgentSyncServiceServer).ReportStatus(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: AgentSyncService_ReportStatus_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(AgentSyncServiceServer).ReportStatus(ctx, req.(*ReportStatusRequest))
-	}
-	return interceptor(ctx, in, info, handler)
-}
-
-// AgentSyncService_ServiceDesc is the grpc.ServiceDesc for AgentSyncService service.
-// It's only intended for direct use with grpc.RegisterService,
-// and not to be introspected or modified (even as a copy)
-var AgentSyncService_ServiceDesc = grpc.ServiceDesc{
-	ServiceName: "detour.v1.AgentSyncService",
-	HandlerType: (*AgentSyncServiceServer)(nil),
-	Methods: []grpc.MethodDesc{
-		{
-			MethodName: "Register",
-			Handler:    _AgentSyncService_Register_Handler,
-		},
-		{
-			MethodName: "ReportStatus",
-			Handler:    _AgentSyncService_ReportStatus_Handler,
-		},
-	},
-	Streams: []grpc.StreamDesc{
-		{
-			StreamName:    "WatchDesiredState",
-			Handler:       _AgentSyncService_WatchDesiredState_Handler,
-			ServerStreams: true,
-		},
-	},
-	Metadata: "detour/v1/detour.proto",
+	Metadata: "detour/v1/control.proto",
 }
