@@ -213,7 +213,7 @@ func TestLeaseExpiry(t *testing.T) {
 		t.Fatalf("renewed intercept gone early: %v", err)
 	}
 	// Renew with an explicit ttl, then let it run out.
-	r, err = h.ctl.RenewIntercept(ctx(t), &detourv1.RenewInterceptRequest{Name: "alice", Ttl: durationpb.New(10 * time.Second)})
+	_, err = h.ctl.RenewIntercept(ctx(t), &detourv1.RenewInterceptRequest{Name: "alice", Ttl: durationpb.New(10 * time.Second)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,7 +14,6 @@ import (
 type nodeWatch struct {
 	stream grpc.ServerStreamingClient[detourv1.WatchDesiredStateResponse]
 	cancel context.CancelFunc
-	events chan *detourv1.WatchDesiredStateResponse
 }
 
 func (h *harness) watchNode(t *testing.T, node string) *nodeWatch {

@@ -91,9 +91,9 @@ func TestRenderFork(t *testing.T) {
 		t.Errorf("plan = %s/%s replicas %d env %s", p.Namespace, p.Name, p.Replicas, p.Env)
 	}
 	wantLabels := map[string]string{
-		"app":  "api-pr-42",     // the workload's and Service api's selector key
-		"tier": "backend-pr-42", // Service backends selects on it
-		"team": "payments",      // nothing selects on it: kept
+		"app":                     "api-pr-42",     // the workload's and Service api's selector key
+		"tier":                    "backend-pr-42", // Service backends selects on it
+		"team":                    "payments",      // nothing selects on it: kept
 		v1alpha1.LabelEnvironment: "pr-42",
 		v1alpha1.LabelForkOf:      "api",
 	}

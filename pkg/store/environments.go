@@ -11,10 +11,10 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	bolt "go.etcd.io/bbolt"
 	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/detourdev/detour/pkg/apis/detour/v1alpha1"
 )

@@ -33,6 +33,8 @@ import (
 	"golang.org/x/net/http2"
 )
 
+//lint:file-ignore SA1019 x/net/http2 on purpose: net/http cannot serve one accepted connection (ServeConn), and its transport dials per request while none is up (see newUpstreamTransport)
+
 // maxUpgradeBody bounds the body of an h2c Upgrade request, which must be
 // read whole before the connection switches protocols. Larger (or chunked)
 // bodies are not upgraded: RFC 9113 lets a server ignore the Upgrade, and

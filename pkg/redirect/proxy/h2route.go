@@ -26,6 +26,8 @@ import (
 	"golang.org/x/net/http2"
 )
 
+//lint:file-ignore SA1019 x/net/http2 on purpose: net/http cannot serve one accepted connection (ServeConn), and its transport dials per request while none is up (see newUpstreamTransport)
+
 // upstreamPing is how long an upstream connection may stay silent before it
 // is probed with a PING: a backend pod that vanished without a FIN must not
 // hold streams forever.

@@ -250,6 +250,7 @@ func (p *Proxy) Close() error {
 	for _, c := range conns {
 		c.Close()
 	}
+	//lint:ignore SA1019 x/net's transport on purpose (see newUpstreamTransport)
 	p.h2.up.CloseIdleConnections()
 	p.wg.Wait()
 	return nil
@@ -349,12 +350,6 @@ func (p *Proxy) markDown(addr string) {
 		p.downN.Add(1)
 	}
 	p.down[addr] = time.Now().Add(downFor)
-	p.mu.Unlock()
-}
-
-func (p *Proxy) markUp(addr string) {
-	p.mu.Lock()
-	p.deleteDown(addr)
 	p.mu.Unlock()
 }
 
