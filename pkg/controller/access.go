@@ -17,13 +17,30 @@ import (
 // ControlService.
 var interceptsResource = kubeauth.Resource{Group: "detour.dev", Resource: "intercepts", Singular: "intercept"}
 
+// environmentsResource is the resource on which RBAC grants users the
+// environment RPCs.
+var environmentsResource = kubeauth.Resource{Group: "detour.dev", Resource: "environments", Singular: "environment"}
+
+// forkedKinds are the resources a user must be allowed to create to fork a
+// workload of that kind: an environment never runs what its creator could
+// not run.
+var forkedKinds = map[string]kubeauth.Resource{
+	"":            {Group: "apps", Resource: "deployments"},
+	"Deployment":  {Group: "apps", Resource: "deployments"},
+	"StatefulSet": {Group: "apps", Resource: "statefulsets"},
+}
+
 // ControlRules is who may call ControlService: users, each call needing a
-// verb on intercepts.detour.dev in the namespace it is about, so that the
-// same RBAC rules govern detour and kubectl. Renewing is an update; the
+// verb on intercepts.detour.dev (environments.detour.dev for the
+// environment calls) in the namespace it is about, so that the same RBAC
+// rules govern detour and kubectl. Renewing is an update; the
 // status of a namespace is a list of its intercepts.
 func ControlRules() kubeauth.Rules {
 	user := func(verb string) kubeauth.Rule {
 		return kubeauth.UserRule{Verb: verb, Resource: interceptsResource, Scope: controlScope}
+	}
+	env := func(verb string) kubeauth.Rule {
+		return kubeauth.UserRule{Verb: verb, Resource: environmentsResource, Scope: controlScope}
 	}
 	return kubeauth.Rules{
 		detourv1.ControlService_CreateIntercept_FullMethodName: user("create"),
@@ -33,7 +50,40 @@ func ControlRules() kubeauth.Rules {
 		detourv1.ControlService_DeleteIntercept_FullMethodName: user("delete"),
 		detourv1.ControlService_RenewIntercept_FullMethodName:  user("update"),
 		detourv1.ControlService_WatchIntercepts_FullMethodName: user("watch"),
+
+		detourv1.ControlService_CreateEnvironment_FullMethodName: kubeauth.UserRule{
+			Verb: "create", Resource: environmentsResource, Scope: controlScope, Also: forkRights,
+		},
+		detourv1.ControlService_GetEnvironment_FullMethodName:    env("get"),
+		detourv1.ControlService_ListEnvironments_FullMethodName:  env("list"),
+		detourv1.ControlService_DeleteEnvironment_FullMethodName: env("delete"),
+		detourv1.ControlService_RenewEnvironment_FullMethodName:  env("update"),
+		detourv1.ControlService_WatchEnvironments_FullMethodName: env("watch"),
 	}
+}
+
+// forkRights is what creating an environment needs besides create on
+// environments: create on each forked workload's kind in the namespace (the
+// same check the ValidatingAdmissionPolicy in deploy/admission makes for
+// kubectl). A kind no one can fork needs no right: the controller refuses
+// it anyway.
+func forkRights(msg any) []kubeauth.Access {
+	r, ok := msg.(*detourv1.CreateEnvironmentRequest)
+	if !ok {
+		return nil
+	}
+	ns, _, _ := controlScope(msg)
+	seen := map[string]bool{}
+	var out []kubeauth.Access
+	for _, f := range r.GetEnvironment().GetSpec().GetForks() {
+		res, ok := forkedKinds[f.GetWorkload().GetKind()]
+		if !ok || seen[res.Resource] {
+			continue
+		}
+		seen[res.Resource] = true
+		out = append(out, kubeauth.Access{Verb: "create", Resource: res, Namespace: ns})
+	}
+	return out
 }
 
 // AgentSyncRules is who may call AgentSyncService: the agents, by a
@@ -78,6 +128,18 @@ func controlScope(msg any) (namespace, name string, err error) {
 		return r.GetNamespace(), "", nil
 	case *detourv1.GetStatusRequest:
 		return r.GetNamespace(), "", nil
+	case *detourv1.CreateEnvironmentRequest:
+		return orDefault(r.GetEnvironment().GetNamespace()), r.GetEnvironment().GetName(), nil
+	case *detourv1.GetEnvironmentRequest:
+		return orDefault(r.GetNamespace()), r.GetName(), nil
+	case *detourv1.DeleteEnvironmentRequest:
+		return orDefault(r.GetNamespace()), r.GetName(), nil
+	case *detourv1.RenewEnvironmentRequest:
+		return orDefault(r.GetNamespace()), r.GetName(), nil
+	case *detourv1.ListEnvironmentsRequest:
+		return r.GetNamespace(), "", nil
+	case *detourv1.WatchEnvironmentsRequest:
+		return r.GetNamespace(), r.GetName(), nil
 	}
 	return "", "", fmt.Errorf("unexpected request %T", msg)
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -118,10 +119,15 @@ func startAccess(t *testing.T) *accessEnv {
 	for _, ns := range []string{"shop", "other", agentNS} {
 		kubetest.Namespace(t, admin, ns)
 	}
-	// alice may create and delete intercepts in shop, nothing else.
+	// alice may create and delete intercepts in shop, and create
+	// environments and deployments there (not statefulsets), nothing else.
 	if _, err := admin.RbacV1().Roles("shop").Create(ctx, &rbacv1.Role{
 		ObjectMeta: metav1.ObjectMeta{Name: "intercept-editor"},
-		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{"detour.dev"}, Resources: []string{"intercepts"}, Verbs: []string{"create", "delete"}}},
+		Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{"detour.dev"}, Resources: []string{"intercepts"}, Verbs: []string{"create", "delete"}},
+			{APIGroups: []string{"detour.dev"}, Resources: []string{"environments"}, Verbs: []string{"create"}},
+			{APIGroups: []string{"apps"}, Resources: []string{"deployments"}, Verbs: []string{"create"}},
+		},
 	}, create); err != nil {
 		t.Fatal(err)
 	}
@@ -290,6 +296,18 @@ func testControlService(t *testing.T, f *accessEnv) {
 			_, err := c.DeleteIntercept(ctx, &detourv1.DeleteInterceptRequest{Namespace: "shop", Name: "x"}, as(alice)...)
 			return err
 		}, codes.OK, nil},
+		{"alice creates an environment forking a Deployment in shop", func(ctx context.Context) error {
+			_, err := c.CreateEnvironment(ctx, environment("shop", "Deployment"), as(alice)...)
+			return err
+		}, codes.OK, nil},
+		{"alice may not fork a StatefulSet", func(ctx context.Context) error {
+			_, err := c.CreateEnvironment(ctx, environment("shop", "Deployment", "StatefulSet"), as(alice)...)
+			return err
+		}, codes.PermissionDenied, []string{`user "alice" may not create statefulsets.apps in namespace "shop"`}},
+		{"mallory may not create environments", func(ctx context.Context) error {
+			_, err := c.CreateEnvironment(ctx, environment("shop", "Deployment"), as(mallory)...)
+			return err
+		}, codes.PermissionDenied, []string{`user "mallory" may not create environments.detour.dev in namespace "shop"`}},
 		{"alice creates in other", func(ctx context.Context) error {
 			_, err := c.CreateIntercept(ctx, intercept("other"), as(alice)...)
 			return err
@@ -439,6 +457,19 @@ var _ detourv1.ControlServiceServer = controlStub{}
 func (controlStub) CreateIntercept(ctx context.Context, req *detourv1.CreateInterceptRequest) (*detourv1.CreateInterceptResponse, error) {
 	user, _ := kubeauth.UserFrom(ctx)
 	return &detourv1.CreateInterceptResponse{Intercept: &detourv1.Intercept{Namespace: req.GetIntercept().GetNamespace(), Name: user}}, nil
+}
+
+func (controlStub) CreateEnvironment(_ context.Context, req *detourv1.CreateEnvironmentRequest) (*detourv1.CreateEnvironmentResponse, error) {
+	return &detourv1.CreateEnvironmentResponse{Environment: req.GetEnvironment()}, nil
+}
+
+// environment is an environment in ns forking one workload of each kind.
+func environment(ns string, kinds ...string) *detourv1.CreateEnvironmentRequest {
+	e := &detourv1.Environment{Namespace: ns, Name: "pr-1", Spec: &detourv1.EnvironmentSpec{}}
+	for i, k := range kinds {
+		e.Spec.Forks = append(e.Spec.Forks, &detourv1.Fork{Workload: &detourv1.WorkloadRef{Kind: k, Name: "w" + strconv.Itoa(i)}})
+	}
+	return &detourv1.CreateEnvironmentRequest{Environment: e}
 }
 
 func (controlStub) DeleteIntercept(context.Context, *detourv1.DeleteInterceptRequest) (*detourv1.DeleteInterceptResponse, error) {

@@ -62,6 +62,19 @@ type UserRule struct {
 	// service defaults it, so that RBAC judges the namespace the service
 	// will act in.
 	Scope func(req any) (namespace, name string, err error)
+	// Also lists further rights the call needs, all of them, each asked
+	// with its own SubjectAccessReview; nil needs none. A call that makes
+	// objects of other kinds on the user's behalf (an environment's forks)
+	// needs the user's right to make them, so that calling the service never
+	// grants more than the user has.
+	Also func(req any) []Access
+}
+
+// Access is one right: Verb on Resource in Namespace.
+type Access struct {
+	Verb      string
+	Resource  Resource
+	Namespace string
 }
 
 func (r UserRule) check() error {
@@ -82,13 +95,29 @@ func (UserRule) authenticate(ctx context.Context, a *Authenticator, _, token str
 }
 
 // authorize asks the API server, with a SubjectAccessReview, whether the
-// user may do what the call does.
+// user may do what the call does, and whatever Also adds.
 func (r UserRule) authorize(ctx context.Context, a *Authenticator, id *identity, method string, req any) error {
 	ns, name, err := r.Scope(req)
 	if err != nil {
 		return status.Errorf(codes.PermissionDenied, "%s: %v", method, err)
 	}
+	if err := a.allowed(ctx, id, method, Access{Verb: r.Verb, Resource: r.Resource, Namespace: ns}, name); err != nil {
+		return err
+	}
+	if r.Also != nil {
+		for _, acc := range r.Also(req) {
+			if err := a.allowed(ctx, id, method, acc, ""); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// allowed asks whether the user may do acc (on the object name, if any).
+func (a *Authenticator) allowed(ctx context.Context, id *identity, method string, acc Access, name string) error {
 	u := id.user
+	ns := acc.Namespace
 	var extra map[string]authzv1.ExtraValue
 	if len(u.Extra) > 0 {
 		extra = make(map[string]authzv1.ExtraValue, len(u.Extra))
@@ -103,9 +132,9 @@ func (r UserRule) authorize(ctx context.Context, a *Authenticator, id *identity,
 		Extra:  extra,
 		ResourceAttributes: &authzv1.ResourceAttributes{
 			Namespace: ns,
-			Verb:      r.Verb,
-			Group:     r.Resource.Group,
-			Resource:  r.Resource.Resource,
+			Verb:      acc.Verb,
+			Group:     acc.Resource.Group,
+			Resource:  acc.Resource.Resource,
 			Name:      name,
 		},
 	}}
@@ -125,18 +154,18 @@ func (r UserRule) authorize(ctx context.Context, a *Authenticator, id *identity,
 	if ns == "" {
 		where = "in all namespaces"
 	}
-	msg := fmt.Sprintf("user %q may not %s %s %s", u.Username, r.Verb, r.Resource, where)
-	if name != "" && r.Verb != "create" {
-		singular := r.Resource.Singular
+	msg := fmt.Sprintf("user %q may not %s %s %s", u.Username, acc.Verb, acc.Resource, where)
+	if name != "" && acc.Verb != "create" {
+		singular := acc.Resource.Singular
 		if singular == "" {
-			singular = r.Resource.Resource
+			singular = acc.Resource.Resource
 		}
-		msg = fmt.Sprintf("user %q may not %s %s %q (%s) %s", u.Username, r.Verb, singular, name, r.Resource, where)
+		msg = fmt.Sprintf("user %q may not %s %s %q (%s) %s", u.Username, acc.Verb, singular, name, acc.Resource, where)
 	}
 	if res.Status.Reason != "" {
 		msg += " (RBAC: " + res.Status.Reason + ")"
 	}
-	a.log.Info("call refused", "user", u.Username, "method", method, "verb", r.Verb, "namespace", ns, "name", name,
+	a.log.Info("call refused", "user", u.Username, "method", method, "verb", acc.Verb, "resource", acc.Resource.String(), "namespace", ns, "name", name,
 		"reason", res.Status.Reason, "evaluationError", res.Status.EvaluationError)
 	return status.Error(codes.PermissionDenied, msg)
 }

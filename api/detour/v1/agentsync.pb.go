@@ -271,11 +271,12 @@ type Assignment struct {
 	// The intercept's conditions (InterceptSpec.match), unchanged; empty for
 	// an l4 intercept.
 	Match []*Condition `protobuf:"bytes,3,rep,name=match,proto3" json:"match,omitempty"`
-	// The pod ports on this node to steer; never empty (a node with none
-	// gets no assignment).
+	// The pod ports on this node to steer. Empty only on a node that runs
+	// none of the service's pods but some of an l4 intercept's source pods
+	// (see dialed_addresses); any other node with none gets no assignment.
 	Targets []*Target `protobuf:"bytes,4,rep,name=targets,proto3" json:"targets,omitempty"`
 	// Resolved IP:PORT of the developer's pod (or the IP the developer
-	// gave).
+	// gave); with destinations, the first of them.
 	Destination string `protobuf:"bytes,5,opt,name=destination,proto3" json:"destination,omitempty"`
 	// Layer 4: every connection to a target goes to destination whole; see
 	// InterceptSpec.l4.
@@ -293,9 +294,23 @@ type Assignment struct {
 	// Those of sources whose pods run on this node: for an L4 intercept,
 	// their connections can be redirected at connect() here. Empty without
 	// restrict_sources.
-	NodeSources   []string `protobuf:"bytes,10,rep,name=node_sources,json=nodeSources,proto3" json:"node_sources,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	NodeSources []string `protobuf:"bytes,10,rep,name=node_sources,json=nodeSources,proto3" json:"node_sources,omitempty"`
+	// Every IP:PORT the intercept sends to, when it has several (an
+	// environment's fork with more than one ready pod): requests and
+	// connections are spread over them in turn. Empty: destination alone.
+	Destinations []string `protobuf:"bytes,11,rep,name=destinations,proto3" json:"destinations,omitempty"`
+	// Every IP:PORT by which callers reach the intercepted port, on any node:
+	// each pod of the service at its target port, and service_addresses.
+	// Set for l4 intercepts with restrict_sources, so that the source pods on
+	// this node are redirected at connect() whichever node the service's
+	// pods run on.
+	DialedAddresses []string `protobuf:"bytes,12,rep,name=dialed_addresses,json=dialedAddresses,proto3" json:"dialed_addresses,omitempty"`
+	// The controller saw every destination ready (a pod's Ready condition;
+	// always in the lab). An agent that cannot check a destination itself
+	// (a pod on another node) may then redirect connect() calls to it.
+	DestinationsReady bool `protobuf:"varint,13,opt,name=destinations_ready,json=destinationsReady,proto3" json:"destinations_ready,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Assignment) Reset() {
@@ -396,6 +411,27 @@ func (x *Assignment) GetNodeSources() []string {
 		return x.NodeSources
 	}
 	return nil
+}
+
+func (x *Assignment) GetDestinations() []string {
+	if x != nil {
+		return x.Destinations
+	}
+	return nil
+}
+
+func (x *Assignment) GetDialedAddresses() []string {
+	if x != nil {
+		return x.DialedAddresses
+	}
+	return nil
+}
+
+func (x *Assignment) GetDestinationsReady() bool {
+	if x != nil {
+		return x.DestinationsReady
+	}
+	return false
 }
 
 // WatchDesiredStateRequest names the node whose desired state to watch.
@@ -731,7 +767,7 @@ const file_detour_v1_agentsync_proto_rawDesc = "" +
 	"\bpod_name\x18\x02 \x01(\tR\apodName\x12\x15\n" +
 	"\x06pod_ip\x18\x03 \x01(\tR\x05podIp\x12\x14\n" +
 	"\x05netns\x18\x04 \x01(\tR\x05netns\x12\x12\n" +
-	"\x04port\x18\x05 \x01(\rR\x04port\"\xde\x02\n" +
+	"\x04port\x18\x05 \x01(\rR\x04port\"\xdc\x03\n" +
 	"\n" +
 	"Assignment\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
@@ -744,7 +780,10 @@ const file_detour_v1_agentsync_proto_rawDesc = "" +
 	"\asources\x18\b \x03(\tR\asources\x12+\n" +
 	"\x11service_addresses\x18\t \x03(\tR\x10serviceAddresses\x12!\n" +
 	"\fnode_sources\x18\n" +
-	" \x03(\tR\vnodeSources\".\n" +
+	" \x03(\tR\vnodeSources\x12\"\n" +
+	"\fdestinations\x18\v \x03(\tR\fdestinations\x12)\n" +
+	"\x10dialed_addresses\x18\f \x03(\tR\x0fdialedAddresses\x12-\n" +
+	"\x12destinations_ready\x18\r \x01(\bR\x11destinationsReady\".\n" +
 	"\x18WatchDesiredStateRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\"\x98\x02\n" +
 	"\x19WatchDesiredStateResponse\x12=\n" +

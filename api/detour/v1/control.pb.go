@@ -90,7 +90,7 @@ func (x WatchInterceptsResponse_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchInterceptsResponse_Type.Descriptor instead.
 func (WatchInterceptsResponse_Type) EnumDescriptor() ([]byte, []int) {
-	return file_detour_v1_control_proto_rawDescGZIP(), []int{13, 0}
+	return file_detour_v1_control_proto_rawDescGZIP(), []int{15, 0}
 }
 
 // InterceptSpec is what a developer asks for; the CLI sets it from its
@@ -127,8 +127,17 @@ type InterceptSpec struct {
 	// Only connections from pods of these namespaces are detoured; with
 	// source_pods, a connection from either is.
 	SourceNamespaces []string `protobuf:"bytes,9,rep,name=source_namespaces,json=sourceNamespaces,proto3" json:"source_namespaces,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Instead of destination: every pod of the service's namespace with
+	// these labels, each ready one taking its turn. Set by environments for
+	// their forks' pods.
+	DestinationPods *PodSelector `protobuf:"bytes,10,opt,name=destination_pods,json=destinationPods,proto3" json:"destination_pods,omitempty"`
+	// Only connections from pods of the service's namespace with all these
+	// labels are detoured (with source_pods and source_namespaces, a
+	// connection from any of them is). Set by environments: every pod of
+	// the environment.
+	SourceSelector map[string]string `protobuf:"bytes,11,rep,name=source_selector,json=sourceSelector,proto3" json:"source_selector,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *InterceptSpec) Reset() {
@@ -224,6 +233,140 @@ func (x *InterceptSpec) GetSourceNamespaces() []string {
 	return nil
 }
 
+func (x *InterceptSpec) GetDestinationPods() *PodSelector {
+	if x != nil {
+		return x.DestinationPods
+	}
+	return nil
+}
+
+func (x *InterceptSpec) GetSourceSelector() map[string]string {
+	if x != nil {
+		return x.SourceSelector
+	}
+	return nil
+}
+
+// PodSelector chooses pods by label, and a port on them.
+type PodSelector struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The labels a pod must all have; at least one.
+	Labels map[string]string `protobuf:"bytes,1,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The port on the pods; 0 takes the service's target port.
+	Port          uint32 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PodSelector) Reset() {
+	*x = PodSelector{}
+	mi := &file_detour_v1_control_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PodSelector) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PodSelector) ProtoMessage() {}
+
+func (x *PodSelector) ProtoReflect() protoreflect.Message {
+	mi := &file_detour_v1_control_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PodSelector.ProtoReflect.Descriptor instead.
+func (*PodSelector) Descriptor() ([]byte, []int) {
+	return file_detour_v1_control_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *PodSelector) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *PodSelector) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+// Owner is what made an intercept on a user's behalf; such an intercept is
+// changed and deleted only by its owner.
+type Owner struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The owner's kind: "Environment".
+	Kind string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	// The owner's name, in the intercept's namespace.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// The owner's uid, for the resource's ownerReference in Kubernetes.
+	Uid           string `protobuf:"bytes,3,opt,name=uid,proto3" json:"uid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Owner) Reset() {
+	*x = Owner{}
+	mi := &file_detour_v1_control_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Owner) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Owner) ProtoMessage() {}
+
+func (x *Owner) ProtoReflect() protoreflect.Message {
+	mi := &file_detour_v1_control_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Owner.ProtoReflect.Descriptor instead.
+func (*Owner) Descriptor() ([]byte, []int) {
+	return file_detour_v1_control_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Owner) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Owner) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Owner) GetUid() string {
+	if x != nil {
+		return x.Uid
+	}
+	return ""
+}
+
 // Intercept is one stored intercept: what was asked for and when.
 type Intercept struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -241,14 +384,16 @@ type Intercept struct {
 	// When the lease runs out and the controller deletes the intercept: the
 	// creation or last renewal plus the ttl. Set by the controller; unset
 	// when the intercept has no lease.
-	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"` // What made the intercept, when not a user directly (an environment's
+	// routes); unset for a user's own. Set by the controller.
+	Owner         *Owner `protobuf:"bytes,6,opt,name=owner,proto3" json:"owner,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Intercept) Reset() {
 	*x = Intercept{}
-	mi := &file_detour_v1_control_proto_msgTypes[1]
+	mi := &file_detour_v1_control_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -260,7 +405,7 @@ func (x *Intercept) String() string {
 func (*Intercept) ProtoMessage() {}
 
 func (x *Intercept) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_control_proto_msgTypes[1]
+	mi := &file_detour_v1_control_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -273,7 +418,7 @@ func (x *Intercept) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Intercept.ProtoReflect.Descriptor instead.
 func (*Intercept) Descriptor() ([]byte, []int) {
-	return file_detour_v1_control_proto_rawDescGZIP(), []int{1}
+	return file_detour_v1_control_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Intercept) GetNamespace() string {
@@ -311,6 +456,13 @@ func (x *Intercept) GetExpiresAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Intercept) GetOwner() *Owner {
+	if x != nil {
+		return x.Owner
+	}
+	return nil
+}
+
 // CreateInterceptRequest asks for a new intercept.
 type CreateInterceptRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -323,7 +475,7 @@ type CreateInterceptRequest struct {
 
 func (x *CreateInterceptRequest) Reset() {
 	*x = CreateInterceptRequest{}
-	mi := &file_detour_v1_control_proto_msgTypes[2]
+	mi := &file_detour_v1_control_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -335,7 +487,7 @@ func (x *CreateInterceptRequest) String() string {
 func (*CreateInterceptRequest) ProtoMessage() {}
 
 func (x *CreateInterceptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_control_proto_msgTypes[2]
+	mi := &file_detour_v1_control_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -348,7 +500,7 @@ func (x *CreateInterceptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateInterceptRequest.ProtoReflect.Descriptor instead.
 func (*CreateInterceptRequest) Descriptor() ([]byte, []int) {
-	return file_detour_v1_control_proto_rawDescGZIP(), []int{2}
+	return file_detour_v1_control_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *CreateInterceptRequest) GetIntercept() *Intercept {
@@ -369,7 +521,7 @@ type CreateInterceptResponse struct {
 
 func (x *CreateInterceptResponse) Reset() {
 	*x = CreateInterceptResponse{}
-	mi := &file_detour_v1_control_proto_msgTypes[3]
+	mi := &file_detour_v1_control_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -381,7 +533,7 @@ func (x *CreateInterceptResponse) String() string {
 func (*CreateInterceptResponse) ProtoMessage() {}
 
 func (x *CreateInterceptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_control_proto_msgTypes[3]
+	mi := &file_detour_v1_control_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -394,7 +546,7 @@ func (x *CreateInterceptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateInterceptResponse.ProtoReflect.Descriptor instead.
 func (*CreateInterceptResponse) Descriptor() ([]byte, []int) {
-	return file_detour_v1_control_proto_rawDescGZIP(), []int{3}
+	return file_detour_v1_control_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CreateInterceptResponse) GetIntercept() *Intercept {
@@ -417,7 +569,7 @@ type GetInterceptRequest struct {
 
 func (x *GetInterceptRequest) Reset() {
 	*x = GetInterceptRequest{}
-	mi := &file_detour_v1_control_proto_msgTypes[4]
+	mi := &file_detour_v1_control_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -429,7 +581,7 @@ func (x *GetInterceptRequest) String() string {
 func (*GetInterceptRequest) ProtoMessage() {}
 
 func (x *GetInterceptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_control_proto_msgTypes[4]
+	mi := &file_detour_v1_control_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -442,7 +594,7 @@ func (x *GetInterceptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetInterceptRequest.ProtoReflect.Descriptor instead.
 func (*GetInterceptRequest) Descriptor() ([]byte, []int) {
-	return file_detour_v1_control_proto_rawDescGZIP(), []int{4}
+	return file_detour_v1_control_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetInterceptRequest) GetNamespace() string {
@@ -470,7 +622,7 @@ type GetInterceptResponse struct {
 
 func (x *GetInterceptResponse) Reset() {
 	*x = GetInterceptResponse{}
-	mi := &file_detour_v1_control_proto_msgTypes[5]
+	mi := &file_detour_v1_control_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -482,7 +634,7 @@ func (x *GetInterceptResponse) String() string {
 func (*GetInterceptResponse) ProtoMessage() {}
 
 func (x *GetInterceptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_control_proto_msgTypes[5]
+	mi := &file_detour_v1_control_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -495,7 +647,7 @@ func (x *GetInterceptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetInterceptResponse.ProtoReflect.Descriptor instead.
 func (*GetInterceptResponse) Descriptor() ([]byte, []int) {
-	return file_detour_v1_control_proto_rawDescGZIP(), []int{5}
+	return file_detour_v1_control_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetInterceptResponse) GetIntercept() *Intercept {
@@ -517,7 +669,7 @@ type ListInterceptsRequest struct {
 
 func (x *ListInterceptsRequest) Reset() {
 	*x = ListInterceptsRequest{}
-	mi := &file_detour_v1_control_proto_msgTypes[6]
+	mi := &file_detour_v1_control_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -529,7 +681,7 @@ func (x *ListInterceptsRequest) String() string {
 func (*ListInterceptsRequest) ProtoMessage() {}
 
 func (x *ListInterceptsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_control_proto_msgTypes[6]
+	mi := &file_detour_v1_control_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -542,7 +694,7 @@ func (x *ListInterceptsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInterceptsRequest.ProtoReflect.Descriptor instead.
 func (*ListInterceptsRequest) Descriptor() ([]byte, []int) {
-	return file_detour_v1_control_proto_rawDescGZIP(), []int{6}
+	return file_detour_v1_control_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListInterceptsRequest) GetNamespace() string {
@@ -563,7 +715,7 @@ type ListInterceptsResponse struct {
 
 func (x *ListInterceptsResponse) Reset() {
 	*x = ListInterceptsResponse{}
-	mi := &file_detour_v1_control_proto_msgTypes[7]
+	mi := &file_detour_v1_control_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -575,7 +727,7 @@ func (x *ListInterceptsResponse) String() string {
 func (*ListInterceptsResponse) ProtoMessage() {}
 
 func (x *ListInterceptsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_control_proto_msgTypes[7]
+	mi := &file_detour_v1_control_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -588,7 +740,7 @@ func (x *ListInterceptsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInterceptsResponse.ProtoReflect.Descriptor instead.
 func (*ListInterceptsResponse) Descriptor() ([]byte, []int) {
-	return file_detour_v1_control_proto_rawDescGZIP(), []int{7}
+	return file_detour_v1_control_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListInterceptsResponse) GetIntercepts() []*Intercept {
@@ -611,7 +763,7 @@ type DeleteInterceptRequest struct {
 
 func (x *DeleteInterceptRequest) Reset() {
 	*x = DeleteInterceptRequest{}
-	mi := &file_detour_v1_control_proto_msgTypes[8]
+	mi := &file_detour_v1_control_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -623,7 +775,7 @@ func (x *DeleteInterceptRequest) String() string {
 func (*DeleteInterceptRequest) ProtoMessage() {}
 
 func (x *DeleteInterceptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_control_proto_msgTypes[8]
+	mi := &file_detour_v1_control_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -636,7 +788,7 @@ func (x *DeleteInterceptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteInterceptRequest.ProtoReflect.Descriptor instead.
 func (*DeleteInterceptRequest) Descriptor() ([]byte, []int) {
-	return file_detour_v1_control_proto_rawDescGZIP(), []int{8}
+	return file_detour_v1_control_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DeleteInterceptRequest) GetNamespace() string {
@@ -662,7 +814,7 @@ type DeleteInterceptResponse struct {
 
 func (x *DeleteInterceptResponse) Reset() {
 	*x = DeleteInterceptResponse{}
-	mi := &file_detour_v1_control_proto_msgTypes[9]
+	mi := &file_detour_v1_control_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -674,7 +826,7 @@ func (x *DeleteInterceptResponse) String() string {
 func (*DeleteInterceptResponse) ProtoMessage() {}
 
 func (x *DeleteInterceptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_control_proto_msgTypes[9]
+	mi := &file_detour_v1_control_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -687,7 +839,7 @@ func (x *DeleteInterceptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteInterceptResponse.ProtoReflect.Descriptor instead.
 func (*DeleteInterceptResponse) Descriptor() ([]byte, []int) {
-	return file_detour_v1_control_proto_rawDescGZIP(), []int{9}
+	return file_detour_v1_control_proto_rawDescGZIP(), []int{11}
 }
 
 // RenewInterceptRequest names the intercept whose lease to extend.
@@ -706,7 +858,7 @@ type RenewInterceptRequest struct {
 
 func (x *RenewInterceptRequest) Reset() {
 	*x = RenewInterceptRequest{}
-	mi := &file_detour_v1_control_proto_msgTypes[10]
+	mi := &file_detour_v1_control_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -718,7 +870,7 @@ func (x *RenewInterceptRequest) String() string {
 func (*RenewInterceptRequest) ProtoMessage() {}
 
 func (x *RenewInterceptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_control_proto_msgTypes[10]
+	mi := &file_detour_v1_control_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -731,7 +883,7 @@ func (x *RenewInterceptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewInterceptRequest.ProtoReflect.Descriptor instead.
 func (*RenewInterceptRequest) Descriptor() ([]byte, []int) {
-	return file_detour_v1_control_proto_rawDescGZIP(), []int{10}
+	return file_detour_v1_control_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RenewInterceptRequest) GetNamespace() string {
@@ -766,7 +918,7 @@ type RenewInterceptResponse struct {
 
 func (x *RenewInterceptResponse) Reset() {
 	*x = RenewInterceptResponse{}
-	mi := &file_detour_v1_control_proto_msgTypes[11]
+	mi := &file_detour_v1_control_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -778,7 +930,7 @@ func (x *RenewInterceptResponse) String() string {
 func (*RenewInterceptResponse) ProtoMessage() {}
 
 func (x *RenewInterceptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_control_proto_msgTypes[11]
+	mi := &file_detour_v1_control_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -791,7 +943,7 @@ func (x *RenewInterceptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewInterceptResponse.ProtoReflect.Descriptor instead.
 func (*RenewInterceptResponse) Descriptor() ([]byte, []int) {
-	return file_detour_v1_control_proto_rawDescGZIP(), []int{11}
+	return file_detour_v1_control_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RenewInterceptResponse) GetIntercept() *Intercept {
@@ -812,7 +964,7 @@ type WatchInterceptsRequest struct {
 
 func (x *WatchInterceptsRequest) Reset() {
 	*x = WatchInterceptsRequest{}
-	mi := &file_detour_v1_control_proto_msgTypes[12]
+	mi := &file_detour_v1_control_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -824,7 +976,7 @@ func (x *WatchInterceptsRequest) String() string {
 func (*WatchInterceptsRequest) ProtoMessage() {}
 
 func (x *WatchInterceptsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_control_proto_msgTypes[12]
+	mi := &file_detour_v1_control_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -837,7 +989,7 @@ func (x *WatchInterceptsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchInterceptsRequest.ProtoReflect.Descriptor instead.
 func (*WatchInterceptsRequest) Descriptor() ([]byte, []int) {
-	return file_detour_v1_control_proto_rawDescGZIP(), []int{12}
+	return file_detour_v1_control_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *WatchInterceptsRequest) GetNamespace() string {
@@ -861,7 +1013,7 @@ type WatchInterceptsResponse struct {
 
 func (x *WatchInterceptsResponse) Reset() {
 	*x = WatchInterceptsResponse{}
-	mi := &file_detour_v1_control_proto_msgTypes[13]
+	mi := &file_detour_v1_control_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -873,7 +1025,7 @@ func (x *WatchInterceptsResponse) String() string {
 func (*WatchInterceptsResponse) ProtoMessage() {}
 
 func (x *WatchInterceptsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_control_proto_msgTypes[13]
+	mi := &file_detour_v1_control_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -886,7 +1038,7 @@ func (x *WatchInterceptsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchInterceptsResponse.ProtoReflect.Descriptor instead.
 func (*WatchInterceptsResponse) Descriptor() ([]byte, []int) {
-	return file_detour_v1_control_proto_rawDescGZIP(), []int{13}
+	return file_detour_v1_control_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *WatchInterceptsResponse) GetType() WatchInterceptsResponse_Type {
@@ -916,7 +1068,7 @@ type GetStatusRequest struct {
 
 func (x *GetStatusRequest) Reset() {
 	*x = GetStatusRequest{}
-	mi := &file_detour_v1_control_proto_msgTypes[14]
+	mi := &file_detour_v1_control_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -928,7 +1080,7 @@ func (x *GetStatusRequest) String() string {
 func (*GetStatusRequest) ProtoMessage() {}
 
 func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_control_proto_msgTypes[14]
+	mi := &file_detour_v1_control_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -941,7 +1093,7 @@ func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetStatusRequest) Descriptor() ([]byte, []int) {
-	return file_detour_v1_control_proto_rawDescGZIP(), []int{14}
+	return file_detour_v1_control_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetStatusRequest) GetNamespace() string {
@@ -970,7 +1122,7 @@ type AgentStatus struct {
 
 func (x *AgentStatus) Reset() {
 	*x = AgentStatus{}
-	mi := &file_detour_v1_control_proto_msgTypes[15]
+	mi := &file_detour_v1_control_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -982,7 +1134,7 @@ func (x *AgentStatus) String() string {
 func (*AgentStatus) ProtoMessage() {}
 
 func (x *AgentStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_control_proto_msgTypes[15]
+	mi := &file_detour_v1_control_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -995,7 +1147,7 @@ func (x *AgentStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentStatus.ProtoReflect.Descriptor instead.
 func (*AgentStatus) Descriptor() ([]byte, []int) {
-	return file_detour_v1_control_proto_rawDescGZIP(), []int{15}
+	return file_detour_v1_control_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *AgentStatus) GetNode() string {
@@ -1058,7 +1210,7 @@ type InterceptNodeStatus struct {
 
 func (x *InterceptNodeStatus) Reset() {
 	*x = InterceptNodeStatus{}
-	mi := &file_detour_v1_control_proto_msgTypes[16]
+	mi := &file_detour_v1_control_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1070,7 +1222,7 @@ func (x *InterceptNodeStatus) String() string {
 func (*InterceptNodeStatus) ProtoMessage() {}
 
 func (x *InterceptNodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_control_proto_msgTypes[16]
+	mi := &file_detour_v1_control_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1083,7 +1235,7 @@ func (x *InterceptNodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InterceptNodeStatus.ProtoReflect.Descriptor instead.
 func (*InterceptNodeStatus) Descriptor() ([]byte, []int) {
-	return file_detour_v1_control_proto_rawDescGZIP(), []int{16}
+	return file_detour_v1_control_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *InterceptNodeStatus) GetNode() string {
@@ -1144,7 +1296,7 @@ type InterceptStatus struct {
 
 func (x *InterceptStatus) Reset() {
 	*x = InterceptStatus{}
-	mi := &file_detour_v1_control_proto_msgTypes[17]
+	mi := &file_detour_v1_control_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1156,7 +1308,7 @@ func (x *InterceptStatus) String() string {
 func (*InterceptStatus) ProtoMessage() {}
 
 func (x *InterceptStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_control_proto_msgTypes[17]
+	mi := &file_detour_v1_control_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1169,7 +1321,7 @@ func (x *InterceptStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InterceptStatus.ProtoReflect.Descriptor instead.
 func (*InterceptStatus) Descriptor() ([]byte, []int) {
-	return file_detour_v1_control_proto_rawDescGZIP(), []int{17}
+	return file_detour_v1_control_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *InterceptStatus) GetNamespace() string {
@@ -1212,7 +1364,7 @@ type GetStatusResponse struct {
 
 func (x *GetStatusResponse) Reset() {
 	*x = GetStatusResponse{}
-	mi := &file_detour_v1_control_proto_msgTypes[18]
+	mi := &file_detour_v1_control_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1224,7 +1376,7 @@ func (x *GetStatusResponse) String() string {
 func (*GetStatusResponse) ProtoMessage() {}
 
 func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_control_proto_msgTypes[18]
+	mi := &file_detour_v1_control_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1237,7 +1389,7 @@ func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetStatusResponse) Descriptor() ([]byte, []int) {
-	return file_detour_v1_control_proto_rawDescGZIP(), []int{18}
+	return file_detour_v1_control_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetStatusResponse) GetControllerVersion() string {
@@ -1272,7 +1424,7 @@ var File_detour_v1_control_proto protoreflect.FileDescriptor
 
 const file_detour_v1_control_proto_rawDesc = "" +
 	"\n" +
-	"\x17detour/v1/control.proto\x12\tdetour.v1\x1a\x16detour/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcc\x02\n" +
+	"\x17detour/v1/control.proto\x12\tdetour.v1\x1a\x16detour/v1/common.proto\x1a\x1bdetour/v1/environment.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa9\x04\n" +
 	"\rInterceptSpec\x12+\n" +
 	"\x11service_namespace\x18\x01 \x01(\tR\x10serviceNamespace\x12!\n" +
 	"\fservice_name\x18\x02 \x01(\tR\vserviceName\x12\x12\n" +
@@ -1283,7 +1435,23 @@ const file_detour_v1_control_proto_rawDesc = "" +
 	"\x02l4\x18\a \x01(\bR\x02l4\x12\x1f\n" +
 	"\vsource_pods\x18\b \x03(\tR\n" +
 	"sourcePods\x12+\n" +
-	"\x11source_namespaces\x18\t \x03(\tR\x10sourceNamespaces\"\xe1\x01\n" +
+	"\x11source_namespaces\x18\t \x03(\tR\x10sourceNamespaces\x12A\n" +
+	"\x10destination_pods\x18\n" +
+	" \x01(\v2\x16.detour.v1.PodSelectorR\x0fdestinationPods\x12U\n" +
+	"\x0fsource_selector\x18\v \x03(\v2,.detour.v1.InterceptSpec.SourceSelectorEntryR\x0esourceSelector\x1aA\n" +
+	"\x13SourceSelectorEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x98\x01\n" +
+	"\vPodSelector\x12:\n" +
+	"\x06labels\x18\x01 \x03(\v2\".detour.v1.PodSelector.LabelsEntryR\x06labels\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"A\n" +
+	"\x05Owner\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x10\n" +
+	"\x03uid\x18\x03 \x01(\tR\x03uid\"\x89\x02\n" +
 	"\tIntercept\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12,\n" +
@@ -1291,7 +1459,8 @@ const file_detour_v1_control_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
 	"\n" +
-	"expires_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"L\n" +
+	"expires_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12&\n" +
+	"\x05owner\x18\x06 \x01(\v2\x10.detour.v1.OwnerR\x05owner\"L\n" +
 	"\x16CreateInterceptRequest\x122\n" +
 	"\tintercept\x18\x01 \x01(\v2\x14.detour.v1.InterceptR\tintercept\"M\n" +
 	"\x17CreateInterceptResponse\x122\n" +
@@ -1353,7 +1522,7 @@ const file_detour_v1_control_proto_rawDesc = "" +
 	"\x06agents\x18\x03 \x03(\v2\x16.detour.v1.AgentStatusR\x06agents\x12:\n" +
 	"\n" +
 	"intercepts\x18\x04 \x03(\v2\x1a.detour.v1.InterceptStatusR\n" +
-	"intercepts2\xe7\x04\n" +
+	"intercepts2\x9a\t\n" +
 	"\x0eControlService\x12X\n" +
 	"\x0fCreateIntercept\x12!.detour.v1.CreateInterceptRequest\x1a\".detour.v1.CreateInterceptResponse\x12O\n" +
 	"\fGetIntercept\x12\x1e.detour.v1.GetInterceptRequest\x1a\x1f.detour.v1.GetInterceptResponse\x12U\n" +
@@ -1361,7 +1530,13 @@ const file_detour_v1_control_proto_rawDesc = "" +
 	"\x0fDeleteIntercept\x12!.detour.v1.DeleteInterceptRequest\x1a\".detour.v1.DeleteInterceptResponse\x12U\n" +
 	"\x0eRenewIntercept\x12 .detour.v1.RenewInterceptRequest\x1a!.detour.v1.RenewInterceptResponse\x12Z\n" +
 	"\x0fWatchIntercepts\x12!.detour.v1.WatchInterceptsRequest\x1a\".detour.v1.WatchInterceptsResponse0\x01\x12F\n" +
-	"\tGetStatus\x12\x1b.detour.v1.GetStatusRequest\x1a\x1c.detour.v1.GetStatusResponseB4Z2github.com/detourdev/detour/api/detour/v1;detourv1b\x06proto3"
+	"\tGetStatus\x12\x1b.detour.v1.GetStatusRequest\x1a\x1c.detour.v1.GetStatusResponse\x12^\n" +
+	"\x11CreateEnvironment\x12#.detour.v1.CreateEnvironmentRequest\x1a$.detour.v1.CreateEnvironmentResponse\x12U\n" +
+	"\x0eGetEnvironment\x12 .detour.v1.GetEnvironmentRequest\x1a!.detour.v1.GetEnvironmentResponse\x12[\n" +
+	"\x10ListEnvironments\x12\".detour.v1.ListEnvironmentsRequest\x1a#.detour.v1.ListEnvironmentsResponse\x12^\n" +
+	"\x11DeleteEnvironment\x12#.detour.v1.DeleteEnvironmentRequest\x1a$.detour.v1.DeleteEnvironmentResponse\x12[\n" +
+	"\x10RenewEnvironment\x12\".detour.v1.RenewEnvironmentRequest\x1a#.detour.v1.RenewEnvironmentResponse\x12`\n" +
+	"\x11WatchEnvironments\x12#.detour.v1.WatchEnvironmentsRequest\x1a$.detour.v1.WatchEnvironmentsResponse0\x01B4Z2github.com/detourdev/detour/api/detour/v1;detourv1b\x06proto3"
 
 var (
 	file_detour_v1_control_proto_rawDescOnce sync.Once
@@ -1376,70 +1551,102 @@ func file_detour_v1_control_proto_rawDescGZIP() []byte {
 }
 
 var file_detour_v1_control_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_detour_v1_control_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_detour_v1_control_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_detour_v1_control_proto_goTypes = []any{
 	(WatchInterceptsResponse_Type)(0), // 0: detour.v1.WatchInterceptsResponse.Type
 	(*InterceptSpec)(nil),             // 1: detour.v1.InterceptSpec
-	(*Intercept)(nil),                 // 2: detour.v1.Intercept
-	(*CreateInterceptRequest)(nil),    // 3: detour.v1.CreateInterceptRequest
-	(*CreateInterceptResponse)(nil),   // 4: detour.v1.CreateInterceptResponse
-	(*GetInterceptRequest)(nil),       // 5: detour.v1.GetInterceptRequest
-	(*GetInterceptResponse)(nil),      // 6: detour.v1.GetInterceptResponse
-	(*ListInterceptsRequest)(nil),     // 7: detour.v1.ListInterceptsRequest
-	(*ListInterceptsResponse)(nil),    // 8: detour.v1.ListInterceptsResponse
-	(*DeleteInterceptRequest)(nil),    // 9: detour.v1.DeleteInterceptRequest
-	(*DeleteInterceptResponse)(nil),   // 10: detour.v1.DeleteInterceptResponse
-	(*RenewInterceptRequest)(nil),     // 11: detour.v1.RenewInterceptRequest
-	(*RenewInterceptResponse)(nil),    // 12: detour.v1.RenewInterceptResponse
-	(*WatchInterceptsRequest)(nil),    // 13: detour.v1.WatchInterceptsRequest
-	(*WatchInterceptsResponse)(nil),   // 14: detour.v1.WatchInterceptsResponse
-	(*GetStatusRequest)(nil),          // 15: detour.v1.GetStatusRequest
-	(*AgentStatus)(nil),               // 16: detour.v1.AgentStatus
-	(*InterceptNodeStatus)(nil),       // 17: detour.v1.InterceptNodeStatus
-	(*InterceptStatus)(nil),           // 18: detour.v1.InterceptStatus
-	(*GetStatusResponse)(nil),         // 19: detour.v1.GetStatusResponse
-	(*Condition)(nil),                 // 20: detour.v1.Condition
-	(*durationpb.Duration)(nil),       // 21: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),     // 22: google.protobuf.Timestamp
+	(*PodSelector)(nil),               // 2: detour.v1.PodSelector
+	(*Owner)(nil),                     // 3: detour.v1.Owner
+	(*Intercept)(nil),                 // 4: detour.v1.Intercept
+	(*CreateInterceptRequest)(nil),    // 5: detour.v1.CreateInterceptRequest
+	(*CreateInterceptResponse)(nil),   // 6: detour.v1.CreateInterceptResponse
+	(*GetInterceptRequest)(nil),       // 7: detour.v1.GetInterceptRequest
+	(*GetInterceptResponse)(nil),      // 8: detour.v1.GetInterceptResponse
+	(*ListInterceptsRequest)(nil),     // 9: detour.v1.ListInterceptsRequest
+	(*ListInterceptsResponse)(nil),    // 10: detour.v1.ListInterceptsResponse
+	(*DeleteInterceptRequest)(nil),    // 11: detour.v1.DeleteInterceptRequest
+	(*DeleteInterceptResponse)(nil),   // 12: detour.v1.DeleteInterceptResponse
+	(*RenewInterceptRequest)(nil),     // 13: detour.v1.RenewInterceptRequest
+	(*RenewInterceptResponse)(nil),    // 14: detour.v1.RenewInterceptResponse
+	(*WatchInterceptsRequest)(nil),    // 15: detour.v1.WatchInterceptsRequest
+	(*WatchInterceptsResponse)(nil),   // 16: detour.v1.WatchInterceptsResponse
+	(*GetStatusRequest)(nil),          // 17: detour.v1.GetStatusRequest
+	(*AgentStatus)(nil),               // 18: detour.v1.AgentStatus
+	(*InterceptNodeStatus)(nil),       // 19: detour.v1.InterceptNodeStatus
+	(*InterceptStatus)(nil),           // 20: detour.v1.InterceptStatus
+	(*GetStatusResponse)(nil),         // 21: detour.v1.GetStatusResponse
+	nil,                               // 22: detour.v1.InterceptSpec.SourceSelectorEntry
+	nil,                               // 23: detour.v1.PodSelector.LabelsEntry
+	(*Condition)(nil),                 // 24: detour.v1.Condition
+	(*durationpb.Duration)(nil),       // 25: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),     // 26: google.protobuf.Timestamp
+	(*CreateEnvironmentRequest)(nil),  // 27: detour.v1.CreateEnvironmentRequest
+	(*GetEnvironmentRequest)(nil),     // 28: detour.v1.GetEnvironmentRequest
+	(*ListEnvironmentsRequest)(nil),   // 29: detour.v1.ListEnvironmentsRequest
+	(*DeleteEnvironmentRequest)(nil),  // 30: detour.v1.DeleteEnvironmentRequest
+	(*RenewEnvironmentRequest)(nil),   // 31: detour.v1.RenewEnvironmentRequest
+	(*WatchEnvironmentsRequest)(nil),  // 32: detour.v1.WatchEnvironmentsRequest
+	(*CreateEnvironmentResponse)(nil), // 33: detour.v1.CreateEnvironmentResponse
+	(*GetEnvironmentResponse)(nil),    // 34: detour.v1.GetEnvironmentResponse
+	(*ListEnvironmentsResponse)(nil),  // 35: detour.v1.ListEnvironmentsResponse
+	(*DeleteEnvironmentResponse)(nil), // 36: detour.v1.DeleteEnvironmentResponse
+	(*RenewEnvironmentResponse)(nil),  // 37: detour.v1.RenewEnvironmentResponse
+	(*WatchEnvironmentsResponse)(nil), // 38: detour.v1.WatchEnvironmentsResponse
 }
 var file_detour_v1_control_proto_depIdxs = []int32{
-	20, // 0: detour.v1.InterceptSpec.match:type_name -> detour.v1.Condition
-	21, // 1: detour.v1.InterceptSpec.ttl:type_name -> google.protobuf.Duration
-	1,  // 2: detour.v1.Intercept.spec:type_name -> detour.v1.InterceptSpec
-	22, // 3: detour.v1.Intercept.created_at:type_name -> google.protobuf.Timestamp
-	22, // 4: detour.v1.Intercept.expires_at:type_name -> google.protobuf.Timestamp
-	2,  // 5: detour.v1.CreateInterceptRequest.intercept:type_name -> detour.v1.Intercept
-	2,  // 6: detour.v1.CreateInterceptResponse.intercept:type_name -> detour.v1.Intercept
-	2,  // 7: detour.v1.GetInterceptResponse.intercept:type_name -> detour.v1.Intercept
-	2,  // 8: detour.v1.ListInterceptsResponse.intercepts:type_name -> detour.v1.Intercept
-	21, // 9: detour.v1.RenewInterceptRequest.ttl:type_name -> google.protobuf.Duration
-	2,  // 10: detour.v1.RenewInterceptResponse.intercept:type_name -> detour.v1.Intercept
-	0,  // 11: detour.v1.WatchInterceptsResponse.type:type_name -> detour.v1.WatchInterceptsResponse.Type
-	2,  // 12: detour.v1.WatchInterceptsResponse.intercept:type_name -> detour.v1.Intercept
-	22, // 13: detour.v1.AgentStatus.last_seen:type_name -> google.protobuf.Timestamp
-	17, // 14: detour.v1.InterceptStatus.nodes:type_name -> detour.v1.InterceptNodeStatus
-	22, // 15: detour.v1.GetStatusResponse.controller_started:type_name -> google.protobuf.Timestamp
-	16, // 16: detour.v1.GetStatusResponse.agents:type_name -> detour.v1.AgentStatus
-	18, // 17: detour.v1.GetStatusResponse.intercepts:type_name -> detour.v1.InterceptStatus
-	3,  // 18: detour.v1.ControlService.CreateIntercept:input_type -> detour.v1.CreateInterceptRequest
-	5,  // 19: detour.v1.ControlService.GetIntercept:input_type -> detour.v1.GetInterceptRequest
-	7,  // 20: detour.v1.ControlService.ListIntercepts:input_type -> detour.v1.ListInterceptsRequest
-	9,  // 21: detour.v1.ControlService.DeleteIntercept:input_type -> detour.v1.DeleteInterceptRequest
-	11, // 22: detour.v1.ControlService.RenewIntercept:input_type -> detour.v1.RenewInterceptRequest
-	13, // 23: detour.v1.ControlService.WatchIntercepts:input_type -> detour.v1.WatchInterceptsRequest
-	15, // 24: detour.v1.ControlService.GetStatus:input_type -> detour.v1.GetStatusRequest
-	4,  // 25: detour.v1.ControlService.CreateIntercept:output_type -> detour.v1.CreateInterceptResponse
-	6,  // 26: detour.v1.ControlService.GetIntercept:output_type -> detour.v1.GetInterceptResponse
-	8,  // 27: detour.v1.ControlService.ListIntercepts:output_type -> detour.v1.ListInterceptsResponse
-	10, // 28: detour.v1.ControlService.DeleteIntercept:output_type -> detour.v1.DeleteInterceptResponse
-	12, // 29: detour.v1.ControlService.RenewIntercept:output_type -> detour.v1.RenewInterceptResponse
-	14, // 30: detour.v1.ControlService.WatchIntercepts:output_type -> detour.v1.WatchInterceptsResponse
-	19, // 31: detour.v1.ControlService.GetStatus:output_type -> detour.v1.GetStatusResponse
-	25, // [25:32] is the sub-list for method output_type
-	18, // [18:25] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	24, // 0: detour.v1.InterceptSpec.match:type_name -> detour.v1.Condition
+	25, // 1: detour.v1.InterceptSpec.ttl:type_name -> google.protobuf.Duration
+	2,  // 2: detour.v1.InterceptSpec.destination_pods:type_name -> detour.v1.PodSelector
+	22, // 3: detour.v1.InterceptSpec.source_selector:type_name -> detour.v1.InterceptSpec.SourceSelectorEntry
+	23, // 4: detour.v1.PodSelector.labels:type_name -> detour.v1.PodSelector.LabelsEntry
+	1,  // 5: detour.v1.Intercept.spec:type_name -> detour.v1.InterceptSpec
+	26, // 6: detour.v1.Intercept.created_at:type_name -> google.protobuf.Timestamp
+	26, // 7: detour.v1.Intercept.expires_at:type_name -> google.protobuf.Timestamp
+	3,  // 8: detour.v1.Intercept.owner:type_name -> detour.v1.Owner
+	4,  // 9: detour.v1.CreateInterceptRequest.intercept:type_name -> detour.v1.Intercept
+	4,  // 10: detour.v1.CreateInterceptResponse.intercept:type_name -> detour.v1.Intercept
+	4,  // 11: detour.v1.GetInterceptResponse.intercept:type_name -> detour.v1.Intercept
+	4,  // 12: detour.v1.ListInterceptsResponse.intercepts:type_name -> detour.v1.Intercept
+	25, // 13: detour.v1.RenewInterceptRequest.ttl:type_name -> google.protobuf.Duration
+	4,  // 14: detour.v1.RenewInterceptResponse.intercept:type_name -> detour.v1.Intercept
+	0,  // 15: detour.v1.WatchInterceptsResponse.type:type_name -> detour.v1.WatchInterceptsResponse.Type
+	4,  // 16: detour.v1.WatchInterceptsResponse.intercept:type_name -> detour.v1.Intercept
+	26, // 17: detour.v1.AgentStatus.last_seen:type_name -> google.protobuf.Timestamp
+	19, // 18: detour.v1.InterceptStatus.nodes:type_name -> detour.v1.InterceptNodeStatus
+	26, // 19: detour.v1.GetStatusResponse.controller_started:type_name -> google.protobuf.Timestamp
+	18, // 20: detour.v1.GetStatusResponse.agents:type_name -> detour.v1.AgentStatus
+	20, // 21: detour.v1.GetStatusResponse.intercepts:type_name -> detour.v1.InterceptStatus
+	5,  // 22: detour.v1.ControlService.CreateIntercept:input_type -> detour.v1.CreateInterceptRequest
+	7,  // 23: detour.v1.ControlService.GetIntercept:input_type -> detour.v1.GetInterceptRequest
+	9,  // 24: detour.v1.ControlService.ListIntercepts:input_type -> detour.v1.ListInterceptsRequest
+	11, // 25: detour.v1.ControlService.DeleteIntercept:input_type -> detour.v1.DeleteInterceptRequest
+	13, // 26: detour.v1.ControlService.RenewIntercept:input_type -> detour.v1.RenewInterceptRequest
+	15, // 27: detour.v1.ControlService.WatchIntercepts:input_type -> detour.v1.WatchInterceptsRequest
+	17, // 28: detour.v1.ControlService.GetStatus:input_type -> detour.v1.GetStatusRequest
+	27, // 29: detour.v1.ControlService.CreateEnvironment:input_type -> detour.v1.CreateEnvironmentRequest
+	28, // 30: detour.v1.ControlService.GetEnvironment:input_type -> detour.v1.GetEnvironmentRequest
+	29, // 31: detour.v1.ControlService.ListEnvironments:input_type -> detour.v1.ListEnvironmentsRequest
+	30, // 32: detour.v1.ControlService.DeleteEnvironment:input_type -> detour.v1.DeleteEnvironmentRequest
+	31, // 33: detour.v1.ControlService.RenewEnvironment:input_type -> detour.v1.RenewEnvironmentRequest
+	32, // 34: detour.v1.ControlService.WatchEnvironments:input_type -> detour.v1.WatchEnvironmentsRequest
+	6,  // 35: detour.v1.ControlService.CreateIntercept:output_type -> detour.v1.CreateInterceptResponse
+	8,  // 36: detour.v1.ControlService.GetIntercept:output_type -> detour.v1.GetInterceptResponse
+	10, // 37: detour.v1.ControlService.ListIntercepts:output_type -> detour.v1.ListInterceptsResponse
+	12, // 38: detour.v1.ControlService.DeleteIntercept:output_type -> detour.v1.DeleteInterceptResponse
+	14, // 39: detour.v1.ControlService.RenewIntercept:output_type -> detour.v1.RenewInterceptResponse
+	16, // 40: detour.v1.ControlService.WatchIntercepts:output_type -> detour.v1.WatchInterceptsResponse
+	21, // 41: detour.v1.ControlService.GetStatus:output_type -> detour.v1.GetStatusResponse
+	33, // 42: detour.v1.ControlService.CreateEnvironment:output_type -> detour.v1.CreateEnvironmentResponse
+	34, // 43: detour.v1.ControlService.GetEnvironment:output_type -> detour.v1.GetEnvironmentResponse
+	35, // 44: detour.v1.ControlService.ListEnvironments:output_type -> detour.v1.ListEnvironmentsResponse
+	36, // 45: detour.v1.ControlService.DeleteEnvironment:output_type -> detour.v1.DeleteEnvironmentResponse
+	37, // 46: detour.v1.ControlService.RenewEnvironment:output_type -> detour.v1.RenewEnvironmentResponse
+	38, // 47: detour.v1.ControlService.WatchEnvironments:output_type -> detour.v1.WatchEnvironmentsResponse
+	35, // [35:48] is the sub-list for method output_type
+	22, // [22:35] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_detour_v1_control_proto_init() }
@@ -1448,13 +1655,14 @@ func file_detour_v1_control_proto_init() {
 		return
 	}
 	file_detour_v1_common_proto_init()
+	file_detour_v1_environment_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_detour_v1_control_proto_rawDesc), len(file_detour_v1_control_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   19,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

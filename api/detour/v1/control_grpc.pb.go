@@ -22,20 +22,26 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ControlService_CreateIntercept_FullMethodName = "/detour.v1.ControlService/CreateIntercept"
-	ControlService_GetIntercept_FullMethodName    = "/detour.v1.ControlService/GetIntercept"
-	ControlService_ListIntercepts_FullMethodName  = "/detour.v1.ControlService/ListIntercepts"
-	ControlService_DeleteIntercept_FullMethodName = "/detour.v1.ControlService/DeleteIntercept"
-	ControlService_RenewIntercept_FullMethodName  = "/detour.v1.ControlService/RenewIntercept"
-	ControlService_WatchIntercepts_FullMethodName = "/detour.v1.ControlService/WatchIntercepts"
-	ControlService_GetStatus_FullMethodName       = "/detour.v1.ControlService/GetStatus"
+	ControlService_CreateIntercept_FullMethodName   = "/detour.v1.ControlService/CreateIntercept"
+	ControlService_GetIntercept_FullMethodName      = "/detour.v1.ControlService/GetIntercept"
+	ControlService_ListIntercepts_FullMethodName    = "/detour.v1.ControlService/ListIntercepts"
+	ControlService_DeleteIntercept_FullMethodName   = "/detour.v1.ControlService/DeleteIntercept"
+	ControlService_RenewIntercept_FullMethodName    = "/detour.v1.ControlService/RenewIntercept"
+	ControlService_WatchIntercepts_FullMethodName   = "/detour.v1.ControlService/WatchIntercepts"
+	ControlService_GetStatus_FullMethodName         = "/detour.v1.ControlService/GetStatus"
+	ControlService_CreateEnvironment_FullMethodName = "/detour.v1.ControlService/CreateEnvironment"
+	ControlService_GetEnvironment_FullMethodName    = "/detour.v1.ControlService/GetEnvironment"
+	ControlService_ListEnvironments_FullMethodName  = "/detour.v1.ControlService/ListEnvironments"
+	ControlService_DeleteEnvironment_FullMethodName = "/detour.v1.ControlService/DeleteEnvironment"
+	ControlService_RenewEnvironment_FullMethodName  = "/detour.v1.ControlService/RenewEnvironment"
+	ControlService_WatchEnvironments_FullMethodName = "/detour.v1.ControlService/WatchEnvironments"
 )
 
 // ControlServiceClient is the client API for ControlService service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// ControlService is the CLI's API: intercepts and their status. Where the
+// ControlService is the CLI's API: intercepts, environments and status. Where the
 // controller runs with Kubernetes authorization, each call needs an RBAC
 // verb on intercepts.detour.dev in the namespace it concerns (the same
 // rights kubectl needs); each RPC names its verb. A namespace left empty in
@@ -70,6 +76,30 @@ type ControlServiceClient interface {
 	// intercept, each node it targets, with the counters the agents last
 	// reported. RBAC verb: list.
 	GetStatus(ctx context.Context, in *GetStatusRequest, opts ...grpc.CallOption) (*GetStatusResponse, error)
+	// CreateEnvironment stores a new environment; the controller then forks
+	// its workloads, routes its key and reports progress in its status.
+	// Refused with InvalidArgument (bad spec, a TTL over the maximum),
+	// AlreadyExists, or PermissionDenied when the caller may not create the
+	// forked workloads' kind in the namespace. RBAC verb: create on
+	// environments.detour.dev (and create on the forked kinds).
+	CreateEnvironment(ctx context.Context, in *CreateEnvironmentRequest, opts ...grpc.CallOption) (*CreateEnvironmentResponse, error)
+	// GetEnvironment returns one environment with its status; NotFound when
+	// there is none. RBAC verb: get.
+	GetEnvironment(ctx context.Context, in *GetEnvironmentRequest, opts ...grpc.CallOption) (*GetEnvironmentResponse, error)
+	// ListEnvironments returns the environments of one namespace, or of all.
+	// RBAC verb: list.
+	ListEnvironments(ctx context.Context, in *ListEnvironmentsRequest, opts ...grpc.CallOption) (*ListEnvironmentsResponse, error)
+	// DeleteEnvironment starts removing an environment: its routes, forks
+	// and data go, then the environment. NotFound when there is none. RBAC
+	// verb: delete.
+	DeleteEnvironment(ctx context.Context, in *DeleteEnvironmentRequest, opts ...grpc.CallOption) (*DeleteEnvironmentResponse, error)
+	// RenewEnvironment moves an environment's deadline to a ttl from now.
+	// RBAC verb: update.
+	RenewEnvironment(ctx context.Context, in *RenewEnvironmentRequest, opts ...grpc.CallOption) (*RenewEnvironmentResponse, error)
+	// WatchEnvironments streams one TYPE_EXISTING event per environment,
+	// then every change (status included), until the client cancels. RBAC
+	// verb: watch.
+	WatchEnvironments(ctx context.Context, in *WatchEnvironmentsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEnvironmentsResponse], error)
 }
 
 type controlServiceClient struct {
@@ -159,11 +189,80 @@ func (c *controlServiceClient) GetStatus(ctx context.Context, in *GetStatusReque
 	return out, nil
 }
 
+func (c *controlServiceClient) CreateEnvironment(ctx context.Context, in *CreateEnvironmentRequest, opts ...grpc.CallOption) (*CreateEnvironmentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateEnvironmentResponse)
+	err := c.cc.Invoke(ctx, ControlService_CreateEnvironment_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlServiceClient) GetEnvironment(ctx context.Context, in *GetEnvironmentRequest, opts ...grpc.CallOption) (*GetEnvironmentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetEnvironmentResponse)
+	err := c.cc.Invoke(ctx, ControlService_GetEnvironment_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlServiceClient) ListEnvironments(ctx context.Context, in *ListEnvironmentsRequest, opts ...grpc.CallOption) (*ListEnvironmentsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListEnvironmentsResponse)
+	err := c.cc.Invoke(ctx, ControlService_ListEnvironments_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlServiceClient) DeleteEnvironment(ctx context.Context, in *DeleteEnvironmentRequest, opts ...grpc.CallOption) (*DeleteEnvironmentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteEnvironmentResponse)
+	err := c.cc.Invoke(ctx, ControlService_DeleteEnvironment_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlServiceClient) RenewEnvironment(ctx context.Context, in *RenewEnvironmentRequest, opts ...grpc.CallOption) (*RenewEnvironmentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RenewEnvironmentResponse)
+	err := c.cc.Invoke(ctx, ControlService_RenewEnvironment_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlServiceClient) WatchEnvironments(ctx context.Context, in *WatchEnvironmentsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEnvironmentsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ControlService_ServiceDesc.Streams[1], ControlService_WatchEnvironments_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchEnvironmentsRequest, WatchEnvironmentsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ControlService_WatchEnvironmentsClient = grpc.ServerStreamingClient[WatchEnvironmentsResponse]
+
 // ControlServiceServer is the server API for ControlService service.
 // All implementations must embed UnimplementedControlServiceServer
 // for forward compatibility.
 //
-// ControlService is the CLI's API: intercepts and their status. Where the
+// ControlService is the CLI's API: intercepts, environments and status. Where the
 // controller runs with Kubernetes authorization, each call needs an RBAC
 // verb on intercepts.detour.dev in the namespace it concerns (the same
 // rights kubectl needs); each RPC names its verb. A namespace left empty in
@@ -198,6 +297,30 @@ type ControlServiceServer interface {
 	// intercept, each node it targets, with the counters the agents last
 	// reported. RBAC verb: list.
 	GetStatus(context.Context, *GetStatusRequest) (*GetStatusResponse, error)
+	// CreateEnvironment stores a new environment; the controller then forks
+	// its workloads, routes its key and reports progress in its status.
+	// Refused with InvalidArgument (bad spec, a TTL over the maximum),
+	// AlreadyExists, or PermissionDenied when the caller may not create the
+	// forked workloads' kind in the namespace. RBAC verb: create on
+	// environments.detour.dev (and create on the forked kinds).
+	CreateEnvironment(context.Context, *CreateEnvironmentRequest) (*CreateEnvironmentResponse, error)
+	// GetEnvironment returns one environment with its status; NotFound when
+	// there is none. RBAC verb: get.
+	GetEnvironment(context.Context, *GetEnvironmentRequest) (*GetEnvironmentResponse, error)
+	// ListEnvironments returns the environments of one namespace, or of all.
+	// RBAC verb: list.
+	ListEnvironments(context.Context, *ListEnvironmentsRequest) (*ListEnvironmentsResponse, error)
+	// DeleteEnvironment starts removing an environment: its routes, forks
+	// and data go, then the environment. NotFound when there is none. RBAC
+	// verb: delete.
+	DeleteEnvironment(context.Context, *DeleteEnvironmentRequest) (*DeleteEnvironmentResponse, error)
+	// RenewEnvironment moves an environment's deadline to a ttl from now.
+	// RBAC verb: update.
+	RenewEnvironment(context.Context, *RenewEnvironmentRequest) (*RenewEnvironmentResponse, error)
+	// WatchEnvironments streams one TYPE_EXISTING event per environment,
+	// then every change (status included), until the client cancels. RBAC
+	// verb: watch.
+	WatchEnvironments(*WatchEnvironmentsRequest, grpc.ServerStreamingServer[WatchEnvironmentsResponse]) error
 	mustEmbedUnimplementedControlServiceServer()
 }
 
@@ -228,6 +351,24 @@ func (UnimplementedControlServiceServer) WatchIntercepts(*WatchInterceptsRequest
 }
 func (UnimplementedControlServiceServer) GetStatus(context.Context, *GetStatusRequest) (*GetStatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetStatus not implemented")
+}
+func (UnimplementedControlServiceServer) CreateEnvironment(context.Context, *CreateEnvironmentRequest) (*CreateEnvironmentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateEnvironment not implemented")
+}
+func (UnimplementedControlServiceServer) GetEnvironment(context.Context, *GetEnvironmentRequest) (*GetEnvironmentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetEnvironment not implemented")
+}
+func (UnimplementedControlServiceServer) ListEnvironments(context.Context, *ListEnvironmentsRequest) (*ListEnvironmentsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListEnvironments not implemented")
+}
+func (UnimplementedControlServiceServer) DeleteEnvironment(context.Context, *DeleteEnvironmentRequest) (*DeleteEnvironmentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteEnvironment not implemented")
+}
+func (UnimplementedControlServiceServer) RenewEnvironment(context.Context, *RenewEnvironmentRequest) (*RenewEnvironmentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RenewEnvironment not implemented")
+}
+func (UnimplementedControlServiceServer) WatchEnvironments(*WatchEnvironmentsRequest, grpc.ServerStreamingServer[WatchEnvironmentsResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchEnvironments not implemented")
 }
 func (UnimplementedControlServiceServer) mustEmbedUnimplementedControlServiceServer() {}
 func (UnimplementedControlServiceServer) testEmbeddedByValue()                        {}
@@ -369,6 +510,107 @@ func _ControlService_GetStatus_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ControlService_CreateEnvironment_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateEnvironmentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServiceServer).CreateEnvironment(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ControlService_CreateEnvironment_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServiceServer).CreateEnvironment(ctx, req.(*CreateEnvironmentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ControlService_GetEnvironment_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetEnvironmentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServiceServer).GetEnvironment(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ControlService_GetEnvironment_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServiceServer).GetEnvironment(ctx, req.(*GetEnvironmentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ControlService_ListEnvironments_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListEnvironmentsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServiceServer).ListEnvironments(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ControlService_ListEnvironments_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServiceServer).ListEnvironments(ctx, req.(*ListEnvironmentsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ControlService_DeleteEnvironment_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteEnvironmentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServiceServer).DeleteEnvironment(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ControlService_DeleteEnvironment_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServiceServer).DeleteEnvironment(ctx, req.(*DeleteEnvironmentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ControlService_RenewEnvironment_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RenewEnvironmentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServiceServer).RenewEnvironment(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ControlService_RenewEnvironment_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServiceServer).RenewEnvironment(ctx, req.(*RenewEnvironmentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ControlService_WatchEnvironments_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchEnvironmentsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ControlServiceServer).WatchEnvironments(m, &grpc.GenericServerStream[WatchEnvironmentsRequest, WatchEnvironmentsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ControlService_WatchEnvironmentsServer = grpc.ServerStreamingServer[WatchEnvironmentsResponse]
+
 // ControlService_ServiceDesc is the grpc.ServiceDesc for ControlService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -400,11 +642,36 @@ var ControlService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "GetStatus",
 			Handler:    _ControlService_GetStatus_Handler,
 		},
+		{
+			MethodName: "CreateEnvironment",
+			Handler:    _ControlService_CreateEnvironment_Handler,
+		},
+		{
+			MethodName: "GetEnvironment",
+			Handler:    _ControlService_GetEnvironment_Handler,
+		},
+		{
+			MethodName: "ListEnvironments",
+			Handler:    _ControlService_ListEnvironments_Handler,
+		},
+		{
+			MethodName: "DeleteEnvironment",
+			Handler:    _ControlService_DeleteEnvironment_Handler,
+		},
+		{
+			MethodName: "RenewEnvironment",
+			Handler:    _ControlService_RenewEnvironment_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "WatchIntercepts",
 			Handler:       _ControlService_WatchIntercepts_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchEnvironments",
+			Handler:       _ControlService_WatchEnvironments_Handler,
 			ServerStreams: true,
 		},
 	},

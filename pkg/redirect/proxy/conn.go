@@ -203,15 +203,19 @@ func (cl *client) connect(x *inflight) bool {
 	p := cl.p
 	if rt := p.route(&cl.req, cl.src); rt != nil {
 		x.intercept, x.outcome = rt.Intercept, OutcomeFallback
-		if !p.isDown(rt.Destination) {
-			uc, err := cl.upstream(rt.Destination, x.start, x.retry)
+		for range rt.tries() {
+			dest, ok := p.pick(rt)
+			if !ok {
+				break
+			}
+			uc, err := cl.upstream(dest, x.start, x.retry)
 			if err == nil {
 				x.up, x.outcome = uc, OutcomeMatched
 				return true
 			}
-			p.log.Info("destination unreachable, falling back to the app",
-				"intercept", rt.Intercept, "destination", rt.Destination, "err", err)
-			p.markDown(rt.Destination)
+			p.log.Info("destination unreachable, trying another or the app",
+				"intercept", rt.Intercept, "destination", dest, "err", err)
+			p.markDown(dest)
 		}
 	}
 	uc, err := cl.upstream(p.cfg.App, x.start, x.retry)
@@ -452,15 +456,19 @@ func (cl *client) relay(rt *Route) {
 	start := time.Now()
 	outcome := OutcomeFallback
 	var uc *upConn
-	if !p.isDown(rt.Destination) {
-		var err error
-		if uc, err = p.dial(cl.ctx, rt.Destination); err == nil {
-			outcome = OutcomeMatched
-		} else {
-			p.log.Info("destination unreachable, falling back to the app",
-				"intercept", rt.Intercept, "destination", rt.Destination, "err", err)
-			p.markDown(rt.Destination)
+	for range rt.tries() {
+		dest, ok := p.pick(rt)
+		if !ok {
+			break
 		}
+		var err error
+		if uc, err = p.dial(cl.ctx, dest); err == nil {
+			outcome = OutcomeMatched
+			break
+		}
+		p.log.Info("destination unreachable, trying another or the app",
+			"intercept", rt.Intercept, "destination", dest, "err", err)
+		p.markDown(dest)
 	}
 	if uc == nil {
 		var err error

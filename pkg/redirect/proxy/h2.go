@@ -135,8 +135,10 @@ func (cl *client) upgradeH2C(n int) bool {
 	// Upgrade and answered in HTTP/1.1; the proxy talks HTTP/2 to
 	// backends, so it upgrades only when the request's backend can.
 	addr := cl.p.cfg.App
-	if rt := cl.p.route(req, cl.src); rt != nil && !cl.p.isDown(rt.Destination) {
-		addr = rt.Destination
+	if rt := cl.p.route(req, cl.src); rt != nil {
+		if dest, ok := cl.p.pick(rt); ok {
+			addr = dest
+		}
 	}
 	if !cl.p.speaksH2(cl.ctx, addr) {
 		return false

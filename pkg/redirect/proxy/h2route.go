@@ -102,8 +102,8 @@ func (p *Proxy) serveStream(w http.ResponseWriter, r *http.Request) {
 	src, _ := netip.ParseAddrPort(r.RemoteAddr) // set from the client connection
 	if rt := p.route(h2Request{r}, src.Addr().Unmap()); rt != nil {
 		intercept, outcome = rt.Intercept, OutcomeFallback
-		if !p.isDown(rt.Destination) {
-			outcome, addr = OutcomeMatched, rt.Destination
+		if dest, ok := p.pick(rt); ok {
+			outcome, addr = OutcomeMatched, dest
 		}
 	}
 	defer func() { p.observe(intercept, outcome, start) }()

@@ -39,11 +39,19 @@ const (
 	OutcomeFallback    Outcome = "fallback"    // selected, but the destination was unreachable; went to the app
 )
 
-// Route sends the requests its Matcher selects to Destination.
+// Route sends the requests its Matcher selects to Destination, or spreads
+// them over Destinations.
 type Route struct {
 	Intercept   string
 	Matcher     *match.Matcher
 	Destination string // host:port
+	// Destinations, when it holds more than one address, spreads the
+	// route's requests (an L4 route's connections) over them in turn,
+	// skipping any that failed a dial lately; Destination is ignored. An
+	// environment's intercepts send to every ready pod of a fork.
+	Destinations []string
+	// next turns Destinations; shared by copies of the route.
+	next *atomic.Uint64
 	// L4 routes take whole connections: no request is read and Matcher is
 	// unused. The bytes are relayed by Config.Relay.
 	L4 bool
@@ -172,6 +180,11 @@ func New(cfg Config) *Proxy {
 // their destination. The first route whose matcher selects a request wins.
 func (p *Proxy) SetRoutes(rs []Route) {
 	cp := append([]Route(nil), rs...)
+	for i := range cp {
+		if len(cp[i].Destinations) > 1 && cp[i].next == nil {
+			cp[i].next = new(atomic.Uint64)
+		}
+	}
 	p.routes.Store(&cp)
 }
 
@@ -326,6 +339,33 @@ func sourceOf(c net.Conn) netip.Addr {
 	}
 	ap, _ := netip.ParseAddrPort(c.RemoteAddr().String())
 	return ap.Addr().Unmap()
+}
+
+// tries is how many destinations a request may try before the app: each
+// one once.
+func (r *Route) tries() int { return max(1, len(r.Destinations)) }
+
+// pick chooses where a request or connection of rt goes: the next of its
+// destinations not down, or false when every one is down.
+func (p *Proxy) pick(rt *Route) (string, bool) {
+	if len(rt.Destinations) <= 1 {
+		addr := rt.Destination
+		if len(rt.Destinations) == 1 {
+			addr = rt.Destinations[0]
+		}
+		return addr, !p.isDown(addr)
+	}
+	n := uint64(len(rt.Destinations))
+	start := uint64(0)
+	if rt.next != nil {
+		start = rt.next.Add(1)
+	}
+	for i := range n {
+		if addr := rt.Destinations[(start+i)%n]; !p.isDown(addr) {
+			return addr, true
+		}
+	}
+	return "", false
 }
 
 // isDown tells whether addr failed a dial less than downFor ago. Every

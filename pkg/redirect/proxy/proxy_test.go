@@ -866,3 +866,47 @@ func TestCloseClosesEverything(t *testing.T) {
 		t.Fatal("ServeConn after Close left the connection open")
 	}
 }
+
+// TestSpreadOverDestinations: a route with several destinations (an
+// environment's fork with more than one pod) takes them in turn, skips one
+// that stopped answering, and falls back to the app only when none does.
+func TestSpreadOverDestinations(t *testing.T) {
+	h := newHarness(t)
+	one, two := newBackend(t, "fork-1"), newBackend(t, "fork-2")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := l.Addr().String()
+	l.Close()
+	rt := sessionRoute(t, "pr-7", "pr-7", "")
+	rt.Destinations = []string{one.addr, two.addr}
+	h.p.SetRoutes([]Route{rt})
+	c := oneConnClient(t)
+	seen := map[string]int{}
+	for range 6 {
+		b, _ := get(t, c, "http://"+h.addr+"/", "pr-7")
+		seen[b]++
+	}
+	if seen["fork-1"] != 3 || seen["fork-2"] != 3 {
+		t.Errorf("6 requests over two destinations: %v, want 3 each", seen)
+	}
+	if b, _ := get(t, c, "http://"+h.addr+"/", ""); b != "app" {
+		t.Errorf("without the key: %q, want app", b)
+	}
+	// One destination gone: every request reaches the other.
+	rt.Destinations = []string{dead, two.addr}
+	h.p.SetRoutes([]Route{rt})
+	for i := range 4 {
+		if b, _ := get(t, c, "http://"+h.addr+"/", "pr-7"); b != "fork-2" {
+			t.Errorf("request %d with one destination down: %q, want fork-2", i, b)
+		}
+	}
+	// None left: the app, counted as a fallback.
+	rt.Destinations = []string{dead, dead}
+	h.p.SetRoutes([]Route{rt})
+	if b, _ := get(t, c, "http://"+h.addr+"/", "pr-7"); b != "app" {
+		t.Errorf("with every destination down: %q, want app", b)
+	}
+	h.rec.waitCount(t, event{"pr-7", OutcomeFallback}, 1)
+}
