@@ -28,12 +28,22 @@ type Connector interface {
 // a pod port or service address go to to, from every pod namespace on the
 // node, or (restricted) only from the namespaces of the pods at sources.
 type connectWant struct {
-	addr       netip.AddrPort // the pod port or service address dialled
-	to         netip.AddrPort
+	addr netip.AddrPort // the pod port or service address dialled
+	// to are the destinations: each caller is sent to one, chosen by its
+	// address so that callers spread and each keeps its choice, skipping
+	// those that do not listen.
+	to         []netip.AddrPort
 	intercept  string
 	restricted bool
 	sources    []netip.Addr
+	// trustRemote: a destination that is not a pod on this node (so not
+	// checked here) is taken as listening, because the controller saw it
+	// ready.
+	trustRemote bool
 }
+
+// errNotHere marks a destination that is no pod on this node.
+var errNotHere = errors.New("the destination is not a pod on this node")
 
 // installedRedirect is one redirect in the kernel.
 type installedRedirect struct {
@@ -117,23 +127,39 @@ func (cp *connectPlane) check() {
 	}
 	// Looking at the destinations and finding the sources' namespaces
 	// enter namespaces: without the lock.
-	why := map[netip.AddrPort]string{} // by destination
+	why := map[netip.AddrPort]error{} // by destination
 	want := map[connect.From]installedRedirect{}
 	cookies := map[netip.Addr]uint64{}
-	for _, w := range desired {
-		msg, seen := why[w.to]
+	up := func(w *connectWant, to netip.AddrPort) bool {
+		err, seen := why[to]
 		if !seen {
-			if err := cp.listening(w.to); err != nil {
-				msg = err.Error()
+			err = cp.listening(to)
+			why[to] = err
+		}
+		return err == nil || w.trustRemote && errors.Is(err, errNotHere)
+	}
+	// pick is the destination of the callers keyed by seed: the first
+	// that is up, from a place that seed chooses.
+	pick := func(w *connectWant, seed uint64) (netip.AddrPort, bool) {
+		n := uint64(len(w.to))
+		for i := range n {
+			if to := w.to[(seed+i)%n]; up(w, to) {
+				return to, true
 			}
-			why[w.to] = msg
 		}
-		if msg != "" {
-			continue
+		return netip.AddrPort{}, false
+	}
+	for i := range desired {
+		for _, to := range desired[i].to {
+			up(&desired[i], to) // every destination looked at here, not under the lock
 		}
-		r := installedRedirect{to: w.to, intercept: w.intercept}
+	}
+	for i := range desired {
+		w := &desired[i]
 		if !w.restricted {
-			want[connect.From{Addr: w.addr}] = r
+			if to, ok := pick(w, 0); ok {
+				want[connect.From{Addr: w.addr}] = installedRedirect{to: to, intercept: w.intercept}
+			}
 			continue
 		}
 		// A source whose namespace is not found here stays with the
@@ -147,8 +173,11 @@ func (cp *connectPlane) check() {
 				}
 				cookies[src] = c
 			}
-			if c != 0 {
-				want[connect.From{NetNS: c, Addr: w.addr}] = r
+			if c == 0 {
+				continue
+			}
+			if to, ok := pick(w, c); ok {
+				want[connect.From{NetNS: c, Addr: w.addr}] = installedRedirect{to: to, intercept: w.intercept}
 			}
 		}
 	}
@@ -164,12 +193,17 @@ func (cp *connectPlane) check() {
 		}
 	}
 	down := map[string]string{}
-	for _, w := range desired {
-		if msg := why[w.to]; msg != "" {
-			k := w.intercept + " " + w.to.String()
+	for i := range desired {
+		w := &desired[i]
+		for _, to := range w.to {
+			if up(w, to) {
+				continue
+			}
+			msg := why[to].Error()
+			k := w.intercept + " " + to.String()
 			if cp.down[k] != msg {
 				cp.log.Info("not redirecting at connect: the destination does not listen; callers go through the agent",
-					"intercept", w.intercept, "to", w.to, "why", msg)
+					"intercept", w.intercept, "to", to, "why", msg)
 			}
 			down[k] = msg
 		}
@@ -280,7 +314,7 @@ func listeningIn(resolve func(netip.Addr) (string, error)) func(netip.AddrPort) 
 		}
 		path, err := resolve(to.Addr())
 		if err != nil {
-			return fmt.Errorf("the destination is not a pod on this node: %w", err)
+			return fmt.Errorf("%w: %w", errNotHere, err)
 		}
 		listening, err := netns.Listening(path, to)
 		if err != nil {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"maps"
@@ -97,7 +98,7 @@ func TestConnectPlane(t *testing.T) {
 		mu.Unlock()
 	}
 	bulk := func(addr, to netip.AddrPort) connectWant {
-		return connectWant{addr: addr, to: to, intercept: "shop/bulk"}
+		return connectWant{addr: addr, to: []netip.AddrPort{to}, intercept: "shop/bulk"}
 	}
 
 	cp.want([]connectWant{bulk(app1, dev), bulk(app2, dev)})
@@ -178,9 +179,9 @@ func TestConnectPlaneSources(t *testing.T) {
 			return 0, errors.New("no such pod on this node")
 		})
 	cp.want([]connectWant{
-		{addr: app, to: alice, intercept: "db/alice", restricted: true, sources: []netip.Addr{c1, gone}},
-		{addr: app, to: bob, intercept: "db/bob", restricted: true, sources: []netip.Addr{c2}},
-		{addr: app, to: bob, intercept: "db/none", restricted: true}, // no source on this node
+		{addr: app, to: []netip.AddrPort{alice}, intercept: "db/alice", restricted: true, sources: []netip.Addr{c1, gone}},
+		{addr: app, to: []netip.AddrPort{bob}, intercept: "db/bob", restricted: true, sources: []netip.Addr{c2}},
+		{addr: app, to: []netip.AddrPort{bob}, intercept: "db/none", restricted: true}, // no source on this node
 	})
 	cp.check()
 	want := map[connect.From]netip.AddrPort{
@@ -197,5 +198,72 @@ func TestConnectPlaneSources(t *testing.T) {
 	got := cp.connections()
 	if got["db/alice"] != 1 || got["db/bob"] != 2 || got["db/none"] != 0 {
 		t.Errorf("connections %v, want db/alice 1, db/bob 2", got)
+	}
+}
+
+// TestConnectPlaneForks checks an environment's forks route: each source
+// pod is sent to one of the fork's pods, chosen by its namespace so the
+// sources spread; a fork pod that stops listening is skipped; a pod on
+// another node (not checkable here) is trusted only when the controller
+// saw it ready.
+func TestConnectPlaneForks(t *testing.T) {
+	var (
+		api    = netip.MustParseAddrPort("10.0.0.2:8080")
+		vip    = netip.MustParseAddrPort("10.96.0.20:80")
+		fork1  = netip.MustParseAddrPort("10.0.0.7:8080")
+		fork2  = netip.MustParseAddrPort("10.0.0.8:8080")
+		remote = netip.MustParseAddrPort("10.0.1.9:8080")
+		web1   = netip.MustParseAddr("10.0.0.31")
+		web2   = netip.MustParseAddr("10.0.0.32")
+	)
+	listens := map[netip.AddrPort]bool{fork1: true, fork2: true}
+	fc := newFakeConnector()
+	cp := newConnectPlane(fc, slog.New(slog.NewTextHandler(io.Discard, nil)),
+		func(to netip.AddrPort) error {
+			if to == remote {
+				return fmt.Errorf("%w: not found", errNotHere)
+			}
+			if !listens[to] {
+				return errors.New("nothing listens")
+			}
+			return nil
+		},
+		func(pod netip.Addr) (uint64, error) { return map[netip.Addr]uint64{web1: 2, web2: 3}[pod], nil })
+	forks := func(trust bool, to ...netip.AddrPort) []connectWant {
+		var out []connectWant
+		for _, addr := range []netip.AddrPort{api, vip} {
+			out = append(out, connectWant{addr: addr, to: to, intercept: "shop/pr-7-api-80-forks", restricted: true,
+				sources: []netip.Addr{web1, web2}, trustRemote: trust})
+		}
+		return out
+	}
+	cp.want(forks(true, fork1, fork2))
+	cp.check()
+	want := map[connect.From]netip.AddrPort{
+		{NetNS: 2, Addr: api}: fork1, {NetNS: 2, Addr: vip}: fork1, // cookie 2: index 0
+		{NetNS: 3, Addr: api}: fork2, {NetNS: 3, Addr: vip}: fork2, // cookie 3: index 1
+	}
+	if got := fc.redirects(); !maps.Equal(got, want) {
+		t.Fatalf("redirects %v, want %v", got, want)
+	}
+	// fork2 stops listening: its callers move to fork1.
+	listens[fork2] = false
+	cp.check()
+	for from, to := range fc.redirects() {
+		if to != fork1 {
+			t.Errorf("%v still sent to %s with fork2 down", from, to)
+		}
+	}
+	// A fork pod on another node: trusted when the controller saw it ready...
+	cp.want(forks(true, remote))
+	cp.check()
+	if got := fc.redirects(); len(got) != 4 || got[connect.From{NetNS: 2, Addr: api}] != remote {
+		t.Errorf("ready remote destination: redirects %v", got)
+	}
+	// ...and not otherwise: the relay on its node decides.
+	cp.want(forks(false, remote))
+	cp.check()
+	if got := fc.redirects(); len(got) != 0 {
+		t.Errorf("unchecked remote destination: redirects %v, want none", got)
 	}
 }

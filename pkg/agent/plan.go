@@ -174,7 +174,7 @@ func (p *plan) route(a *detourv1.Assignment, where map[string]location) {
 			dp = &desiredPort{app: netip.AddrPortFrom(addr, k.port).String(), from: l.from, target: target}
 			p.ports[k] = dp
 		}
-		dp.routes = append(dp.routes, proxy.Route{Intercept: id, Matcher: m, Destination: a.Destination, L4: a.L4, Sources: sources})
+		dp.routes = append(dp.routes, proxy.Route{Intercept: id, Matcher: m, Destination: a.Destination, Destinations: a.Destinations, L4: a.L4, Sources: sources})
 	}
 }
 
@@ -207,22 +207,46 @@ func connectWants(assignments []*detourv1.Assignment, targets map[string][]portK
 		if !a.L4 {
 			continue
 		}
-		to, err := netip.ParseAddrPort(a.Destination)
-		if err != nil || !to.Addr().Unmap().Is4() {
-			continue // the relay reports a bad destination per connection
+		w := connectWant{intercept: interceptID(a.Namespace, a.Name), restricted: a.RestrictSources, trustRemote: a.DestinationsReady}
+		dests := a.Destinations
+		if len(dests) == 0 {
+			dests = []string{a.Destination}
 		}
-		w := connectWant{to: to, intercept: interceptID(a.Namespace, a.Name), restricted: a.RestrictSources}
+		for _, d := range dests {
+			to, err := netip.ParseAddrPort(d)
+			if err != nil || !to.Addr().Unmap().Is4() {
+				continue // the relay reports a bad destination per connection
+			}
+			w.to = append(w.to, to)
+		}
+		if len(w.to) == 0 {
+			continue
+		}
 		for _, s := range a.NodeSources {
 			if src, err := netip.ParseAddr(s); err == nil {
 				w.sources = append(w.sources, src.Unmap())
 			}
 		}
+		add := func(addr netip.AddrPort) {
+			c := w
+			c.addr = addr
+			out = append(out, c)
+		}
+		if w.restricted && len(a.DialedAddresses) > 0 {
+			// The source pods on this node are redirected whatever node
+			// the service's pods run on: every address they may dial.
+			for _, d := range a.DialedAddresses {
+				if addr, err := netip.ParseAddrPort(d); err == nil {
+					add(addr)
+				}
+			}
+			continue
+		}
 		steered := false
 		for _, k := range targets[w.intercept] {
 			if isSteered(k) {
 				steered = true
-				w.addr = netip.AddrPortFrom(k.addr, k.port)
-				out = append(out, w)
+				add(netip.AddrPortFrom(k.addr, k.port))
 			}
 		}
 		// The service's virtual address too, on a node where the
@@ -230,8 +254,7 @@ func connectWants(assignments []*detourv1.Assignment, targets map[string][]portK
 		// kube-proxy would only turn into a pod address after connect().
 		for _, s := range a.ServiceAddresses {
 			if addr, err := netip.ParseAddrPort(s); err == nil && steered {
-				w.addr = addr
-				out = append(out, w)
+				add(addr)
 			}
 		}
 	}

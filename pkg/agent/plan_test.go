@@ -387,6 +387,12 @@ func TestConnectWants(t *testing.T) {
 	alice.RestrictSources, alice.NodeSources = true, []string{"10.0.0.21", "::ffff:10.0.0.22", "client-0"}
 	web := intercept("web")
 	web.Destination = "10.0.0.9:80"
+	// An environment's forks route: sources on this node, a service whose
+	// pods are elsewhere (nothing steered here), two fork pods.
+	forks := l4Assignment("pr-7-api-80-forks", "10.0.1.7:8080")
+	forks.Destinations = []string{"10.0.1.7:8080", "10.0.1.8:8080"}
+	forks.RestrictSources, forks.NodeSources, forks.DestinationsReady = true, []string{"10.0.0.31"}, true
+	forks.DialedAddresses = []string{"10.0.2.5:8080", "10.96.0.20:80"}
 
 	got := connectWants([]*detourv1.Assignment{
 		alice,
@@ -394,17 +400,23 @@ func TestConnectWants(t *testing.T) {
 		db,
 		gone,
 		web,
+		forks,
 	}, targets, isSteered)
 	want := []string{
-		"default/alice: 10.0.0.5:5432 -> 10.0.0.9:5432 from [10.0.0.21 10.0.0.22]",
-		"default/db: 10.0.0.5:5432 -> 10.0.0.9:5432",
-		"default/db: 10.96.0.10:5432 -> 10.0.0.9:5432",
+		"default/alice: 10.0.0.5:5432 -> [10.0.0.9:5432] from [10.0.0.21 10.0.0.22]",
+		"default/db: 10.0.0.5:5432 -> [10.0.0.9:5432]",
+		"default/db: 10.96.0.10:5432 -> [10.0.0.9:5432]",
+		"default/pr-7-api-80-forks: 10.0.2.5:8080 -> [10.0.1.7:8080 10.0.1.8:8080] from [10.0.0.31] trusted",
+		"default/pr-7-api-80-forks: 10.96.0.20:80 -> [10.0.1.7:8080 10.0.1.8:8080] from [10.0.0.31] trusted",
 	}
 	var gotS []string
 	for _, w := range got {
 		s := fmt.Sprintf("%s: %s -> %s", w.intercept, w.addr, w.to)
 		if w.restricted {
 			s += fmt.Sprintf(" from %v", w.sources)
+		}
+		if w.trustRemote {
+			s += " trusted"
 		}
 		gotS = append(gotS, s)
 	}

@@ -5,6 +5,8 @@ package apiconv
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
@@ -109,6 +111,12 @@ func DescribeSpec(spec *detourv1.InterceptSpec) string {
 	}
 	for _, ns := range spec.GetSourceNamespaces() {
 		parts = append(parts, "from-namespace="+ns)
+	}
+	if sel := spec.GetSourceSelector(); len(sel) > 0 {
+		keys := slices.Sorted(maps.Keys(sel))
+		for _, k := range keys {
+			parts = append(parts, "from-label="+k+"="+sel[k])
+		}
 	}
 	return strings.Join(parts, " & ")
 }

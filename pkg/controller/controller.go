@@ -82,6 +82,7 @@ type Server struct {
 	agents     map[string]*agent                               // by node
 	reports    map[string]map[string]*detourv1.InterceptReport // node → intercept key → last report
 	rejected   map[string]*rejection                           // intercept key → version refused (see external.go)
+	ownedSubs  []func(namespace, kind, owner string)           // see SubscribeOwned
 }
 
 // agent is what the controller knows of one node's agent.
@@ -329,6 +330,7 @@ func (w *icWatcher) stop(err error) { w.err = err; close(w.ch) }
 
 // publishLocked sends an intercept event to the watchers of its namespace.
 func (s *Server) publishLocked(t detourv1.WatchInterceptsResponse_Type, ic *detourv1.Intercept) {
+	s.notifyOwnerLocked(ic)
 	ev := &detourv1.WatchInterceptsResponse{Type: t, Intercept: ic}
 	for w := range s.icWatchers {
 		if w.namespace != "" && w.namespace != ic.GetNamespace() {

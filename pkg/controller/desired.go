@@ -2,6 +2,7 @@ package controller
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -110,16 +111,21 @@ func computePlan(inv *inventory.Inventory, ics []*detourv1.Intercept) plan {
 			p.problems[k] = err.Error()
 			continue
 		}
-		dest, err := parseDestination(spec.GetDestination(), spec.GetServiceNamespace())
-		if err != nil { // validated at create; only a hand-edited store gets here
-			p.problems[k] = err.Error()
-			continue
+		var dest destination
+		destPods := spec.GetDestinationPods()
+		if destPods == nil {
+			if dest, err = parseDestination(spec.GetDestination(), spec.GetServiceNamespace()); err != nil {
+				// validated at create; only a hand-edited store gets here
+				p.problems[k] = err.Error()
+				continue
+			}
 		}
 		byNode := map[string][]*detourv1.Target{}
+		var dialed []string // every target, on any node
 		for _, pod := range inv.Endpoints(svc) {
 			// Requests that already reached the developer's own pod need
 			// no detour; steering it would only send them back to itself.
-			if dest.isPod(&pod) {
+			if dest.isPod(&pod) || destPods != nil && selects(destPods.GetLabels(), spec.GetServiceNamespace(), &pod) {
 				continue
 			}
 			// A pod with no address yet (its sandbox is starting) takes no
@@ -138,6 +144,9 @@ func computePlan(inv *inventory.Inventory, ics []*detourv1.Intercept) plan {
 				Netns:        pod.NetNS,
 				Port:         targetPort,
 			})
+			if ip, err := netip.ParseAddr(pod.IP); err == nil {
+				dialed = append(dialed, netip.AddrPortFrom(ip, uint16(targetPort)).String())
+			}
 		}
 		nodes := make([]string, 0, len(byNode))
 		for n := range byNode {
@@ -149,8 +158,23 @@ func computePlan(inv *inventory.Inventory, ics []*detourv1.Intercept) plan {
 			p.problems[k] = fmt.Sprintf("service %s/%s selects no pods", svc.Namespace, svc.Name)
 			continue
 		}
-		addr, err := dest.resolve(inv)
-		if err != nil {
+		var addr string
+		var addrs []string
+		ready := false
+		if destPods != nil {
+			port := destPods.GetPort()
+			if port == 0 {
+				port = targetPort
+			}
+			if addrs = podAddrs(inv, destPods.GetLabels(), spec.GetServiceNamespace(), port); len(addrs) == 0 {
+				p.problems[k] = fmt.Sprintf("no ready pod has the destination labels %s", describeLabels(destPods.GetLabels()))
+				continue
+			}
+			addr, ready = addrs[0], true
+			if len(addrs) == 1 {
+				addrs = nil
+			}
+		} else if addr, err = dest.resolve(inv); err != nil {
 			p.problems[k] = err.Error()
 			continue
 		}
@@ -159,25 +183,83 @@ func computePlan(inv *inventory.Inventory, ics []*detourv1.Intercept) plan {
 		if vip, err := netip.ParseAddr(svc.ClusterIP); err == nil && vip.Is4() {
 			svcAddrs = []string{netip.AddrPortFrom(vip, uint16(spec.GetPort())).String()}
 		}
-		for _, n := range nodes {
+		// An l4 intercept from some sources reaches their nodes too: there
+		// the sources are redirected at connect() to the destination
+		// whatever node the service's pods are on.
+		assigned := slices.Clone(nodes)
+		if spec.GetL4() && restricted {
+			dialed = append(dialed, svcAddrs...)
+			for n := range sourcesByNode {
+				if !slices.Contains(assigned, n) {
+					assigned = append(assigned, n)
+				}
+			}
+			slices.Sort(assigned)
+		} else {
+			dialed = nil
+		}
+		for _, n := range assigned {
 			if p.nodes[n] == nil {
 				p.nodes[n] = map[string]*detourv1.Assignment{}
 			}
 			p.nodes[n][k] = &detourv1.Assignment{
-				Namespace:        ic.GetNamespace(),
-				Name:             ic.GetName(),
-				Match:            spec.GetMatch(),
-				Targets:          byNode[n],
-				Destination:      addr,
-				L4:               spec.GetL4(),
-				RestrictSources:  restricted,
-				Sources:          sources,
-				ServiceAddresses: svcAddrs,
-				NodeSources:      sourcesByNode[n],
+				Namespace:         ic.GetNamespace(),
+				Name:              ic.GetName(),
+				Match:             spec.GetMatch(),
+				Targets:           byNode[n],
+				Destination:       addr,
+				L4:                spec.GetL4(),
+				RestrictSources:   restricted,
+				Sources:           sources,
+				ServiceAddresses:  svcAddrs,
+				NodeSources:       sourcesByNode[n],
+				Destinations:      addrs,
+				DialedAddresses:   dialed,
+				DestinationsReady: ready,
 			}
 		}
 	}
 	return p
+}
+
+// selects reports whether a pod of namespace ns has every label of sel.
+func selects(sel map[string]string, ns string, p *inventory.Pod) bool {
+	if len(sel) == 0 || p.Namespace != ns {
+		return false
+	}
+	for k, v := range sel {
+		if p.Labels[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// podAddrs lists IP:port of the ready pods of namespace ns with every label
+// of sel, sorted.
+func podAddrs(inv *inventory.Inventory, sel map[string]string, ns string, port uint32) []string {
+	var out []string
+	for i := range inv.Pods {
+		p := &inv.Pods[i]
+		if p.NotReady || !selects(sel, ns, p) {
+			continue
+		}
+		if ip, err := netip.ParseAddr(p.IP); err == nil && ip.Is4() {
+			out = append(out, netip.AddrPortFrom(ip, uint16(port)).String())
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// describeLabels renders a selector as k=v,k=v in key order.
+func describeLabels(sel map[string]string) string {
+	keys := slices.Sorted(maps.Keys(sel))
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = k + "=" + sel[k]
+	}
+	return strings.Join(parts, ",")
 }
 
 // sortedAssignments lists one node's assignments by key.

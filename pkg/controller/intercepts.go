@@ -25,27 +25,39 @@ import (
 // checked), so a request may name either namespace or both, alike.
 func (s *Server) CreateIntercept(ctx context.Context, req *detourv1.CreateInterceptRequest) (resp *detourv1.CreateInterceptResponse, err error) {
 	defer func() { s.metrics.creates.WithLabelValues(result(err)).Inc() }()
+	if req.GetIntercept().GetOwner() != nil {
+		return nil, status.Error(codes.InvalidArgument, "owner is set by the controller: environments make their own intercepts")
+	}
 	ic, err := s.normalize(req.GetIntercept())
 	if err != nil {
 		return nil, err
 	}
+	if err := s.createChecked(ctx, ic); err != nil {
+		return nil, err
+	}
+	return &detourv1.CreateInterceptResponse{Intercept: ic}, nil
+}
+
+// createChecked validates ic (normalized, a copy the server owns) against
+// the inventory and the other intercepts, and stores it.
+func (s *Server) createChecked(ctx context.Context, ic *detourv1.Intercept) error {
 	inv, err := s.inv.Get()
 	if err != nil {
-		return nil, status.Errorf(codes.Unavailable, "inventory unavailable: %v", err)
+		return status.Errorf(codes.Unavailable, "inventory unavailable: %v", err)
 	}
 	conds, err := validateSpec(ic, inv)
 	if err != nil {
-		return nil, err
+		return err
 	}
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	k := keyOf(ic.GetNamespace(), ic.GetName())
 	if _, ok := s.intercepts[k]; ok {
-		return nil, status.Errorf(codes.AlreadyExists, "intercept %s already exists", k)
+		return status.Errorf(codes.AlreadyExists, "intercept %s already exists", k)
 	}
 	if err := s.checkOverlapLocked(ic, conds); err != nil {
-		return nil, err
+		return err
 	}
 	now := s.clock.Now()
 	ic.CreatedAt = timestamppb.New(now)
@@ -55,10 +67,10 @@ func (s *Server) CreateIntercept(ctx context.Context, req *detourv1.CreateInterc
 	}
 	if err := s.store.Create(ctx, ic); err != nil {
 		if errors.Is(err, store.ErrExists) {
-			return nil, status.Errorf(codes.AlreadyExists, "intercept %s already exists", k)
+			return status.Errorf(codes.AlreadyExists, "intercept %s already exists", k)
 		}
 		s.log.Error("store intercept", "namespace", ic.GetNamespace(), "intercept", ic.GetName(), "err", err)
-		return nil, status.Errorf(codes.Internal, "store intercept %s: %v", k, err)
+		return status.Errorf(codes.Internal, "store intercept %s: %v", k, err)
 	}
 	s.intercepts[k] = ic
 	s.metrics.activeIntercepts.Set(float64(len(s.intercepts)))
@@ -67,7 +79,7 @@ func (s *Server) CreateIntercept(ctx context.Context, req *detourv1.CreateInterc
 	s.publishLocked(detourv1.WatchInterceptsResponse_TYPE_CREATED, ic)
 	s.reconcileLocked()
 	s.leaseMoved()
-	return &detourv1.CreateInterceptResponse{Intercept: ic}, nil
+	return nil
 }
 
 // normalize checks the names and fills in the defaults of a create request,
@@ -134,8 +146,21 @@ func validateSpec(ic *detourv1.Intercept, inv *inventory.Inventory) ([]match.Con
 	if err := validateSources(spec, inv); err != nil {
 		return nil, err
 	}
-	dest, err := parseDestination(spec.GetDestination(), spec.GetServiceNamespace())
-	if err != nil {
+	var dest destination
+	if dp := spec.GetDestinationPods(); dp != nil {
+		if spec.GetDestination() != "" {
+			return nil, status.Error(codes.InvalidArgument, "give destination or destination pods, not both")
+		}
+		if len(dp.GetLabels()) == 0 {
+			return nil, status.Error(codes.InvalidArgument, "destination pods: no labels: that would select every pod")
+		}
+		if err := validateLabels("destination pods", dp.GetLabels()); err != nil {
+			return nil, err
+		}
+		if dp.GetPort() > 65535 {
+			return nil, status.Errorf(codes.InvalidArgument, "destination pods: port %d is over 65535", dp.GetPort())
+		}
+	} else if dest, err = parseDestination(spec.GetDestination(), spec.GetServiceNamespace()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	svc, err := inv.Service(spec.GetServiceNamespace(), spec.GetServiceName())
@@ -183,7 +208,7 @@ func (s *Server) checkOverlapLocked(ic *detourv1.Intercept, conds []match.Condit
 			// A stored intercept we cannot read could match anything.
 			return status.Errorf(codes.FailedPrecondition, "overlaps intercept %s: its match cannot be read: %v", k, err)
 		}
-		if overlap, why := overlaps(spec, conds, o, oc); overlap {
+		if overlap, why := overlaps(ic, conds, s.intercepts[k], oc); overlap {
 			return status.Errorf(codes.FailedPrecondition, "overlaps intercept %s on %s/%s port %d (%s): %s",
 				k, spec.GetServiceNamespace(), spec.GetServiceName(), spec.GetPort(), apiconv.DescribeSpec(o), why)
 		}
@@ -261,19 +286,40 @@ func (s *Server) DeleteIntercept(ctx context.Context, req *detourv1.DeleteInterc
 	if !ok {
 		return nil, status.Errorf(codes.NotFound, "intercept %s not found", k)
 	}
-	if err := s.store.Delete(ctx, ns, req.GetName()); err != nil && !errors.Is(err, store.ErrNotFound) {
-		s.log.Error("delete intercept", "namespace", ns, "intercept", req.GetName(), "err", err)
-		return nil, status.Errorf(codes.Internal, "delete intercept %s: %v", k, err)
+	if err := ownedError(ic, "delete"); err != nil {
+		return nil, err
+	}
+	if err := s.deleteLocked(ctx, k, ic); err != nil {
+		return nil, err
+	}
+	return &detourv1.DeleteInterceptResponse{}, nil
+}
+
+// ownedError refuses a user's change to an intercept an owner made.
+func ownedError(ic *detourv1.Intercept, verb string) error {
+	o := ic.GetOwner()
+	if o == nil {
+		return nil
+	}
+	return status.Errorf(codes.FailedPrecondition, "intercept %s/%s belongs to %s %s: %s the %s instead",
+		ic.GetNamespace(), ic.GetName(), strings.ToLower(o.GetKind()), o.GetName(), verb, strings.ToLower(o.GetKind()))
+}
+
+// deleteLocked removes the stored intercept ic, held under k.
+func (s *Server) deleteLocked(ctx context.Context, k string, ic *detourv1.Intercept) error {
+	if err := s.store.Delete(ctx, ic.GetNamespace(), ic.GetName()); err != nil && !errors.Is(err, store.ErrNotFound) {
+		s.log.Error("delete intercept", "namespace", ic.GetNamespace(), "intercept", ic.GetName(), "err", err)
+		return status.Errorf(codes.Internal, "delete intercept %s: %v", k, err)
 	}
 	delete(s.intercepts, k)
 	s.dropReportsLocked(k)
 	s.metrics.activeIntercepts.Set(float64(len(s.intercepts)))
-	s.log.Info("intercept deleted", "namespace", ns, "intercept", req.GetName())
+	s.log.Info("intercept deleted", "namespace", ic.GetNamespace(), "intercept", ic.GetName())
 	s.publishLocked(detourv1.WatchInterceptsResponse_TYPE_DELETED, ic)
 	s.reconcileLocked()
 	s.leaseMoved()
 	s.retryRejectedLocked()
-	return &detourv1.DeleteInterceptResponse{}, nil
+	return nil
 }
 
 // RenewIntercept sets the lease to end ttl from now: the request's ttl, or
@@ -299,6 +345,9 @@ func (s *Server) RenewIntercept(ctx context.Context, req *detourv1.RenewIntercep
 	cur, ok := s.intercepts[k]
 	if !ok {
 		return nil, status.Errorf(codes.NotFound, "intercept %s not found", k)
+	}
+	if err := ownedError(cur, "renew"); err != nil {
+		return nil, err
 	}
 	ttl := req.GetTtl().AsDuration()
 	if ttl == 0 {

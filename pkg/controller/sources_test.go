@@ -73,6 +73,9 @@ func TestSourcesResolveToAddresses(t *testing.T) {
 		RestrictSources: true,
 		Sources:         []string{"10.0.0.21", "10.0.0.30"}, // api-bob, and web-0 of team-a
 		NodeSources:     []string{"10.0.0.21", "10.0.0.30"}, // both on the lab node
+		// Every pod of the service, on any node: the sources here are
+		// redirected at connect() whichever pod they dial.
+		DialedAddresses: []string{"10.0.0.10:8080", "10.0.1.11:8080"},
 	}
 	if !proto.Equal(a, want) {
 		t.Fatalf("assignment\n%v\nwant\n%v", a, want)

@@ -43,6 +43,9 @@ const (
 // statusChangedLocked tells the sink, if any, that the status of the
 // intercepts under these keys may have changed.
 func (s *Server) statusChangedLocked(keys ...string) {
+	for _, k := range keys {
+		s.ownedChangedLocked(k)
+	}
 	if s.status == nil {
 		return
 	}
@@ -55,9 +58,6 @@ func (s *Server) statusChangedLocked(keys ...string) {
 // allStatusChangedLocked is statusChangedLocked for every intercept held,
 // after the plan changed.
 func (s *Server) allStatusChangedLocked() {
-	if s.status == nil {
-		return
-	}
 	for k := range s.intercepts {
 		s.statusChangedLocked(k)
 	}
@@ -82,7 +82,10 @@ func (s *Server) allStatusChangedLocked() {
 func (s *Server) ObservedStatus(namespace, name string) (store.Observed, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	k := keyOf(namespace, name)
+	return s.observedLocked(keyOf(namespace, name))
+}
+
+func (s *Server) observedLocked(k string) (store.Observed, bool) {
 	ic, inForce := s.intercepts[k]
 	rej, refused := s.rejected[k]
 	if !inForce && !refused {

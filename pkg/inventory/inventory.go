@@ -35,6 +35,9 @@ type Pod struct {
 	// NetNS is the path of the pod's network namespace on the node.
 	NetNS string `json:"netns"`
 	Node  string `json:"node"`
+	// NotReady is set for a pod whose Ready condition is not True; the lab
+	// leaves it unset (its pods are ready once they run).
+	NotReady bool `json:"notReady,omitempty"`
 }
 
 // Service selects pods by labels and maps its ports to theirs.

@@ -49,6 +49,8 @@ func ForKind(kind schema.GroupVersionKind) interface{} {
 		return &detourv1alpha1.InterceptSpecApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("InterceptStatus"):
 		return &detourv1alpha1.InterceptStatusApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("PodSelector"):
+		return &detourv1alpha1.PodSelectorApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("RouteStatus"):
 		return &detourv1alpha1.RouteStatusApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("ServiceRef"):

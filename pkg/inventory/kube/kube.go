@@ -9,7 +9,9 @@
 //     pod without an IPv4 address yet is listed with an empty IP, so that
 //     it appears once the address comes. Pods on the host network (their
 //     "IP" is the node's) and finished pods (Succeeded, Failed) are left
-//     out: there is nothing of theirs to steer.
+//     out: there is nothing of theirs to steer. NotReady mirrors the pod's
+//     Ready condition: an environment's intercepts send only to ready fork
+//     pods.
 //   - NetNS is always empty: the API does not know a pod's network
 //     namespace path. The agent resolves it on its own node (from the
 //     container runtime), where the path means something.
@@ -194,6 +196,7 @@ func (s *Source) Get() (*inventory.Inventory, error) {
 			Labels:    maps.Clone(p.Labels),
 			IP:        podIPv4(p),
 			Node:      p.Spec.NodeName,
+			NotReady:  !podReady(p),
 		})
 	}
 	for _, svc := range svcs {
@@ -271,6 +274,16 @@ func (s *Source) slicePorts(svc *corev1.Service) map[string]uint32 {
 }
 
 // podIPv4 returns the pod's first IPv4 address, or "" when it has none.
+// podReady reports whether the pod's Ready condition is True.
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
 func podIPv4(p *corev1.Pod) string {
 	ips := make([]string, 0, len(p.Status.PodIPs)+1)
 	for _, ip := range p.Status.PodIPs {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -66,6 +67,10 @@ func setIP(ctx context.Context, t *testing.T, c kubernetes.Interface, p *corev1.
 	p.Status.Phase = corev1.PodRunning
 	p.Status.PodIP = ip
 	p.Status.PodIPs = []corev1.PodIP{{IP: ip}}
+	// api-0 is Ready; web-0 runs but is not (yet): NotReady says which.
+	if strings.HasPrefix(p.Name, "api-") {
+		p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}
+	}
 	if _, err := c.CoreV1().Pods(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{FieldManager: "detour-test"}); err != nil {
 		t.Fatalf("set IP of pod %s: %v", p.Name, err)
 	}
@@ -170,7 +175,7 @@ func TestSource(t *testing.T) {
 		ClusterIP: "10.0.0.50",
 	}
 	apiPod := inventory.Pod{Name: "api-0", Namespace: ns, Labels: map[string]string{"app": "api"}, IP: "10.0.0.10", Node: "node-a"}
-	webPod := inventory.Pod{Name: "web-0", Namespace: ns, Labels: map[string]string{"app": "web"}, IP: "10.0.1.20", Node: "node-b"}
+	webPod := inventory.Pod{Name: "web-0", Namespace: ns, Labels: map[string]string{"app": "web"}, IP: "10.0.1.20", Node: "node-b", NotReady: true}
 
 	// The envtest API server has a "kubernetes" service in default: look at
 	// our namespace only.

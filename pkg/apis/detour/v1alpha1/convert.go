@@ -3,11 +3,13 @@ package v1alpha1
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
 	"github.com/detourdev/detour/pkg/apiconv"
@@ -49,6 +51,13 @@ func (s *InterceptSpec) ToProto(namespace string) (*detourv1.InterceptSpec, erro
 	if s.Sources != nil {
 		out.SourcePods = cloneStrings(s.Sources.Pods)
 		out.SourceNamespaces = cloneStrings(s.Sources.Namespaces)
+		out.SourceSelector = maps.Clone(s.Sources.Selector)
+	}
+	if d := s.DestinationPods; d != nil {
+		if d.Port < 0 || d.Port > math.MaxUint16 {
+			return nil, fmt.Errorf("destination pods: port %d is not from 1 to 65535", d.Port)
+		}
+		out.DestinationPods = &detourv1.PodSelector{Labels: maps.Clone(d.Labels), Port: uint32(d.Port)}
 	}
 	return out, nil
 }
@@ -84,11 +93,18 @@ func InterceptSpecFromProto(p *detourv1.InterceptSpec) (InterceptSpec, error) {
 		}
 		out.TTL = &metav1.Duration{Duration: ttl.AsDuration()}
 	}
-	if len(p.GetSourcePods())+len(p.GetSourceNamespaces()) > 0 {
+	if len(p.GetSourcePods())+len(p.GetSourceNamespaces())+len(p.GetSourceSelector()) > 0 {
 		out.Sources = &Sources{
 			Pods:       cloneStrings(p.GetSourcePods()),
 			Namespaces: cloneStrings(p.GetSourceNamespaces()),
+			Selector:   maps.Clone(p.GetSourceSelector()),
 		}
+	}
+	if d := p.GetDestinationPods(); d != nil {
+		if d.GetPort() > math.MaxUint16 {
+			return InterceptSpec{}, fmt.Errorf("destination pods: port %d is not from 1 to 65535", d.GetPort())
+		}
+		out.DestinationPods = &PodSelector{Labels: maps.Clone(d.GetLabels()), Port: int32(d.GetPort())}
 	}
 	return out, nil
 }
@@ -112,6 +128,11 @@ func (ic *Intercept) ToProto() (*detourv1.Intercept, error) {
 		return nil, fmt.Errorf("intercept %s/%s: %w", ic.Namespace, ic.Name, err)
 	}
 	out := &detourv1.Intercept{Namespace: ic.Namespace, Name: ic.Name, Spec: spec}
+	for _, r := range ic.OwnerReferences {
+		if r.Kind == "Environment" && r.APIVersion == SchemeGroupVersion.String() {
+			out.Owner = &detourv1.Owner{Kind: r.Kind, Name: r.Name, Uid: string(r.UID)}
+		}
+	}
 	if !ic.CreationTimestamp.IsZero() {
 		out.CreatedAt = timestamppb.New(ic.CreationTimestamp.Time)
 	}
@@ -145,6 +166,18 @@ func InterceptFromProto(p *detourv1.Intercept) (*Intercept, error) {
 		TypeMeta:   metav1.TypeMeta{APIVersion: SchemeGroupVersion.String(), Kind: "Intercept"},
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: p.GetName()},
 		Spec:       spec,
+	}
+	if o := p.GetOwner(); o != nil {
+		// The owner holds the intercept: deleting the Environment deletes
+		// it (kubectl's garbage collection), and the label finds them.
+		yes := true
+		out.OwnerReferences = []metav1.OwnerReference{{
+			APIVersion: SchemeGroupVersion.String(), Kind: o.GetKind(), Name: o.GetName(), UID: types.UID(o.GetUid()),
+			Controller: &yes, BlockOwnerDeletion: &yes,
+		}}
+		if o.GetKind() == "Environment" {
+			out.Labels = map[string]string{LabelEnvironment: o.GetName()}
+		}
 	}
 	if t := p.GetCreatedAt(); t != nil {
 		out.CreationTimestamp = metav1.NewTime(t.AsTime())

@@ -38,6 +38,7 @@ type Intercept struct {
 // +kubebuilder:validation:XValidation:rule="!(has(self.l4) && self.l4) || !has(self.match) || size(self.match) == 0",message="an l4 intercept takes whole connections and reads no request: give no match conditions"
 // +kubebuilder:validation:XValidation:rule="(has(self.l4) && self.l4) || (has(self.match) && size(self.match) > 0)",message="match needs at least one condition (or set l4 to take whole connections)"
 // +kubebuilder:validation:XValidation:rule="!has(self.ttl) || duration(self.ttl) >= duration('0s')",message="ttl must not be negative"
+// +kubebuilder:validation:XValidation:rule="has(self.destination) != has(self.destinationPods)",message="give exactly one of destination and destinationPods"
 type InterceptSpec struct {
 	// Service is the intercepted Service, in the intercept's namespace, and
 	// one of its ports.
@@ -53,11 +54,20 @@ type InterceptSpec struct {
 
 	// Destination is where selected requests go: HOST:PORT, with HOST a pod
 	// name (in the intercept's namespace), NAMESPACE/POD, or an IP address
-	// (an IPv6 one in brackets).
+	// (an IPv6 one in brackets). Exactly one of destination and
+	// destinationPods is given.
 	//
+	// +optional
 	// +kubebuilder:validation:MaxLength=330
 	// +kubebuilder:validation:Pattern=`^(\[[0-9A-Fa-f:.]+\]|([a-z0-9]([-a-z0-9]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*):([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$`
-	Destination string `json:"destination"`
+	Destination string `json:"destination,omitempty"`
+
+	// DestinationPods, instead of destination: the ready pods of the
+	// intercept's namespace with these labels, taking turns (an
+	// environment's fork).
+	//
+	// +optional
+	DestinationPods *PodSelector `json:"destinationPods,omitempty"`
 
 	// TTL is the lease: the intercept expires this long after it is
 	// created or last renewed. Absent or zero: it does not expire.
@@ -143,8 +153,24 @@ type Condition struct {
 	Value string `json:"value"`
 }
 
+// PodSelector chooses pods by label, and a port on them.
+type PodSelector struct {
+	// Labels a pod must all have.
+	//
+	// +kubebuilder:validation:MinProperties=1
+	// +kubebuilder:validation:MaxProperties=16
+	Labels map[string]string `json:"labels"`
+	// Port on the pods; absent takes the Service's target port.
+	//
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	Port int32 `json:"port,omitempty"`
+}
+
 // Sources names the pods whose connections an intercept admits: a pod
-// passes if it is listed or if its namespace is.
+// passes if it is listed, if its namespace is, or if it has the selector's
+// labels.
 type Sources struct {
 	// Pods, each POD (in the intercept's namespace) or NAMESPACE/POD.
 	//
@@ -163,6 +189,13 @@ type Sources struct {
 	// +kubebuilder:validation:items:MaxLength=63
 	// +kubebuilder:validation:items:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`
 	Namespaces []string `json:"namespaces,omitempty"`
+
+	// Selector admits the pods of the intercept's namespace with all these
+	// labels (an environment's pods).
+	//
+	// +optional
+	// +kubebuilder:validation:MaxProperties=16
+	Selector map[string]string `json:"selector,omitempty"`
 }
 
 // InterceptState is where an intercept is in its life.

@@ -12,12 +12,13 @@ import (
 // InterceptSpecApplyConfiguration represents a declarative configuration of the InterceptSpec type for use
 // with apply.
 type InterceptSpecApplyConfiguration struct {
-	Service     *ServiceRefApplyConfiguration `json:"service,omitempty"`
-	Match       []ConditionApplyConfiguration `json:"match,omitempty"`
-	Destination *string                       `json:"destination,omitempty"`
-	TTL         *v1.Duration                  `json:"ttl,omitempty"`
-	L4          *bool                         `json:"l4,omitempty"`
-	Sources     *SourcesApplyConfiguration    `json:"sources,omitempty"`
+	Service         *ServiceRefApplyConfiguration  `json:"service,omitempty"`
+	Match           []ConditionApplyConfiguration  `json:"match,omitempty"`
+	Destination     *string                        `json:"destination,omitempty"`
+	DestinationPods *PodSelectorApplyConfiguration `json:"destinationPods,omitempty"`
+	TTL             *v1.Duration                   `json:"ttl,omitempty"`
+	L4              *bool                          `json:"l4,omitempty"`
+	Sources         *SourcesApplyConfiguration     `json:"sources,omitempty"`
 }
 
 // InterceptSpecApplyConfiguration constructs a declarative configuration of the InterceptSpec type for use with
@@ -52,6 +53,14 @@ func (b *InterceptSpecApplyConfiguration) WithMatch(values ...*ConditionApplyCon
 // If called multiple times, the Destination field is set to the value of the last call.
 func (b *InterceptSpecApplyConfiguration) WithDestination(value string) *InterceptSpecApplyConfiguration {
 	b.Destination = &value
+	return b
+}
+
+// WithDestinationPods sets the DestinationPods field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the DestinationPods field is set to the value of the last call.
+func (b *InterceptSpecApplyConfiguration) WithDestinationPods(value *PodSelectorApplyConfiguration) *InterceptSpecApplyConfiguration {
+	b.DestinationPods = value
 	return b
 }
 

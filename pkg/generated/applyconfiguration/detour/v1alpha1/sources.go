@@ -8,8 +8,9 @@ package v1alpha1
 // SourcesApplyConfiguration represents a declarative configuration of the Sources type for use
 // with apply.
 type SourcesApplyConfiguration struct {
-	Pods       []string `json:"pods,omitempty"`
-	Namespaces []string `json:"namespaces,omitempty"`
+	Pods       []string          `json:"pods,omitempty"`
+	Namespaces []string          `json:"namespaces,omitempty"`
+	Selector   map[string]string `json:"selector,omitempty"`
 }
 
 // SourcesApplyConfiguration constructs a declarative configuration of the Sources type for use with
@@ -34,6 +35,20 @@ func (b *SourcesApplyConfiguration) WithPods(values ...string) *SourcesApplyConf
 func (b *SourcesApplyConfiguration) WithNamespaces(values ...string) *SourcesApplyConfiguration {
 	for i := range values {
 		b.Namespaces = append(b.Namespaces, values[i])
+	}
+	return b
+}
+
+// WithSelector puts the entries into the Selector field in the declarative configuration
+// and returns the receiver, so that objects can be build by chaining "With" function invocations.
+// If called multiple times, the entries provided by each call will be put on the Selector field,
+// overwriting an existing map entries in Selector field with the same key.
+func (b *SourcesApplyConfiguration) WithSelector(entries map[string]string) *SourcesApplyConfiguration {
+	if b.Selector == nil && len(entries) > 0 {
+		b.Selector = make(map[string]string, len(entries))
+	}
+	for k, v := range entries {
+		b.Selector[k] = v
 	}
 	return b
 }
