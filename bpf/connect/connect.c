@@ -2,10 +2,10 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 
 /*
- * Connect-time redirect (DESIGN.md, data path step 4): cgroup programs that
- * send a TCP connect() to an intercepted pod address and port straight to
- * the developer's pod, so that an L4 intercept's callers on this node have
- * no relay in their path at all.
+ * Connect-time redirect (docs/architecture.md, "Data path on a node",
+ * step 4): cgroup programs that send a TCP connect() to an intercepted pod
+ * address and port straight to the developer's pod, so that an L4
+ * intercept's callers on this node have no relay in their path at all.
  *
  * - connect4 rewrites the destination of a connect() found in
  *   connect_redirects, for the caller's network namespace or for any, and

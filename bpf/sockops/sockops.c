@@ -2,12 +2,12 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 
 /*
- * Flow metrics (DESIGN.md, data path step 4): a cgroup sock_ops program that
- * turns on the RTT, retransmit, RTO and state callbacks for the established
- * TCP connections of a cgroup (optionally only those with a port in
- * flow_ports) and keeps per flow its smoothed RTT and retransmits, plus
- * node-wide totals that only grow (a log2 histogram of RTT samples,
- * retransmitted segments, RTOs) for Prometheus.
+ * Flow metrics (docs/architecture.md, "Data path on a node", step 5): a
+ * cgroup sock_ops program that turns on the RTT, retransmit, RTO and state
+ * callbacks for the established TCP connections of a cgroup (optionally only
+ * those with a port in flow_ports) and keeps per flow its smoothed RTT and
+ * retransmits, plus node-wide totals that only grow (a log2 histogram of RTT
+ * samples, retransmitted segments, RTOs) for Prometheus.
  *
  * Flows are keyed by socket cookie, as splice_socks in bpf/splice/splice.c.
  */

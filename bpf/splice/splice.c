@@ -2,12 +2,12 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 
 /*
- * Splice (DESIGN.md, data path step 3): once a connection's route is settled
- * for its whole life, the agent puts its two TCP sockets (the accepted client
- * side and the dialled upstream side) into splice_socks, and this sk_skb
- * stream verdict program sends every byte received on one socket out of the
- * other (bpf_sk_redirect_hash without BPF_F_INGRESS = the peer's egress). The
- * bytes never reach the agent's userspace.
+ * Splice (docs/architecture.md, "Data path on a node", step 3): once a
+ * connection's route is settled for its whole life, the agent puts its two
+ * TCP sockets (the accepted client side and the dialled upstream side) into
+ * splice_socks, and this sk_skb stream verdict program sends every byte
+ * received on one socket out of the other (bpf_sk_redirect_hash without
+ * BPF_F_INGRESS = the peer's egress). The bytes never reach userspace.
  *
  * Sockets are keyed by their socket cookie: unique for the life of the
  * kernel, across network namespaces (a 4-tuple is not: the agent holds

@@ -2,11 +2,11 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 
 /*
- * Steering (DESIGN.md, data path step 1): an sk_lookup program attached to a
- * pod's network namespace hands new TCP connections for an intercepted
- * address and port to the agent's listener in that namespace. Everything
- * else, including the agent's own connections to the app, is left to the
- * kernel's normal socket lookup.
+ * Steering (docs/architecture.md, "Data path on a node", step 1): an
+ * sk_lookup program attached to a pod's network namespace hands new TCP
+ * connections for an intercepted address and port to the agent's listener in
+ * that namespace. Everything else, including the agent's own connections to
+ * the app, is left to the kernel's normal socket lookup.
  */
 
 #include "types.h"

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
 	"github.com/detourdev/detour/internal/envtest"
+	"github.com/detourdev/detour/internal/testutil"
 )
 
 // TestRunKubeInventory runs the controller with both the intercepts and the
@@ -71,22 +73,17 @@ func TestRunKubeInventory(t *testing.T) {
 		}}}
 	}
 	// The informers may still be syncing: wait until the service is known.
-	var last error
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
+	testutil.Eventually(t, 30*time.Second, func() error {
 		cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
-		_, last = c.CreateIntercept(cctx, req("api"), grpc.WaitForReady(true))
-		ccancel()
-		if last == nil || status.Code(last) != codes.NotFound {
-			break
+		defer ccancel()
+		if _, err := c.CreateIntercept(cctx, req("api"), grpc.WaitForReady(true)); err != nil {
+			if status.Code(err) != codes.NotFound {
+				t.Fatalf("intercept on a Service from the API server: %v", err)
+			}
+			return fmt.Errorf("intercept on a Service from the API server: %w", err)
 		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-	if last != nil {
-		t.Fatalf("intercept on a Service from the API server: %v", last)
-	}
+		return nil
+	})
 	_, err = c.CreateIntercept(ctx, req("nope"))
 	if status.Code(err) != codes.NotFound {
 		t.Fatalf("intercept on a missing Service: %v, want NotFound", err)

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
+	"github.com/detourdev/detour/internal/testutil"
 )
 
 func TestFlags(t *testing.T) {
@@ -108,19 +109,16 @@ func TestRunServesAndStops(t *testing.T) {
 	}
 	defer conn.Close()
 	c := detourv1.NewControlServiceClient(conn)
-	deadline := time.Now().Add(5 * time.Second)
 	var st *detourv1.GetStatusResponse
-	for {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		cctx, ccancel := context.WithTimeout(context.Background(), time.Second)
+		defer ccancel()
 		st, err = c.GetStatus(cctx, &detourv1.GetStatusRequest{}, grpc.WaitForReady(true))
-		ccancel()
-		if err == nil || time.Now().After(deadline) {
-			break
+		if err != nil {
+			return fmt.Errorf("GetStatus: %w", err)
 		}
-	}
-	if err != nil {
-		t.Fatalf("GetStatus: %v", err)
-	}
+		return nil
+	})
 	if st.GetControllerVersion() != version {
 		t.Errorf("version %q", st.GetControllerVersion())
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"path/filepath"
 	"reflect"
@@ -288,7 +289,7 @@ func TestInstallUninstall(t *testing.T) {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	for {
+	testutil.Eventually(t, 60*time.Second, func() error {
 		ns, err := kube.CoreV1().Namespaces().Get(ctx, "detour-system", metav1.GetOptions{})
 		if err != nil {
 			t.Fatalf("%v\n%s", err, uout.String())
@@ -298,16 +299,15 @@ func TestInstallUninstall(t *testing.T) {
 			if _, err := kube.CoreV1().Namespaces().Finalize(ctx, ns, metav1.UpdateOptions{}); err != nil {
 				t.Fatal(err)
 			}
-			break
+			return nil
 		}
 		select {
 		case err := <-done:
 			t.Fatalf("uninstall ended before deleting the namespace: %v\n%s", err, uout.String())
-		case <-ctx.Done():
-			t.Fatalf("the namespace was not deleted:\n%s", uout.String())
-		case <-time.After(50 * time.Millisecond):
+		default:
 		}
-	}
+		return fmt.Errorf("the namespace was not deleted:\n%s", uout.String())
+	})
 	if err := <-done; err != nil {
 		t.Fatalf("uninstall: %v\n%s", err, uout.String())
 	}

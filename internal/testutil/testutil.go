@@ -1,10 +1,10 @@
 // Package testutil holds helpers shared by the project's tests: the rule for
-// privileged tests, throw-away network namespaces, a synchronized buffer and
-// a throw-away certificate authority.
+// privileged tests, throw-away network namespaces, waiting for a condition
+// (Eventually, Poll), a synchronized buffer and a throw-away certificate
+// authority.
 package testutil
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"strings"
@@ -52,21 +52,35 @@ func NewNetNS(t testing.TB) string {
 	return path
 }
 
-// Eventually polls cond until it returns nil or the deadline passes, then
-// fails the test with cond's last error.
+// pollEvery is how long Poll waits between two calls of cond: short next to
+// any timeout a test sets, long enough that a condition which asks an API
+// server or scans /proc does not load a machine that runs many tests.
+const pollEvery = 20 * time.Millisecond
+
+// Poll calls cond until it returns nil, and then returns nil; once within
+// has passed it returns cond's last error instead. It is the one loop that
+// waits for a condition in the tests: Eventually for the test's own
+// goroutine, Poll itself where the test must not be stopped (another
+// goroutine, a hook, a caller that reports the failure its own way).
+func Poll(within time.Duration, cond func() error) error {
+	deadline := time.Now().Add(within)
+	for {
+		err := cond()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("condition not met within %v: %w", within, err)
+		}
+		time.Sleep(pollEvery)
+	}
+}
+
+// Eventually polls cond until it returns nil or within passes, then fails
+// the test with cond's last error.
 func Eventually(t testing.TB, within time.Duration, cond func() error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), within)
-	defer cancel()
-	var err error
-	for {
-		if err = cond(); err == nil {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("condition not met within %v: %v", within, err)
-		case <-time.After(20 * time.Millisecond):
-		}
+	if err := Poll(within, cond); err != nil {
+		t.Fatal(err)
 	}
 }

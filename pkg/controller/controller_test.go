@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
+	"github.com/detourdev/detour/internal/testutil"
 )
 
 func TestCreateGetListDelete(t *testing.T) {
@@ -236,9 +238,11 @@ func TestLeaseExpiry(t *testing.T) {
 	h.stop()
 	h.clock.Advance(2 * time.Minute)
 	h.start()
-	eventually(t, "brief to expire after restart", func() bool {
-		_, err := h.ctl.GetIntercept(ctx(t), &detourv1.GetInterceptRequest{Name: "brief"})
-		return status.Code(err) == codes.NotFound
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if _, err := h.ctl.GetIntercept(ctx(t), &detourv1.GetInterceptRequest{Name: "brief"}); status.Code(err) != codes.NotFound {
+			return fmt.Errorf("brief after restart: GetIntercept = %v, want NotFound", err)
+		}
+		return nil
 	})
 
 	_, err = h.ctl.RenewIntercept(ctx(t), &detourv1.RenewInterceptRequest{Name: "nope"})
@@ -460,9 +464,15 @@ func TestStatus(t *testing.T) {
 
 	// The watch closes: the agent is known but no longer connected.
 	w.cancel()
-	eventually(t, "agent to show disconnected", func() bool {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		st, err := h.ctl.GetStatus(c, &detourv1.GetStatusRequest{})
-		return err == nil && len(st.GetAgents()) == 1 && !st.GetAgents()[0].GetConnected()
+		if err != nil {
+			return err
+		}
+		if a := st.GetAgents(); len(a) != 1 || a[0].GetConnected() {
+			return fmt.Errorf("agents %v, want one, disconnected", a)
+		}
+		return nil
 	})
 	if v := h.metric(t, "detour_controller_agents_connected"); v != 0 {
 		t.Errorf("connected agents gauge %v after disconnect", v)

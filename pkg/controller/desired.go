@@ -91,7 +91,8 @@ type plan struct {
 
 // computePlan builds the desired state. An intercept whose destination
 // cannot be resolved is left out everywhere: without it every request goes
-// to the original app, which is the fail-open behaviour the design asks for.
+// to the original app, the same fail-open answer as when the agent is gone
+// (docs/architecture.md, "Data path on a node", step 1).
 func computePlan(inv *inventory.Inventory, ics []*detourv1.Intercept) plan {
 	p := plan{
 		nodes:    map[string]map[string]*detourv1.Assignment{},

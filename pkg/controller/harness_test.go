@@ -224,16 +224,3 @@ func wantCode(t *testing.T, err error, code codes.Code) {
 		t.Fatalf("error %v, want code %v", err, code)
 	}
 }
-
-// eventually polls cond until it holds or a deadline passes; for effects of
-// the controller's own goroutines, which a test cannot join.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
 	"github.com/detourdev/detour/internal/envtest"
+	"github.com/detourdev/detour/internal/testutil"
 	"github.com/detourdev/detour/internal/testutil/kubetest"
 	"github.com/detourdev/detour/pkg/apis/detour/v1alpha1"
 	"github.com/detourdev/detour/pkg/generated/clientset/versioned"
@@ -236,8 +238,11 @@ func TestKubeStore(t *testing.T) {
 	if _, err := api.Create(ctx(t), crd("erin", "dave", "api-alice:8080"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "erin refused", func() bool {
-		return h.metric(t, "detour_controller_external_intercept_refusals_total", "result", "conflict") == 2
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if v := h.metric(t, "detour_controller_external_intercept_refusals_total", "result", "conflict"); v != 2 {
+			return fmt.Errorf("erin not refused: %v conflict refusals, want 2", v)
+		}
+		return nil
 	})
 
 	// (e) A new controller over a new store serves the same intercepts.

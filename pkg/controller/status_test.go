@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
+	"github.com/detourdev/detour/internal/testutil"
 	"github.com/detourdev/detour/pkg/apis/detour/v1alpha1"
 	typed "github.com/detourdev/detour/pkg/generated/clientset/versioned/typed/detour/v1alpha1"
 	"github.com/detourdev/detour/pkg/inventory"
@@ -23,20 +24,18 @@ import (
 // per-intercept interval.
 func waitStatus(t *testing.T, api typed.InterceptInterface, name, what string, cond func(*v1alpha1.Intercept) bool) *v1alpha1.Intercept {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		obj, err := api.Get(context.Background(), name, metav1.GetOptions{})
-		if err == nil && cond(obj) {
-			return obj
+	var obj *v1alpha1.Intercept
+	testutil.Eventually(t, 20*time.Second, func() error {
+		var err error
+		if obj, err = api.Get(context.Background(), name, metav1.GetOptions{}); err != nil {
+			return fmt.Errorf("%s: %s: %w", name, what, err)
 		}
-		if time.Now().After(deadline) {
-			if err != nil {
-				t.Fatalf("%s: %s: %v", name, what, err)
-			}
-			t.Fatalf("%s: timed out waiting for %s; status is %s", name, what, describeStatus(&obj.Status))
+		if !cond(obj) {
+			return fmt.Errorf("%s: waiting for %s; status is %s", name, what, describeStatus(&obj.Status))
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
+	return obj
 }
 
 func describeStatus(st *v1alpha1.InterceptStatus) string {

@@ -2,12 +2,14 @@ package controller
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
+	"github.com/detourdev/detour/internal/testutil"
 )
 
 // nodeWatch is an agent's desired-state stream in a test.
@@ -54,7 +56,12 @@ func (h *harness) watchIntercepts(t *testing.T, ns string) *interceptWatch {
 	}
 	// The call returns before the server has registered the watch; a change
 	// made in between would arrive as EXISTING rather than as itself.
-	eventually(t, "the intercept watch to be registered", func() bool { return watchers() > before })
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if n := watchers(); n <= before {
+			return fmt.Errorf("%d intercept watches registered, want more than %d", n, before)
+		}
+		return nil
+	})
 	return &interceptWatch{stream: s}
 }
 

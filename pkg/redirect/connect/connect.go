@@ -1,9 +1,10 @@
 // Package connect sends a TCP connect() to an intercepted pod address and
 // port straight to the developer's pod, with cgroup programs that rewrite the
-// destination at connect time (DESIGN.md, data path step 4; the C is in
-// bpf/connect/connect.c). An L4 intercept's callers on the node then have no
-// relay in their path: their connection is to the developer's pod, from
-// their own address, at the speed of a direct connection.
+// destination at connect time (docs/architecture.md, "Data path on a node",
+// step 4; the C is in bpf/connect/connect.c). An L4 intercept's callers on
+// the node then have no relay in their path: their connection is to the
+// developer's pod, from their own address, at the speed of a direct
+// connection.
 //
 // Three programs are attached to one cgroup v2 directory (the root, to see
 // every process on the node):

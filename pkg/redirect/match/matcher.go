@@ -6,7 +6,7 @@ import (
 	"strings"
 )
 
-// The names behind a session key (DESIGN.md, "Names").
+// The names behind a session key (docs/architecture.md, "Names").
 const (
 	SessionHeader = "x-detour-session"
 	SessionMember = "detour-session"

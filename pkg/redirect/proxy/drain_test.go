@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/net/http2"
 
+	"github.com/detourdev/detour/internal/testutil"
 	"github.com/detourdev/detour/pkg/redirect/http1"
 )
 
@@ -204,7 +205,7 @@ func TestShutdownHTTP1(t *testing.T) {
 	}
 	silent := dialRaw(t, addr)
 	silentR := bufio.NewReader(silent)
-	eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		if n := p.Active().HTTP1; n != 4 {
 			return fmt.Errorf("%d HTTP/1 connections, want 4", n)
 		}
@@ -212,7 +213,7 @@ func TestShutdownHTTP1(t *testing.T) {
 	})
 
 	shut := shutdown(p, 20*time.Second)
-	eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		if !p.draining.Load() {
 			return errors.New("not draining yet")
 		}
@@ -292,7 +293,7 @@ func TestShutdownDrainsAcceptQueue(t *testing.T) {
 	served := make(chan error, 1)
 	go func() { served <- p.Serve(ln) }()
 	shut := shutdown(p, 20*time.Second)
-	eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		if !p.draining.Load() || len(p.lns) == 0 {
@@ -499,7 +500,7 @@ func TestShutdownUnderLoad(t *testing.T) {
 			return nil
 		}
 	}
-	eventually(t, 10*time.Second, atLeast(50))
+	testutil.Eventually(t, 10*time.Second, atLeast(50))
 	steered.Store(false)
 	shut := shutdown(p, 20*time.Second)
 	if err := waitErr(t, "Shutdown", shut, 10*time.Second); err != nil {
@@ -508,7 +509,7 @@ func TestShutdownUnderLoad(t *testing.T) {
 	if err := waitErr(t, "Serve", served, 15*time.Second); err != nil {
 		t.Fatalf("Serve: %v", err)
 	}
-	eventually(t, 10*time.Second, atLeast(ok.Load()+20)) // the clients go on, without the proxy
+	testutil.Eventually(t, 10*time.Second, atLeast(ok.Load()+20)) // the clients go on, without the proxy
 	close(stop)
 	wg.Wait()
 	if n := failed.Load(); n > 0 {

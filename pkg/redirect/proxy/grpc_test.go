@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/detourdev/detour/internal/echo"
+	"github.com/detourdev/detour/internal/testutil"
 	"github.com/detourdev/detour/pkg/redirect/match"
 )
 
@@ -195,7 +196,7 @@ func TestGRPC(t *testing.T) {
 			}
 			break
 		}
-		eventually(t, 5*time.Second, func() error {
+		testutil.Eventually(t, 5*time.Second, func() error {
 			if alice.Cancelled() != 1 {
 				return errors.New("the cancellation did not reach alice's server")
 			}

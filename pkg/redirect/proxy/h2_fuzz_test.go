@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
+	"github.com/detourdev/detour/internal/testutil"
 	"github.com/detourdev/detour/pkg/redirect/match"
 )
 
@@ -35,17 +37,14 @@ func fuzzProxy(f *testing.F, app, alice string) string {
 	f.Cleanup(func() {
 		l.Close()
 		p.Close()
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			leaked := proxyGoroutines()
-			if len(leaked) == 0 {
-				return
+		err := testutil.Poll(10*time.Second, func() error {
+			if leaked := proxyGoroutines(); len(leaked) > 0 {
+				return fmt.Errorf("%d goroutines of the proxy left after Close:\n%s", len(leaked), strings.Join(leaked, "\n\n"))
 			}
-			if time.Now().After(deadline) {
-				f.Errorf("%d goroutines of the proxy left after Close:\n%s", len(leaked), strings.Join(leaked, "\n\n"))
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
+			return nil
+		})
+		if err != nil {
+			f.Error(err)
 		}
 	})
 	return l.Addr().String()

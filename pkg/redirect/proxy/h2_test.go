@@ -21,6 +21,7 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
+	"github.com/detourdev/detour/internal/testutil"
 	"github.com/detourdev/detour/pkg/redirect/match"
 )
 
@@ -363,7 +364,7 @@ func TestH2ClientResetEndsOnlyThatStream(t *testing.T) {
 		t.Fatal("cancelled stream ended cleanly")
 	}
 	resp.Body.Close()
-	eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		if h.alice.cancelled.Load() != 1 {
 			return errors.New("the cancellation did not reach alice's backend")
 		}
@@ -451,7 +452,7 @@ func TestH2Fallback(t *testing.T) {
 		t.Skipf("cannot listen on %s again: %v", down, err)
 	}
 	serveH2Backend(t, "carol", l)
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if b, _, _ := h.get(t, "/", "carol"); b != "carol" {
 			return fmt.Errorf("answered by %q", b)
 		}
@@ -727,7 +728,7 @@ func TestH2UpstreamGoAway(t *testing.T) {
 	}
 	defer resp.Body.Close()
 	base.Shutdown(context.Background()) // GOAWAY on the upstream connection
-	eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		resp, err := client.Get("http://" + addr + "/")
 		if err != nil {
 			return err

@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/detourdev/detour/internal/testutil"
 )
 
 // countingBackend is a backend whose accepted connections are counted.
@@ -43,7 +45,7 @@ func TestUpstreamKeptAcrossRequests(t *testing.T) {
 	}
 	// The client leaves: its connection joins the pool for the next one.
 	c.Transport.(*http.Transport).CloseIdleConnections()
-	eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		if n := len(p.idle[app.addr]); n != 1 {
@@ -170,7 +172,7 @@ func TestUsable(t *testing.T) {
 	}
 	srv.Close()
 	// Once the FIN has reached the proxy's side, a probe sees it.
-	eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		uc.idleAt = now.Add(-2 * probeAfter)
 		if uc.usable(now, false) {
 			return fmt.Errorf("closed connection still looks alive")

@@ -1,10 +1,11 @@
 // Package proxy routes each HTTP/1.x request, and each HTTP/2 stream, on an
 // intercepted connection to a developer's pod or to the original app
-// (DESIGN.md, data path steps 2 and 5).
+// (docs/architecture.md, "Data path on a node", steps 2 and 6).
 //
 // For HTTP/1 it reads only request and response heads, decides from the
 // head, and forwards every byte unchanged, with buffers that are pooled and
-// reused, so a hop costs close to a blind copy (notes/performance-here.md).
+// reused, so a hop costs close to a blind copy (docs/performance.md, "What
+// any proxy hop costs here").
 // Because the decision is per request, one keep-alive connection from a
 // shared client can carry requests for several developers. HTTP/2 (prior
 // knowledge, as gRPC uses, or h2c Upgrade) multiplexes developers on one

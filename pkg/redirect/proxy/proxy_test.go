@@ -22,24 +22,9 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/detourdev/detour/internal/testutil"
 	"github.com/detourdev/detour/pkg/redirect/match"
 )
-
-// eventually polls cond until it returns nil or within passes.
-func eventually(t *testing.T, within time.Duration, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v: %v", within, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
 
 // backend is an HTTP server that names itself in every answer.
 type backend struct {
@@ -153,7 +138,7 @@ func (r *recorder) Request(intercept string, o Outcome, d time.Duration) {
 // just after the client has its response, so it may lag a moment.
 func (r *recorder) waitCount(t *testing.T, e event, want int) {
 	t.Helper()
-	eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		if got := r.count(e); got != want {
 			return fmt.Errorf("%v observed %d times, want %d", e, got, want)
 		}
@@ -709,13 +694,13 @@ func TestFallback(t *testing.T) {
 		t.Skipf("cannot listen on %s again: %v", down, err)
 	}
 	serveBackend(t, "bob", l)
-	eventually(t, 10*time.Second, func() error {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		if b, _ := get(t, c, "http://"+h.addr+"/", "bob"); b != "bob" {
 			return fmt.Errorf("answered by %q", b)
 		}
 		return nil
 	})
-	eventually(t, 5*time.Second, func() error {
+	testutil.Eventually(t, 5*time.Second, func() error {
 		if h.rec.count(event{"bob", OutcomeMatched}) < 1 {
 			return errors.New("matched not observed after the destination came back")
 		}

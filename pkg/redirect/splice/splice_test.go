@@ -71,18 +71,18 @@ func TestPrivilegedCopy(t *testing.T) {
 	}
 }
 
-// whenSpliced closes the returned channel once want sockets are in the map.
+// whenSpliced closes the returned channel once want sockets are in the map,
+// or once within has passed: the test then fails on what it sees next.
 func whenSpliced(s *Splicer, want int) <-chan struct{} {
 	gate := make(chan struct{})
 	go func() {
 		defer close(gate)
-		deadline := time.Now().Add(within)
-		for time.Now().Before(deadline) {
-			if n, err := s.Sockets(); err != nil || n >= want {
-				return
+		_ = testutil.Poll(within, func() error {
+			if n, err := s.Sockets(); err == nil && n < want {
+				return fmt.Errorf("%d sockets in the map, want %d", n, want)
 			}
-			time.Sleep(time.Millisecond)
-		}
+			return nil
+		})
 	}()
 	return gate
 }
@@ -170,14 +170,13 @@ func TestPrivilegedQueued(t *testing.T) {
 	hello := bytes.Repeat([]byte("0123456789abcdef"), 1000)
 	greeting := []byte("server speaks first")
 	inq := func(c *net.TCPConn, want int) error {
-		deadline := time.Now().Add(within)
-		for time.Now().Before(deadline) {
-			if n, err := inQueue(c); err != nil || n >= want {
-				return err
+		return testutil.Poll(within, func() error {
+			n, err := inQueue(c)
+			if err == nil && n < want {
+				return fmt.Errorf("%d of %d bytes queued", n, want)
 			}
-			time.Sleep(time.Millisecond)
-		}
-		return fmt.Errorf("%d bytes never queued", want)
+			return err
+		})
 	}
 	tests := []struct {
 		name   string
@@ -279,11 +278,14 @@ func TestPrivilegedUserspaceDirection(t *testing.T) {
 			return
 		}
 		cookie, _ := cookieOf(a)
-		deadline := time.Now().Add(within)
-		for s.flags(cookie)&flagUserspace == 0 && time.Now().Before(deadline) {
+		// Given up on after within, the test fails on the bytes it gets.
+		_ = testutil.Poll(within, func() error {
+			if s.flags(cookie)&flagUserspace != 0 {
+				return nil
+			}
 			_ = setRcvlowat(a, 1) // run the verdict now
-			time.Sleep(time.Millisecond)
-		}
+			return errors.New("the direction has not fallen back to userspace")
+		})
 	}
 	results := n.startProxy(t, s.Splice, proxyOpts{})
 	// The server first reads the early bytes, then both talk.

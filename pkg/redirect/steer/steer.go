@@ -1,7 +1,7 @@
 // Package steer hands new TCP connections for an intercepted pod address and
 // port to the agent's listener, with an sk_lookup program attached to the
-// pod's network namespace (DESIGN.md, data path step 1; the C is in
-// bpf/steer/steer.c).
+// pod's network namespace (docs/architecture.md, "Data path on a node",
+// step 1; the C is in bpf/steer/steer.c).
 //
 // One Steering loads the program and its maps once and attaches the program
 // to any number of namespaces. A destination is steered by putting the

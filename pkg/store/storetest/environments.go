@@ -9,6 +9,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/detourdev/detour/internal/testutil"
 	"github.com/detourdev/detour/pkg/apis/detour/v1alpha1"
 	"github.com/detourdev/detour/pkg/store"
 )
@@ -168,18 +169,13 @@ func RunEnvironments(t *testing.T, newStore func(t *testing.T) store.Environment
 		if err := s.DeleteEnvironment(ctx, "b", "pr-5"); err != nil {
 			t.Fatal(err)
 		}
-		deadline := time.Now().Add(10 * time.Second)
-		for {
+		testutil.Eventually(t, 10*time.Second, func() error {
 			mu.Lock()
-			n := seen["b/pr-5"]
-			mu.Unlock()
-			if n >= 1 {
-				break
+			defer mu.Unlock()
+			if seen["b/pr-5"] == 0 {
+				return errors.New("no change notification for b/pr-5")
 			}
-			if time.Now().After(deadline) {
-				t.Fatal("no change notification for b/pr-5")
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			return nil
+		})
 	})
 }
