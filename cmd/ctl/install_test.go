@@ -143,7 +143,8 @@ func TestInstallDryRun(t *testing.T) {
 	out, _, code = runCLI(t, "uninstall", "--dry-run")
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	if code != exitOK || len(lines) != len(want) || lines[0] != "daemonset.apps/detour-agent would be deleted" ||
-		lines[len(lines)-2] != "customresourcedefinition.apiextensions.k8s.io/intercepts.detour.dev would be deleted" ||
+		lines[len(lines)-3] != "customresourcedefinition.apiextensions.k8s.io/intercepts.detour.dev would be deleted" ||
+		lines[len(lines)-2] != "customresourcedefinition.apiextensions.k8s.io/environments.detour.dev would be deleted" ||
 		lines[len(lines)-1] != "namespace/detour-system would be deleted" {
 		t.Errorf("uninstall --dry-run: exit %d\n%s", code, out)
 	}
