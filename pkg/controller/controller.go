@@ -83,6 +83,7 @@ type Server struct {
 	reports    map[string]map[string]*detourv1.InterceptReport // node → intercept key → last report
 	rejected   map[string]*rejection                           // intercept key → version refused (see external.go)
 	ownedSubs  []func(namespace, kind, owner string)           // see SubscribeOwned
+	envs       EnvironmentService                              // nil: environments not served
 }
 
 // agent is what the controller knows of one node's agent.

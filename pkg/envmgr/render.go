@@ -78,14 +78,14 @@ func RenderFork(env *v1alpha1.Environment, f *v1alpha1.Fork, b *Baseline, servic
 	for _, im := range f.Images {
 		ct := c.find(im.Container)
 		if ct == nil {
-			return nil, fmt.Errorf("%s: image for container %q: %s", what, im.Container, c.missing())
+			return nil, fmt.Errorf("%s: image for container %q: %s", what, im.Container, c.missing(im.Container))
 		}
 		ct.Image = im.Image
 	}
 	for _, co := range f.Commands {
 		ct := c.find(co.Container)
 		if ct == nil {
-			return nil, fmt.Errorf("%s: command for container %q: %s", what, co.Container, c.missing())
+			return nil, fmt.Errorf("%s: command for container %q: %s", what, co.Container, c.missing(co.Container))
 		}
 		if co.Command != nil {
 			ct.Command = slices.Clone(co.Command)
@@ -227,7 +227,15 @@ func (c containerSet) all() []*corev1.Container {
 	return out
 }
 
+// find is the named container, or for "" the pod's only (non-init)
+// container.
 func (c containerSet) find(name string) *corev1.Container {
+	if name == "" {
+		if len(c.spec.Containers) == 1 {
+			return &c.spec.Containers[0]
+		}
+		return nil
+	}
 	for _, ct := range c.all() {
 		if ct.Name == name {
 			return ct
@@ -244,10 +252,13 @@ func (c containerSet) targets(name string) ([]*corev1.Container, error) {
 	if ct := c.find(name); ct != nil {
 		return []*corev1.Container{ct}, nil
 	}
-	return nil, fmt.Errorf("container %q: %s", name, c.missing())
+	return nil, fmt.Errorf("container %q: %s", name, c.missing(name))
 }
 
-func (c containerSet) missing() string {
+func (c containerSet) missing(name string) string {
+	if name == "" {
+		return "the workload has several containers: name one"
+	}
 	var names []string
 	for _, ct := range c.all() {
 		names = append(names, ct.Name)

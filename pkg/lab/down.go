@@ -27,6 +27,13 @@ func Down(ctx context.Context, stateDir string) error {
 // again finishes the job.
 func DownWith(ctx context.Context, opts Options) error {
 	opts = opts.withDefaults()
+	if _, err := os.Stat(opts.StateDir); err == nil {
+		unlock, err := lock(opts.StateDir)
+		if err != nil {
+			return err
+		}
+		defer unlock()
+	}
 	st, err := LoadState(opts.StateDir)
 	if errors.Is(err, ErrNotUp) {
 		opts.say("no lab state in %s: nothing to do", opts.StateDir)
@@ -46,62 +53,8 @@ func DownWith(ctx context.Context, opts Options) error {
 // only if everything else went.
 func teardown(ctx context.Context, st *State, opts Options) error {
 	var errs []error
-	for i := range st.Pods {
-		p := &st.Pods[i]
-		if p.PID <= 0 {
-			continue
-		}
-		stopped, err := stopGroup(ctx, p.PID, p.StartTime, opts.StopTimeout)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("pod %s: %w", p.Name, err))
-			continue
-		}
-		if stopped {
-			opts.say("pod %s: stopped pid %d", p.Name, p.PID)
-		}
-		p.PID, p.StartTime = 0, 0
-	}
-	for i := range st.Pods {
-		p := &st.Pods[i]
-		if p.HostVeth != "" {
-			// Deleting either end deletes the pair; deleting the netns
-			// below would too, but only once nothing holds it.
-			if err := deleteLink(p.HostVeth, "veth"); err != nil {
-				errs = append(errs, fmt.Errorf("pod %s: %w", p.Name, err))
-			} else {
-				opts.say("pod %s: deleted veth %s", p.Name, p.HostVeth)
-				p.HostVeth = ""
-			}
-		}
-		if p.NetNS != "" {
-			if err := netns.Delete(p.Name); err != nil {
-				errs = append(errs, fmt.Errorf("pod %s: %w", p.Name, err))
-			} else {
-				opts.say("pod %s: deleted netns %s", p.Name, p.NetNS)
-				p.NetNS = ""
-			}
-		}
-		if p.HostsDir != "" {
-			var err error
-			for _, name := range etcFiles {
-				err = errors.Join(err, removeIfExists(filepath.Join(p.HostsDir, name)))
-			}
-			if err == nil {
-				err = removeIfExists(p.HostsDir)
-			}
-			if err != nil {
-				errs = append(errs, fmt.Errorf("pod %s: %w", p.Name, err))
-			} else {
-				opts.say("pod %s: deleted %s", p.Name, p.HostsDir)
-				p.HostsDir = ""
-			}
-		}
-		if p.Log != "" {
-			if err := removeIfExists(p.Log); err != nil {
-				errs = append(errs, err)
-			}
-			p.Log = ""
-		}
+	if err := teardownPods(ctx, st, opts); err != nil {
+		errs = append(errs, err)
 	}
 	switch {
 	case st.BridgeCreated:
@@ -130,6 +83,7 @@ func teardown(ctx context.Context, st *State, opts Options) error {
 		return errors.Join(err, st.save())
 	}
 	_ = os.Remove(filepath.Join(st.StateDir, LogDir)) // only if empty: logs of others stay
+	_ = os.Remove(filepath.Join(st.StateDir, ".lock"))
 	if err := removeIfExists(filepath.Join(st.StateDir, StateFile)); err != nil {
 		return err
 	}
@@ -188,4 +142,69 @@ func removeDirs(dirs []string) {
 	for i := len(dirs) - 1; i >= 0; i-- {
 		_ = os.Remove(dirs[i])
 	}
+}
+
+// teardownPods stops st's pods' commands and removes their veths,
+// namespaces, hosts files and logs, carrying on past errors; each field is
+// cleared once its thing is gone.
+func teardownPods(ctx context.Context, st *State, opts Options) error {
+	var errs []error
+	for i := range st.Pods {
+		p := &st.Pods[i]
+		if p.PID <= 0 {
+			continue
+		}
+		stopped, err := stopGroup(ctx, p.PID, p.StartTime, opts.StopTimeout)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("pod %s: %w", p.Name, err))
+			continue
+		}
+		if stopped {
+			opts.say("pod %s: stopped pid %d", p.Name, p.PID)
+		}
+		p.PID, p.StartTime = 0, 0
+	}
+	for i := range st.Pods {
+		p := &st.Pods[i]
+		if p.HostVeth != "" {
+			// Deleting either end deletes the pair; deleting the netns
+			// below would too, but only once nothing holds it.
+			if err := deleteLink(p.HostVeth, "veth"); err != nil {
+				errs = append(errs, fmt.Errorf("pod %s: %w", p.Name, err))
+			} else {
+				opts.say("pod %s: deleted veth %s", p.Name, p.HostVeth)
+				p.HostVeth = ""
+			}
+		}
+		if p.NetNS != "" {
+			if err := netns.Delete(p.Name); err != nil {
+				errs = append(errs, fmt.Errorf("pod %s: %w", p.Name, err))
+			} else {
+				opts.say("pod %s: deleted netns %s", p.Name, p.NetNS)
+				p.NetNS = ""
+			}
+		}
+		if p.HostsDir != "" {
+			var err error
+			for _, name := range etcFiles {
+				err = errors.Join(err, removeIfExists(filepath.Join(p.HostsDir, name)))
+			}
+			if err == nil {
+				err = removeIfExists(p.HostsDir)
+			}
+			if err != nil {
+				errs = append(errs, fmt.Errorf("pod %s: %w", p.Name, err))
+			} else {
+				opts.say("pod %s: deleted %s", p.Name, p.HostsDir)
+				p.HostsDir = ""
+			}
+		}
+		if p.Log != "" {
+			if err := removeIfExists(p.Log); err != nil {
+				errs = append(errs, err)
+			}
+			p.Log = ""
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -51,6 +51,9 @@ type Pod struct {
 	// Command is argv; empty means the pod runs nothing (a bare namespace
 	// that a user can enter with `ip netns exec`).
 	Command []string `json:"command,omitempty"`
+	// Workload names the workload the pod stands for, as an environment
+	// forks it (`detour env create --fork NAME`); absent: the pod's name.
+	Workload string `json:"workload,omitempty"`
 }
 
 // Service selects pods by labels and maps its ports to theirs.
@@ -295,6 +298,11 @@ func (f *File) Validate() error {
 		}
 		if err := checkDNSLabel("namespace", p.Namespace); err != nil {
 			add("%s: %w", obj, err)
+		}
+		if p.Workload != "" {
+			if err := checkDNSLabel("workload", p.Workload); err != nil {
+				add("%s: %w", obj, err)
+			}
 		}
 		if err := checkLabels("label", p.Labels); err != nil {
 			add("%s: %w", obj, err)

@@ -21,8 +21,6 @@ import (
 	"io"
 	"path/filepath"
 	"time"
-
-	"github.com/detourdev/detour/pkg/netns"
 )
 
 // EtcNetnsDir is where `ip netns exec` looks for per-namespace /etc files.
@@ -116,7 +114,7 @@ func Up(ctx context.Context, f *File, opts Options) (_ *State, err error) {
 			return nil, fmt.Errorf("pod %s: %w", f.Pods[i].Name, err)
 		}
 	}
-	inv := f.Inventory(netns.PathOf)
+	inv := st.NodeInventory()
 	path := filepath.Join(opts.StateDir, InventoryFile)
 	if err := inv.Save(path); err != nil {
 		return nil, err

@@ -77,9 +77,14 @@ func setupBridge(f *File, st *State, opts Options) (netlink.Link, error) {
 // setupPod gives pod i its namespace, its veth (eth0 inside, the pod IP and a
 // default route via the bridge, like a CNI bridge plugin) and its hosts file.
 func setupPod(f *File, i int, br netlink.Link, st *State, opts Options) error {
-	p := f.Pods[i]
-	ps := &st.Pods[i]
-	path, err := netns.Create(p.Name)
+	return wirePod(st, &st.Pods[i], br, netip.PrefixFrom(f.PodIP(i), f.Prefix().Bits()), f.Gateway(), f.hostsFile(i), opts)
+}
+
+// wirePod makes pod ps's namespace, its veth onto the bridge br with addr on
+// eth0 and a default route via gw, and /etc/netns/<pod> with hosts. Each
+// thing is recorded in st as soon as it exists.
+func wirePod(st *State, ps *PodState, br netlink.Link, addr netip.Prefix, gw netip.Addr, hosts []byte, opts Options) error {
+	path, err := netns.Create(ps.Name)
 	if err != nil {
 		return err
 	}
@@ -87,14 +92,14 @@ func setupPod(f *File, i int, br netlink.Link, st *State, opts Options) error {
 	if err := st.save(); err != nil {
 		return err
 	}
-	opts.say("pod %s: netns %s", p.Name, path)
+	opts.say("pod %s: netns %s", ps.Name, path)
 
 	nsh, err := vnetns.GetFromPath(path)
 	if err != nil {
 		return fmt.Errorf("open netns: %w", err)
 	}
 	defer nsh.Close()
-	host := HostVethName(f.Network.Bridge, p.Name)
+	host := HostVethName(st.Bridge, ps.Name)
 	// The peer is created directly inside the pod's namespace as eth0, so
 	// no half-configured interface ever sits in the node's namespace.
 	veth := &netlink.Veth{
@@ -115,16 +120,16 @@ func setupPod(f *File, i int, br netlink.Link, st *State, opts Options) error {
 	}
 	if hl.Attrs().MasterIndex != br.Attrs().Index {
 		if err := netlink.LinkSetMaster(hl, br); err != nil {
-			return fmt.Errorf("attach %s to %s: %w", host, f.Network.Bridge, err)
+			return fmt.Errorf("attach %s to %s: %w", host, st.Bridge, err)
 		}
 	}
 	if err := netlink.LinkSetUp(hl); err != nil {
 		return fmt.Errorf("set %s up: %w", host, err)
 	}
-	if err := configureEth0(nsh, netip.PrefixFrom(f.PodIP(i), f.Prefix().Bits()), f.Gateway()); err != nil {
+	if err := configureEth0(nsh, addr, gw); err != nil {
 		return err
 	}
-	opts.say("pod %s: veth %s (on %s) <-> eth0 %s/%d, default via %s", p.Name, host, f.Network.Bridge, f.PodIP(i), f.Prefix().Bits(), f.Gateway())
+	opts.say("pod %s: veth %s (on %s) <-> eth0 %s, default via %s", ps.Name, host, st.Bridge, addr, gw)
 
 	created, err := mkdirAll(EtcNetnsDir, 0o755)
 	if err != nil {
@@ -136,7 +141,7 @@ func setupPod(f *File, i int, br netlink.Link, st *State, opts Options) error {
 			return err
 		}
 	}
-	dir := filepath.Join(EtcNetnsDir, p.Name)
+	dir := filepath.Join(EtcNetnsDir, ps.Name)
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		return fmt.Errorf("hosts: %w", err)
 	}
@@ -144,13 +149,13 @@ func setupPod(f *File, i int, br netlink.Link, st *State, opts Options) error {
 	if err := st.save(); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(dir, "hosts"), f.hostsFile(i), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "hosts"), hosts, 0o644); err != nil {
 		return fmt.Errorf("hosts: %w", err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "resolv.conf"), []byte(resolvConf), 0o644); err != nil {
 		return fmt.Errorf("resolv.conf: %w", err)
 	}
-	opts.say("pod %s: hosts %s", p.Name, filepath.Join(dir, "hosts"))
+	opts.say("pod %s: hosts %s", ps.Name, filepath.Join(dir, "hosts"))
 	return nil
 }
 

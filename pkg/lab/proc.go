@@ -122,13 +122,17 @@ func waitFor(ctx context.Context, timeout time.Duration, cond func() bool) bool 
 // its own session, so it outlives `detour lab up` and Down can end it and
 // all it forked with one signal to the group.
 func startPod(f *File, i int, pl *plan, st *State, opts Options) error {
-	p := f.Pods[i]
-	ps := &st.Pods[i]
+	return startProcess(st, &st.Pods[i], pl.ip, pl.argv[i], podEnv(os.Environ(), pl.path, st.Node, &st.Pods[i]), opts)
+}
+
+// startProcess runs argv in pod ps's namespace with env, logging to
+// logs/<pod>.log, and records its pid.
+func startProcess(st *State, ps *PodState, ip string, argv, env []string, opts Options) error {
 	logDir := filepath.Join(opts.StateDir, LogDir)
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
 		return fmt.Errorf("log dir: %w", err)
 	}
-	logPath := filepath.Join(logDir, p.Name+".log")
+	logPath := filepath.Join(logDir, ps.Name+".log")
 	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o644)
 	if err != nil {
 		return fmt.Errorf("log: %w", err)
@@ -136,12 +140,12 @@ func startPod(f *File, i int, pl *plan, st *State, opts Options) error {
 	defer logf.Close() // the child has its own copy
 	ps.Log = logPath
 
-	cmd := exec.Command(pl.ip, append([]string{"netns", "exec", p.Name}, pl.argv[i]...)...)
-	cmd.Env = podEnv(os.Environ(), pl.path, f, i)
+	cmd := exec.Command(ip, append([]string{"netns", "exec", ps.Name}, argv...)...)
+	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start %s: %w", strings.Join(p.Command, " "), err)
+		return fmt.Errorf("start %s: %w", strings.Join(ps.Command, " "), err)
 	}
 	pid := cmd.Process.Pid
 	// Reap it if it exits while this process lives (tests, a long-running
@@ -154,28 +158,37 @@ func startPod(f *File, i int, pl *plan, st *State, opts Options) error {
 	if err := st.save(); err != nil {
 		return err
 	}
-	opts.say("pod %s: started pid %d: %s (log %s)", p.Name, pid, strings.Join(p.Command, " "), logPath)
+	opts.say("pod %s: started pid %d: %s (log %s)", ps.Name, pid, strings.Join(ps.Command, " "), logPath)
 	return nil
 }
 
 // podEnv is the caller's environment with PATH widened by PathPrepend and
-// the pod's identity added, as the downward API would give it.
-func podEnv(base []string, path string, f *File, i int) []string {
-	env := make([]string, 0, len(base)+5)
+// the pod's identity added, as the downward API would give it, then the
+// pod's own Env.
+func podEnv(base []string, path, node string, p *PodState) []string {
+	env := make([]string, 0, len(base)+5+len(p.Env))
+	own := map[string]bool{}
+	for _, kv := range p.Env {
+		k, _, _ := strings.Cut(kv, "=")
+		own[k] = true
+	}
 	for _, kv := range base {
 		k, _, _ := strings.Cut(kv, "=")
 		switch k {
 		case "PATH", "DETOUR_POD_NAME", "DETOUR_POD_NAMESPACE", "DETOUR_POD_IP", "DETOUR_NODE_NAME":
 			continue
 		}
+		if own[k] {
+			continue
+		}
 		env = append(env, kv)
 	}
-	p := f.Pods[i]
-	return append(env,
+	env = append(env,
 		"PATH="+path,
 		"DETOUR_POD_NAME="+p.Name,
 		"DETOUR_POD_NAMESPACE="+p.Namespace,
-		"DETOUR_POD_IP="+f.PodIP(i).String(),
-		"DETOUR_NODE_NAME="+f.Node,
+		"DETOUR_POD_IP="+p.IP,
+		"DETOUR_NODE_NAME="+node,
 	)
+	return append(env, p.Env...)
 }

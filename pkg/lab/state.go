@@ -8,7 +8,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
+
+	"github.com/detourdev/detour/pkg/inventory"
 )
 
 // File names inside the state directory.
@@ -44,6 +47,9 @@ type State struct {
 	// removed by Down only if empty, deepest first.
 	CreatedDirs []string   `json:"createdDirs,omitempty"`
 	Pods        []PodState `json:"pods"`
+	// Services are the lab file's, so that the inventory can be written
+	// again when pods are added (AddPod).
+	Services []Service `json:"services,omitempty"`
 	// Inventory is the path of the inventory file once written.
 	Inventory string `json:"inventory,omitempty"`
 }
@@ -54,6 +60,15 @@ type PodState struct {
 	Namespace string   `json:"namespace"`
 	IP        string   `json:"ip"`
 	Command   []string `json:"command,omitempty"`
+	// Labels and Workload are the lab file's (Workload defaulted to the
+	// name), or for an added pod its own.
+	Labels   map[string]string `json:"labels,omitempty"`
+	Workload string            `json:"workload,omitempty"`
+	// Env is what an added pod got on top of the lab's pod environment.
+	Env []string `json:"env,omitempty"`
+	// Added marks a pod made after up (AddPod), such as an environment's
+	// fork.
+	Added bool `json:"added,omitempty"`
 	// NetNS is the namespace path, set once created.
 	NetNS string `json:"netns,omitempty"`
 	// HostVeth is the node-side veth, set once created.
@@ -166,8 +181,14 @@ func claim(f *File, opts Options) (*State, error) {
 		CreatedDirs: created,
 	}
 	for i, p := range f.Pods {
-		st.Pods = append(st.Pods, PodState{Name: p.Name, Namespace: p.Namespace, IP: f.PodIP(i).String(), Command: p.Command})
+		w := p.Workload
+		if w == "" {
+			w = p.Name
+		}
+		st.Pods = append(st.Pods, PodState{Name: p.Name, Namespace: p.Namespace, IP: f.PodIP(i).String(), Command: p.Command,
+			Labels: p.Labels, Workload: w})
 	}
+	st.Services = f.Services
 	if err := st.save(); err != nil {
 		os.Remove(path)
 		removeDirs(created)
@@ -175,4 +196,43 @@ func claim(f *File, opts Options) (*State, error) {
 	}
 	opts.say("state: %s", path)
 	return st, nil
+}
+
+// NodeInventory describes the lab's node as it is now, added pods included.
+func (st *State) NodeInventory() *inventory.Inventory {
+	inv := &inventory.Inventory{Node: st.Node, Pods: []inventory.Pod{}, Services: []inventory.Service{}}
+	for _, p := range st.Pods {
+		if p.NetNS == "" {
+			continue // not made (yet)
+		}
+		inv.Pods = append(inv.Pods, inventory.Pod{
+			Name: p.Name, Namespace: p.Namespace, Labels: p.Labels, IP: p.IP, NetNS: p.NetNS, Node: st.Node,
+		})
+	}
+	for _, s := range st.Services {
+		is := inventory.Service{Name: s.Name, Namespace: s.Namespace, Selector: s.Selector, Ports: []inventory.ServicePort{}}
+		for _, p := range s.Ports {
+			is.Ports = append(is.Ports, inventory.ServicePort{Name: p.Name, Port: uint32(p.Port), TargetPort: uint32(p.TargetPort)})
+		}
+		inv.Services = append(inv.Services, is)
+	}
+	return inv
+}
+
+// lock holds the state directory for one change at a time: lab up and down
+// (the CLI) and AddPod and RemovePod (the controller's environments) may
+// run at once. The lock file stays; it holds nothing.
+func lock(stateDir string) (unlock func(), err error) {
+	if err := os.MkdirAll(stateDir, 0o755); err != nil {
+		return nil, fmt.Errorf("lock lab state: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(stateDir, ".lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lock lab state: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock lab state: %w", err)
+	}
+	return func() { f.Close() }, nil
 }

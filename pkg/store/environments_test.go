@@ -9,12 +9,12 @@ import (
 )
 
 func TestBoltEnvironments(t *testing.T) {
-	storetest.RunEnvironments(t, func(t *testing.T) store.Environments {
+	storetest.RunEnvironments(t, func(t *testing.T) (store.Environments, [2]string) {
 		b, err := store.Open(filepath.Join(t.TempDir(), "controller.db"))
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { b.Close() })
-		return store.NewBoltEnvironments(b)
+		return store.NewBoltEnvironments(b), [2]string{"a", "b"}
 	})
 }

@@ -28,47 +28,59 @@ func Environment(namespace, name string) *v1alpha1.Environment {
 // RunEnvironments checks that an Environments store keeps the API server's
 // rules: what Create sets, resourceVersion conflicts, generation, the
 // status kept apart, deletion with finalizers, and change notifications.
-// newStore returns an empty store whose namespaces "a" and "b" exist.
-func RunEnvironments(t *testing.T, newStore func(t *testing.T) store.Environments) {
+// newStore returns a store and two namespaces that exist and hold no
+// environment; the store may hold others elsewhere.
+func RunEnvironments(t *testing.T, newStore func(t *testing.T) (store.Environments, [2]string)) {
 	ctx := context.Background()
+	// mine keeps the environments of the test's namespaces, in order.
+	mine := func(all []*v1alpha1.Environment, ns [2]string) []*v1alpha1.Environment {
+		var out []*v1alpha1.Environment
+		for _, e := range all {
+			if e.Namespace == ns[0] || e.Namespace == ns[1] {
+				out = append(out, e)
+			}
+		}
+		return out
+	}
 
 	t.Run("create get list", func(t *testing.T) {
-		s := newStore(t)
-		created, err := s.CreateEnvironment(ctx, Environment("b", "pr-2"))
+		s, ns := newStore(t)
+		created, err := s.CreateEnvironment(ctx, Environment(ns[1], "pr-2"))
 		if err != nil {
 			t.Fatal(err)
 		}
 		if created.UID == "" || created.CreationTimestamp.IsZero() || created.Generation != 1 || created.ResourceVersion == "" {
 			t.Errorf("created: uid %q created %v generation %d rv %q", created.UID, created.CreationTimestamp, created.Generation, created.ResourceVersion)
 		}
-		if _, err := s.CreateEnvironment(ctx, Environment("b", "pr-2")); !errors.Is(err, store.ErrExists) {
+		if _, err := s.CreateEnvironment(ctx, Environment(ns[1], "pr-2")); !errors.Is(err, store.ErrExists) {
 			t.Errorf("second create: %v, want ErrExists", err)
 		}
-		for _, e := range []*v1alpha1.Environment{Environment("a", "pr-9"), Environment("b", "pr-1")} {
+		for _, e := range []*v1alpha1.Environment{Environment(ns[0], "pr-9"), Environment(ns[1], "pr-1")} {
 			if _, err := s.CreateEnvironment(ctx, e); err != nil {
 				t.Fatal(err)
 			}
 		}
-		got, err := s.GetEnvironment(ctx, "b", "pr-2")
+		got, err := s.GetEnvironment(ctx, ns[1], "pr-2")
 		if err != nil || got.UID != created.UID || got.Spec.Forks[0].Workload.Name != "api" || got.Spec.TTL.Duration != time.Hour {
 			t.Errorf("get: %+v, %v", got, err)
 		}
-		if _, err := s.GetEnvironment(ctx, "b", "nope"); !errors.Is(err, store.ErrNotFound) {
+		if _, err := s.GetEnvironment(ctx, ns[1], "nope"); !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("get missing: %v, want ErrNotFound", err)
 		}
 		all, err := s.ListEnvironments(ctx, "")
+		all = mine(all, ns)
 		if err != nil || len(all) != 3 || all[0].Name != "pr-9" || all[1].Name != "pr-1" || all[2].Name != "pr-2" {
 			t.Errorf("list all: %d, %v", len(all), err)
 		}
-		inB, err := s.ListEnvironments(ctx, "b")
+		inB, err := s.ListEnvironments(ctx, ns[1])
 		if err != nil || len(inB) != 2 {
 			t.Errorf("list b: %d, %v", len(inB), err)
 		}
 	})
 
 	t.Run("update and status", func(t *testing.T) {
-		s := newStore(t)
-		e, err := s.CreateEnvironment(ctx, Environment("a", "pr-1"))
+		s, ns := newStore(t)
+		e, err := s.CreateEnvironment(ctx, Environment(ns[0], "pr-1"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -105,34 +117,34 @@ func RunEnvironments(t *testing.T, newStore func(t *testing.T) store.Environment
 		if _, err := s.UpdateEnvironmentStatus(ctx, e3); !errors.Is(err, store.ErrConflict) {
 			t.Errorf("status update from a stale version: %v, want ErrConflict", err)
 		}
-		if _, err := s.UpdateEnvironment(ctx, Environment("a", "nope")); !errors.Is(err, store.ErrNotFound) {
+		if _, err := s.UpdateEnvironment(ctx, Environment(ns[0], "nope")); !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("update missing: %v, want ErrNotFound", err)
 		}
 	})
 
 	t.Run("delete with and without finalizers", func(t *testing.T) {
-		s := newStore(t)
-		if _, err := s.CreateEnvironment(ctx, Environment("a", "plain")); err != nil {
+		s, ns := newStore(t)
+		if _, err := s.CreateEnvironment(ctx, Environment(ns[0], "plain")); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.DeleteEnvironment(ctx, "a", "plain"); err != nil {
+		if err := s.DeleteEnvironment(ctx, ns[0], "plain"); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.GetEnvironment(ctx, "a", "plain"); !errors.Is(err, store.ErrNotFound) {
+		if _, err := s.GetEnvironment(ctx, ns[0], "plain"); !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("get after delete: %v, want ErrNotFound", err)
 		}
-		if err := s.DeleteEnvironment(ctx, "a", "plain"); !errors.Is(err, store.ErrNotFound) {
+		if err := s.DeleteEnvironment(ctx, ns[0], "plain"); !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("second delete: %v, want ErrNotFound", err)
 		}
-		held := Environment("a", "held")
+		held := Environment(ns[0], "held")
 		held.Finalizers = []string{v1alpha1.EnvironmentFinalizer}
 		if _, err := s.CreateEnvironment(ctx, held); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.DeleteEnvironment(ctx, "a", "held"); err != nil {
+		if err := s.DeleteEnvironment(ctx, ns[0], "held"); err != nil {
 			t.Fatal(err)
 		}
-		got, err := s.GetEnvironment(ctx, "a", "held")
+		got, err := s.GetEnvironment(ctx, ns[0], "held")
 		if err != nil || got.DeletionTimestamp == nil {
 			t.Fatalf("a deleted environment with a finalizer: %+v, %v", got, err)
 		}
@@ -140,25 +152,25 @@ func RunEnvironments(t *testing.T, newStore func(t *testing.T) store.Environment
 		if _, err := s.UpdateEnvironment(ctx, got); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.GetEnvironment(ctx, "a", "held"); !errors.Is(err, store.ErrNotFound) {
+		if _, err := s.GetEnvironment(ctx, ns[0], "held"); !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("after its last finalizer went: %v, want ErrNotFound", err)
 		}
 	})
 
 	t.Run("subscribe", func(t *testing.T) {
-		s := newStore(t)
+		s, ns := newStore(t)
 		sctx, cancel := context.WithCancel(ctx)
 		defer cancel()
 		var mu sync.Mutex
 		seen := map[string]int{}
-		if err := s.SubscribeEnvironments(sctx, func(ns, name string) {
+		if err := s.SubscribeEnvironments(sctx, func(n, name string) {
 			mu.Lock()
-			seen[ns+"/"+name]++
+			seen[n+"/"+name]++
 			mu.Unlock()
 		}); err != nil {
 			t.Fatal(err)
 		}
-		e, err := s.CreateEnvironment(ctx, Environment("b", "pr-5"))
+		e, err := s.CreateEnvironment(ctx, Environment(ns[1], "pr-5"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -166,14 +178,14 @@ func RunEnvironments(t *testing.T, newStore func(t *testing.T) store.Environment
 		if _, err := s.UpdateEnvironmentStatus(ctx, e); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.DeleteEnvironment(ctx, "b", "pr-5"); err != nil {
+		if err := s.DeleteEnvironment(ctx, ns[1], "pr-5"); err != nil {
 			t.Fatal(err)
 		}
 		testutil.Eventually(t, 10*time.Second, func() error {
 			mu.Lock()
 			defer mu.Unlock()
-			if seen["b/pr-5"] == 0 {
-				return errors.New("no change notification for b/pr-5")
+			if seen[ns[1]+"/pr-5"] == 0 {
+				return errors.New("no change notification for pr-5")
 			}
 			return nil
 		})

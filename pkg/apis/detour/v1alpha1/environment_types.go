@@ -97,7 +97,7 @@ type WorkloadRef struct {
 	// Kind of the workload.
 	//
 	// +kubebuilder:default=Deployment
-	Kind WorkloadKind `json:"kind"`
+	Kind WorkloadKind `json:"kind,omitempty"`
 	// Name of the workload.
 	//
 	// +kubebuilder:validation:MinLength=1
@@ -115,9 +115,9 @@ type Fork struct {
 	// Images replaces containers' images, by container name.
 	//
 	// +optional
-	// +listType=map
-	// +listMapKey=container
+	// +listType=atomic
 	// +kubebuilder:validation:MaxItems=32
+	// +kubebuilder:validation:XValidation:rule="self.all(i, self.exists_one(j, j.container == i.container))",message="one image per container"
 	Images []ImageOverride `json:"images,omitempty"`
 
 	// Env sets or removes environment variables, in order.
@@ -130,9 +130,9 @@ type Fork struct {
 	// Commands replaces containers' command and arguments, by container name.
 	//
 	// +optional
-	// +listType=map
-	// +listMapKey=container
+	// +listType=atomic
 	// +kubebuilder:validation:MaxItems=32
+	// +kubebuilder:validation:XValidation:rule="self.all(i, self.exists_one(j, j.container == i.container))",message="one command per container"
 	Commands []CommandOverride `json:"commands,omitempty"`
 
 	// Replicas of the fork. Absent: 1, whatever the baseline runs.
@@ -154,11 +154,12 @@ type Fork struct {
 
 // ImageOverride sets one container's image.
 type ImageOverride struct {
-	// Container is the container's name (init containers included).
+	// Container is the container's name (init containers included);
+	// absent: the workload's only container.
 	//
-	// +kubebuilder:validation:MinLength=1
+	// +optional
 	// +kubebuilder:validation:MaxLength=63
-	Container string `json:"container"`
+	Container string `json:"container,omitempty"`
 	// Image is the image reference.
 	//
 	// +kubebuilder:validation:MinLength=1
@@ -200,11 +201,12 @@ type EnvOverride struct {
 
 // CommandOverride replaces one container's command and arguments.
 type CommandOverride struct {
-	// Container is the container's name.
+	// Container is the container's name; absent: the workload's only
+	// container.
 	//
-	// +kubebuilder:validation:MinLength=1
+	// +optional
 	// +kubebuilder:validation:MaxLength=63
-	Container string `json:"container"`
+	Container string `json:"container,omitempty"`
 	// Command replaces the container's command (entrypoint).
 	//
 	// +optional
