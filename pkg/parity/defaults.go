@@ -108,7 +108,7 @@ var fieldDefaults = []fieldDefault{
 		}
 		return valueText(v) == want
 	}),
-	d(kinds("NetworkPolicy"), "**/ports/[]/protocol", "TCP"),
+	d(kinds("NetworkPolicy"), "**/ports/"+setMember+"/protocol", "TCP"),
 
 	d(kinds("HorizontalPodAutoscaler"), "spec/minReplicas", "1"),
 	// No metrics means 80% average CPU utilization.
@@ -185,4 +185,23 @@ func defaultPullPolicy(image string) string {
 		return "Always"
 	}
 	return "IfNotPresent"
+}
+
+// literalDefault is the default of the field at a flattened path, when it
+// does not depend on the rest of the object: a field present on one side
+// only is then reported against the default the other side has.
+func literalDefault(kind, path string) (string, bool) {
+	segs := SplitPath(path)
+	if len(segs) == 0 {
+		return "", false
+	}
+	for i, s := range segs {
+		segs[i] = unescapeSegment(s)
+	}
+	for _, fd := range defaultsByField[segs[len(segs)-1]] {
+		if fd.is == nil && hasKind(fd.kinds, kind) && matchSegments(fd.pattern, segs, false) {
+			return fd.value, true
+		}
+	}
+	return "", false
 }

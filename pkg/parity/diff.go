@@ -26,6 +26,7 @@ func Diff(left, right *Snapshot, o DiffOptions) (*Report, error) {
 		l:      side{snap: left, name: "left"},
 		r:      side{snap: right, name: "right"},
 		policy: o.Policy,
+		rules:  rules,
 		rep: &Report{
 			APIVersion:  ReportAPIVersion,
 			Kind:        ReportKind,
@@ -94,6 +95,7 @@ func alnum(c byte) bool {
 type differ struct {
 	l, r   side
 	policy *Policy
+	rules  ruleSet
 	rep    *Report
 	// skip are kinds one side could not read.
 	skip map[string]bool
@@ -298,6 +300,10 @@ func (d *differ) compareObject(lo, ro *Object) {
 		if secret && secretPath(lp) {
 			v = SecretSet
 		}
+		if def, ok := d.defaulted(lo.Kind, lp); ok {
+			d.addField(base, lp, Changed, &v, &def)
+			continue
+		}
 		d.addField(base, lp, OnlyLeft, &v, nil)
 	}
 	for _, rp := range fp.onlyRgt {
@@ -308,8 +314,21 @@ func (d *differ) compareObject(lo, ro *Object) {
 		if secret && secretPath(rp) {
 			v = SecretSet
 		}
+		if def, ok := d.defaulted(ro.Kind, rp); ok {
+			d.addField(base, rp, Changed, &def, &v)
+			continue
+		}
 		d.addField(base, rp, OnlyRight, nil, &v)
 	}
+}
+
+// defaulted is the value a side without the field has: the API server's
+// default (the field was dropped as one, rule server-defaults).
+func (d *differ) defaulted(kind, path string) (string, bool) {
+	if !d.rules.on(RuleServerDefaults) {
+		return "", false
+	}
+	return literalDefault(kind, path)
 }
 
 // filter drops runtime fields unless both sides have them.

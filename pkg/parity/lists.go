@@ -208,3 +208,7 @@ func listRuleFor(kind string, path []string) listRule {
 func secretSegment(s string) bool {
 	return s == "secretKeyRef" || s == "secretRef" || s == "secret" || strings.HasPrefix(s, "secretRef:")
 }
+
+// setMember is the path segment of a set's member while it is normalized
+// (defaults match it); flattened, a member's segment is its memberID.
+const setMember = "@"

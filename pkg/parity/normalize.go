@@ -325,7 +325,7 @@ func (c *cleaner) clean(path []string, v any, parent map[string]any) any {
 	s := scalar(v)
 	if c.rules.on(RuleQuantities) && quantityPath(path) {
 		if q, err := resource.ParseQuantity(s); err == nil {
-			s = q.String()
+			s = canonicalQuantity(q)
 		}
 	}
 	if s == "" && c.rules.on(RuleEmptyValues) && len(path) > 0 && path[0] == "spec" {
@@ -373,8 +373,7 @@ func (c *cleaner) generated(path []string, k string, v any) bool {
 		case "clusterIP":
 			return v != "None"
 		case "clusterIPs":
-			l, _ := v.([]any)
-			return !(len(l) == 1 && l[0] == "None")
+			return true // the API server's copy of clusterIP (and its IPv6 twin)
 		case "healthCheckNodePort":
 			return true
 		}
@@ -458,7 +457,7 @@ func (c *cleaner) cleanList(path []string, l []any) any {
 		seen := map[string]bool{}
 		var members objectSet
 		for _, e := range l {
-			canon := canonical(c.clean(appendPath(path, "[]"), e, nil))
+			canon := canonical(c.clean(appendPath(path, setMember), e, nil))
 			if !seen[canon] {
 				seen[canon] = true
 				members = append(members, canon)
@@ -485,7 +484,7 @@ func (c *cleaner) scalars(path []string, l []any, sorted bool) any {
 	out := make(scalarList, 0, len(l))
 	seen := map[string]bool{}
 	for _, e := range l {
-		s, _ := c.clean(appendPath(path, "[]"), e, nil).(string)
+		s, _ := c.clean(appendPath(path, setMember), e, nil).(string)
 		if sorted && seen[s] {
 			continue
 		}
@@ -571,6 +570,29 @@ func quantityPath(path []string) bool {
 		return true
 	}
 	return false
+}
+
+// canonicalQuantity writes a quantity one way whatever way it was
+// written: 128974848, 123Mi and 0.1201171875Gi all read 123Mi; 0.1 and
+// 100m read 100m. Whole multiples of 1024 take binary suffixes, anything
+// else decimal ones.
+func canonicalQuantity(q resource.Quantity) string {
+	const limit = 1 << 50 // MilliValue stays exact below this
+	if q.CmpInt64(limit) > 0 || q.CmpInt64(-limit) < 0 {
+		return q.String()
+	}
+	milli := q.MilliValue()
+	if resource.NewMilliQuantity(milli, resource.DecimalSI).Cmp(q) != 0 {
+		return q.String() // finer than a milli
+	}
+	if milli%1000 != 0 {
+		return resource.NewMilliQuantity(milli, resource.DecimalSI).String()
+	}
+	v := milli / 1000
+	if v != 0 && v%1024 == 0 {
+		return resource.NewQuantity(v, resource.BinarySI).String()
+	}
+	return resource.NewQuantity(v, resource.DecimalSI).String()
 }
 
 // scalar writes a decoded JSON or YAML scalar as text: numbers without a

@@ -68,3 +68,10 @@ func ValidPattern(pattern string) error {
 	}
 	return nil
 }
+
+func unescapeSegment(s string) string {
+	if !strings.Contains(s, "~") {
+		return s
+	}
+	return strings.ReplaceAll(strings.ReplaceAll(s, "~1", "/"), "~0", "~")
+}

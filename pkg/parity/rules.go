@@ -40,7 +40,7 @@ var NoiseRules = []NoiseRule{
 	{RuleLastApplied, "the kubectl.kubernetes.io/last-applied-configuration annotation (it holds a Secret's data too)"},
 	{RuleRevisions, "deployment.kubernetes.io/revision and deprecated.daemonset.template.generation annotations"},
 	{RuleGeneratedLabels, "labels pod-template-hash, controller-revision-hash, controller-uid, job-name (and batch.kubernetes.io/ ones), and the selector the API server generates for a Job"},
-	{RuleAllocated, "a Service's clusterIP and clusterIPs (unless None), nodePort and healthCheckNodePort"},
+	{RuleAllocated, "a Service's clusterIP (unless None), clusterIPs, nodePort and healthCheckNodePort"},
 	{RuleGeneratedObjects, "ConfigMap kube-root-ca.crt, Jobs owned by a CronJob, Secrets of type helm.sh/release.v1 and kubernetes.io/service-account-token"},
 	{RuleServerDefaults, "a field at the value the API server defaults it to is the same as the field absent (a manifest against a live object)"},
 	{RuleEmptyValues, "null, {}, [] and, in a spec, \"\" are the same as absent"},
