@@ -60,6 +60,7 @@ var fieldDefaults = []fieldDefault{
 	d(jobKinds, "**/spec/suspend", "false"),
 	d(jobKinds, "**/spec/parallelism", "1"),
 	d(jobKinds, "**/spec/podReplacementPolicy", "TerminatingOrFailed"),
+	d(jobKinds, "**/spec/manualSelector", "false"),
 	// completions is 1 only when parallelism is not set either.
 	dFunc(jobKinds, "**/spec/completions", func(v any, parent map[string]any) bool {
 		p := scalarOr(parent["parallelism"], "1")
@@ -71,6 +72,11 @@ var fieldDefaults = []fieldDefault{
 	d(podKinds, pod+"dnsPolicy", "ClusterFirst"),
 	d(podKinds, pod+"schedulerName", "default-scheduler"),
 	d(podKinds, pod+"enableServiceLinks", "true"),
+	// serviceAccount is the deprecated name of serviceAccountName: the API
+	// server copies one into the other.
+	dFunc(podKinds, pod+"serviceAccount", func(v any, parent map[string]any) bool {
+		return v == scalarOr(parent["serviceAccountName"], "")
+	}),
 	d(podKinds, container+"terminationMessagePath", "/dev/termination-log"),
 	d(podKinds, container+"terminationMessagePolicy", "File"),
 	dFunc(podKinds, container+"imagePullPolicy", func(v any, parent map[string]any) bool {
