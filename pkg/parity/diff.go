@@ -2,6 +2,7 @@ package parity
 
 import (
 	"fmt"
+	"regexp"
 	"sort"
 	"strings"
 )
@@ -40,6 +41,9 @@ func Diff(left, right *Snapshot, o DiffOptions) (*Report, error) {
 	if rules.on(RuleNamespaceName) && left.Namespace != "" && right.Namespace != "" && left.Namespace != right.Namespace {
 		d.l.ns, d.r.ns = left.Namespace, right.Namespace
 	}
+	if rules.on(RuleNameHash) {
+		d.l.hashed, d.r.hashed = hashedNames(left), hashedNames(right)
+	}
 	d.prepare()
 	d.objects()
 	d.finish()
@@ -51,13 +55,56 @@ type side struct {
 	snap *Snapshot
 	name string
 	ns   string // substituted in values, keys and names; "" for none
+	// hashed are the generated names (web-config-8h2k9c5fmt) and what
+	// they are generated from (web-config), longest first.
+	hashed []hashedName
 }
 
+type hashedName struct{ full, base string }
+
+// substituting says whether subst changes anything on this side.
+func (s *side) substituting() bool { return s.ns != "" || len(s.hashed) > 0 }
+
+// subst writes v as it compares across sides: the namespace's name and
+// generated names' hashes replaced by placeholders.
 func (s *side) subst(v string) string {
-	if s.ns == "" {
-		return v
+	if s.ns != "" {
+		v = substituteNamespace(v, s.ns)
 	}
-	return substituteNamespace(v, s.ns)
+	for _, h := range s.hashed {
+		if strings.Contains(v, h.full) {
+			v = strings.ReplaceAll(v, h.full, h.base+hashPlaceholder)
+		}
+	}
+	return v
+}
+
+// hashPlaceholder stands for a kustomize generator's hash suffix.
+const hashPlaceholder = "-\x00hash\x00"
+
+// kustomizeHash matches a name kustomize's configMapGenerator or
+// secretGenerator made: a dash and ten characters of its hash alphabet
+// (hex with 0, 1, 3, a, e written g, h, k, m, t).
+var kustomizeHash = regexp.MustCompile(`^(.+)-[2456789bcdfghkmt]{10}$`)
+
+// hashedNames finds a side's generated ConfigMaps and Secrets.
+func hashedNames(s *Snapshot) []hashedName {
+	var out []hashedName
+	for _, o := range s.Objects {
+		if o.Kind != "ConfigMap" && o.Kind != "Secret" {
+			continue
+		}
+		if sub := kustomizeHash.FindStringSubmatch(o.Name); sub != nil {
+			out = append(out, hashedName{full: o.Name, base: sub[1]})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if len(out[i].full) != len(out[j].full) {
+			return len(out[i].full) > len(out[j].full)
+		}
+		return out[i].full < out[j].full
+	})
+	return out
 }
 
 // nsPlaceholder stands for a side's namespace in substituted text; it
@@ -173,7 +220,7 @@ func (d *differ) objects() {
 	}
 	for _, lo := range lonely {
 		k := ObjectKey{Kind: lo.Kind, Name: d.l.subst(lo.Name)}
-		if ro, ok := bySubst[k]; ok && d.l.ns != "" && !matched[ro] {
+		if ro, ok := bySubst[k]; ok && (d.l.substituting() || d.r.substituting()) && !matched[ro] {
 			matched[ro] = true
 			d.compareObject(lo, ro)
 			continue
@@ -223,7 +270,7 @@ func (d *differ) pair(lm, rm map[string]string) pairing {
 		}
 	}
 	for _, lp := range lrest {
-		if d.l.ns != "" {
+		if d.l.substituting() || d.r.substituting() {
 			if rp, ok := rrest[d.l.subst(lp)]; ok {
 				delete(rrest, d.l.subst(lp))
 				p.both = append(p.both, [2]string{lp, rp})

@@ -377,3 +377,18 @@ func TestOverlay(t *testing.T) {
 		t.Error("Overlay changed its base")
 	}
 }
+
+// A generated ConfigMap whose content changed is one object that changed
+// (rule name-hash), references to it included.
+func TestGeneratedNameChanged(t *testing.T) {
+	cm := func(hash, level string) string {
+		return "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web-config-" + hash + "}\ndata: {LOG_LEVEL: " + level + "}\n---\n" +
+			strings.Replace(deployment("web", "{}"), "image: app:1", "image: app:1\n          envFrom: [{configMapRef: {name: web-config-"+hash+"}}]", 1)
+	}
+	rep := diff(t, snap(t, "a", cm("8h2k9c5fmt", "info")), snap(t, "a", cm("t7c5mk9b2d", "debug")), nil)
+	got := summarize(rep)
+	want := []found{{"ConfigMap/web-config-8h2k9c5fmt", "/data/LOG_LEVEL", parity.Changed, parity.CategoryConfig}}
+	if len(got) != 1 || got[0] != want[0] || rep.Differences[0].RightName != "web-config-t7c5mk9b2d" {
+		t.Errorf("got %+v, want %+v", rep.Differences, want)
+	}
+}

@@ -22,6 +22,7 @@ const (
 	RuleQuantities       = "quantities"        // 100m equals 0.1, 1Gi equals 1024Mi
 	RuleHPAReplicas      = "hpa-replicas"      // a workload an HPA scales has the HPA's min..max as replicas
 	RuleNamespaceName    = "namespace-name"    // each side's namespace name inside values, keys and names is the same reference
+	RuleNameHash         = "name-hash"         // kustomize\'s hash suffix on generated ConfigMap and Secret names
 )
 
 // NoiseRule describes one rule.
@@ -48,6 +49,8 @@ var NoiseRules = []NoiseRule{
 	{RuleQuantities, "resource quantities compared as quantities: 100m = 0.1, 1Gi = 1024Mi"},
 	{RuleHPAReplicas, "a workload an HPA scales: replicas compared as the HPA's min..max, not the count of the moment"},
 	{RuleNamespaceName, "each side's own namespace name inside values, keys and object names: orders.staging.svc = orders.prod.svc"},
+	{RuleNameHash, "the hash suffix kustomize's generators give a ConfigMap or Secret (web-config-8h2k9c5fmt), in its name and in references to it: a generated object whose content changed is reported as changed, not as two objects"},
+	{RuleNameHash, "the hash suffix kustomize's generators give a ConfigMap or Secret (web-config-8h2k9c5fmt), in its name and in references to it: a generated object whose content changed is reported as changed, not as two objects"},
 }
 
 // ruleSet says which rules are on.
