@@ -135,6 +135,21 @@ func Read(ctx context.Context, kube kubernetes.Interface, ns string, o Options) 
 	return res, nil
 }
 
+// Snapshot reads namespace ns and normalizes it: one side of a
+// comparison, as the CLI and a controller take it. po's Namespace,
+// Runtime and Unread are set from the read; its Source defaults to ns.
+func Snapshot(ctx context.Context, kube kubernetes.Interface, ns string, o Options, po parity.Options) (*parity.Snapshot, error) {
+	res, err := Read(ctx, kube, ns, o)
+	if err != nil {
+		return nil, err
+	}
+	if po.Source == "" {
+		po.Source = ns
+	}
+	po.Namespace, po.Runtime, po.Unread = ns, o.Runtime, res.Unread
+	return parity.Normalize(res.Objects, po)
+}
+
 // listAll lists every page.
 func listAll(ctx context.Context, list func(context.Context, metav1.ListOptions) (runtime.Object, error), page int64) ([]runtime.Object, error) {
 	var out []runtime.Object

@@ -97,11 +97,7 @@ func toJSONTypes(t *testing.T, o map[string]any) map[string]any {
 
 func snapshot(t *testing.T, kube kubernetes.Interface, ns string, fp *parity.Fingerprinter, rt bool) *parity.Snapshot {
 	t.Helper()
-	res, err := Read(context.Background(), kube, ns, Options{Runtime: rt, PageSize: 3})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := parity.Normalize(res.Objects, parity.Options{Source: ns, Namespace: ns, Fingerprint: fp, Runtime: rt, Unread: res.Unread})
+	s, err := Snapshot(context.Background(), kube, ns, Options{Runtime: rt, PageSize: 3}, parity.Options{Fingerprint: fp})
 	if err != nil {
 		t.Fatal(err)
 	}

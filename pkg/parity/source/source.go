@@ -235,13 +235,9 @@ func (l *Loader) live(ctx context.Context, kctx, ns string, opts parity.Options)
 	if err != nil {
 		return nil, err
 	}
-	res, err := live.Read(ctx, kube, ns, live.Options{Runtime: l.Runtime})
+	snap, err := live.Snapshot(ctx, kube, ns, live.Options{Runtime: l.Runtime}, opts)
 	if errors.Is(err, live.ErrNamespaceNotFound) {
 		return nil, fmt.Errorf("%w: %w", ErrNotFound, err)
 	}
-	if err != nil {
-		return nil, err
-	}
-	opts.Namespace, opts.Runtime, opts.Unread = ns, l.Runtime, res.Unread
-	return parity.Normalize(res.Objects, opts)
+	return snap, err
 }
