@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -143,15 +142,6 @@ func cleanYAMLError(err error) error {
 		msg = strings.TrimSpace(msg[:i]) + " …"
 	}
 	return errors.New(msg)
-}
-
-// ReadStream reads a YAML stream to its end (stdin for "-").
-func ReadStream(r io.Reader, name string) ([]map[string]any, error) {
-	b, err := io.ReadAll(io.LimitReader(r, 1<<30))
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", name, err)
-	}
-	return Decode(b, name)
 }
 
 // kustomizationFiles are the names kustomize looks for in a directory.

@@ -59,7 +59,7 @@ func value(v *string, max int) string {
 	if v == nil {
 		return none
 	}
-	s := strings.NewReplacer("\n", `\n`, "\t", `\t`, "\r", `\r`).Replace(*v)
+	s := printable(*v)
 	if s == "" {
 		return `""`
 	}
@@ -68,6 +68,27 @@ func value(v *string, max int) string {
 		s = string(r[:max-1]) + "…"
 	}
 	return s
+}
+
+// printable writes control characters as escapes: a value must not move
+// the terminal's cursor or break a table row.
+func printable(v string) string {
+	var b strings.Builder
+	for _, r := range v {
+		switch {
+		case r == '\n':
+			b.WriteString(`\n`)
+		case r == '\t':
+			b.WriteString(`\t`)
+		case r == '\r':
+			b.WriteString(`\r`)
+		case r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0):
+			fmt.Fprintf(&b, `\x%02x`, r)
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
 }
 
 func field(d *parity.Difference) string {

@@ -181,6 +181,10 @@ func TestMarkdownCells(t *testing.T) {
 	if got := cell("<b>|\n"); got != "&lt;b&gt;\\| " {
 		t.Errorf("cell: %q", got)
 	}
+	esc := "a\x1b[2Jb\tc\u0085"
+	if got := value(&esc, maxValue); got != `a\x1b[2Jb\tc\x85` {
+		t.Errorf("control characters: %q", got)
+	}
 	long := strings.Repeat("x", 100) + "\nmore"
 	if got := value(&long, maxValue); len([]rune(got)) != maxValue || !strings.HasSuffix(got, "…") {
 		t.Errorf("value not cut: %q", got)

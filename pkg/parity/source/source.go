@@ -187,7 +187,14 @@ func (l *Loader) load(ctx context.Context, s Spec) (*parity.Snapshot, error) {
 			return nil, fmt.Errorf("%w: no standard input", ErrBadArgument)
 		}
 		opts.Source = "(stdin)"
-		objs, err = manifest.ReadStream(l.Stdin, "stdin")
+		b, rerr := io.ReadAll(io.LimitReader(l.Stdin, 1<<30))
+		if rerr != nil {
+			return nil, fmt.Errorf("read standard input: %w", rerr)
+		}
+		if parity.IsSnapshot(b) {
+			return readSnapshot(b, "(stdin)")
+		}
+		objs, err = manifest.Decode(b, "stdin")
 	case Directory:
 		objs, err = manifest.ReadDir(s.Path)
 	case ManifestFile:
@@ -197,12 +204,7 @@ func (l *Loader) load(ctx context.Context, s Spec) (*parity.Snapshot, error) {
 		if rerr != nil {
 			return nil, rerr
 		}
-		snap, err := parity.ReadSnapshot(b)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", s.Path, err)
-		}
-		snap.Source = s.Path + " (snapshot of " + snap.Source + ")"
-		return snap, nil
+		return readSnapshot(b, s.Path)
 	case Live:
 		return l.live(ctx, s.Context, s.Namespace, opts)
 	case Environment:
@@ -225,6 +227,15 @@ func (l *Loader) load(ctx context.Context, s Spec) (*parity.Snapshot, error) {
 		return nil, err
 	}
 	return parity.Normalize(objs, opts)
+}
+
+func readSnapshot(b []byte, name string) (*parity.Snapshot, error) {
+	snap, err := parity.ReadSnapshot(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	snap.Source = name + " (snapshot of " + snap.Source + ")"
+	return snap, nil
 }
 
 func (l *Loader) live(ctx context.Context, kctx, ns string, opts parity.Options) (*parity.Snapshot, error) {

@@ -66,6 +66,11 @@ func TestLoad(t *testing.T) {
 	if err != nil || len(s.Objects) != 1 || s.Namespace != "x" || s.Source != "(stdin)" {
 		t.Fatalf("stdin: %+v, %v", s, err)
 	}
+	l.Stdin = strings.NewReader("apiVersion: parity.detour.dev/v1alpha1\nkind: ParitySnapshot\nsource: shop\nsecretValues: {fingerprint: none}\nobjects: [{kind: ConfigMap, name: a}]\n")
+	s, err = l.Load(context.Background(), Spec{Arg: "-", Kind: Stdin}, "")
+	if err != nil || len(s.Objects) != 1 || s.Source != "(stdin) (snapshot of shop)" {
+		t.Fatalf("a snapshot on stdin: %+v, %v", s, err)
+	}
 	s, err = l.Load(context.Background(), Spec{Arg: "d", Kind: Directory, Path: "../../../examples/parity/staging"}, "override")
 	if err != nil || s.Namespace != "override" || len(s.Objects) != 4 {
 		t.Fatalf("directory: %+v, %v", s, err)
