@@ -42,6 +42,8 @@ func (f *sharedInformerFactory) ForResource(resource schema.GroupVersionResource
 	// Group=detour.dev, Version=v1alpha1
 	case v1alpha1.SchemeGroupVersion.WithResource("intercepts"):
 		return &genericInformer{resource: resource.GroupResource(), informer: f.Detour().V1alpha1().Intercepts().Informer()}, nil
+	case v1alpha1.SchemeGroupVersion.WithResource("paritychecks"):
+		return &genericInformer{resource: resource.GroupResource(), informer: f.Detour().V1alpha1().ParityChecks().Informer()}, nil
 
 	}
 

@@ -13,6 +13,8 @@ import (
 type Interface interface {
 	// Intercepts returns a InterceptInformer.
 	Intercepts() InterceptInformer
+	// ParityChecks returns a ParityCheckInformer.
+	ParityChecks() ParityCheckInformer
 }
 
 type version struct {
@@ -29,4 +31,9 @@ func New(f internalinterfaces.SharedInformerFactory, namespace string, tweakList
 // Intercepts returns a InterceptInformer.
 func (v *version) Intercepts() InterceptInformer {
 	return &interceptInformer{factory: v.factory, namespace: v.namespace, tweakListOptions: v.tweakListOptions}
+}
+
+// ParityChecks returns a ParityCheckInformer.
+func (v *version) ParityChecks() ParityCheckInformer {
+	return &parityCheckInformer{factory: v.factory, namespace: v.namespace, tweakListOptions: v.tweakListOptions}
 }

@@ -16,6 +16,7 @@ import (
 type DetourV1alpha1Interface interface {
 	RESTClient() rest.Interface
 	InterceptsGetter
+	ParityChecksGetter
 }
 
 // DetourV1alpha1Client is used to interact with features provided by the detour.dev group.
@@ -25,6 +26,10 @@ type DetourV1alpha1Client struct {
 
 func (c *DetourV1alpha1Client) Intercepts(namespace string) InterceptInterface {
 	return newIntercepts(c, namespace)
+}
+
+func (c *DetourV1alpha1Client) ParityChecks(namespace string) ParityCheckInterface {
+	return newParityChecks(c, namespace)
 }
 
 // NewForConfig creates a new DetourV1alpha1Client for the given config.
