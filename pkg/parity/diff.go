@@ -213,9 +213,10 @@ func (d *differ) objects() {
 	}
 	// Second pass: names that differ only by the namespace's name.
 	bySubst := map[ObjectKey]*Object{}
-	for _, ro := range robjs {
-		if !matched[ro] {
-			bySubst[ObjectKey{Kind: ro.Kind, Name: d.r.subst(ro.Name)}] = ro
+	for _, ro := range robjs { // sorted: the first of two that read the same pairs
+		k := ObjectKey{Kind: ro.Kind, Name: d.r.subst(ro.Name)}
+		if _, taken := bySubst[k]; !matched[ro] && !taken {
+			bySubst[k] = ro
 		}
 	}
 	for _, lo := range lonely {
@@ -255,33 +256,50 @@ type pairing struct {
 
 func (d *differ) pair(lm, rm map[string]string) pairing {
 	var p pairing
-	var lrest []string
 	for lp := range lm {
 		if _, ok := rm[lp]; ok {
 			p.both = append(p.both, [2]string{lp, lp})
 		} else {
-			lrest = append(lrest, lp)
+			p.onlyLeft = append(p.onlyLeft, lp)
 		}
 	}
-	rrest := map[string]string{} // substituted → raw
 	for rp := range rm {
 		if _, ok := lm[rp]; !ok {
-			rrest[d.r.subst(rp)] = rp
+			p.onlyRgt = append(p.onlyRgt, rp)
 		}
 	}
-	for _, lp := range lrest {
-		if d.l.substituting() || d.r.substituting() {
-			if rp, ok := rrest[d.l.subst(lp)]; ok {
-				delete(rrest, d.l.subst(lp))
-				p.both = append(p.both, [2]string{lp, rp})
-				continue
-			}
+	if len(p.onlyLeft) == 0 || len(p.onlyRgt) == 0 || !(d.l.substituting() || d.r.substituting()) {
+		return p
+	}
+	// In name order, so that two right paths that read the same once
+	// substituted (an old and a new generated ConfigMap) pair the same
+	// way every run; the one left over stays on its side.
+	sort.Strings(p.onlyLeft)
+	sort.Strings(p.onlyRgt)
+	bySubst := map[string][]string{}
+	for _, rp := range p.onlyRgt {
+		k := d.r.subst(rp)
+		bySubst[k] = append(bySubst[k], rp)
+	}
+	used := map[string]bool{}
+	var lrest []string
+	for _, lp := range p.onlyLeft {
+		k := d.l.subst(lp)
+		if c := bySubst[k]; len(c) > 0 {
+			p.both = append(p.both, [2]string{lp, c[0]})
+			used[c[0]] = true
+			bySubst[k] = c[1:]
+			continue
 		}
-		p.onlyLeft = append(p.onlyLeft, lp)
+		lrest = append(lrest, lp)
 	}
-	for _, rp := range rrest {
-		p.onlyRgt = append(p.onlyRgt, rp)
+	var rrest []string
+	for _, rp := range p.onlyRgt {
+		if !used[rp] {
+			rrest = append(rrest, rp)
+		}
 	}
+	p.onlyLeft, p.onlyRgt = lrest, rrest
 	return p
 }
 

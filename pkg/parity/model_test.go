@@ -392,3 +392,25 @@ func TestGeneratedNameChanged(t *testing.T) {
 		t.Errorf("got %+v, want %+v", rep.Differences, want)
 	}
 }
+
+// An old generated ConfigMap left beside the new one: one of them pairs
+// with the other side's (the first by name, every run), the other is on
+// its side only.
+func TestGeneratedNameTwice(t *testing.T) {
+	cm := func(hash string) string {
+		return "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web-config-" + hash + "}\ndata: {LOG_LEVEL: info}\n"
+	}
+	l := snap(t, "a", cm("8h2k9c5fmt"))
+	r := snap(t, "a", cm("t7c5mk9b2d")+"---\n"+cm("b2d8h2k9c5"))
+	first := jsonOf(t, diff(t, l, r, nil))
+	for range 5 {
+		if again := jsonOf(t, diff(t, l, r, nil)); !bytes.Equal(again, first) {
+			t.Fatalf("two runs differ:\n%s\n%s", first, again)
+		}
+	}
+	got := summarize(diff(t, l, r, nil))
+	want := []found{{"ConfigMap/web-config-t7c5mk9b2d", "", parity.OnlyRight, parity.CategoryPresence}}
+	if len(got) != 1 || got[0] != want[0] {
+		t.Errorf("got %+v, want %+v", got, want)
+	}
+}
