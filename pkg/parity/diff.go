@@ -12,7 +12,9 @@ type DiffOptions struct {
 	// Policy marks differences expected or ignored and sets severities;
 	// nil is the defaults.
 	Policy *Policy
-	// KeepNoise turns compare-time noise rules off (namespace-name).
+	// KeepNoise turns compare-time noise rules off: namespace-name,
+	// name-hash, and server-defaults' reporting of a one-sided field
+	// against the default (give the same names to Normalize).
 	KeepNoise []string
 }
 
