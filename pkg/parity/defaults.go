@@ -100,6 +100,7 @@ var fieldDefaults = []fieldDefault{
 	d(kinds("Service"), "spec/internalTrafficPolicy", "Cluster"),
 	d(kinds("Service"), "spec/externalTrafficPolicy", "Cluster"),
 	d(kinds("Service"), "spec/allocateLoadBalancerNodePorts", "true"),
+	d(kinds("Service"), "spec/sessionAffinityConfig/clientIP/timeoutSeconds", "10800"),
 	d(kinds("Service"), "spec/ports/*/protocol", "TCP"),
 	// targetPort is the port when not set.
 	dFunc(kinds("Service"), "spec/ports/*/targetPort", func(v any, parent map[string]any) bool {

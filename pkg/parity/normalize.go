@@ -282,7 +282,10 @@ const lastAppliedAnnotation = "kubectl.kubernetes.io/last-applied-configuration"
 var (
 	revisionAnnotations = []string{"deployment.kubernetes.io/revision", "deprecated.daemonset.template.generation"}
 	timeAnnotations     = []string{"kubectl.kubernetes.io/restartedAt"}
-	generatedLabels     = []string{"pod-template-hash", "controller-revision-hash", "controller-uid", "job-name",
+	toolAnnotations     = []string{"meta.helm.sh/release-name", "meta.helm.sh/release-namespace", "argocd.argoproj.io/tracking-id"}
+	toolLabels          = []string{"kustomize.toolkit.fluxcd.io/name", "kustomize.toolkit.fluxcd.io/namespace",
+		"helm.toolkit.fluxcd.io/name", "helm.toolkit.fluxcd.io/namespace"}
+	generatedLabels = []string{"pod-template-hash", "controller-revision-hash", "controller-uid", "job-name",
 		"batch.kubernetes.io/controller-uid", "batch.kubernetes.io/job-name", "statefulset.kubernetes.io/pod-name"}
 )
 
@@ -424,12 +427,24 @@ func (c *cleaner) stripMeta(path []string, m map[string]any) map[string]any {
 				delete(a, k)
 			}
 		}
+		if c.rules.on(RuleToolMetadata) {
+			for _, k := range toolAnnotations {
+				delete(a, k)
+			}
+		}
 		out["annotations"] = a
 	}
-	if lab, ok := out["labels"].(map[string]any); ok && c.rules.on(RuleGeneratedLabels) {
+	if lab, ok := out["labels"].(map[string]any); ok {
 		l := copyMap(lab)
-		for _, k := range generatedLabels {
-			delete(l, k)
+		if c.rules.on(RuleGeneratedLabels) {
+			for _, k := range generatedLabels {
+				delete(l, k)
+			}
+		}
+		if c.rules.on(RuleToolMetadata) {
+			for _, k := range toolLabels {
+				delete(l, k)
+			}
 		}
 		out["labels"] = l
 	}

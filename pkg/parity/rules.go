@@ -12,6 +12,7 @@ const (
 	RuleTimestamps       = "timestamps"        // creation and deletion times, a template's restartedAt
 	RuleOwnerReferences  = "owner-references"  // metadata.ownerReferences
 	RuleLastApplied      = "last-applied"      // kubectl's last-applied-configuration annotation
+	RuleToolMetadata     = "tool-metadata"     // what Helm, Argo CD and Flux write to track what they applied
 	RuleRevisions        = "revisions"         // revision annotations of Deployments and DaemonSets
 	RuleGeneratedLabels  = "generated-labels"  // pod-template-hash, controller-revision-hash, a Job's controller-uid and its selector
 	RuleAllocated        = "allocated"         // what the cluster assigns: cluster IPs, node ports
@@ -39,6 +40,7 @@ var NoiseRules = []NoiseRule{
 	{RuleTimestamps, "creationTimestamp, deletionTimestamp, deletionGracePeriodSeconds, kubectl.kubernetes.io/restartedAt"},
 	{RuleOwnerReferences, "metadata.ownerReferences"},
 	{RuleLastApplied, "the kubectl.kubernetes.io/last-applied-configuration annotation (it holds a Secret's data too)"},
+	{RuleToolMetadata, "what the tool that applied an object writes to track it: annotations meta.helm.sh/release-name and release-namespace, argocd.argoproj.io/tracking-id; labels kustomize.toolkit.fluxcd.io/name and namespace, helm.toolkit.fluxcd.io/name and namespace (helm template output, for one, has none of them)"},
 	{RuleRevisions, "deployment.kubernetes.io/revision and deprecated.daemonset.template.generation annotations"},
 	{RuleGeneratedLabels, "labels pod-template-hash, controller-revision-hash, controller-uid, job-name (and batch.kubernetes.io/ ones), and the selector the API server generates for a Job"},
 	{RuleAllocated, "a Service's clusterIP (unless None), clusterIPs, nodePort and healthCheckNodePort"},
