@@ -91,6 +91,8 @@ policy file); 3 a file or namespace not found.`,
 		RunE: func(cmd *cobra.Command, args []string) error { return runParityDiff(cmd, g, f, args) },
 	}
 	fl := cmd.Flags()
+	// Its own -o, over the global one: the formats differ.
+	fl.StringVarP(&g.output, "output", "o", render.Table, "output format: table, json or markdown")
 	fl.StringVar(&f.policy, "policy", "", "policy `FILE` (default: "+policy.DefaultFile+" if it exists)")
 	fl.StringVar(&f.failOn, "fail-on", "", "lowest `SEVERITY` that fails: info, low, medium, high or none (default: the policy's, else low)")
 	fl.BoolVar(&f.runtime, "runtime", false, "on live sides, compare what runs too: pods' image digests and restarts, nodes' versions")
