@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -52,6 +53,7 @@ side's namespace name inside values). See docs/parity.md.
 }
 
 type parityDiffFlags struct {
+	keepNoise      []string
 	policy         string
 	failOn         string
 	runtime        bool
@@ -99,6 +101,7 @@ policy file); 3 a file or namespace not found.`,
 	fl.StringVar(&f.fingerprintKey, "fingerprint-key", "", "compare Secret values by HMAC under the key in `FILE` (as snapshots taken with it); default: a random key for this run")
 	fl.StringVar(&f.leftNamespace, "left-namespace", "", "the left side's namespace `NAME`, for manifests that name none")
 	fl.StringVar(&f.rightNamespace, "right-namespace", "", "the right side's namespace `NAME`, for manifests that name none")
+	fl.StringSliceVar(&f.keepNoise, "keep-noise", nil, "turn noise `RULES` off, to see what they hide (names in docs/parity.md, comma-separated)")
 	return cmd
 }
 
@@ -128,7 +131,11 @@ func runParityDiff(cmd *cobra.Command, g *globals, f *parityDiffFlags, args []st
 	if err != nil {
 		return err
 	}
+	if err := checkNoiseRules(f.keepNoise); err != nil {
+		return err
+	}
 	l := parityLoader(cmd, g, fp, f.runtime)
+	l.KeepNoise = f.keepNoise
 	ls, err := l.Load(cmd.Context(), left, f.leftNamespace)
 	if err != nil {
 		return sourceError("left", err)
@@ -137,7 +144,7 @@ func runParityDiff(cmd *cobra.Command, g *globals, f *parityDiffFlags, args []st
 	if err != nil {
 		return sourceError("right", err)
 	}
-	rep, err := parity.Diff(ls, rs, parity.DiffOptions{Policy: pol})
+	rep, err := parity.Diff(ls, rs, parity.DiffOptions{Policy: pol, KeepNoise: f.keepNoise})
 	if err != nil {
 		return err
 	}
@@ -147,6 +154,20 @@ func runParityDiff(cmd *cobra.Command, g *globals, f *parityDiffFlags, args []st
 	if rep.Drift() {
 		return withCode(exitDrift, fmt.Errorf("parity: drift: %d unexpected %s at or above %s",
 			rep.Summary.Failing, pluralize(rep.Summary.Failing, "difference"), rep.FailOn))
+	}
+	return nil
+}
+
+// checkNoiseRules refuses an unknown rule name before anything is read.
+func checkNoiseRules(names []string) error {
+	known := make([]string, len(parity.NoiseRules))
+	for i, r := range parity.NoiseRules {
+		known[i] = r.Name
+	}
+	for _, n := range names {
+		if !slices.Contains(known, n) {
+			return usageErrorf("--keep-noise: unknown rule %q (want %s)", n, strings.Join(known, ", "))
+		}
 	}
 	return nil
 }

@@ -73,6 +73,8 @@ func TestParityExitCodes(t *testing.T) {
 		{"missing policy", diff("--policy", filepath.Join(t.TempDir(), "none.yaml")), exitNotFound, "policy"},
 		{"short key", diff("--fingerprint-key", shortKey), exitUsage, "at least 16"},
 		{"environments", []string{"parity", "diff", "env/alice", staging}, exitError, "environments are not available yet"},
+		{"unknown noise rule", diff("--keep-noise", "status,nope"), exitUsage, `unknown rule "nope"`},
+		{"noise kept", diff("--keep-noise", "quantities,namespace-name"), exitDrift, "drift: 7 unexpected differences"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
