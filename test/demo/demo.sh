@@ -80,3 +80,7 @@ done <<<"$out"
 [[ $conns == 1 ]] || { echo "WRONG: the client opened $conns connections, want 1"; fail=1; }
 if [[ $fail == 0 ]]; then echo "== demo ok: every request answered by the right pod"; else
   echo "== demo FAILED; logs:"; tail -n 30 "$LOGS"/*.log; exit 1; fi
+
+# ---- Parity: no lab, no cluster, no root needed (test/demo/parity.sh runs
+# alone too). What differs between two environments' manifests.
+bash test/demo/parity.sh

@@ -49,6 +49,20 @@ func ForKind(kind schema.GroupVersionKind) interface{} {
 		return &detourv1alpha1.InterceptSpecApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("InterceptStatus"):
 		return &detourv1alpha1.InterceptStatusApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("ParityCheck"):
+		return &detourv1alpha1.ParityCheckApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("ParityCheckSpec"):
+		return &detourv1alpha1.ParityCheckSpecApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("ParityCheckStatus"):
+		return &detourv1alpha1.ParityCheckStatusApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("ParityDifference"):
+		return &detourv1alpha1.ParityDifferenceApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("ParityPolicy"):
+		return &detourv1alpha1.ParityPolicyApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("ParityRule"):
+		return &detourv1alpha1.ParityRuleApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("ParitySummary"):
+		return &detourv1alpha1.ParitySummaryApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("PodSelector"):
 		return &detourv1alpha1.PodSelectorApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("RouteStatus"):

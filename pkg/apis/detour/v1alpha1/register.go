@@ -31,6 +31,8 @@ func addKnownTypes(scheme *runtime.Scheme) error {
 		&InterceptList{},
 		&Environment{},
 		&EnvironmentList{},
+		&ParityCheck{},
+		&ParityCheckList{},
 	)
 	metav1.AddToGroupVersion(scheme, SchemeGroupVersion)
 	return nil

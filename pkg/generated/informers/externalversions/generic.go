@@ -44,6 +44,8 @@ func (f *sharedInformerFactory) ForResource(resource schema.GroupVersionResource
 		return &genericInformer{resource: resource.GroupResource(), informer: f.Detour().V1alpha1().Environments().Informer()}, nil
 	case v1alpha1.SchemeGroupVersion.WithResource("intercepts"):
 		return &genericInformer{resource: resource.GroupResource(), informer: f.Detour().V1alpha1().Intercepts().Informer()}, nil
+	case v1alpha1.SchemeGroupVersion.WithResource("paritychecks"):
+		return &genericInformer{resource: resource.GroupResource(), informer: f.Detour().V1alpha1().ParityChecks().Informer()}, nil
 
 	}
 

@@ -20,3 +20,11 @@ type InterceptListerExpansion interface{}
 // InterceptNamespaceListerExpansion allows custom methods to be added to
 // InterceptNamespaceLister.
 type InterceptNamespaceListerExpansion interface{}
+
+// ParityCheckListerExpansion allows custom methods to be added to
+// ParityCheckLister.
+type ParityCheckListerExpansion interface{}
+
+// ParityCheckNamespaceListerExpansion allows custom methods to be added to
+// ParityCheckNamespaceLister.
+type ParityCheckNamespaceListerExpansion interface{}

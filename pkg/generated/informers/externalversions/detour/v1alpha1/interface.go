@@ -15,6 +15,8 @@ type Interface interface {
 	Environments() EnvironmentInformer
 	// Intercepts returns a InterceptInformer.
 	Intercepts() InterceptInformer
+	// ParityChecks returns a ParityCheckInformer.
+	ParityChecks() ParityCheckInformer
 }
 
 type version struct {
@@ -36,4 +38,9 @@ func (v *version) Environments() EnvironmentInformer {
 // Intercepts returns a InterceptInformer.
 func (v *version) Intercepts() InterceptInformer {
 	return &interceptInformer{factory: v.factory, namespace: v.namespace, tweakListOptions: v.tweakListOptions}
+}
+
+// ParityChecks returns a ParityCheckInformer.
+func (v *version) ParityChecks() ParityCheckInformer {
+	return &parityCheckInformer{factory: v.factory, namespace: v.namespace, tweakListOptions: v.tweakListOptions}
 }

@@ -17,6 +17,7 @@ type DetourV1alpha1Interface interface {
 	RESTClient() rest.Interface
 	EnvironmentsGetter
 	InterceptsGetter
+	ParityChecksGetter
 }
 
 // DetourV1alpha1Client is used to interact with features provided by the detour.dev group.
@@ -30,6 +31,10 @@ func (c *DetourV1alpha1Client) Environments(namespace string) EnvironmentInterfa
 
 func (c *DetourV1alpha1Client) Intercepts(namespace string) InterceptInterface {
 	return newIntercepts(c, namespace)
+}
+
+func (c *DetourV1alpha1Client) ParityChecks(namespace string) ParityCheckInterface {
+	return newParityChecks(c, namespace)
 }
 
 // NewForConfig creates a new DetourV1alpha1Client for the given config.

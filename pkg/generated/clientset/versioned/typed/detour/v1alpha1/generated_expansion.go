@@ -8,3 +8,5 @@ package v1alpha1
 type EnvironmentExpansion interface{}
 
 type InterceptExpansion interface{}
+
+type ParityCheckExpansion interface{}

@@ -23,6 +23,10 @@ func (c *FakeDetourV1alpha1) Intercepts(namespace string) v1alpha1.InterceptInte
 	return newFakeIntercepts(c, namespace)
 }
 
+func (c *FakeDetourV1alpha1) ParityChecks(namespace string) v1alpha1.ParityCheckInterface {
+	return newFakeParityChecks(c, namespace)
+}
+
 // RESTClient returns a RESTClient that is used to communicate
 // with API server by this client implementation.
 func (c *FakeDetourV1alpha1) RESTClient() rest.Interface {
