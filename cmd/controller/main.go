@@ -50,6 +50,11 @@ type options struct {
 	leaderElectNamespace string // empty: $POD_NAMESPACE
 	leaderElectID        string // empty: $POD_NAME, else the host name
 
+	environments  string
+	envDefaultTTL time.Duration
+	envMaxTTL     time.Duration
+	labState      string
+
 	auth                string
 	agentServiceAccount string
 	agentTokenAudience  string
@@ -73,6 +78,10 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig for everything that talks to the API server (--store-backend=kube, --inventory-source=kube, --leader-elect, --auth=kube, --tls-secret); empty means the in-cluster config when running in a pod, else $KUBECONFIG or ~/.kube/config")
 	fs.StringVar(&o.inventoryPath, "inventory", "/run/detour/lab/inventory.json", "lab inventory file for --inventory-source=file, reread when it changes; while missing, the inventory is empty")
 	fs.StringVar(&o.inventoryFrom, "inventory-source", "file", "where pods and services come from: file (the lab's --inventory) or kube (the API server of --kubeconfig, through informers)")
+	fs.StringVar(&o.environments, "environments", "auto", "run ephemeral environments: on, off, or auto (on when --store-backend and --inventory-source are both kube, a cluster, or neither, the lab). Forks are Deployments and StatefulSets in a cluster, lab pods (in --lab-state) in the lab")
+	fs.DurationVar(&o.envDefaultTTL, "env-default-ttl", 24*time.Hour, "an environment's life when its spec gives no ttl")
+	fs.DurationVar(&o.envMaxTTL, "env-max-ttl", 7*24*time.Hour, "the longest ttl an environment may have or be renewed for")
+	fs.StringVar(&o.labState, "lab-state", "", "the lab's state directory, where environments add their forks as lab pods; empty: the directory of --inventory")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format on stderr: text or json")
 	fs.BoolVar(&o.leaderElect, "leader-elect", false, "run as one of several replicas, of which only the leader (holder of the Lease "+leaseName+") serves; the others wait, and the controller exits with an error when it loses the lease")
@@ -127,6 +136,17 @@ func (o *options) validate() error {
 	default:
 		return fmt.Errorf("--inventory-source %q: want file or kube", o.inventoryFrom)
 	}
+	switch o.environments {
+	case "auto", "on", "off":
+	default:
+		return fmt.Errorf("--environments %q: want auto, on or off", o.environments)
+	}
+	if o.envDefaultTTL <= 0 || o.envMaxTTL <= 0 || o.envDefaultTTL > o.envMaxTTL {
+		return fmt.Errorf("--env-default-ttl %s and --env-max-ttl %s: want positive durations, the default no longer than the maximum", o.envDefaultTTL, o.envMaxTTL)
+	}
+	if o.environments == "on" && !o.envsFit() {
+		return errors.New("--environments on needs --store-backend and --inventory-source both kube (a cluster) or neither (the lab)")
+	}
 	switch o.auth {
 	case "", "none":
 	case "kube":
@@ -149,6 +169,15 @@ func (o *options) validate() error {
 		return errors.New("the controller's namespace is unknown: set $POD_NAMESPACE or --leader-elect-namespace")
 	}
 	return nil
+}
+
+// envsFit reports whether environments can run: their store and their
+// forks' runtime come from the same place, a cluster or the lab.
+func (o *options) envsFit() bool { return (o.storeBackend == "kube") == (o.inventoryFrom == "kube") }
+
+// runEnvironments reports whether to run environments.
+func (o *options) runEnvironments() bool {
+	return o.environments == "on" || o.environments == "auto" && o.envsFit()
 }
 
 // namespace is the controller's own: that of its Lease, serving Secret and
@@ -347,6 +376,13 @@ func serve(ctx context.Context, d *deps) error {
 	})
 	if err != nil {
 		return err
+	}
+	if o.runEnvironments() {
+		rec, err := startEnvironments(ctx, o, d, st, inv, srv)
+		if err != nil {
+			return err
+		}
+		goRun("environments", func() error { return rec.Run(ctx) })
 	}
 	sec, err := grpcSecurity(ctx, o, d.kube, log)
 	if err != nil {

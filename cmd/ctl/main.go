@@ -130,7 +130,7 @@ func newRootCmdWith(d deps) *cobra.Command {
 	pf.StringVar(&g.detourNamespace, "detour-namespace", kubeclient.DetourNamespace, "`NAMESPACE` Detour is installed in")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return withCode(exitUsage, err) })
-	root.AddCommand(newInterceptCmd(g), newStatusCmd(g), newInstallCmd(g), newUninstallCmd(g), newLabCmd(g), newParityCmd(g))
+	root.AddCommand(newInterceptCmd(g), newStatusCmd(g), newInstallCmd(g), newUninstallCmd(g), newLabCmd(g), newParityCmd(g), newEnvCmd(g))
 	return root
 }
 

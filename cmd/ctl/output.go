@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -66,7 +67,7 @@ func printIntercepts(w io.Writer, ics []*detourv1.Intercept, now time.Time) erro
 		s := ic.GetSpec()
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n",
 			ic.GetNamespace(), ic.GetName(), s.GetServiceName(), s.GetPort(),
-			apiconv.DescribeSpec(s), s.GetDestination(),
+			apiconv.DescribeSpec(s), apiconv.DescribeDestination(s),
 			expiresIn(ic, now), ageOf(ic.GetCreatedAt().AsTime(), now))
 	}
 	return tw.Flush()
@@ -75,6 +76,9 @@ func printIntercepts(w io.Writer, ics []*detourv1.Intercept, now time.Time) erro
 // expiresIn says when the lease ends, relative to now.
 func expiresIn(ic *detourv1.Intercept, now time.Time) string {
 	if ic.GetExpiresAt() == nil {
+		if o := ic.GetOwner(); o != nil {
+			return "with " + strings.ToLower(o.GetKind()) + " " + o.GetName()
+		}
 		return "never"
 	}
 	d := ic.GetExpiresAt().AsTime().Sub(now)

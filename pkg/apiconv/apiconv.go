@@ -120,3 +120,23 @@ func DescribeSpec(spec *detourv1.InterceptSpec) string {
 	}
 	return strings.Join(parts, " & ")
 }
+
+// DescribeDestination is where an intercept sends, as the CLI shows it:
+// HOST:PORT, or pods by label ("pods app=x:8080"; port "-" for the
+// service's target port).
+func DescribeDestination(spec *detourv1.InterceptSpec) string {
+	dp := spec.GetDestinationPods()
+	if dp == nil {
+		return spec.GetDestination()
+	}
+	keys := slices.Sorted(maps.Keys(dp.GetLabels()))
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = k + "=" + dp.GetLabels()[k]
+	}
+	port := "-"
+	if dp.GetPort() != 0 {
+		port = fmt.Sprint(dp.GetPort())
+	}
+	return "pods " + strings.Join(parts, ",") + ":" + port
+}

@@ -87,6 +87,9 @@ type plan struct {
 	targeted map[string][]string
 	// problems maps intercept key → why it is not applied anywhere.
 	problems map[string]string
+	// waiting marks the problems that time may cure: destination pods by
+	// label of which none is ready yet (a fork starting).
+	waiting map[string]bool
 }
 
 // computePlan builds the desired state. An intercept whose destination
@@ -98,6 +101,7 @@ func computePlan(inv *inventory.Inventory, ics []*detourv1.Intercept) plan {
 		nodes:    map[string]map[string]*detourv1.Assignment{},
 		targeted: map[string][]string{},
 		problems: map[string]string{},
+		waiting:  map[string]bool{},
 	}
 	for _, ic := range ics {
 		k := keyOf(ic.GetNamespace(), ic.GetName())
@@ -169,6 +173,7 @@ func computePlan(inv *inventory.Inventory, ics []*detourv1.Intercept) plan {
 			}
 			if addrs = podAddrs(inv, destPods.GetLabels(), spec.GetServiceNamespace(), port); len(addrs) == 0 {
 				p.problems[k] = fmt.Sprintf("no ready pod has the destination labels %s", describeLabels(destPods.GetLabels()))
+				p.waiting[k] = true
 				continue
 			}
 			addr, ready = addrs[0], true

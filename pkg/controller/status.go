@@ -116,9 +116,10 @@ func (s *Server) observedLocked(k string) (store.Observed, bool) {
 		switch problem := s.desired.problems[k]; {
 		case problem != "":
 			ready.Reason, ready.Message = reasonNotApplied, problem
-			if !computed || len(targeted) > 0 {
+			if (!computed || len(targeted) > 0) && !s.desired.waiting[k] {
 				// The Service, its port or the destination is missing;
-				// an empty Service may fill up by itself (a rollout).
+				// an empty Service may fill up by itself (a rollout), and
+				// destination pods by label may become ready.
 				state = v1alpha1.InterceptFailed
 			}
 		default:

@@ -132,12 +132,14 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	resync := time.NewTicker(r.cfg.Resync)
 	defer resync.Stop()
 	r.enqueueAll(ctx)
+	// The inventory's changes reach us through the controller: it replans
+	// its intercepts on each, and every change of an environment's routes
+	// is announced by SubscribeOwned. (Its Changed channel has one reader,
+	// the controller.)
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-r.cfg.Inventory.Changed():
-			r.enqueueAll(ctx)
 		case <-resync.C:
 			r.enqueueAll(ctx)
 		}
@@ -164,6 +166,9 @@ func (r *Reconciler) next(ctx context.Context) bool {
 	ns, name, _ := strings.Cut(key, "/")
 	after, err := r.Reconcile(ctx, ns, name)
 	switch {
+	case errors.Is(err, errRetry):
+		r.log.Debug("environment changed while reconciled; again", "environment", key)
+		r.queue.AddRateLimited(key)
 	case err != nil && ctx.Err() == nil:
 		r.log.Warn("environment reconcile failed; retrying", "environment", key, "err", err)
 		r.queue.AddRateLimited(key)
@@ -357,24 +362,9 @@ func (r *Reconciler) provision(ctx context.Context, env *v1alpha1.Environment, o
 			ro.State, ro.Message = v1alpha1.InterceptFailed, msg
 		} else if o, ok := now[rt.Intercept]; ok {
 			ro.State, ro.Message = o.State, o.Message
-			if ro.State == v1alpha1.InterceptFailed && forksNotReady(obs.Forks, rt.Fork) {
-				// No ready pod to send to yet: that is waiting, not
-				// failing.
-				ro.State = v1alpha1.InterceptPending
-			}
 		}
 		obs.Routes = append(obs.Routes, ro)
 	}
-}
-
-// forksNotReady reports whether the named fork has no ready pod.
-func forksNotReady(forks []ForkObservation, name string) bool {
-	for _, f := range forks {
-		if f.Plan.Name == name {
-			return f.Ready == 0
-		}
-	}
-	return true
 }
 
 // routeIntercept is the intercept a route is.

@@ -49,11 +49,10 @@ type ForkPlan struct {
 // containers first, as the status shows them.
 func (p *ForkPlan) Images() []string {
 	var out []string
-	for _, c := range p.Template.Spec.InitContainers {
-		out = append(out, c.Name+"="+c.Image)
-	}
-	for _, c := range p.Template.Spec.Containers {
-		out = append(out, c.Name+"="+c.Image)
+	for _, c := range append(append([]corev1.Container(nil), p.Template.Spec.InitContainers...), p.Template.Spec.Containers...) {
+		if c.Image != "" { // the lab's pods run commands
+			out = append(out, c.Name+"="+c.Image)
+		}
 	}
 	return out
 }
