@@ -63,6 +63,12 @@ type Config struct {
 	// tried again (their pod's sandbox may just be starting); every ten
 	// intervals all targets' namespaces are looked up again. Default 1 s.
 	RetryInterval time.Duration
+	// ConnectCheckInterval is how often the destinations of connect-time
+	// redirects are checked to still listen: a redirect to a destination
+	// that stopped (a fork's pod killed) is removed within it, and callers
+	// go through the agent again, which falls back to the app. Each check
+	// asks sock_diag once per destination on this node. Default 250 ms.
+	ConnectCheckInterval time.Duration
 	// ShutdownGrace bounds the graceful stop once Run's context ends: the
 	// steering is removed at once, so new connections reach the apps
 	// directly, and for at most this long the agent finishes what it
@@ -106,6 +112,9 @@ func New(cfg Config, s Steerer) (*Agent, error) {
 	}
 	if cfg.RetryInterval <= 0 {
 		cfg.RetryInterval = time.Second
+	}
+	if cfg.ConnectCheckInterval <= 0 {
+		cfg.ConnectCheckInterval = 250 * time.Millisecond
 	}
 	switch {
 	case cfg.ShutdownGrace == 0:
@@ -162,7 +171,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); a.reportLoop(ctx, client) }()
-	go func() { defer wg.Done(); a.dp.run(ctx, a.cfg.RetryInterval) }()
+	go func() { defer wg.Done(); a.dp.run(ctx, a.cfg.RetryInterval, a.cfg.ConnectCheckInterval) }()
 	a.syncLoop(ctx, client)
 	a.stop()
 	grace, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownGrace)

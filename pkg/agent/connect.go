@@ -36,10 +36,9 @@ type connectWant struct {
 	intercept  string
 	restricted bool
 	sources    []netip.Addr
-	// trustRemote: a destination that is not a pod on this node (so not
-	// checked here) is taken as listening, because the controller saw it
-	// ready.
-	trustRemote bool
+	// remote are destinations the controller saw ready on other nodes:
+	// not checkable here, taken as listening.
+	remote map[netip.AddrPort]bool
 }
 
 // errNotHere marks a destination that is no pod on this node.
@@ -136,7 +135,7 @@ func (cp *connectPlane) check() {
 			err = cp.listening(to)
 			why[to] = err
 		}
-		return err == nil || w.trustRemote && errors.Is(err, errNotHere)
+		return err == nil || w.remote[to] && errors.Is(err, errNotHere)
 	}
 	// pick is the destination of the callers keyed by seed: the first
 	// that is up, from a place that seed chooses.

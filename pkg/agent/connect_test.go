@@ -231,9 +231,13 @@ func TestConnectPlaneForks(t *testing.T) {
 		func(pod netip.Addr) (uint64, error) { return map[netip.Addr]uint64{web1: 2, web2: 3}[pod], nil })
 	forks := func(trust bool, to ...netip.AddrPort) []connectWant {
 		var out []connectWant
+		var far map[netip.AddrPort]bool
+		if trust {
+			far = map[netip.AddrPort]bool{remote: true}
+		}
 		for _, addr := range []netip.AddrPort{api, vip} {
 			out = append(out, connectWant{addr: addr, to: to, intercept: "shop/pr-7-api-80-forks", restricted: true,
-				sources: []netip.Addr{web1, web2}, trustRemote: trust})
+				sources: []netip.Addr{web1, web2}, remote: far})
 		}
 		return out
 	}
@@ -254,7 +258,8 @@ func TestConnectPlaneForks(t *testing.T) {
 			t.Errorf("%v still sent to %s with fork2 down", from, to)
 		}
 	}
-	// A fork pod on another node: trusted when the controller saw it ready...
+	// A fork pod on another node: trusted when the controller saw it ready
+	// there...
 	cp.want(forks(true, remote))
 	cp.check()
 	if got := fc.redirects(); len(got) != 4 || got[connect.From{NetNS: 2, Addr: api}] != remote {

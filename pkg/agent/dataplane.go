@@ -121,27 +121,32 @@ func (d *dataplane) Apply(assignments []*detourv1.Assignment) {
 // every recheckEvery intervals finds all targets' namespaces again: a pod can
 // be replaced by one with the same address, and a lab namespace be made anew
 // under its path. It returns when ctx ends.
-func (d *dataplane) run(ctx context.Context, interval time.Duration) {
+func (d *dataplane) run(ctx context.Context, interval, connectEvery time.Duration) {
 	const recheckEvery = 10
 	t := time.NewTicker(interval)
 	defer t.Stop()
-	for n := 1; ; n++ {
+	ct := time.NewTicker(connectEvery)
+	defer ct.Stop()
+	for n := 0; ; {
 		select {
 		case <-ctx.Done():
 			return
+		case <-ct.C:
+			if d.connects != nil && d.connects.wanted() {
+				// A destination may have started or stopped listening.
+				d.syncMu.Lock()
+				d.connects.check()
+				d.syncMu.Unlock()
+			}
+			continue
 		case <-t.C:
+			n++
 		}
 		d.mu.Lock()
 		retry := len(d.failing) > 0
 		d.mu.Unlock()
-		switch {
-		case retry || n%recheckEvery == 0:
+		if retry || n%recheckEvery == 0 {
 			d.sync()
-		case d.connects != nil && d.connects.wanted():
-			// A destination may have started or stopped listening.
-			d.syncMu.Lock()
-			d.connects.check()
-			d.syncMu.Unlock()
 		}
 	}
 }

@@ -50,7 +50,7 @@ func TestTargetRetriedUntilSteered(t *testing.T) {
 			}
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			go d.run(ctx, 5*time.Millisecond)
+			go d.run(ctx, 5*time.Millisecond, 5*time.Millisecond)
 			asked := r.asked()
 			testutil.Eventually(t, 5*time.Second, func() error {
 				if n := r.asked() - asked; n < 5 {
@@ -110,7 +110,7 @@ func TestPodReplaced(t *testing.T) {
 	r.set(newIP, sameIPNS)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go d.run(ctx, 5*time.Millisecond)
+	go d.run(ctx, 5*time.Millisecond, 5*time.Millisecond)
 	testutil.Eventually(t, 5*time.Second, func() error {
 		return s.wantState([]uint64{sameIPIno}, "10.0.0.6:8080")
 	})
@@ -196,7 +196,7 @@ func TestPortFailureDetachesItsNamespace(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go d.run(ctx, 5*time.Millisecond)
+	go d.run(ctx, 5*time.Millisecond, 5*time.Millisecond)
 	refuse.Store(false)
 	testutil.Eventually(t, 5*time.Second, func() error {
 		return wantReport(d.Reports(), "default/api", true, "")

@@ -207,7 +207,15 @@ func connectWants(assignments []*detourv1.Assignment, targets map[string][]portK
 		if !a.L4 {
 			continue
 		}
-		w := connectWant{intercept: interceptID(a.Namespace, a.Name), restricted: a.RestrictSources, trustRemote: a.DestinationsReady}
+		w := connectWant{intercept: interceptID(a.Namespace, a.Name), restricted: a.RestrictSources}
+		for _, d := range a.RemoteDestinations {
+			if ap, err := netip.ParseAddrPort(d); err == nil {
+				if w.remote == nil {
+					w.remote = map[netip.AddrPort]bool{}
+				}
+				w.remote[ap] = true
+			}
+		}
 		dests := a.Destinations
 		if len(dests) == 0 {
 			dests = []string{a.Destination}

@@ -391,7 +391,8 @@ func TestConnectWants(t *testing.T) {
 	// pods are elsewhere (nothing steered here), two fork pods.
 	forks := l4Assignment("pr-7-api-80-forks", "10.0.1.7:8080")
 	forks.Destinations = []string{"10.0.1.7:8080", "10.0.1.8:8080"}
-	forks.RestrictSources, forks.NodeSources, forks.DestinationsReady = true, []string{"10.0.0.31"}, true
+	forks.RestrictSources, forks.NodeSources = true, []string{"10.0.0.31"}
+	forks.RemoteDestinations = []string{"10.0.1.8:8080"}
 	forks.DialedAddresses = []string{"10.0.2.5:8080", "10.96.0.20:80"}
 
 	got := connectWants([]*detourv1.Assignment{
@@ -406,8 +407,8 @@ func TestConnectWants(t *testing.T) {
 		"default/alice: 10.0.0.5:5432 -> [10.0.0.9:5432] from [10.0.0.21 10.0.0.22]",
 		"default/db: 10.0.0.5:5432 -> [10.0.0.9:5432]",
 		"default/db: 10.96.0.10:5432 -> [10.0.0.9:5432]",
-		"default/pr-7-api-80-forks: 10.0.2.5:8080 -> [10.0.1.7:8080 10.0.1.8:8080] from [10.0.0.31] trusted",
-		"default/pr-7-api-80-forks: 10.96.0.20:80 -> [10.0.1.7:8080 10.0.1.8:8080] from [10.0.0.31] trusted",
+		"default/pr-7-api-80-forks: 10.0.2.5:8080 -> [10.0.1.7:8080 10.0.1.8:8080] from [10.0.0.31] remote 1",
+		"default/pr-7-api-80-forks: 10.96.0.20:80 -> [10.0.1.7:8080 10.0.1.8:8080] from [10.0.0.31] remote 1",
 	}
 	var gotS []string
 	for _, w := range got {
@@ -415,8 +416,8 @@ func TestConnectWants(t *testing.T) {
 		if w.restricted {
 			s += fmt.Sprintf(" from %v", w.sources)
 		}
-		if w.trustRemote {
-			s += " trusted"
+		if len(w.remote) > 0 {
+			s += fmt.Sprintf(" remote %d", len(w.remote))
 		}
 		gotS = append(gotS, s)
 	}

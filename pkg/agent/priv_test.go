@@ -47,7 +47,7 @@ func TestPrivilegedPodsFoundByAddress(t *testing.T) {
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go d.run(ctx, 20*time.Millisecond)
+	go d.run(ctx, 20*time.Millisecond, 20*time.Millisecond)
 
 	// The pod's namespace has its address but no process yet: not found.
 	d.Apply([]*detourv1.Assignment{intercept("api", target("api-0", pod1.ip, 8080))})

@@ -165,21 +165,18 @@ func computePlan(inv *inventory.Inventory, ics []*detourv1.Intercept) plan {
 		}
 		var addr string
 		var addrs []string
-		ready := false
+		var nodeOf map[string]string // destination → its pod's node
 		if destPods != nil {
 			port := destPods.GetPort()
 			if port == 0 {
 				port = targetPort
 			}
-			if addrs = podAddrs(inv, destPods.GetLabels(), spec.GetServiceNamespace(), port); len(addrs) == 0 {
+			if addrs, nodeOf = podAddrs(inv, destPods.GetLabels(), spec.GetServiceNamespace(), port); len(addrs) == 0 {
 				p.problems[k] = fmt.Sprintf("no ready pod has the destination labels %s", describeLabels(destPods.GetLabels()))
 				p.waiting[k] = true
 				continue
 			}
-			addr, ready = addrs[0], true
-			if len(addrs) == 1 {
-				addrs = nil
-			}
+			addr = addrs[0]
 		} else if addr, err = dest.resolve(inv); err != nil {
 			p.problems[k] = err.Error()
 			continue
@@ -208,6 +205,16 @@ func computePlan(inv *inventory.Inventory, ics []*detourv1.Intercept) plan {
 			if p.nodes[n] == nil {
 				p.nodes[n] = map[string]*detourv1.Assignment{}
 			}
+			var remote []string
+			for _, d := range addrs {
+				if nodeOf[d] != n {
+					remote = append(remote, d)
+				}
+			}
+			dests := addrs
+			if len(dests) == 1 {
+				dests = nil // destination says it
+			}
 			p.nodes[n][k] = &detourv1.Assignment{
 				Namespace:         ic.GetNamespace(),
 				Name:              ic.GetName(),
@@ -219,9 +226,9 @@ func computePlan(inv *inventory.Inventory, ics []*detourv1.Intercept) plan {
 				Sources:           sources,
 				ServiceAddresses:  svcAddrs,
 				NodeSources:       sourcesByNode[n],
-				Destinations:      addrs,
-				DialedAddresses:   dialed,
-				DestinationsReady: ready,
+				Destinations:       dests,
+				DialedAddresses:    dialed,
+				RemoteDestinations: remote,
 			}
 		}
 	}
@@ -242,20 +249,26 @@ func selects(sel map[string]string, ns string, p *inventory.Pod) bool {
 }
 
 // podAddrs lists IP:port of the ready pods of namespace ns with every label
-// of sel, sorted.
-func podAddrs(inv *inventory.Inventory, sel map[string]string, ns string, port uint32) []string {
+// of sel, sorted, and the node of each.
+func podAddrs(inv *inventory.Inventory, sel map[string]string, ns string, port uint32) ([]string, map[string]string) {
 	var out []string
+	nodes := map[string]string{}
 	for i := range inv.Pods {
 		p := &inv.Pods[i]
 		if p.NotReady || !selects(sel, ns, p) {
 			continue
 		}
 		if ip, err := netip.ParseAddr(p.IP); err == nil && ip.Is4() {
-			out = append(out, netip.AddrPortFrom(ip, uint16(port)).String())
+			a := netip.AddrPortFrom(ip, uint16(port)).String()
+			out = append(out, a)
+			nodes[a] = p.Node
+			if p.Node == "" {
+				nodes[a] = inv.Node
+			}
 		}
 	}
 	slices.Sort(out)
-	return out
+	return out, nodes
 }
 
 // describeLabels renders a selector as k=v,k=v in key order.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -107,8 +108,12 @@ func (a *API) CreateEnvironment(ctx context.Context, req *detourv1.CreateEnviron
 		case err != nil:
 			return nil, status.Errorf(codes.Unavailable, "read %s %s: %v", f.Workload.Kind, f.Workload.Name, err)
 		}
-		if _, err := RenderFork(env, f, b, nil); err != nil {
+		p, err := RenderFork(env, f, b, nil)
+		if err != nil {
 			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+		if err := a.cfg.Workloads.Check(b, p); err != nil {
+			return nil, status.Error(codes.InvalidArgument, strings.TrimSuffix(err.Error(), ": "+ErrUnsupported.Error()))
 		}
 	}
 	created, err := a.cfg.Store.CreateEnvironment(ctx, env)

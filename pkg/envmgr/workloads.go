@@ -33,6 +33,9 @@ type ForkRef struct {
 type Workloads interface {
 	// Baseline finds a workload of the baseline namespace.
 	Baseline(ctx context.Context, namespace string, ref v1alpha1.WorkloadRef) (*Baseline, error)
+	// Check refuses, before anything is made, a fork this runtime cannot
+	// run (ErrUnsupported: an image in the lab).
+	Check(b *Baseline, p *ForkPlan) error
 	// Apply makes the fork p of env, or brings an existing one to p.
 	Apply(ctx context.Context, env *v1alpha1.Environment, b *Baseline, p *ForkPlan) error
 	// Observe reports the fork's state; Exists is false when it is not

@@ -15,6 +15,9 @@ import (
 	"github.com/detourdev/detour/pkg/netns"
 )
 
+// ErrNoCommand: a pod's command is not found in the lab's bin dir or $PATH.
+var ErrNoCommand = errors.New("command not found")
+
 // NewPod is a pod added to a running lab: an environment's fork.
 type NewPod struct {
 	Name      string
@@ -221,7 +224,7 @@ func (o Options) resolve(cmd string) (ip, path string, err error) {
 		return "", "", fmt.Errorf("ip(8): %w", err)
 	}
 	if path, err = lookPath(cmd, dirs); err != nil {
-		return "", "", fmt.Errorf("command %s: %w", cmd, err)
+		return "", "", fmt.Errorf("%w: %s (looked in the lab's bin dir and $PATH)", ErrNoCommand, cmd)
 	}
 	return ip, path, nil
 }

@@ -305,12 +305,13 @@ type Assignment struct {
 	// this node are redirected at connect() whichever node the service's
 	// pods run on.
 	DialedAddresses []string `protobuf:"bytes,12,rep,name=dialed_addresses,json=dialedAddresses,proto3" json:"dialed_addresses,omitempty"`
-	// The controller saw every destination ready (a pod's Ready condition;
-	// always in the lab). An agent that cannot check a destination itself
-	// (a pod on another node) may then redirect connect() calls to it.
-	DestinationsReady bool `protobuf:"varint,13,opt,name=destinations_ready,json=destinationsReady,proto3" json:"destinations_ready,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Those of destinations that are ready pods on other nodes (the
+	// controller saw their Ready condition): an agent cannot check them
+	// itself, and may redirect connect() calls to them. A destination on
+	// this node is checked by the agent (something listens on it).
+	RemoteDestinations []string `protobuf:"bytes,14,rep,name=remote_destinations,json=remoteDestinations,proto3" json:"remote_destinations,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Assignment) Reset() {
@@ -427,11 +428,11 @@ func (x *Assignment) GetDialedAddresses() []string {
 	return nil
 }
 
-func (x *Assignment) GetDestinationsReady() bool {
+func (x *Assignment) GetRemoteDestinations() []string {
 	if x != nil {
-		return x.DestinationsReady
+		return x.RemoteDestinations
 	}
-	return false
+	return nil
 }
 
 // WatchDesiredStateRequest names the node whose desired state to watch.
@@ -767,7 +768,7 @@ const file_detour_v1_agentsync_proto_rawDesc = "" +
 	"\bpod_name\x18\x02 \x01(\tR\apodName\x12\x15\n" +
 	"\x06pod_ip\x18\x03 \x01(\tR\x05podIp\x12\x14\n" +
 	"\x05netns\x18\x04 \x01(\tR\x05netns\x12\x12\n" +
-	"\x04port\x18\x05 \x01(\rR\x04port\"\xdc\x03\n" +
+	"\x04port\x18\x05 \x01(\rR\x04port\"\xf8\x03\n" +
 	"\n" +
 	"Assignment\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
@@ -782,8 +783,8 @@ const file_detour_v1_agentsync_proto_rawDesc = "" +
 	"\fnode_sources\x18\n" +
 	" \x03(\tR\vnodeSources\x12\"\n" +
 	"\fdestinations\x18\v \x03(\tR\fdestinations\x12)\n" +
-	"\x10dialed_addresses\x18\f \x03(\tR\x0fdialedAddresses\x12-\n" +
-	"\x12destinations_ready\x18\r \x01(\bR\x11destinationsReady\".\n" +
+	"\x10dialed_addresses\x18\f \x03(\tR\x0fdialedAddresses\x12/\n" +
+	"\x13remote_destinations\x18\x0e \x03(\tR\x12remoteDestinationsJ\x04\b\r\x10\x0eR\x12destinations_ready\".\n" +
 	"\x18WatchDesiredStateRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\"\x98\x02\n" +
 	"\x19WatchDesiredStateResponse\x12=\n" +

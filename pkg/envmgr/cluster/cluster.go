@@ -123,6 +123,10 @@ func planHash(env *v1alpha1.Environment, b *envmgr.Baseline, p *envmgr.ForkPlan)
 	return hex.EncodeToString(sum[:16]), nil
 }
 
+// Check implements envmgr.Workloads: a cluster runs any fork the API
+// server accepts.
+func (w *Workloads) Check(*envmgr.Baseline, *envmgr.ForkPlan) error { return nil }
+
 // Apply implements envmgr.Workloads: the baseline's spec with the fork's
 // replicas, selector and template. An object of the fork's name that env
 // does not own is left alone (ErrNotOurs).

@@ -11,6 +11,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -122,6 +123,16 @@ func hashOf(np lab.NewPod) string {
 	return hex.EncodeToString(sum[:8])
 }
 
+// Check implements envmgr.Workloads: what a lab pod cannot run.
+func (w *Workloads) Check(b *envmgr.Baseline, p *envmgr.ForkPlan) error {
+	base, ok := b.Object.(lab.PodState)
+	if !ok {
+		return fmt.Errorf("fork %s: baseline %T is not a lab pod: %w", p.Name, b.Object, envmgr.ErrUnsupported)
+	}
+	_, err := podOf(p, base)
+	return err
+}
+
 // Apply implements envmgr.Workloads: one lab pod per replica, made again
 // when what it runs changed.
 func (w *Workloads) Apply(ctx context.Context, env *v1alpha1.Environment, b *envmgr.Baseline, p *envmgr.ForkPlan) error {
@@ -159,8 +170,9 @@ func (w *Workloads) Apply(ctx context.Context, env *v1alpha1.Environment, b *env
 		one := np
 		one.Name = name
 		if _, err := lab.AddPod(ctx, w.stateDir, one, w.opts); err != nil {
-			if strings.Contains(err.Error(), "command ") {
-				return fmt.Errorf("fork %s: %w: %w", p.Name, err, envmgr.ErrUnsupported)
+			if errors.Is(err, lab.ErrNoCommand) {
+				// Waiting will not make the command appear.
+				return fmt.Errorf("fork %s: %w (%w)", p.Name, err, envmgr.ErrUnsupported)
 			}
 			return fmt.Errorf("fork %s: %w", p.Name, err)
 		}
