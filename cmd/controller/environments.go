@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	"github.com/detourdev/detour/pkg/controller"
 	"github.com/detourdev/detour/pkg/envmgr"
@@ -45,6 +48,17 @@ func startEnvironments(ctx context.Context, o *options, d *deps, st store.Store,
 		ke, err := kube.NewEnvironments(d.kube.config, fieldManager)
 		if err != nil {
 			return nil, err
+		}
+		lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		_, err = ke.ListEnvironments(lctx, "")
+		cancel()
+		if apierrors.IsNotFound(errors.Unwrap(err)) || apierrors.IsNotFound(err) {
+			_ = ke.Close()
+			if o.environments == "on" {
+				return nil, errors.New("the Environment CRD (environments.detour.dev) is not installed: kubectl apply -f deploy/crds/, or --environments off")
+			}
+			log.Warn("environments off: the Environment CRD (environments.detour.dev) is not installed")
+			return nil, nil
 		}
 		context.AfterFunc(ctx, func() { _ = ke.Close() })
 		envs = ke

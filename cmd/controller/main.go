@@ -136,6 +136,15 @@ func (o *options) validate() error {
 	default:
 		return fmt.Errorf("--inventory-source %q: want file or kube", o.inventoryFrom)
 	}
+	if o.environments == "" {
+		o.environments = "auto"
+	}
+	if o.envDefaultTTL == 0 {
+		o.envDefaultTTL = 24 * time.Hour
+	}
+	if o.envMaxTTL == 0 {
+		o.envMaxTTL = 7 * 24 * time.Hour
+	}
 	switch o.environments {
 	case "auto", "on", "off":
 	default:
@@ -382,7 +391,9 @@ func serve(ctx context.Context, d *deps) error {
 		if err != nil {
 			return err
 		}
-		goRun("environments", func() error { return rec.Run(ctx) })
+		if rec != nil {
+			goRun("environments", func() error { return rec.Run(ctx) })
+		}
 	}
 	sec, err := grpcSecurity(ctx, o, d.kube, log)
 	if err != nil {

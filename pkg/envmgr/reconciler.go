@@ -110,8 +110,10 @@ func NewReconciler(cfg Config) (*Reconciler, error) {
 
 // Run reconciles until ctx ends.
 func (r *Reconciler) Run(ctx context.Context) error {
-	defer r.queue.ShutDown()
 	if err := r.cfg.Store.SubscribeEnvironments(ctx, func(ns, name string) { r.queue.Add(ns + "/" + name) }); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting
+		}
 		return fmt.Errorf("environments: subscribe: %w", err)
 	}
 	r.cfg.Intercepts.SubscribeOwned(func(ns, kind, owner string) {
@@ -120,7 +122,10 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		}
 	})
 	var wg sync.WaitGroup
+	// Deferred in this order: the queue shuts down first, which ends the
+	// workers' Get, then they are waited for.
 	defer wg.Wait()
+	defer r.queue.ShutDown()
 	for range 2 {
 		wg.Add(1)
 		go func() {

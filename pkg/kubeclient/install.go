@@ -28,7 +28,8 @@ const FieldManager = "detour"
 // applyOrder is the order of kinds in which objects are applied: what an
 // object refers to exists before it. Other kinds come after these.
 var applyOrder = []string{
-	"Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
+	"Namespace", "CustomResourceDefinition", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
+	"ServiceAccount", "ClusterRole", "ClusterRoleBinding",
 	"Role", "RoleBinding", "ConfigMap", "Secret", "Service", "Deployment", "DaemonSet",
 }
 

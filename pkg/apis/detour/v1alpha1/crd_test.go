@@ -147,7 +147,7 @@ func TestCRDSchema(t *testing.T) {
 		node any
 		want []any
 	}{
-		{spec, []any{"destination", "service"}},
+		{spec, []any{"service"}}, // destination or destinationPods: a CEL rule
 		{at(t, spec, "properties", "service"), []any{"name", "port"}},
 		{cond, []any{"kind", "value"}},
 		{s, []any{"spec"}},
