@@ -183,11 +183,13 @@ func newUninstallCmd(g *globals) *cobra.Command {
 		Use:   "uninstall [--wait] [--timeout D] [--dry-run]",
 		Short: "Remove Detour from the cluster of the kubeconfig context",
 		Long: `Delete the objects of Detour's manifests (those "detour install" applies), and
-only those, in this order: the agent DaemonSet first, waiting (always, up to
+only those, in this order: every Environment first, while the controller
+still runs to remove their forks and routes (after 30 s without it, their
+finalizers are removed and the forks go with them); the agent DaemonSet, waiting (always, up to
 --timeout) until its pods are gone, since each agent detaches its programs
 from the pods' network namespaces as it stops; then the rest in the reverse of
-the install order; the Intercept CRD last but one, and with it EVERY
-Intercept resource in the cluster; then the namespace, and with it whatever
+the install order; the CRDs last but one, and with them EVERY Intercept, Environment and
+ParityCheck resource in the cluster; then the namespace, and with it whatever
 the controller made there (its CA, certificate Secret and leader Lease).
 
 An object already gone is reported and is not an error, so uninstall can be

@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
@@ -83,6 +84,10 @@ type Installer struct {
 	Out, Progress io.Writer
 	// Poll is the interval of status checks while waiting.
 	Poll time.Duration
+	// EnvironmentGrace bounds how long Delete waits for the controller to
+	// remove the environments before it takes their finalizers away itself
+	// (see removeEnvironments); 30 s when zero.
+	EnvironmentGrace time.Duration
 }
 
 // NewInstaller connects to the cluster of rc.
@@ -369,6 +374,11 @@ func (in *Installer) Delete(ctx context.Context, objs []*unstructured.Unstructur
 		}
 		return nil
 	}
+	// Environments go while the controller still runs: it removes their
+	// forks and routes, then their finalizers.
+	if err := in.removeEnvironments(ctx); err != nil {
+		return err
+	}
 	if err := del(daemonsets); err != nil {
 		return err
 	}
@@ -487,4 +497,68 @@ func (in *Installer) waitPodsGone(ctx context.Context, daemonsets []*unstructure
 func IsTimeout(err error) bool {
 	var te *TimeoutError
 	return errors.As(err, &te)
+}
+
+// environmentsGVR is the Environment resource.
+var environmentsGVR = schema.GroupVersionResource{Group: "detour.dev", Version: "v1alpha1", Resource: "environments"}
+
+// removeEnvironments deletes every Environment and waits for the
+// controller to remove them (their forks, routes, then the finalizer).
+// Left without a controller (it is down), an Environment would hold its CRD
+// forever: after environmentGrace its finalizer is removed, and the
+// garbage collector takes its forks and intercepts (they are owned by it).
+func (in *Installer) removeEnvironments(ctx context.Context) error {
+	grace := in.EnvironmentGrace
+	if grace <= 0 {
+		grace = 30 * time.Second
+	}
+	api := in.dyn.Resource(environmentsGVR)
+	l, err := api.List(ctx, metav1.ListOptions{})
+	if apierrors.IsNotFound(err) || meta.IsNoMatchError(err) {
+		return nil // no Environment CRD: nothing to remove
+	}
+	if err != nil {
+		return fmt.Errorf("list environments: %w", err)
+	}
+	if len(l.Items) == 0 {
+		return nil
+	}
+	fmt.Fprintf(in.Out, "deleting %d environments: the controller removes their forks and routes\n", len(l.Items))
+	for _, e := range l.Items {
+		err := api.Namespace(e.GetNamespace()).Delete(ctx, e.GetName(), metav1.DeleteOptions{})
+		if err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("delete environment %s/%s: %w", e.GetNamespace(), e.GetName(), err)
+		}
+	}
+	gctx, cancel := context.WithTimeout(ctx, grace)
+	defer cancel()
+	check := func() (map[string]string, error) {
+		l, err := api.List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return nil, err
+		}
+		pending := map[string]string{}
+		for _, e := range l.Items {
+			pending["environment "+e.GetNamespace()+"/"+e.GetName()] = "being removed by the controller"
+		}
+		return pending, nil
+	}
+	err = in.poll(gctx, "gone", check)
+	var te *TimeoutError
+	if !errors.As(err, &te) || ctx.Err() != nil {
+		return err
+	}
+	l, err = api.List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list environments: %w", err)
+	}
+	for _, e := range l.Items {
+		fmt.Fprintf(in.Out, "environment %s/%s: the controller did not remove it in %s; removing its finalizer (its forks go with it)\n",
+			e.GetNamespace(), e.GetName(), grace)
+		patch := []byte(`{"metadata":{"finalizers":null}}`)
+		if _, err := api.Namespace(e.GetNamespace()).Patch(ctx, e.GetName(), types.MergePatchType, patch, metav1.PatchOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("environment %s/%s: remove finalizer: %w", e.GetNamespace(), e.GetName(), err)
+		}
+	}
+	return in.poll(ctx, "gone", check)
 }
