@@ -383,6 +383,10 @@ func TestE2E(t *testing.T) {
 		conn.Close()
 	})
 
+	t.Run("environments: forks of a two-service chain, fork to fork with no header, expiry leaves nothing", func(t *testing.T) {
+		testEnvironments(t, e, c)
+	})
+
 	t.Run("uninstall leaves no Detour BPF link on the node", func(t *testing.T) {
 		if ids, err := steer.LinkIDs(); err != nil || len(ids) == 0 {
 			t.Fatalf("before uninstall: steering links %v (err %v), want some: the check below would prove nothing", ids, err)
