@@ -81,6 +81,34 @@ done <<<"$out"
 if [[ $fail == 0 ]]; then echo "== demo ok: every request answered by the right pod"; else
   echo "== demo FAILED; logs:"; tail -n 30 "$LOGS"/*.log; exit 1; fi
 
+echo
+echo "== environments: web -> api, forked per pull request"
+# pr-7 forks both services; its web fork is told not to pass the key on
+# (no --propagate): its calls reach api-pr-7 because the agent redirects
+# them at connect(). pr-8 forks only api: the baseline web passes the key
+# on, which is what header propagation gives.
+$CTL env create pr-7 --fork web --fork api --command 'web=detour-echo --listen :8080 --call http://api:8080' --wait 30s >/dev/null
+$CTL env create pr-8 --fork api --wait 30s >/dev/null
+$CTL env list
+envout=""
+for key in pr-7 pr-8 -; do
+  hdr=(); [[ $key != - ]] && hdr=(-H "x-detour-session: $key")
+  line="key=$key chain=$(ip netns exec client curl -s "${hdr[@]}" http://web:8080/chain)"
+  echo "$line"; envout+="$line"$'\n'
+done
+declare -A want_chain=([pr-7]="web-pr-7 -> api-pr-7" [pr-8]="web -> api-pr-8" [-]="web -> api")
+while read -r line; do
+  [[ -z $line ]] && continue
+  k=${line#key=}; k=${k%% *}; got=${line#*chain=}
+  if [[ $got != "${want_chain[$k]}" ]]; then echo "WRONG: key=$k answered by $got, want ${want_chain[$k]}"; fail=1; fi
+done <<<"$envout"
+$CTL env delete pr-7 --wait 30s >/dev/null
+$CTL env delete pr-8 --wait 30s >/dev/null
+left=$(ip netns list | grep -c -- '-pr-' || true)
+[[ $left == 0 ]] || { echo "WRONG: $left fork namespaces left after delete"; fail=1; }
+if [[ $fail == 0 ]]; then echo "== environments ok: each chain answered by its forks, all removed"; else
+  echo "== demo FAILED; logs:"; tail -n 30 "$LOGS"/*.log; exit 1; fi
+
 # ---- Parity: no lab, no cluster, no root needed (test/demo/parity.sh runs
 # alone too). What differs between two environments' manifests.
 bash test/demo/parity.sh
