@@ -45,7 +45,10 @@ type Config struct {
 	Workloads  Workloads          // required
 	Intercepts Intercepts         // required
 	Inventory  inventory.Source   // required: the services over the baseline
-	Limits     Limits
+	// Data makes data sources (database branches, seed jobs); nil: an
+	// environment with data entries fails, saying so.
+	Data   Data
+	Limits Limits
 	Events     Events
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
@@ -300,9 +303,31 @@ func (r *Reconciler) provision(ctx context.Context, env *v1alpha1.Environment, o
 	}
 	routes, warnings := PlanRoutes(env, baselines, services)
 	obs.Warnings = warnings
+
+	// Data first: forks are made only once the branches they use are
+	// ready, with their connections.
+	branchesReady := true
+	if len(env.Spec.Data) > 0 {
+		if r.cfg.Data == nil {
+			fail(ReasonInvalid, "this controller runs no data sources (data entries need a cluster or the lab)")
+			return
+		}
+		stage := DataStage{ForksReady: conditionTrue(env, v1alpha1.EnvironmentConditionForksReady)}
+		res, err := r.cfg.Data.Sync(ctx, env, stage)
+		if err != nil {
+			r.log.Warn("data", "environment", env.Namespace+"/"+env.Name, "err", err)
+		}
+		obs.Data, branchesReady = res.Observations, res.BranchesReady
+		for _, p := range plans {
+			p.WithEnv(res.ForkEnv[p.Baseline.Name])
+		}
+	}
 	wanted := map[string]bool{}
 	for i, p := range plans {
 		wanted[p.Name] = true
+		if !branchesReady {
+			continue
+		}
 		if err := r.cfg.Workloads.Apply(ctx, env, baselines[i], p); err != nil {
 			if IsRefusal(err) {
 				fail(ReasonForkFailed, err.Error())
@@ -444,7 +469,22 @@ func (r *Reconciler) cleanup(ctx context.Context, env *v1alpha1.Environment, rep
 			r.event(env, false, "ForkRemoved", "removed fork "+f.Name)
 		}
 	}
+	if r.cfg.Data != nil {
+		if err := r.cfg.Data.Cleanup(ctx, env); err != nil {
+			return fmt.Errorf("remove data: %w", err)
+		}
+	}
 	return nil
+}
+
+// conditionTrue reports whether env's status has the condition, True.
+func conditionTrue(env *v1alpha1.Environment, typ string) bool {
+	for _, c := range env.Status.Conditions {
+		if c.Type == typ {
+			return c.Status == metav1.ConditionTrue
+		}
+	}
+	return false
 }
 
 // writeStatus writes st unless it is what env already shows.

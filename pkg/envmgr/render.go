@@ -169,6 +169,17 @@ func RenderFork(env *v1alpha1.Environment, f *v1alpha1.Fork, b *Baseline, servic
 	}, nil
 }
 
+// WithEnv sets vars in every container of the fork (a data branch's
+// connection), in place of the baseline's variables of the same names.
+func (p *ForkPlan) WithEnv(vars []corev1.EnvVar) {
+	c := containerSet{spec: &p.Template.Spec}
+	for _, ct := range c.all() {
+		for _, v := range vars {
+			upsertEnv(ct, *v.DeepCopy())
+		}
+	}
+}
+
 // ForkSelector selects the pods of env's fork of workload, and only those.
 func ForkSelector(env, workload string) map[string]string {
 	return map[string]string{v1alpha1.LabelEnvironment: env, v1alpha1.LabelForkOf: workload}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 
+	corev1 "k8s.io/api/core/v1"
+
 	"github.com/detourdev/detour/pkg/apis/detour/v1alpha1"
 )
 
@@ -52,4 +54,36 @@ type Workloads interface {
 // change for it to succeed, rather than a retry.
 func IsRefusal(err error) bool {
 	return errors.Is(err, ErrWorkloadNotFound) || errors.Is(err, ErrUnsupported) || errors.Is(err, ErrNotOurs)
+}
+
+// DataStage is what a Data runner may do now: seed jobs wait for the forks.
+type DataStage struct {
+	// ForksReady reports that every fork's pods were ready at the last
+	// look (the ForksReady condition).
+	ForksReady bool
+}
+
+// DataResult is a Data runner's progress.
+type DataResult struct {
+	// Observations, one per data entry of the spec.
+	Observations []DataObservation
+	// BranchesReady reports that every data source the forks depend on
+	// (a database branch, anonymised) is ready: forks are not made before,
+	// so that none sees data it must not.
+	BranchesReady bool
+	// ForkEnv is what each forked workload's containers get, by the
+	// workload's name: a branch's connection (from the environment's
+	// Secret), replacing the baseline's.
+	ForkEnv map[string][]corev1.EnvVar
+}
+
+// Data makes an environment's data of its own: database branches before
+// its forks start, seed jobs once they run (docs/architecture.md,
+// "Environment data"). Every method is idempotent.
+type Data interface {
+	// Sync makes or advances the environment's data sources.
+	Sync(ctx context.Context, env *v1alpha1.Environment, stage DataStage) (DataResult, error)
+	// Cleanup removes every data source made for env, storage included;
+	// what is already gone is not an error.
+	Cleanup(ctx context.Context, env *v1alpha1.Environment) error
 }

@@ -280,7 +280,7 @@ func (w *Workloads) Observe(ctx context.Context, p *envmgr.ForkPlan) (envmgr.For
 	for _, pod := range pods.Items {
 		for _, cs := range append(slices.Clone(pod.Status.InitContainerStatuses), pod.Status.ContainerStatuses...) {
 			wt := cs.State.Waiting
-			if wt == nil || wt.Reason == "" || wt.Reason == "ContainerCreating" || wt.Reason == "PodInitializing" {
+			if wt == nil || wt.Reason == "" {
 				continue
 			}
 			msg := fmt.Sprintf("pod %s container %s: %s", pod.Name, cs.Name, wt.Reason)
