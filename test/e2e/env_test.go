@@ -20,8 +20,8 @@ import (
 // testEnvironments: an environment forking both Deployments of a chain,
 // requests through web's ClusterIP from the client pod with and without
 // the key, the web fork calling the orders fork with no header at all
-// (redirected at connect()), kubectl's view, and expiry leaving no fork,
-// intercept or connect-time entry.
+// (redirected at connect()), kubectl's view, a renewal, and expiry leaving
+// no fork, intercept or connect-time entry.
 func testEnvironments(t *testing.T, e env, c *client) {
 	e.k(t, "apply", "-f", "testdata/chain.yaml")
 	for _, d := range []string{"orders", "web"} {
@@ -34,7 +34,7 @@ func testEnvironments(t *testing.T, e env, c *client) {
 	out := e.detour(t, "admin", "env", "create", "pr-42", "-n", "chain",
 		"--fork", "web", "--fork", "orders",
 		"--set-env", "web:DETOUR_ECHO_PROPAGATE=false", // the fork does not pass the key on
-		"--ttl", "45s", "--wait", "120s")
+		"--ttl", "10m", "--wait", "120s")
 	t.Logf("pr-42 Ready in %s\n%s", time.Since(start).Round(100*time.Millisecond), out)
 	t.Log(e.k(t, "-n", "chain", "get", "environments"))
 	if got := e.k(t, "-n", "chain", "get", "environment", "pr-42", "-o", "jsonpath={.status.phase} {.status.key} {.status.forkSummary}"); got != "Ready pr-42 web, orders" {
@@ -69,6 +69,8 @@ func testEnvironments(t *testing.T, e env, c *client) {
 		t.Errorf("%v fork-to-fork connections redirected at connect(), want at least 5", n)
 	}
 
+	// Renewed to end in a few seconds, then expired by the controller.
+	t.Log(e.detour(t, "admin", "env", "renew", "pr-42", "-n", "chain", "--ttl", "3s"))
 	t.Log("waiting for the TTL to end")
 	testutil.Eventually(t, 90*time.Second, func() error {
 		if out, err := runErr(e.kubectl, "--kubeconfig", e.kubeconfig("admin"), "-n", "chain", "get", "environment", "pr-42"); err == nil {
