@@ -143,20 +143,10 @@ func (w *Workloads) Apply(ctx context.Context, env *v1alpha1.Environment, b *env
 		api := w.kube.AppsV1().Deployments(p.Namespace)
 		want := &appsv1.Deployment{ObjectMeta: meta, Spec: *base.Spec.DeepCopy()}
 		want.Spec.Replicas, want.Spec.Selector, want.Spec.Template, want.Spec.Paused = &replicas, sel, p.Template, false
-		cur, err := api.Get(ctx, p.Name, metav1.GetOptions{})
-		switch {
-		case apierrors.IsNotFound(err):
-			_, err = api.Create(ctx, want, metav1.CreateOptions{FieldManager: w.fieldManager})
-			return wrap(err, "create", p)
-		case err != nil:
-			return wrap(err, "read", p)
-		}
-		if err := owned(cur, env, p); err != nil || cur.Annotations[HashAnnotation] == hash {
-			return err
-		}
-		want.ResourceVersion = cur.ResourceVersion
-		_, err = api.Update(ctx, want, metav1.UpdateOptions{FieldManager: w.fieldManager})
-		return wrap(err, "update", p)
+		return apply(ctx, w, api, env, p, want, hash, func(cur *appsv1.Deployment) error {
+			want.ResourceVersion = cur.ResourceVersion
+			return nil
+		})
 	case *appsv1.StatefulSet:
 		api := w.kube.AppsV1().StatefulSets(p.Namespace)
 		want := &appsv1.StatefulSet{ObjectMeta: meta, Spec: *base.Spec.DeepCopy()}
@@ -173,33 +163,52 @@ func (w *Workloads) Apply(ctx context.Context, env *v1alpha1.Environment, b *env
 			}
 			vct.Labels[v1alpha1.LabelEnvironment] = env.Name
 		}
-		cur, err := api.Get(ctx, p.Name, metav1.GetOptions{})
-		switch {
-		case apierrors.IsNotFound(err):
-			_, err = api.Create(ctx, want, metav1.CreateOptions{FieldManager: w.fieldManager})
-			return wrap(err, "create", p)
-		case err != nil:
-			return wrap(err, "read", p)
-		}
-		if err := owned(cur, env, p); err != nil || cur.Annotations[HashAnnotation] == hash {
-			return err
-		}
-		if !equalSelectors(cur.Spec.Selector, sel) || !slices.EqualFunc(cur.Spec.VolumeClaimTemplates, want.Spec.VolumeClaimTemplates, sameClaim) {
-			// A StatefulSet's selector and claim templates cannot change:
-			// make it again.
-			if err := w.Delete(ctx, p.Namespace, envmgr.ForkRef{Kind: v1alpha1.WorkloadStatefulSet, Name: p.Name}); err != nil {
-				return err
+		return apply(ctx, w, api, env, p, want, hash, func(cur *appsv1.StatefulSet) error {
+			if !equalSelectors(cur.Spec.Selector, sel) || !slices.EqualFunc(cur.Spec.VolumeClaimTemplates, want.Spec.VolumeClaimTemplates, sameClaim) {
+				// A StatefulSet's selector and claim templates cannot
+				// change: make it again.
+				if err := w.Delete(ctx, p.Namespace, envmgr.ForkRef{Kind: v1alpha1.WorkloadStatefulSet, Name: p.Name}); err != nil {
+					return err
+				}
+				return fmt.Errorf("fork %s: its immutable fields changed; deleted to be made again", p.Name)
 			}
-			return fmt.Errorf("fork %s: its immutable fields changed; deleted to be made again", p.Name)
-		}
-		want.ResourceVersion = cur.ResourceVersion
-		want.Spec.Selector = cur.Spec.Selector
-		want.Spec.VolumeClaimTemplates = cur.Spec.VolumeClaimTemplates
-		want.Spec.ServiceName = cur.Spec.ServiceName
-		_, err = api.Update(ctx, want, metav1.UpdateOptions{FieldManager: w.fieldManager})
-		return wrap(err, "update", p)
+			want.ResourceVersion = cur.ResourceVersion
+			want.Spec.Selector = cur.Spec.Selector
+			want.Spec.VolumeClaimTemplates = cur.Spec.VolumeClaimTemplates
+			want.Spec.ServiceName = cur.Spec.ServiceName
+			return nil
+		})
 	}
 	return fmt.Errorf("fork %s: baseline %T: %w", p.Name, b.Object, envmgr.ErrUnsupported)
+}
+
+// workloadAPI is the part of a typed workload client Apply uses.
+type workloadAPI[T metav1.Object] interface {
+	Get(ctx context.Context, name string, opts metav1.GetOptions) (T, error)
+	Create(ctx context.Context, obj T, opts metav1.CreateOptions) (T, error)
+	Update(ctx context.Context, obj T, opts metav1.UpdateOptions) (T, error)
+}
+
+// apply creates want, or, when an object of that name that env owns is
+// there with another hash, lets update turn want into its replacement and
+// writes it.
+func apply[T metav1.Object](ctx context.Context, w *Workloads, api workloadAPI[T], env *v1alpha1.Environment, p *envmgr.ForkPlan, want T, hash string, update func(cur T) error) error {
+	cur, err := api.Get(ctx, p.Name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		_, err = api.Create(ctx, want, metav1.CreateOptions{FieldManager: w.fieldManager})
+		return wrap(err, "create", p)
+	case err != nil:
+		return wrap(err, "read", p)
+	}
+	if err := owned(cur, env, p); err != nil || cur.GetAnnotations()[HashAnnotation] == hash {
+		return err
+	}
+	if err := update(cur); err != nil {
+		return err
+	}
+	_, err = api.Update(ctx, want, metav1.UpdateOptions{FieldManager: w.fieldManager})
+	return wrap(err, "update", p)
 }
 
 func sameClaim(a, b corev1.PersistentVolumeClaim) bool { return a.Name == b.Name }

@@ -43,15 +43,7 @@ func NewEnvironments(cfg *rest.Config, fieldManager string) (*Environments, erro
 	if cfg == nil || fieldManager == "" {
 		return nil, errors.New("kube environments: a rest.Config and a field manager are required")
 	}
-	cfg = rest.CopyConfig(cfg)
-	if cfg.UserAgent == "" {
-		cfg.UserAgent = fieldManager
-	}
-	hc, err := rest.HTTPClientFor(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("kube environments: %w", err)
-	}
-	cs, err := versioned.NewForConfigAndClient(cfg, hc)
+	hc, cs, err := clientFor(cfg, fieldManager)
 	if err != nil {
 		return nil, fmt.Errorf("kube environments: %w", err)
 	}

@@ -76,20 +76,30 @@ func New(cfg *rest.Config, fieldManager string) (*Store, error) {
 	if fieldManager == "" {
 		return nil, errors.New("kube store: empty field manager")
 	}
-	cfg = rest.CopyConfig(cfg)
-	if cfg.UserAgent == "" {
-		cfg.UserAgent = fieldManager
-	}
-	// One http.Client of our own, so that Close can let its connections go.
-	hc, err := rest.HTTPClientFor(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("kube store: %w", err)
-	}
-	cs, err := versioned.NewForConfigAndClient(cfg, hc)
+	hc, cs, err := clientFor(cfg, fieldManager)
 	if err != nil {
 		return nil, fmt.Errorf("kube store: %w", err)
 	}
 	return &Store{client: cs, httpClient: hc, fieldManager: fieldManager, closed: make(chan struct{})}, nil
+}
+
+// clientFor is a clientset of Detour's resources on an http.Client of its
+// own, so that closing a store can let its connections go; requests name
+// fieldManager as their user agent unless cfg has one.
+func clientFor(cfg *rest.Config, fieldManager string) (*http.Client, versioned.Interface, error) {
+	cfg = rest.CopyConfig(cfg)
+	if cfg.UserAgent == "" {
+		cfg.UserAgent = fieldManager
+	}
+	hc, err := rest.HTTPClientFor(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	cs, err := versioned.NewForConfigAndClient(cfg, hc)
+	if err != nil {
+		return nil, nil, err
+	}
+	return hc, cs, nil
 }
 
 // toResource converts the gRPC form, refusing what the API could not
