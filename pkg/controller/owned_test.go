@@ -32,7 +32,9 @@ func envInventory() *inventory.Inventory {
 	return inv
 }
 
-func owner(env string) *detourv1.Owner { return &detourv1.Owner{Kind: "Environment", Name: env, Uid: "uid-" + env} }
+func owner(env string) *detourv1.Owner {
+	return &detourv1.Owner{Kind: "Environment", Name: env, Uid: "uid-" + env}
+}
 
 // envRoutes are an environment's two routes on api:80, as envmgr makes them.
 func envRoutes(env string) (sessionRoute, forksRoute *detourv1.Intercept) {

@@ -47,8 +47,8 @@ type Config struct {
 	Inventory  inventory.Source   // required: the services over the baseline
 	// Data makes data sources (database branches, seed jobs); nil: an
 	// environment with data entries fails, saying so.
-	Data   Data
-	Limits Limits
+	Data       Data
+	Limits     Limits
 	Events     Events
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
