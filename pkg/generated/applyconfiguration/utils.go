@@ -27,6 +27,8 @@ func ForKind(kind schema.GroupVersionKind) interface{} {
 		return &detourv1alpha1.DataSourceApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("Environment"):
 		return &detourv1alpha1.EnvironmentApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("EnvironmentParity"):
+		return &detourv1alpha1.EnvironmentParityApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("EnvironmentSource"):
 		return &detourv1alpha1.EnvironmentSourceApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("EnvironmentSpec"):
@@ -59,6 +61,8 @@ func ForKind(kind schema.GroupVersionKind) interface{} {
 		return &detourv1alpha1.ParityDifferenceApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("ParityPolicy"):
 		return &detourv1alpha1.ParityPolicyApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("ParityPolicySource"):
+		return &detourv1alpha1.ParityPolicySourceApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("ParityRule"):
 		return &detourv1alpha1.ParityRuleApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("ParitySummary"):

@@ -23,6 +23,7 @@ import (
 // +kubebuilder:printcolumn:name="Forks",type=string,JSONPath=`.status.forkSummary`
 // +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
 // +kubebuilder:printcolumn:name="Expires",type=date,JSONPath=`.status.expiresAt`
+// +kubebuilder:printcolumn:name="Differences",type=integer,JSONPath=`.status.parity.differences`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 // +kubebuilder:validation:XValidation:rule=`size(self.metadata.name) <= 40 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')`,message="name must be a DNS-1123 label of at most 40 characters: forks are named <workload>-<environment>"
 type Environment struct {
@@ -351,6 +352,51 @@ type EnvironmentStatus struct {
 	// +patchStrategy=merge
 	// +patchMergeKey=type
 	Conditions []metav1.Condition `json:"conditions,omitempty" patchStrategy:"merge" patchMergeKey:"type"`
+
+	// Parity is what the environment's forks change against the workloads
+	// they fork, as `detour parity diff NAMESPACE env/NAME` reports it
+	// (docs/parity.md, "Environments").
+	//
+	// +optional
+	Parity *EnvironmentParity `json:"parity,omitempty"`
+}
+
+// MaxParityFields bounds EnvironmentParity.Fields.
+const MaxParityFields = 32
+
+// EnvironmentParity sums up how an environment differs from its baseline:
+// counts, and which fields, never their values.
+type EnvironmentParity struct {
+	// Time is when the comparison was made.
+	Time metav1.Time `json:"time"`
+	// ObservedGeneration is the metadata.generation compared.
+	//
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// Differences counts the differences that are not by design.
+	Differences int32 `json:"differences"`
+	// Expected counts those by design (a fork's own replica count).
+	//
+	// +optional
+	Expected int32 `json:"expected,omitempty"`
+	// BySeverity and ByCategory count Differences.
+	//
+	// +optional
+	BySeverity map[string]int32 `json:"bySeverity,omitempty"`
+	// +optional
+	ByCategory map[string]int32 `json:"byCategory,omitempty"`
+	// Fields lists the differing fields as "KIND/NAME PATH", the most
+	// severe first, at most MaxParityFields.
+	//
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=32
+	Fields []string `json:"fields,omitempty"`
+	// Truncated says Fields does not hold them all.
+	//
+	// +optional
+	Truncated bool `json:"truncated,omitempty"`
 }
 
 // ForkStatus is one fork's state.

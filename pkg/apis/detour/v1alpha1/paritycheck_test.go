@@ -42,6 +42,9 @@ func TestParityCheckSchema(t *testing.T) {
 	if err := create("ok", valid); err != nil {
 		t.Fatalf("a valid ParityCheck was refused: %v", err)
 	}
+	if err := create("from-configmap", map[string]any{"left": "a", "right": "b", "policyFrom": map[string]any{"configMap": "shop-parity"}}); err != nil {
+		t.Fatalf("a ParityCheck with its policy in a ConfigMap was refused: %v", err)
+	}
 	tests := []struct {
 		name string
 		spec map[string]any
@@ -54,6 +57,8 @@ func TestParityCheckSchema(t *testing.T) {
 		{"empty rule", map[string]any{"left": "a", "right": "b", "policy": map[string]any{"ignore": []any{map[string]any{"reason": "x"}}}}, "would match every difference"},
 		{"relative path", map[string]any{"left": "a", "right": "b", "policy": map[string]any{"ignore": []any{map[string]any{"path": "spec"}}}}, "spec.policy.ignore[0].path"},
 		{"bad category", map[string]any{"left": "a", "right": "b", "policy": map[string]any{"ignore": []any{map[string]any{"category": "images"}}}}, "Unsupported value"},
+		{"two policies", map[string]any{"left": "a", "right": "b", "policy": map[string]any{"failOn": "high"}, "policyFrom": map[string]any{"configMap": "p"}}, "policy and policyFrom are exclusive"},
+		{"bad policy key", map[string]any{"left": "a", "right": "b", "policyFrom": map[string]any{"configMap": "p", "key": "a/b"}}, "spec.policyFrom.key"},
 		{"bad failOn", map[string]any{"left": "a", "right": "b", "policy": map[string]any{"failOn": "critical"}}, "Unsupported value"},
 	}
 	for _, tt := range tests {

@@ -35,6 +35,7 @@ type ParityCheck struct {
 // ParityCheckSpec says what to compare, how often, and under which policy.
 //
 // +kubebuilder:validation:XValidation:rule="self.left != self.right",message="left and right are the same namespace"
+// +kubebuilder:validation:XValidation:rule="!(has(self.policy) && has(self.policyFrom))",message="policy and policyFrom are exclusive"
 type ParityCheckSpec struct {
 	// Left and Right are the namespaces compared, in this cluster.
 	// +kubebuilder:validation:MinLength=1
@@ -59,7 +60,30 @@ type ParityCheckSpec struct {
 	// Policy is the policy file's content (docs/parity.md, "Policy file").
 	// +optional
 	Policy *ParityPolicy `json:"policy,omitempty"`
+
+	// PolicyFrom reads the policy file from a ConfigMap of the check's
+	// namespace instead, as `detour parity diff --policy` reads it: the
+	// same file can gate CI and the check. It is read at every run.
+	// +optional
+	PolicyFrom *ParityPolicySource `json:"policyFrom,omitempty"`
 }
+
+// ParityPolicySource names a policy file kept in a ConfigMap.
+type ParityPolicySource struct {
+	// ConfigMap is the ConfigMap's name, in the check's namespace.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	ConfigMap string `json:"configMap"`
+	// Key holds the policy file; parity.yaml when absent.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[-._a-zA-Z0-9]+$`
+	Key string `json:"key,omitempty"`
+}
+
+// DefaultPolicyKey is the key of a policy ConfigMap when policyFrom names
+// none.
+const DefaultPolicyKey = "parity.yaml"
 
 // ParitySeverity ranks a difference.
 // +kubebuilder:validation:Enum=info;low;medium;high
@@ -131,9 +155,15 @@ const (
 	ParityConditionDrift = "Drift"
 )
 
-// MaxStatusDifferences bounds the differences a status lists (the
-// unexpected ones first); Summary counts them all.
-const MaxStatusDifferences = 100
+// Bounds of a status, so that a large drift cannot grow the object past
+// what etcd takes: at most MaxStatusDifferences differences (the failing
+// ones first; Summary counts them all), values cut to MaxStatusValue bytes,
+// at most MaxStatusNotes notes.
+const (
+	MaxStatusDifferences = 100
+	MaxStatusValue       = 256
+	MaxStatusNotes       = 20
+)
 
 // ParityCheckStatus is the last run, written through the status
 // subresource.
@@ -161,9 +191,11 @@ type ParityCheckStatus struct {
 	// +optional
 	Truncated bool `json:"truncated,omitempty"`
 
-	// Notes say what could not be compared, and why.
+	// Notes say what could not be compared, and why; at most
+	// MaxStatusNotes.
 	// +optional
 	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=20
 	Notes []string `json:"notes,omitempty"`
 
 	// Conditions: Ready and Drift.
@@ -203,8 +235,8 @@ type ParityDifference struct {
 	// +kubebuilder:validation:Enum=changed;only-left;only-right
 	Change   string         `json:"change"`
 	Severity ParitySeverity `json:"severity"`
-	// Left and Right are the values, absent where a side lacks the field;
-	// a Secret's are "(set)" or "(differs)".
+	// Left and Right are the values, absent where a side lacks the field,
+	// cut to MaxStatusValue bytes; a Secret's are "(set)" or "(differs)".
 	// +optional
 	Left *string `json:"left,omitempty"`
 	// +optional

@@ -22,6 +22,7 @@ type EnvironmentStatusApplyConfiguration struct {
 	Forks              []ForkStatusApplyConfiguration       `json:"forks,omitempty"`
 	Routes             []RouteStatusApplyConfiguration      `json:"routes,omitempty"`
 	Conditions         []metav1.ConditionApplyConfiguration `json:"conditions,omitempty"`
+	Parity             *EnvironmentParityApplyConfiguration `json:"parity,omitempty"`
 }
 
 // EnvironmentStatusApplyConfiguration constructs a declarative configuration of the EnvironmentStatus type for use with
@@ -106,5 +107,13 @@ func (b *EnvironmentStatusApplyConfiguration) WithConditions(values ...*metav1.C
 		}
 		b.Conditions = append(b.Conditions, *values[i])
 	}
+	return b
+}
+
+// WithParity sets the Parity field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Parity field is set to the value of the last call.
+func (b *EnvironmentStatusApplyConfiguration) WithParity(value *EnvironmentParityApplyConfiguration) *EnvironmentStatusApplyConfiguration {
+	b.Parity = value
 	return b
 }

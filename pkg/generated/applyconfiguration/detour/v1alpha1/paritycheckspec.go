@@ -12,11 +12,12 @@ import (
 // ParityCheckSpecApplyConfiguration represents a declarative configuration of the ParityCheckSpec type for use
 // with apply.
 type ParityCheckSpecApplyConfiguration struct {
-	Left     *string                         `json:"left,omitempty"`
-	Right    *string                         `json:"right,omitempty"`
-	Interval *v1.Duration                    `json:"interval,omitempty"`
-	Runtime  *bool                           `json:"runtime,omitempty"`
-	Policy   *ParityPolicyApplyConfiguration `json:"policy,omitempty"`
+	Left       *string                               `json:"left,omitempty"`
+	Right      *string                               `json:"right,omitempty"`
+	Interval   *v1.Duration                          `json:"interval,omitempty"`
+	Runtime    *bool                                 `json:"runtime,omitempty"`
+	Policy     *ParityPolicyApplyConfiguration       `json:"policy,omitempty"`
+	PolicyFrom *ParityPolicySourceApplyConfiguration `json:"policyFrom,omitempty"`
 }
 
 // ParityCheckSpecApplyConfiguration constructs a declarative configuration of the ParityCheckSpec type for use with
@@ -62,5 +63,13 @@ func (b *ParityCheckSpecApplyConfiguration) WithRuntime(value bool) *ParityCheck
 // If called multiple times, the Policy field is set to the value of the last call.
 func (b *ParityCheckSpecApplyConfiguration) WithPolicy(value *ParityPolicyApplyConfiguration) *ParityCheckSpecApplyConfiguration {
 	b.Policy = value
+	return b
+}
+
+// WithPolicyFrom sets the PolicyFrom field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the PolicyFrom field is set to the value of the last call.
+func (b *ParityCheckSpecApplyConfiguration) WithPolicyFrom(value *ParityPolicySourceApplyConfiguration) *ParityCheckSpecApplyConfiguration {
+	b.PolicyFrom = value
 	return b
 }
