@@ -2,6 +2,7 @@ package parity_test
 
 import (
 	"bytes"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -375,6 +376,27 @@ func TestOverlay(t *testing.T) {
 	}
 	if len(base.Objects) != 3 || base.Objects[0].Fields["/spec/template/spec/containers/app/image"] != "app:1" {
 		t.Error("Overlay changed its base")
+	}
+}
+
+// Fields under a keep pattern stay the baseline workload's: what only
+// makes the fork a separate object is not what the environment changes.
+func TestOverlayKeep(t *testing.T) {
+	fork := strings.Replace(deployment("web-alice", "{}"), "image: app:1",
+		"image: app:2\n          env: [{name: DETOUR_ENV, value: alice}, {name: MODE, value: fast}]", 1)
+	fork = strings.Replace(fork, "{name: web-alice}", "{name: web-alice, labels: {detour.dev/environment: alice}}", 1)
+	base := snap(t, "shop", strings.Replace(deployment("web", "{}"), "{name: web}", "{name: web, labels: {team: a}}", 1)+"---\n"+fork)
+	env := parity.Overlay(base, map[parity.ObjectKey]parity.ObjectKey{
+		{Kind: "Deployment", Name: "web-alice"}: {Kind: "Deployment", Name: "web"},
+	}, "env/alice", "/metadata/labels", "/spec/template/spec/containers/*/env/DETOUR_ENV")
+	rep := diff(t, parity.Overlay(base, map[parity.ObjectKey]parity.ObjectKey{{Kind: "Deployment", Name: "web-alice"}: {}}, "shop"), env, nil)
+	got := summarize(rep)
+	want := []found{
+		{"Deployment/web", "/spec/template/spec/containers/app/env/MODE", parity.OnlyRight, parity.CategoryConfig},
+		{"Deployment/web", "/spec/template/spec/containers/app/image", parity.Changed, parity.CategoryImage},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got %+v, want %+v", got, want)
 	}
 }
 

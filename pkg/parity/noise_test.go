@@ -13,7 +13,12 @@ import (
 // rule off there is one. So each rule is what removes its noise, and no
 // rule goes untested.
 func TestNoiseRules(t *testing.T) {
+	seen := map[string]bool{}
 	for _, rule := range parity.NoiseRules {
+		if seen[rule.Name] {
+			t.Errorf("rule %s is listed twice", rule.Name)
+		}
+		seen[rule.Name] = true
 		t.Run(rule.Name, func(t *testing.T) {
 			dir := filepath.Join("testdata", "noise", rule.Name)
 			if _, err := os.Stat(dir); err != nil {

@@ -52,7 +52,6 @@ var NoiseRules = []NoiseRule{
 	{RuleHPAReplicas, "a workload an HPA scales: replicas compared as the HPA's min..max, not the count of the moment"},
 	{RuleNamespaceName, "each side's own namespace name inside values, keys and object names: orders.staging.svc = orders.prod.svc"},
 	{RuleNameHash, "the hash suffix kustomize's generators give a ConfigMap or Secret (web-config-8h2k9c5fmt), in its name and in references to it: a generated object whose content changed is reported as changed, not as two objects"},
-	{RuleNameHash, "the hash suffix kustomize's generators give a ConfigMap or Secret (web-config-8h2k9c5fmt), in its name and in references to it: a generated object whose content changed is reported as changed, not as two objects"},
 }
 
 // ruleSet says which rules are on.
