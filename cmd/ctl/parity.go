@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -11,8 +12,10 @@ import (
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/detourdev/detour/pkg/generated/clientset/versioned"
 	"github.com/detourdev/detour/pkg/kubeclient"
 	"github.com/detourdev/detour/pkg/parity"
+	"github.com/detourdev/detour/pkg/parity/environment"
 	"github.com/detourdev/detour/pkg/parity/policy"
 	"github.com/detourdev/detour/pkg/parity/render"
 	"github.com/detourdev/detour/pkg/parity/source"
@@ -26,7 +29,8 @@ const exitDrift = 5
 const paritySourcesHelp = `Each side is one of:
   NAMESPACE            a namespace of the current (or --context) kubeconfig context
   CONTEXT/NAMESPACE    a namespace of another kubeconfig context (another cluster)
-  env/NAME             an environment as it runs (its forks over its baseline)
+  env/NAME             an environment as it runs (its forks over its baseline), in
+                       namespace -n, else the kubeconfig context's; a cluster only
   FILE                 a snapshot written by detour parity snapshot, or a file of manifests
   DIRECTORY            manifests (.yaml, .yml, .json below it), or a kustomization
                        (rendered in process, as kustomize build would)
@@ -48,6 +52,8 @@ side's namespace name inside values). See docs/parity.md.
 
 ` + paritySourcesHelp,
 	}
+	cmd.PersistentFlags().StringVarP(&g.namespace, "namespace", "n", "",
+		"`NAMESPACE` of env/NAME sides (default: the kubeconfig context's namespace); a namespace side is named by its argument")
 	cmd.AddCommand(newParityDiffCmd(g), newParitySnapshotCmd(g))
 	return cmd
 }
@@ -238,9 +244,10 @@ func fingerprinter(file string, random bool) (*parity.Fingerprinter, error) {
 
 func parityLoader(cmd *cobra.Command, g *globals, fp *parity.Fingerprinter, runtime bool) *source.Loader {
 	return &source.Loader{
-		Stdin:       cmd.InOrStdin(),
-		Fingerprint: fp,
-		Runtime:     runtime,
+		Stdin:        cmd.InOrStdin(),
+		Fingerprint:  fp,
+		Runtime:      runtime,
+		Environments: cliEnvironments{g},
 		Kube: func(kctx string) (kubernetes.Interface, error) {
 			if kctx == "" {
 				kctx = g.context
@@ -255,6 +262,38 @@ func parityLoader(cmd *cobra.Command, g *globals, fp *parity.Fingerprinter, runt
 			return kubernetes.NewForConfig(kc.REST)
 		},
 	}
+}
+
+// cliEnvironments reads env/NAME from the kubeconfig context's cluster: the
+// Environment resource and its namespace, read-only. Without a cluster (the
+// lab) it says why it cannot.
+type cliEnvironments struct{ g *globals }
+
+func (e cliEnvironments) Resolve(ctx context.Context, name string) (*source.EnvironmentView, error) {
+	cluster, err := e.g.clusterMode()
+	if err != nil {
+		return nil, err
+	}
+	if !cluster {
+		return environment.Unavailable{}.Resolve(ctx, name)
+	}
+	kc, err := e.g.kubeConfig()
+	if err != nil {
+		return nil, err
+	}
+	ns, err := e.g.interceptNamespace()
+	if err != nil {
+		return nil, err
+	}
+	kube, err := kubernetes.NewForConfig(kc.REST)
+	if err != nil {
+		return nil, err
+	}
+	detour, err := versioned.NewForConfig(kc.REST)
+	if err != nil {
+		return nil, err
+	}
+	return (&environment.Resolver{Detour: detour, Kube: kube, Namespace: ns}).Resolve(ctx, name)
 }
 
 // sourceError gives a side's error its exit code.

@@ -72,7 +72,7 @@ func TestParityExitCodes(t *testing.T) {
 		{"policy error", diff("--policy", badPolicy), exitUsage, "p.yaml:2: unknown key \"ignroe\""},
 		{"missing policy", diff("--policy", filepath.Join(t.TempDir(), "none.yaml")), exitNotFound, "policy"},
 		{"short key", diff("--fingerprint-key", shortKey), exitUsage, "at least 16"},
-		{"environments", []string{"parity", "diff", "env/alice", staging}, exitError, "environments are not available yet"},
+		{"environment in the lab", []string{"parity", "diff", "env/alice", staging, "--controller=127.0.0.1:1"}, exitError, "in the lab an environment's forks are lab pods"},
 		{"unknown noise rule", diff("--keep-noise", "status,nope"), exitUsage, `unknown rule "nope"`},
 		{"noise kept", diff("--keep-noise", "quantities,namespace-name"), exitDrift, "drift: 7 unexpected differences"},
 	}

@@ -385,7 +385,9 @@ func TestOverlayKeep(t *testing.T) {
 	fork := strings.Replace(deployment("web-alice", "{}"), "image: app:1",
 		"image: app:2\n          env: [{name: DETOUR_ENV, value: alice}, {name: MODE, value: fast}]", 1)
 	fork = strings.Replace(fork, "{name: web-alice}", "{name: web-alice, labels: {detour.dev/environment: alice}}", 1)
-	base := snap(t, "shop", strings.Replace(deployment("web", "{}"), "{name: web}", "{name: web, labels: {team: a}}", 1)+"---\n"+fork)
+	// An environment's side is read with its forks (rule environment-forks off).
+	base := snap(t, "shop", strings.Replace(deployment("web", "{}"), "{name: web}", "{name: web, labels: {team: a}}", 1)+"---\n"+fork,
+		func(o *parity.Options) { o.KeepNoise = []string{parity.RuleEnvironmentForks} })
 	env := parity.Overlay(base, map[parity.ObjectKey]parity.ObjectKey{
 		{Kind: "Deployment", Name: "web-alice"}: {Kind: "Deployment", Name: "web"},
 	}, "env/alice", "/metadata/labels", "/spec/template/spec/containers/*/env/DETOUR_ENV")

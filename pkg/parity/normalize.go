@@ -82,6 +82,9 @@ func Normalize(objs []map[string]any, o Options) (*Snapshot, error) {
 		if rules.on(RuleGeneratedObjects) && generatedObject(kind, name, raw, meta) {
 			continue
 		}
+		if rules.on(RuleEnvironmentForks) && environmentFork(kind, meta) {
+			continue
+		}
 		if seen[key] {
 			return nil, fmt.Errorf("%s appears twice", key)
 		}
@@ -135,6 +138,21 @@ func generatedObject(kind, name string, raw, meta map[string]any) bool {
 		}
 	}
 	return false
+}
+
+// EnvironmentLabel marks the workloads an environment made (its forks),
+// as v1alpha1.LabelEnvironment: pkg/parity does not import the API types.
+const EnvironmentLabel = "detour.dev/environment"
+
+// environmentFork says whether a workload is an environment's fork (rule
+// environment-forks).
+func environmentFork(kind string, meta map[string]any) bool {
+	if kind != "Deployment" && kind != "StatefulSet" {
+		return false
+	}
+	labels, _ := meta["labels"].(map[string]any)
+	_, ok := labels[EnvironmentLabel]
+	return ok
 }
 
 // hpaReplicas replaces the replicas of each workload an HPA scales by the

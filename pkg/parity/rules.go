@@ -17,6 +17,7 @@ const (
 	RuleGeneratedLabels  = "generated-labels"  // pod-template-hash, controller-revision-hash, a Job's controller-uid and its selector
 	RuleAllocated        = "allocated"         // what the cluster assigns: cluster IPs, node ports
 	RuleGeneratedObjects = "generated-objects" // objects the cluster makes: kube-root-ca.crt, a CronJob's Jobs, Helm release and token Secrets
+	RuleEnvironmentForks = "environment-forks" // workloads an environment forked: they belong to env/NAME, not to the namespace
 	RuleServerDefaults   = "server-defaults"   // a field at the API server's default equals the field absent
 	RuleEmptyValues      = "empty-values"      // null, {}, [] and "" in a spec equal the field absent
 	RuleListOrder        = "list-order"        // lists whose order means nothing are keyed or sorted
@@ -45,6 +46,7 @@ var NoiseRules = []NoiseRule{
 	{RuleGeneratedLabels, "labels pod-template-hash, controller-revision-hash, controller-uid, job-name (and batch.kubernetes.io/ ones), and the selector the API server generates for a Job"},
 	{RuleAllocated, "a Service's clusterIP (unless None), clusterIPs, nodePort and healthCheckNodePort"},
 	{RuleGeneratedObjects, "ConfigMap kube-root-ca.crt, Jobs owned by a CronJob, Secrets of type helm.sh/release.v1 and kubernetes.io/service-account-token"},
+	{RuleEnvironmentForks, "Deployments and StatefulSets labelled " + EnvironmentLabel + ": the forks of Detour's environments, which come and go with them; a side env/NAME shows them in place of what they fork"},
 	{RuleServerDefaults, "a field at the value the API server defaults it to is the same as the field absent (a manifest against a live object)"},
 	{RuleEmptyValues, "null, {}, [] and, in a spec, \"\" are the same as absent"},
 	{RuleListOrder, "containers, env, ports, volumes, mounts... keyed by name; tolerations, NetworkPolicy rules and peers, HPA metrics... compared as sets"},

@@ -38,8 +38,9 @@ var (
 	ErrBadArgument = errors.New("bad source")
 	// ErrNotFound is a file or namespace that does not exist.
 	ErrNotFound = errors.New("not found")
-	// ErrNoEnvironments says env/NAME cannot be read by this build.
-	ErrNoEnvironments = errors.New("environments are not available yet")
+	// ErrNoEnvironments says env/NAME cannot be read here (no cluster:
+	// the lab's forks are lab pods, not objects of a namespace).
+	ErrNoEnvironments = errors.New("environments cannot be read here")
 )
 
 // Spec is a parsed argument.
@@ -133,18 +134,20 @@ func readHead(path string) ([]byte, error) {
 	return io.ReadAll(io.LimitReader(f, 64<<10))
 }
 
-// Environments finds what an environment runs. The controller's
-// environments implement it; until then Loader.Environments is nil and
-// env/NAME is refused with ErrNoEnvironments.
+// Environments finds what an environment runs (pkg/parity/environment
+// reads it from a cluster). With Loader.Environments nil, env/NAME is
+// refused with ErrNoEnvironments.
 type Environments interface {
 	Resolve(ctx context.Context, name string) (*EnvironmentView, error)
 }
 
-// EnvironmentView is where an environment runs: its baseline namespace and
-// its forks (see parity.Overlay).
+// EnvironmentView is where an environment runs: its baseline namespace,
+// its forks and the fields of a fork that stay its workload's (see
+// parity.Overlay).
 type EnvironmentView struct {
 	Context, Namespace string
 	Forks              map[parity.ObjectKey]parity.ObjectKey
+	Keep               []string
 }
 
 // Loader reads sides.
@@ -209,17 +212,19 @@ func (l *Loader) load(ctx context.Context, s Spec) (*parity.Snapshot, error) {
 		return l.live(ctx, s.Context, s.Namespace, opts)
 	case Environment:
 		if l.Environments == nil {
-			return nil, fmt.Errorf("env/%s: %w in this detour: compare its baseline namespace instead", s.Env, ErrNoEnvironments)
+			return nil, fmt.Errorf("env/%s: %w", s.Env, ErrNoEnvironments)
 		}
 		view, err := l.Environments.Resolve(ctx, s.Env)
 		if err != nil {
 			return nil, fmt.Errorf("env/%s: %w", s.Env, err)
 		}
+		// The forks are read, to stand in for what they fork.
+		opts.KeepNoise = append(append([]string(nil), opts.KeepNoise...), parity.RuleEnvironmentForks)
 		base, err := l.live(ctx, view.Context, view.Namespace, opts)
 		if err != nil {
 			return nil, fmt.Errorf("env/%s: %w", s.Env, err)
 		}
-		return parity.Overlay(base, view.Forks, s.Arg), nil
+		return parity.Overlay(base, view.Forks, s.Arg, view.Keep...), nil
 	default:
 		return nil, fmt.Errorf("%w: %q", ErrBadArgument, s.Arg)
 	}
