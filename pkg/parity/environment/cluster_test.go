@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -29,6 +30,7 @@ import (
 var (
 	apiServer *envtest.Env
 	noCluster string // why there is none
+	runs      atomic.Int32
 )
 
 func TestMain(m *testing.M) { os.Exit(runTests(m)) }
@@ -113,11 +115,12 @@ func TestEnvironmentSide(t *testing.T) {
 	kube, detour := clients(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	kubetest.Namespace(t, kube, "shop")
+	shop := fmt.Sprintf("shop-%d", runs.Add(1)) // -count=N: a new namespace each run
+	kubetest.Namespace(t, kube, shop)
 	base := deployment("api", 3, "reg/api:1", corev1.EnvVar{Name: "MODE", Value: "safe"})
 	create := func(d *appsv1.Deployment) {
 		t.Helper()
-		if _, err := kube.AppsV1().Deployments("shop").Create(ctx, d, metav1.CreateOptions{}); err != nil {
+		if _, err := kube.AppsV1().Deployments(shop).Create(ctx, d, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -125,10 +128,10 @@ func TestEnvironmentSide(t *testing.T) {
 	create(deployment("web", 2, "reg/web:1"))
 	create(fork(base, "pr-1", "reg/api:2", corev1.EnvVar{Name: "FEATURE", Value: "on"}))
 	create(fork(base, "pr-2", "reg/api:3"))
-	if _, err := kube.CoreV1().ConfigMaps("shop").Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "cfg"}, Data: map[string]string{"a": "1"}}, metav1.CreateOptions{}); err != nil {
+	if _, err := kube.CoreV1().ConfigMaps(shop).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "cfg"}, Data: map[string]string{"a": "1"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	e, err := detour.DetourV1alpha1().Environments("shop").Create(ctx, &v1alpha1.Environment{
+	e, err := detour.DetourV1alpha1().Environments(shop).Create(ctx, &v1alpha1.Environment{
 		ObjectMeta: metav1.ObjectMeta{Name: "pr-1"},
 		Spec:       v1alpha1.EnvironmentSpec{Forks: []v1alpha1.Fork{{Workload: v1alpha1.WorkloadRef{Kind: v1alpha1.WorkloadDeployment, Name: "api"}}}},
 	}, metav1.CreateOptions{})
@@ -138,7 +141,7 @@ func TestEnvironmentSide(t *testing.T) {
 
 	l := &source.Loader{
 		Kube:         func(string) (kubernetes.Interface, error) { return kube, nil },
-		Environments: &environment.Resolver{Detour: detour, Kube: kube, Namespace: "shop"},
+		Environments: &environment.Resolver{Detour: detour, Kube: kube, Namespace: shop},
 	}
 	load := func(arg string) *parity.Snapshot {
 		t.Helper()
@@ -152,13 +155,13 @@ func TestEnvironmentSide(t *testing.T) {
 		}
 		return snap
 	}
-	ns, env := load("shop"), load("env/pr-1")
+	ns, env := load(shop), load("env/pr-1")
 	var names []string
 	for _, o := range ns.Objects {
 		names = append(names, o.Key().String())
 	}
 	if want := []string{"ConfigMap/cfg", "Deployment/api", "Deployment/web"}; !slices.Equal(names, want) {
-		t.Errorf("namespace shop reads %v, want %v: forks are not part of it", names, want)
+		t.Errorf("namespace %s reads %v, want %v: forks are not part of it", shop, names, want)
 	}
 	rep, err := parity.Diff(ns, env, parity.DiffOptions{})
 	if err != nil {
@@ -174,7 +177,7 @@ func TestEnvironmentSide(t *testing.T) {
 		"Deployment/api /spec/template/spec/containers/api/image",
 	}
 	if !slices.Equal(got, want) || rep.Right.Source != "env/pr-1" {
-		t.Errorf("shop against env/pr-1 (%s): %v, want %v", rep.Right.Source, got, want)
+		t.Errorf("the namespace against env/pr-1 (%s): %v, want %v", rep.Right.Source, got, want)
 	}
 
 	// Summary of the same environment, as its status shows it.
