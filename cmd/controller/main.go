@@ -55,6 +55,8 @@ type options struct {
 	envMaxTTL     time.Duration
 	labState      string
 
+	parityChecks string // on or off
+
 	auth                string
 	agentServiceAccount string
 	agentTokenAudience  string
@@ -81,6 +83,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.environments, "environments", "auto", "run ephemeral environments: on, off, or auto (on when --store-backend and --inventory-source are both kube, a cluster, or neither, the lab). Forks are Deployments and StatefulSets in a cluster, lab pods (in --lab-state) in the lab")
 	fs.DurationVar(&o.envDefaultTTL, "env-default-ttl", 24*time.Hour, "an environment's life when its spec gives no ttl")
 	fs.DurationVar(&o.envMaxTTL, "env-max-ttl", 7*24*time.Hour, "the longest ttl an environment may have or be renewed for")
+	addParityFlags(fs, o)
 	fs.StringVar(&o.labState, "lab-state", "", "the lab's state directory, where environments add their forks as lab pods; empty: the directory of --inventory")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format on stderr: text or json")
@@ -149,6 +152,9 @@ func (o *options) validate() error {
 	case "auto", "on", "off":
 	default:
 		return fmt.Errorf("--environments %q: want auto, on or off", o.environments)
+	}
+	if err := o.validateParity(); err != nil {
+		return err
 	}
 	if o.envDefaultTTL <= 0 || o.envMaxTTL <= 0 || o.envDefaultTTL > o.envMaxTTL {
 		return fmt.Errorf("--env-default-ttl %s and --env-max-ttl %s: want positive durations, the default no longer than the maximum", o.envDefaultTTL, o.envMaxTTL)
@@ -394,6 +400,9 @@ func serve(ctx context.Context, d *deps) error {
 		if rec != nil {
 			goRun("environments", func() error { return rec.Run(ctx) })
 		}
+	}
+	if err := startParity(ctx, d, goRun); err != nil {
+		return err
 	}
 	sec, err := grpcSecurity(ctx, o, d.kube, log)
 	if err != nil {
