@@ -18,11 +18,13 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/yaml"
 
 	"github.com/detourdev/detour/internal/envtest"
 	"github.com/detourdev/detour/internal/testutil"
@@ -50,7 +52,7 @@ func TestMain(m *testing.M) { os.Exit(runTests(m)) }
 func runTests(m *testing.M) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	env, err := envtest.Run(ctx, envtest.Options{})
+	env, err := envtest.Run(ctx, envtest.Options{Users: []envtest.User{{Name: controllerUser}}})
 	if errors.Is(err, envtest.ErrNoBinaries) && !testutil.InCI() {
 		noCluster = err.Error()
 		return m.Run()
@@ -74,7 +76,14 @@ func runTests(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	r, err := New(Config{Kube: f.kube, Detour: f.detour, FieldManager: "detour-test", Registerer: f.reg,
+	// The reconciler runs with the rights deploy/rbac/parity.yaml gives
+	// the controller, and no more: every test shows they are enough.
+	kube, detour, err := controllerClients(ctx, env, f.kube)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "controller's rights: %v\n", err)
+		return 1
+	}
+	r, err := New(Config{Kube: kube, Detour: detour, FieldManager: "detour-test", Registerer: f.reg,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -91,6 +100,43 @@ func runTests(m *testing.M) int {
 		return 1
 	}
 	return code
+}
+
+// controllerUser stands for the controller's service account.
+const controllerUser = "detour-controller"
+
+// controllerClients are clients of controllerUser, bound to the ClusterRole
+// of deploy/rbac/parity.yaml.
+func controllerClients(ctx context.Context, env *envtest.Env, admin kubernetes.Interface) (kubernetes.Interface, versioned.Interface, error) {
+	b, err := os.ReadFile("../../../deploy/rbac/parity.yaml")
+	if err != nil {
+		return nil, nil, err
+	}
+	var role rbacv1.ClusterRole
+	if err := yaml.Unmarshal([]byte(strings.SplitN(string(b), "\n---\n", 2)[0]), &role); err != nil {
+		return nil, nil, err
+	}
+	if role.Kind != "ClusterRole" || len(role.Rules) == 0 {
+		return nil, nil, fmt.Errorf("the first object of parity.yaml is a %s with %d rules, want the ClusterRole", role.Kind, len(role.Rules))
+	}
+	if _, err := admin.RbacV1().ClusterRoles().Create(ctx, &role, metav1.CreateOptions{}); err != nil {
+		return nil, nil, err
+	}
+	if _, err := admin.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: role.Name},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role.Name},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: controllerUser}},
+	}, metav1.CreateOptions{}); err != nil {
+		return nil, nil, err
+	}
+	cfg := kubetest.AdminConfig(env)
+	cfg.BearerToken, cfg.QPS = env.Tokens[controllerUser], -1
+	kube, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	detour, err := versioned.NewForConfig(cfg)
+	return kube, detour, err
 }
 
 func cluster(t *testing.T) *fixture {
@@ -266,6 +312,10 @@ func TestParityCheck(t *testing.T) {
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("differences\n%v\nwant\n%v", got, want)
+	}
+	// Every kind was read: the controller's rights are enough.
+	if len(pc.Status.Notes) != 0 {
+		t.Errorf("notes %q", pc.Status.Notes)
 	}
 	if s := pc.Status.Summary; s.Unexpected != 3 || s.Expected != 1 || s.Failing != 3 || s.Result != "drift" || condition(pc, v1alpha1.ParityConditionDrift) != "True/Drift" {
 		t.Errorf("summary %+v, drift %s", s, condition(pc, v1alpha1.ParityConditionDrift))
