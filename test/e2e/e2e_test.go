@@ -387,6 +387,10 @@ func TestE2E(t *testing.T) {
 		testEnvironments(t, e, c)
 	})
 
+	t.Run("parity: detour parity diff between two namespaces, and a ParityCheck's status and metric", func(t *testing.T) {
+		testParity(t, e)
+	})
+
 	t.Run("uninstall leaves no Detour BPF link on the node", func(t *testing.T) {
 		if ids, err := steer.LinkIDs(); err != nil || len(ids) == 0 {
 			t.Fatalf("before uninstall: steering links %v (err %v), want some: the check below would prove nothing", ids, err)
