@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"sort"
@@ -21,16 +22,19 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/yaml"
 
+	"github.com/detourdev/detour/deploy"
 	"github.com/detourdev/detour/internal/envtest"
 	"github.com/detourdev/detour/internal/testutil"
 	"github.com/detourdev/detour/internal/testutil/kubetest"
 	"github.com/detourdev/detour/pkg/apis/detour/v1alpha1"
 	"github.com/detourdev/detour/pkg/generated/clientset/versioned"
+	"github.com/detourdev/detour/pkg/kubeclient"
 )
 
 // One API server for the package's tests (TestMain), with the ParityCheck
@@ -42,6 +46,7 @@ var (
 )
 
 type fixture struct {
+	env    *envtest.Env
 	kube   kubernetes.Interface
 	detour versioned.Interface
 	reg    *prometheus.Registry
@@ -52,7 +57,7 @@ func TestMain(m *testing.M) { os.Exit(runTests(m)) }
 func runTests(m *testing.M) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	env, err := envtest.Run(ctx, envtest.Options{Users: []envtest.User{{Name: controllerUser}}})
+	env, err := envtest.Run(ctx, envtest.Options{Users: []envtest.User{{Name: controllerUser}, {Name: "carol"}}})
 	if errors.Is(err, envtest.ErrNoBinaries) && !testutil.InCI() {
 		noCluster = err.Error()
 		return m.Run()
@@ -68,7 +73,7 @@ func runTests(m *testing.M) int {
 	}
 	cfg := kubetest.AdminConfig(env)
 	cfg.QPS = -1
-	f := &fixture{reg: prometheus.NewRegistry()}
+	f := &fixture{env: env, reg: prometheus.NewRegistry()}
 	if f.kube, err = kubernetes.NewForConfig(cfg); err == nil {
 		f.detour, err = versioned.NewForConfig(cfg)
 	}
@@ -465,4 +470,78 @@ func deref(p *string) string {
 		return "(none)"
 	}
 	return *p
+}
+
+// The shipped admission policy: who creates a ParityCheck must be allowed
+// to list ConfigMaps and Secrets in both namespaces it compares.
+func TestParityCheckAdmission(t *testing.T) {
+	f := cluster(t)
+	ctx := context.Background()
+	var policy []*unstructured.Unstructured
+	objs, err := deploy.Objects()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		if o.GetName() == "detour-paritycheck-namespaces" {
+			policy = append(policy, o)
+		}
+	}
+	in, err := kubeclient.NewInstaller(kubetest.AdminConfig(f.env), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := in.Apply(ctx, kubeclient.ApplyOrder(policy)); err != nil || len(policy) != 2 {
+		t.Fatalf("apply the policy (%d objects): %v", len(policy), err)
+	}
+	t.Cleanup(func() {
+		_ = f.kube.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Delete(ctx, "detour-paritycheck-namespaces", metav1.DeleteOptions{})
+		_ = f.kube.AdmissionregistrationV1().ValidatingAdmissionPolicies().Delete(ctx, "detour-paritycheck-namespaces", metav1.DeleteOptions{})
+	})
+	n := names("pca")
+	ops, a, b := n("ops"), n("a"), n("b")
+	for _, ns := range []string{ops, a, b} {
+		kubetest.Namespace(t, f.kube, ns)
+	}
+	grant := func(ns string, resources ...string) {
+		t.Helper()
+		name := "carol-" + strings.Join(resources, "-")
+		if _, err := f.kube.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: name},
+			Rules: []rbacv1.PolicyRule{{APIGroups: []string{"", "detour.dev"}, Resources: resources, Verbs: []string{"list", "create", "get"}}}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.kube.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name},
+			RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: name},
+			Subjects: []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: "carol"}}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	grant(ops, "paritychecks")
+	grant(a, "configmaps", "secrets")
+	grant(b, "configmaps") // not secrets
+	cfg := kubetest.AdminConfig(f.env)
+	cfg.BearerToken = f.env.Tokens["carol"]
+	carol, err := versioned.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	create := func(name string) error {
+		_, err := carol.DetourV1alpha1().ParityChecks(ops).Create(ctx, &v1alpha1.ParityCheck{ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec: v1alpha1.ParityCheckSpec{Left: a, Right: b}}, metav1.CreateOptions{})
+		return err
+	}
+	// The policy takes effect once the API server has loaded it.
+	testutil.Eventually(t, 30*time.Second, func() error {
+		err := create("refused")
+		if err == nil {
+			_ = f.detour.DetourV1alpha1().ParityChecks(ops).Delete(ctx, "refused", metav1.DeleteOptions{})
+			return errors.New("carol's check was admitted")
+		}
+		if want := "user carol may not list configmaps and secrets in namespace " + b; !strings.Contains(err.Error(), want) {
+			return fmt.Errorf("refusal %q does not say %q", err, want)
+		}
+		return nil
+	})
+	grant(b, "secrets")
+	testutil.Eventually(t, 10*time.Second, func() error { return create("admitted") })
 }
