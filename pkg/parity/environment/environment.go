@@ -210,6 +210,26 @@ func Due(env *v1alpha1.Environment, now time.Time) (bool, time.Duration) {
 	return false, next.Sub(now)
 }
 
+// RetryInterval is how soon Refresh tries again after a comparison failed.
+const RetryInterval = time.Minute
+
+// Refresh is the environments reconciler's hook: the status.parity env
+// should show at now, and how soon to call again. It compares only when
+// Due; otherwise, and when the comparison fails (err says why), it returns
+// the summary env already has, so a failure never drops it.
+func Refresh(ctx context.Context, kube kubernetes.Interface, env *v1alpha1.Environment, now time.Time) (*v1alpha1.EnvironmentParity, time.Duration, error) {
+	due, wait := Due(env, now)
+	if !due {
+		return env.Status.Parity, wait, nil
+	}
+	p, err := Summary(ctx, kube, env)
+	if err != nil {
+		return env.Status.Parity, RetryInterval, err
+	}
+	p.Time = metav1.NewTime(now.UTC().Truncate(time.Second)) // the reconciler's clock
+	return p, Interval, nil
+}
+
 // Resolver reads env/NAME from a cluster: the Environment resource in
 // Namespace, and the forks in its namespace by their labels. It only gets
 // and lists.

@@ -115,6 +115,26 @@ func TestSummaryOfRenderedForks(t *testing.T) {
 	if time.Since(got.Time.Time) > time.Minute {
 		t.Errorf("time %v", got.Time)
 	}
+
+	// Refresh: a new summary when due, the one it has otherwise, and the
+	// one it has when the comparison fails.
+	now := time.Now()
+	p, next, err := environment.Refresh(ctx, kube, pr1, now)
+	if err != nil || p == nil || p.Differences != 2 || next != environment.Interval {
+		t.Errorf("Refresh of an environment without parity: %+v %v %v", p, next, err)
+	}
+	pr1.Status.Parity = p
+	// A minute later it is the same summary, due in about Interval less a
+	// minute (its time is kept to the second).
+	again, next, err := environment.Refresh(ctx, kube, pr1, now.Add(time.Minute))
+	if again != p || err != nil || next <= environment.Interval-time.Minute-time.Second || next > environment.Interval-time.Minute {
+		t.Errorf("Refresh of a fresh summary: same %v, next %v, %v", again == p, next, err)
+	}
+	gone := pr1.DeepCopy()
+	gone.Namespace, gone.Generation = "nowhere", 3
+	if kept, next, err := environment.Refresh(ctx, kube, gone, now); err == nil || kept != gone.Status.Parity || next != environment.RetryInterval {
+		t.Errorf("Refresh that cannot compare: %v %v %v", kept == gone.Status.Parity, next, err)
+	}
 }
 
 // Forks tells env's forks, other environments' and the rest apart.
