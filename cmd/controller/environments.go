@@ -10,11 +10,13 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
+	"github.com/detourdev/detour/pkg/apis/detour/v1alpha1"
 	"github.com/detourdev/detour/pkg/controller"
 	"github.com/detourdev/detour/pkg/envmgr"
 	"github.com/detourdev/detour/pkg/envmgr/cluster"
 	"github.com/detourdev/detour/pkg/envmgr/labenv"
 	"github.com/detourdev/detour/pkg/lab"
+	parityenv "github.com/detourdev/detour/pkg/parity/environment"
 	"github.com/detourdev/detour/pkg/store"
 	"github.com/detourdev/detour/pkg/store/kube"
 )
@@ -73,10 +75,16 @@ func startEnvironments(ctx context.Context, o *options, d *deps, st store.Store,
 		return nil, fmt.Errorf("environments: no environment store beside %T", st)
 	}
 	limits := envmgr.Limits{DefaultTTL: o.envDefaultTTL, MaxTTL: o.envMaxTTL}
-	rec, err := envmgr.NewReconciler(envmgr.Config{
+	cfg := envmgr.Config{
 		Store: envs, Workloads: workloads, Intercepts: srv, Inventory: inv,
 		Limits: limits, Events: events, Logger: log, Registerer: d.reg,
-	})
+	}
+	if _, inCluster := st.(*kube.Store); inCluster && o.parityChecks != "off" {
+		cfg.Parity = func(ctx context.Context, env *v1alpha1.Environment, now time.Time) (*v1alpha1.EnvironmentParity, time.Duration, error) {
+			return parityenv.Refresh(ctx, d.kube.client, env, now)
+		}
+	}
+	rec, err := envmgr.NewReconciler(cfg)
 	if err != nil {
 		return nil, err
 	}

@@ -120,6 +120,18 @@ func TestEnvironmentsKube(t *testing.T) {
 	if e.Status.Key != "pr-1" || e.Status.ForkSummary != "api" || e.Status.ExpiresAt == nil || !slices.Contains(e.Finalizers, v1alpha1.EnvironmentFinalizer) {
 		t.Errorf("Ready environment: %+v", e)
 	}
+	// A Ready environment shows its parity against its baseline: the
+	// fork copies api unchanged, so nothing differs.
+	testutil.Eventually(t, 30*time.Second, func() error {
+		e, err := envs.Get(ctx, "pr-1", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if p := e.Status.Parity; p == nil || p.Differences != 0 {
+			return fmt.Errorf("status.parity: %+v", p)
+		}
+		return nil
+	})
 	// kubectl get environments: the printer columns.
 	table := kubectlTable(t, ctx, env, "/apis/detour.dev/v1alpha1/namespaces/shop/environments/pr-1")
 	if !strings.Contains(table, "Key=pr-1") || !strings.Contains(table, "Forks=api") || !strings.Contains(table, "Phase=Ready") {

@@ -47,7 +47,11 @@ type Config struct {
 	Inventory  inventory.Source   // required: the services over the baseline
 	// Data makes data sources (database branches, seed jobs); nil: an
 	// environment with data entries fails, saying so.
-	Data       Data
+	Data Data
+	// Parity keeps a Ready environment's status.parity (its differences
+	// from its baseline, pkg/parity/environment.Refresh): the summary, and
+	// how soon to look again; nil: none (the lab).
+	Parity     func(ctx context.Context, env *v1alpha1.Environment, now time.Time) (*v1alpha1.EnvironmentParity, time.Duration, error)
 	Limits     Limits
 	Events     Events
 	Logger     *slog.Logger
@@ -231,6 +235,15 @@ func (r *Reconciler) Reconcile(ctx context.Context, namespace, name string) (tim
 
 	r.provision(ctx, env, &obs)
 	st := Status(env, obs)
+	st.Parity = env.Status.Parity // Status builds the rest afresh
+	var parityWait time.Duration
+	if r.cfg.Parity != nil && st.Phase == v1alpha1.EnvironmentReady {
+		p, next, err := r.cfg.Parity(ctx, env, now)
+		if err != nil {
+			r.log.Warn("environment parity", "environment", namespace+"/"+name, "err", err)
+		}
+		st.Parity, parityWait = p, next // on error p is the summary it had
+	}
 	if err := r.writeStatus(ctx, env, st); err != nil {
 		return 0, err
 	}
@@ -238,6 +251,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, namespace, name string) (tim
 	wait := obs.ExpiresAt.Sub(now)
 	if st.Phase != v1alpha1.EnvironmentReady {
 		wait = min(wait, r.cfg.Poll)
+	}
+	if parityWait > 0 {
+		wait = min(wait, parityWait)
 	}
 	return max(wait, time.Millisecond), nil
 }
