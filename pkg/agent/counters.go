@@ -74,17 +74,18 @@ func (d *dataplane) observe(id string, o proxy.Outcome, dur time.Duration) {
 	c := d.counters[id]
 	d.mu.Unlock()
 	if c == nil {
-		d.m.observe(id, o, dur)
+		d.m.observeGone(o, dur) // the intercept left the node meanwhile
 		return
 	}
 	c.count(o, dur)
 }
 
 // keepCounters keeps the counters of the intercepts in ids, makes those of
-// new ones and drops the others'; d.mu is held.
+// new ones and drops the others', with their series; d.mu is held.
 func (d *dataplane) keepCounters(ids map[string][]portKey) {
-	for id := range d.counters {
+	for id, c := range d.counters {
 		if _, ok := ids[id]; !ok {
+			c.metrics.forget()
 			delete(d.counters, id)
 		}
 	}

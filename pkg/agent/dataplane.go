@@ -62,6 +62,9 @@ type dataplane struct {
 	// listen opens a listener inside the namespace at path (netns.Listen;
 	// tests listen in their own namespace).
 	listen func(path, network, addr string) (net.Listener, error)
+	// dialFrom dials from inside the namespace at path (a netns.Dialer;
+	// tests dial from their own namespace).
+	dialFrom func(path string) func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	// syncMu makes syncs (Apply's and run's) one at a time. It is taken
 	// before mu and held while namespaces are found, without mu.
@@ -91,6 +94,9 @@ func newDataplane(s Steerer, log *slog.Logger, m *metrics) *dataplane {
 		drainsCtx:  drainsCtx,
 		stopDrains: stopDrains,
 		listen:     netns.Listen,
+		dialFrom: func(path string) func(context.Context, string, string) (net.Conn, error) {
+			return (&netns.Dialer{Path: path}).DialContext
+		},
 		ports:      map[portKey]*port{},
 		namespaces: map[uint64]*podNetNS{},
 		targets:    map[string][]portKey{},
@@ -179,6 +185,9 @@ func (d *dataplane) apply(assignments []*detourv1.Assignment, found *found) {
 
 	// Counters first: the routes set below reach them without the lock.
 	d.keepCounters(p.targets)
+	if d.connects != nil {
+		d.connects.keep(p.targets)
+	}
 
 	if d.flowPorts != nil {
 		// Before steering, so the flows of new ports are tracked from

@@ -8,7 +8,6 @@ import (
 	"os"
 	"strconv"
 
-	"github.com/detourdev/detour/pkg/netns"
 	"github.com/detourdev/detour/pkg/redirect/proxy"
 )
 
@@ -96,11 +95,10 @@ func (d *dataplane) addPort(k portKey, dp *desiredPort) error {
 		return fmt.Errorf("listen in pod namespace: %w", err)
 	}
 	tl := ln.(*net.TCPListener)
-	dialer := &netns.Dialer{Path: path}
 	obs := &portObserver{d: d}
 	px := proxy.New(proxy.Config{
 		App:      dp.app,
-		Dial:     dialer.DialContext,
+		Dial:     d.dialFrom(path),
 		Observer: obs,
 		Logger:   d.log.With("port", k.String()),
 		Relay:    d.relay,
