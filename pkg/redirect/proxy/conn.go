@@ -81,7 +81,7 @@ func (cl *client) serve() {
 	n, err := readHead(br, cl.req.Parse)
 	if errors.Is(err, http1.ErrNotHTTP1) && cl.sawPreface() {
 		cl.c.SetReadDeadline(time.Time{})
-		cl.serveH2(nil, nil) // HTTP/2 with prior knowledge (h2.go)
+		cl.serveH2() // HTTP/2 with prior knowledge (h2.go)
 		return
 	}
 	cl.c.SetReadDeadline(time.Time{})
@@ -139,9 +139,6 @@ func readHead(br *bufio.Reader, parse func([]byte) (int, error)) (int, error) {
 // buffered, then its response. It reports whether the client connection
 // can carry another request.
 func (cl *client) exchange(n int) bool {
-	if cl.upgradeH2C(n) {
-		return false // the connection was served as HTTP/2
-	}
 	x := cl.begin(n)
 	if !cl.connect(&x) {
 		return false
