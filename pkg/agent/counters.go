@@ -56,6 +56,10 @@ func (po *portObserver) Request(id string, o proxy.Outcome, dur time.Duration) {
 	po.d.observe(id, o, dur)
 }
 
+func (po *portObserver) Passthrough(r proxy.Reason) {
+	po.d.m.passthroughs.WithLabelValues(string(r)).Inc()
+}
+
 // setRoutes gives po the counters of routes' intercepts; d.mu is held.
 func (po *portObserver) setRoutes(routes []proxy.Route) {
 	rs := make([]routeCounters, 0, len(routes))

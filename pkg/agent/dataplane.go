@@ -48,6 +48,11 @@ type dataplane struct {
 	drains     sync.WaitGroup
 	drainsCtx  context.Context
 	stopDrains context.CancelFunc
+	// headTimeout bounds a request head from its first byte (zero: the
+	// proxy's default), and slowHeads caps, over all ports, the
+	// connections waiting for one beyond the first second.
+	headTimeout time.Duration
+	slowHeads   *proxy.SlowHeads
 	// relay moves L4 connections' bytes; nil copies in userspace.
 	relay func(ctx context.Context, client, upstream *net.TCPConn) error
 	// resolve finds the namespace of a target that carries no netns path;
@@ -93,6 +98,7 @@ func newDataplane(s Steerer, log *slog.Logger, m *metrics) *dataplane {
 		drain:      10 * time.Second,
 		drainsCtx:  drainsCtx,
 		stopDrains: stopDrains,
+		slowHeads:  proxy.NewSlowHeads(proxy.DefaultMaxSlowHeads),
 		listen:     netns.Listen,
 		dialFrom: func(path string) func(context.Context, string, string) (net.Conn, error) {
 			return (&netns.Dialer{Path: path}).DialContext

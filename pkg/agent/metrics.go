@@ -17,6 +17,7 @@ import (
 type metrics struct {
 	requests       *prometheus.CounterVec
 	latency        *prometheus.HistogramVec
+	passthroughs   *prometheus.CounterVec
 	intercepts     prometheus.Gauge
 	attachments    prometheus.Gauge
 	steeredPorts   prometheus.Gauge
@@ -58,6 +59,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help:    "Time from a request head read by the agent to the last byte of its response forwarded.",
 			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 18),
 		}, []string{"outcome"}),
+		passthroughs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "detour_agent_passthroughs_total",
+			Help: "Connections, or the rest of one, passed to the app untouched, by reason: not_http (TLS, another protocol), no_request (nothing within the first second: the server speaks first), malformed_head, head_too_large (over 64 KiB), head_timeout (not complete within --head-timeout), slow_heads_full (not complete within the first second with --max-slow-heads connections already waiting).",
+		}, []string{"reason"}),
 		intercepts: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "detour_agent_active_intercepts",
 			Help: "Intercepts the agent currently applies on its node.",
@@ -87,10 +92,22 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Desired-state events received from the controller, by type.",
 		}, []string{"type"}),
 	}
-	reg.MustRegister(m.requests, m.latency, m.intercepts, m.attachments, m.steeredPorts,
+	reg.MustRegister(m.requests, m.latency, m.passthroughs, m.intercepts, m.attachments, m.steeredPorts,
 		m.bpfErrors, m.syncConnected, m.syncReconnects, m.syncEvents)
+	for _, r := range proxy.Reasons {
+		m.passthroughs.WithLabelValues(string(r))
+	}
 	m.unmatched = m.forIntercept("")
 	return m
+}
+
+// slowHeadsGauge exports how many connections wait for the rest of a
+// request head beyond the first second, over all ports.
+func slowHeadsGauge(s *proxy.SlowHeads) prometheus.Collector {
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "detour_agent_slow_heads",
+		Help: "Connections waiting for the rest of a request head beyond the first second (up to --head-timeout), over all ports; at most --max-slow-heads.",
+	}, func() float64 { return float64(s.Waiting()) })
 }
 
 // observeGone records a request of an intercept that has left the node

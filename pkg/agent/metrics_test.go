@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -191,4 +192,70 @@ func TestConnectSeriesLeaveWithTheIntercept(t *testing.T) {
 	if got := series(t, reg); !slices.Equal(got, base) {
 		t.Fatalf("after the churn %v, want the series before: %v", got, base)
 	}
+}
+
+// TestPassthroughsByReason: what the routers pass to the app untouched is
+// counted by reason, every reason shown from the start, and the slow heads
+// waiting over all ports are a gauge.
+func TestPassthroughsByReason(t *testing.T) {
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "app") }))
+	t.Cleanup(app.Close)
+	reg := prometheus.NewRegistry()
+	a, err := New(Config{Node: "n", Registry: reg, Logger: (&logBuffer{}).logger()}, newFakeSteerer())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := a.dp
+	d.listen, d.dialFrom = listenHere, dialHere
+	t.Cleanup(func() { _ = d.Close() })
+	nsPath, _ := fakeNetNS(t)
+	appAddr := netip.MustParseAddrPort(app.Listener.Addr().String())
+	tg := target("api-0", appAddr.Addr(), uint32(appAddr.Port()))
+	tg.Netns = nsPath
+	d.Apply([]*detourv1.Assignment{intercept("api", tg)})
+	for _, r := range []string{"not_http", "no_request", "malformed_head", "head_too_large", "head_timeout", "slow_heads_full"} {
+		if !slices.Contains(series(t, reg), "detour_agent_passthroughs_total{reason="+r+"}") {
+			t.Fatalf("no series for reason %s: %v", r, series(t, reg))
+		}
+	}
+	c, err := net.Dial("tcp", onlyPortAddr(t, d))
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c, "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+	c.Close()
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if v := value(t, reg, "detour_agent_passthroughs_total", "not_http"); v != 1 {
+			return fmt.Errorf("not_http passthroughs %v, want 1", v)
+		}
+		return nil
+	})
+	if v := value(t, reg, "detour_agent_slow_heads", ""); v != 0 {
+		t.Fatalf("slow heads %v, want 0", v)
+	}
+}
+
+// value is the value of a series of the registry: the one whose only
+// label has the value label ("" for a series without labels).
+func value(t *testing.T, reg *prometheus.Registry, name, label string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if len(m.GetLabel()) == 0 && label == "" || len(m.GetLabel()) == 1 && m.GetLabel()[0].GetValue() == label {
+				if c := m.GetCounter(); c != nil {
+					return c.GetValue()
+				}
+				return m.GetGauge().GetValue()
+			}
+		}
+	}
+	t.Fatalf("no series %s{%s}", name, label)
+	return 0
 }

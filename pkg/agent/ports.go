@@ -97,11 +97,13 @@ func (d *dataplane) addPort(k portKey, dp *desiredPort) error {
 	tl := ln.(*net.TCPListener)
 	obs := &portObserver{d: d}
 	px := proxy.New(proxy.Config{
-		App:      dp.app,
-		Dial:     d.dialFrom(path),
-		Observer: obs,
-		Logger:   d.log.With("port", k.String()),
-		Relay:    d.relay,
+		App:         dp.app,
+		Dial:        d.dialFrom(path),
+		HeadTimeout: d.headTimeout,
+		SlowHeads:   d.slowHeads,
+		Observer:    obs,
+		Logger:      d.log.With("port", k.String()),
+		Relay:       d.relay,
 	})
 	p := &port{ln: tl, proxy: px, obs: obs, nsf: nsf}
 	p.setRoutes(dp.routes)
