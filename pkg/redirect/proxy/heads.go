@@ -35,8 +35,9 @@ import (
 const DefaultHeadTimeout = 10 * time.Second
 
 // DefaultMaxSlowHeads is how many connections may wait for a head beyond
-// FirstByteTimeout when Config.SlowHeads is nil. Each holds a read buffer
-// of http1.MaxHeadBytes: 512 of them hold 32 MiB.
+// FirstByteTimeout when Config.SlowHeads is nil. Each holds its buffers, a
+// read buffer of http1.MaxHeadBytes and a 16 KiB write buffer: 512 of them
+// hold 40 MiB.
 const DefaultMaxSlowHeads = 512
 
 // Reason is why a connection, or the rest of one, went to the app untouched.
