@@ -25,6 +25,8 @@ type client struct {
 	src  netip.Addr // the client's address, for source-restricted routes
 	up   *upConn    // the upstream connection of the last request, kept for the next (pool.go)
 	kind atomic.Int32
+	// deadline: readRequestHead set a read deadline (heads.go)
+	deadline bool
 
 	// A drain closes the connection while it waits for its next request
 	// (drain.go).
@@ -78,17 +80,17 @@ func (cl *client) serveConn() {
 func (cl *client) serve() {
 	n, err := cl.readRequestHead(time.Now())
 	if errors.Is(err, http1.ErrNotHTTP1) && cl.sawPreface() {
-		cl.c.SetReadDeadline(time.Time{})
+		cl.clearDeadline()
 		cl.serveH2() // HTTP/2 with prior knowledge (h2.go)
 		return
 	}
-	cl.c.SetReadDeadline(time.Time{})
+	cl.clearDeadline()
 	for err == nil && cl.exchange(n) {
 		if !cl.awaitRequest() {
 			return
 		}
 		n, err = cl.readRequestHead(time.Now())
-		cl.c.SetReadDeadline(time.Time{})
+		cl.clearDeadline()
 	}
 	if err != nil && !gone(err) {
 		// A head that cannot be routed, in any position: the rest of

@@ -23,6 +23,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync/atomic"
 	"time"
 
@@ -91,10 +92,9 @@ func gone(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.As(err, &ne) && !ne.Timeout()
 }
 
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
+// isTimeout reports whether a read ended at its deadline; errors.Is, not
+// errors.As, so that a head read costs no allocation.
+func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
 
 // SlowHeads counts the connections waiting for the rest of a request head
 // beyond FirstByteTimeout, and caps them, so slow clients cannot hold
@@ -130,11 +130,20 @@ func (s *SlowHeads) release() { s.n.Add(-1) }
 // returns its length. The head's first byte (for a connection's first
 // request, the connection) came at start: the head has until
 // start+FirstByteTimeout, then, if some of it has come and a place among
-// the slow heads is free, until start+HeadTimeout. The read deadline is
-// left set: the caller clears it, after looking for the HTTP/2 preface.
+// the slow heads is free, until start+HeadTimeout. A read deadline it set
+// is left set (cl.deadline): the caller clears it with clearDeadline, after
+// looking for the HTTP/2 preface.
 func (cl *client) readRequestHead(start time.Time) (int, error) {
 	p, br := cl.p, cl.bufs.r
 	var scan http1.RequestScan
+	// A keep-alive request's head has mostly arrived whole with its first
+	// byte: then no deadline is set and cleared for it.
+	if buf, _ := br.Peek(br.Buffered()); scan.Ready(buf) {
+		if n, err := cl.req.Parse(buf); !errors.Is(err, http1.ErrIncomplete) {
+			return n, err
+		}
+	}
+	cl.deadline = true
 	cl.c.SetReadDeadline(start.Add(p.cfg.FirstByteTimeout))
 	n, err := readScanned(br, cl.req.Parse, &scan)
 	if !isTimeout(err) {
@@ -156,6 +165,14 @@ func (cl *client) readRequestHead(start time.Time) (int, error) {
 		return 0, errHeadTimeout
 	}
 	return n, err
+}
+
+// clearDeadline clears the read deadline readRequestHead set, if it did.
+func (cl *client) clearDeadline() {
+	if cl.deadline {
+		cl.deadline = false
+		cl.c.SetReadDeadline(time.Time{})
+	}
 }
 
 // readScanned is readHead for request heads: it parses only when scan says
