@@ -106,9 +106,13 @@ func clip(b []byte) []byte {
 type RequestScan struct {
 	seen int // bytes looked at
 	// settled: a token and a space began the request line, so the bytes
-	// can no longer be ruled out as the start of a request before the
-	// head ends.
+	// can no longer be ruled out as the start of a request before it
+	// ends.
 	settled bool
+	// lineDone: the request line (the first line that is not empty) has
+	// ended, and was judged then; content: the line being read, before
+	// that, has a byte other than CR.
+	lineDone, content bool
 }
 
 var (
@@ -119,13 +123,15 @@ var (
 // Ready reports whether b, the bytes of the head read so far, may now
 // parse to something other than ErrIncomplete: until the request line's
 // first token is followed by a space, whenever a byte that is no token
-// character arrives (it may rule HTTP/1 out, see plausibleRequestStart);
-// (or one after a CR); then only once an empty line may have ended the
-// head, or the head has reached MaxHeadBytes.
+// character arrives (it may rule HTTP/1 out, see plausibleRequestStart),
+// or one after a CR; at every line end up to the end of the request line,
+// which must then be an HTTP/1 one; then only once an empty line may have
+// ended the head, or the head has reached MaxHeadBytes.
 func (s *RequestScan) Ready(b []byte) bool {
 	from := s.seen
 	if from > len(b) {
-		from, s.settled = 0, false // not the buffer it was given before
+		*s = RequestScan{} // not the buffer it was given before
+		from = 0
 	}
 	s.seen = len(b)
 	if len(b) >= MaxHeadBytes {
@@ -144,6 +150,19 @@ func (s *RequestScan) Ready(b []byte) bool {
 			// no request.
 			if !match.IsTokenChar(c) || i > 0 && b[i-1] == '\r' {
 				ready = true
+			}
+		}
+	}
+	if !s.lineDone {
+		for i := from; i < len(b); i++ {
+			if c := b[i]; c == '\n' {
+				ready = true
+				if s.content {
+					s.lineDone = true
+					break
+				}
+			} else if c != '\r' {
+				s.content = true
 			}
 		}
 	}

@@ -392,3 +392,26 @@ func TestSplitWritesRouteByTheWholeHead(t *testing.T) {
 		}
 	})
 }
+
+// TestTextProtocolPassesAtItsFirstLine: a protocol whose client speaks
+// first in lines of text (memcached's "get k") is no HTTP/1 request once
+// its first line has ended: it reaches the app at once, not after the
+// first-byte or the head timeout, so its client's wait for an answer costs
+// nothing.
+func TestTextProtocolPassesAtItsFirstLine(t *testing.T) {
+	rec := &recorder{}
+	app := echoServer(t, "")
+	_, addr, _ := startProxy(t, Config{App: app, Observer: rec, FirstByteTimeout: 5 * time.Second, HeadTimeout: 20 * time.Second})
+	for _, line := range []string{"get some-key\r\n", "SET k v\r\n", "QUIT\r\n"} {
+		c := dialRaw(t, addr)
+		start := time.Now()
+		io.WriteString(c, line)
+		got := make([]byte, len(line))
+		if _, err := io.ReadFull(c, got); err != nil || string(got) != line {
+			t.Fatalf("%q: echo %q, %v", line, got, err)
+		}
+		if d := time.Since(start); d > 2*time.Second {
+			t.Fatalf("%q reached the app after %v, want at once", line, d)
+		}
+	}
+}
