@@ -36,6 +36,7 @@ import (
 	"github.com/detourdev/detour/pkg/podns"
 	"github.com/detourdev/detour/pkg/redirect/connect"
 	"github.com/detourdev/detour/pkg/redirect/flowmetrics"
+	"github.com/detourdev/detour/pkg/redirect/proxy"
 	"github.com/detourdev/detour/pkg/redirect/splice"
 	"github.com/detourdev/detour/pkg/redirect/steer"
 )
@@ -93,7 +94,8 @@ type options struct {
 	controllerCA, serverName, tokenFile            string
 	metricsAddr, stateFile, logLevel               string
 	l4Relay, cpuProfile, flowCgroup, connectCgroup string
-	shutdownGrace                                  time.Duration
+	shutdownGrace, headTimeout                     time.Duration
+	maxSlowHeads                                   int
 }
 
 // parseFlags reads the flags; getenv gives --node its default, $NODE_NAME.
@@ -113,6 +115,8 @@ func parseFlags(args []string, getenv func(string) string, output io.Writer) (*o
 	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile of the whole run to this file when the agent stops (for benchmarks)")
 	fs.StringVar(&o.flowCgroup, "flow-metrics-cgroup", "auto", "cgroup v2 directory whose TCP flows feed the RTT and retransmit metrics (sockops), only flows with an intercepted pod port or a destination's port at either end: auto = the agent's own cgroup, off = none")
 	fs.StringVar(&o.connectCgroup, "connect-redirect", "auto", "send the connect() of an L4 intercept's callers in pod namespaces on this node (only the source pods', with --from-pod/--from-namespace) straight to the developer's pod (cgroup connect4 on this cgroup v2 directory): auto = the node's cgroup v2 root (/host/sys/fs/cgroup first, for a container), off = every caller goes through the agent's relay")
+	fs.DurationVar(&o.headTimeout, "head-timeout", proxy.DefaultHeadTimeout, "how long a request head may take from its first byte: one still arriving after the first second is waited for up to this long (at most --max-slow-heads at a time), so a client on a slow link keeps its session; then the rest of its connection goes to the app untouched. At least 1s; keep it no shorter than the apps' own header timeouts")
+	fs.IntVar(&o.maxSlowHeads, "max-slow-heads", proxy.DefaultMaxSlowHeads, "how many connections, over all ports, may wait beyond the first second for the rest of a request head (each holds 80 KiB of buffers); one more goes to the app untouched (0: none waits)")
 	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", agent.DefaultShutdownGrace, "on SIGTERM/SIGINT, how long to finish the requests, streams and connections already taken once the steering is removed, before closing them (0: close at once)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), usage)
@@ -138,6 +142,12 @@ func parseFlags(args []string, getenv func(string) string, output io.Writer) (*o
 	}
 	if o.shutdownGrace < 0 {
 		return nil, fmt.Errorf("--shutdown-grace %v: must not be negative", o.shutdownGrace)
+	}
+	if o.headTimeout < time.Second {
+		return nil, fmt.Errorf("--head-timeout %v: want 1s or more (the first second decides the protocol)", o.headTimeout)
+	}
+	if o.maxSlowHeads < 0 {
+		return nil, fmt.Errorf("--max-slow-heads %d: want 0 or more", o.maxSlowHeads)
 	}
 	if o.controllerCA == "" {
 		switch {
@@ -256,8 +266,11 @@ func run() error {
 		ResolveNetNS: podns.New().Resolve,
 		DialOptions:  dialOpts,
 		// --shutdown-grace=0 is no grace, which the agent's Config
-		// spells negative (its zero is the default).
+		// spells negative (its zero is the default); the same for
+		// --max-slow-heads=0.
 		ShutdownGrace: cmp.Or(o.shutdownGrace, -1),
+		HeadTimeout:   o.headTimeout,
+		MaxSlowHeads:  cmp.Or(o.maxSlowHeads, -1),
 	}
 	switch o.l4Relay {
 	case "copy":

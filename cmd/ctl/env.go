@@ -152,12 +152,12 @@ environment fails or the time runs out.`,
 	f.StringArrayVar(&ff.replicas, "replicas", nil, "`W=N`: pods of the fork (default 1; repeatable)")
 	f.StringArrayVar(&ff.patches, "patch", nil, "`W=PATCH`: strategic-merge patch of the fork's pod template, JSON, YAML or @FILE (repeatable)")
 	f.StringVar(&key, "key", "", "session `KEY` of the environment (default: its name)")
-	f.DurationVar(&ttl, "ttl", 0, "life `DURATION` of the environment after creation or renewal (default: the controller's, 24h unless set)")
-	f.DurationVar(&wait, "wait", 0, "wait up to `DURATION` for the environment to be Ready, showing progress (exit 1 if it fails or is not Ready in time)")
+	durationVar(f, &ttl, "ttl", 0, 0, false, "life `DURATION` of the environment after creation or renewal (default: the controller's, 24h unless set)")
+	durationVar(f, &wait, "wait", 0, 0, false, "wait up to `DURATION` for the environment to be Ready, showing progress (exit 1 if it fails or is not Ready in time)")
 	f.StringArrayVar(&data, "data", nil, "`NAME=KIND`: a data source of the environment's own (repeatable)")
 	f.StringVar(&source.Repository, "source-repo", "", "the repository under test, shown in the environment (`REPO`)")
 	f.StringVar(&source.Branch, "source-branch", "", "the branch under test (`BRANCH`)")
-	f.Int64Var(&source.PullRequest, "source-pr", 0, "the pull request under test (`NUMBER`)")
+	int64Var(f, &source.PullRequest, "source-pr", 1, "the pull request under test (`NUMBER`)")
 	f.StringVar(&source.Commit, "source-commit", "", "the commit under test (`SHA`)")
 	return cmd
 }
@@ -413,7 +413,7 @@ wait until all of it is gone.`,
 			return waitGone(cmd.Context(), c, cmd.ErrOrStderr(), ns, args[0], wait)
 		},
 	}
-	cmd.Flags().DurationVar(&wait, "wait", 0, "wait up to `DURATION` until the environment and everything it made are gone")
+	durationVar(cmd.Flags(), &wait, "wait", 0, 0, false, "wait up to `DURATION` until the environment and everything it made are gone")
 	return cmd
 }
 
@@ -484,6 +484,6 @@ is not given. The controller refuses more than its maximum (--env-max-ttl).`,
 			})
 		},
 	}
-	cmd.Flags().DurationVar(&ttl, "ttl", 0, "new life `DURATION` from now (default: the environment's own ttl)")
+	durationVar(cmd.Flags(), &ttl, "ttl", 0, 0, false, "new life `DURATION` from now (default: the environment's own ttl)")
 	return cmd
 }

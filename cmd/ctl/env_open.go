@@ -118,7 +118,7 @@ request by its key. Stops on Ctrl-C.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&service, "service", "", "the `SERVICE` to open, in the environment's namespace")
-	f.Uint32Var(&port, "port", 0, "the service `PORT`")
+	portVar(f, &port, "port", "the service `PORT`")
 	f.StringVar(&listen, "listen", "127.0.0.1:8080", "local `ADDRESS` to serve on")
 	f.StringVar(&labState, "lab-state", lab.DefaultStateDir, "the lab's state `DIR` (the lab only)")
 	return cmd

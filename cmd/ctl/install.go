@@ -120,9 +120,6 @@ This needs the rights to create all of these, cluster-scoped ones included
 			if err := checkOutputFlag(g); err != nil {
 				return err
 			}
-			if timeout <= 0 {
-				return usageErrorf("--timeout must be positive")
-			}
 			overrides := map[string]string{}
 			if ctlImage != "" {
 				overrides[controllerImage] = ctlImage
@@ -169,7 +166,7 @@ This needs the rights to create all of these, cluster-scoped ones included
 	f.StringVar(&ctlImage, "controller-image", "", "controller `IMAGE` instead of the manifests' "+controllerImage)
 	f.StringVar(&agtImage, "agent-image", "", "agent `IMAGE` instead of the manifests' "+agentImage)
 	f.BoolVar(&wait, "wait", true, "wait until the controller and every agent are ready")
-	f.DurationVar(&timeout, "timeout", 2*time.Minute, "give up after `DURATION` (applying and waiting)")
+	durationVar(f, &timeout, "timeout", 2*time.Minute, 0, true, "give up after `DURATION` (applying and waiting)")
 	f.BoolVar(&dryRun, "dry-run", false, "print the objects instead of applying them; no cluster is contacted")
 	return cmd
 }
@@ -199,9 +196,6 @@ command. --dry-run prints what would be deleted, in order, and contacts no
 cluster. Like install, it needs cluster-admin-like rights (exit 4 without).`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if timeout <= 0 {
-				return usageErrorf("--timeout must be positive")
-			}
 			objs, err := manifests(g, nil)
 			if err != nil {
 				return err
@@ -232,7 +226,7 @@ cluster. Like install, it needs cluster-admin-like rights (exit 4 without).`,
 	}
 	f := cmd.Flags()
 	f.BoolVar(&wait, "wait", true, "wait until every deleted object is gone")
-	f.DurationVar(&timeout, "timeout", 2*time.Minute, "give up after `DURATION`")
+	durationVar(f, &timeout, "timeout", 2*time.Minute, 0, true, "give up after `DURATION`")
 	f.BoolVar(&dryRun, "dry-run", false, "print what would be deleted; no cluster is contacted")
 	return cmd
 }

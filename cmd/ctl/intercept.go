@@ -142,7 +142,7 @@ an IP address. With --ttl the intercept expires unless renewed in time.`,
 			if err != nil {
 				return err
 			}
-			if port == 0 || port > 65535 {
+			if port == 0 {
 				return usageErrorf("--port is required: the service port to intercept (1-65535)")
 			}
 			if to == "" {
@@ -150,9 +150,6 @@ an IP address. With --ttl the intercept expires unless renewed in time.`,
 			}
 			if !strings.Contains(to, ":") {
 				return usageErrorf("--to %q: want HOST:PORT", to)
-			}
-			if ttl < 0 {
-				return usageErrorf("--ttl %s is negative", ttl)
 			}
 			switch {
 			case l4 && len(conds) > 0:
@@ -221,13 +218,13 @@ an IP address. With --ttl the intercept expires unless renewed in time.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&service, "service", "", "the shared service, `NS/SVC` or SVC (in the namespace of -n or the context, else default)")
-	f.Uint32Var(&port, "port", 0, "the service `PORT` to intercept")
+	portVar(f, &port, "port", "the service `PORT` to intercept")
 	f.StringVar(&to, "to", "", "where matching requests go, `HOST:PORT`: POD:PORT, NS/POD:PORT or IP:PORT")
-	f.DurationVar(&ttl, "ttl", 0, "lease `DURATION`: the intercept expires this long after creation or renewal (0: never)")
+	durationVar(f, &ttl, "ttl", 0, 0, false, "lease `DURATION`: the intercept expires this long after creation or renewal (0: never)")
 	f.BoolVar(&l4, "l4", false, "take every connection to the port (no request is read; TLS passes through): redirected at connect() for callers on the node, relayed by the agent for the others")
 	f.StringArrayVar(&fromPod, "from-pod", nil, "only detour connections from this pod, `[NS/]POD` (repeatable)")
 	f.StringArrayVar(&fromNS, "from-namespace", nil, "only detour connections from pods of this `NAMESPACE` (repeatable)")
-	f.DurationVar(&wait, "wait", 0, "after creating, wait up to `DURATION` until every targeted node reports steering attached (exit 1 if not)")
+	durationVar(f, &wait, "wait", 0, 0, false, "after creating, wait up to `DURATION` until every targeted node reports steering attached (exit 1 if not)")
 	for _, cf := range []struct {
 		name, typ, usage string
 		kind             match.Kind
@@ -354,9 +351,6 @@ unless --ttl gives it one.`,
 			if err := checkOutputFlag(g); err != nil {
 				return err
 			}
-			if ttl < 0 {
-				return usageErrorf("--ttl %s is negative", ttl)
-			}
 			ns, err := g.interceptNamespace()
 			if err != nil {
 				return err
@@ -383,7 +377,7 @@ unless --ttl gives it one.`,
 			})
 		},
 	}
-	cmd.Flags().DurationVar(&ttl, "ttl", 0, "new lease `DURATION` from now (default: the intercept's own ttl)")
+	durationVar(cmd.Flags(), &ttl, "ttl", 0, 0, false, "new lease `DURATION` from now (default: the intercept's own ttl)")
 	return cmd
 }
 

@@ -70,7 +70,7 @@ func TestFlagValidation(t *testing.T) {
 		{"bad --port", create("--session", "a", "--to", "a:1", "--port", "x"), exitUsage, "--port"},
 		{"port out of range", create("--session", "a", "--to", "a:1", "--port", "70000"), exitUsage, "1-65535"},
 		{"bad --ttl", create("--session", "a", "--to", "a:1", "--ttl", "soon"), exitUsage, "--ttl"},
-		{"negative --ttl", create("--session", "a", "--to", "a:1", "--ttl", "-1m"), exitUsage, "negative"},
+		{"negative --ttl", create("--session", "a", "--to", "a:1", "--ttl", "-1m"), exitUsage, "0s or more"},
 		{"no --service", []string{"intercept", "create", "x", nowhere, "--port", "80", "--session", "a", "--to", "a:1"}, exitUsage, "--service is required"},
 		{"bad --service", []string{"intercept", "create", "x", nowhere, "--service", "a/b/c", "--port", "80", "--session", "a", "--to", "a:1"}, exitUsage, "NAMESPACE/SERVICE"},
 		{"create without name", []string{"intercept", "create", nowhere, "--service", "api", "--port", "80", "--session", "a", "--to", "a:1"}, exitUsage, "NAME"},
@@ -80,7 +80,7 @@ func TestFlagValidation(t *testing.T) {
 		{"-n with -A", []string{"intercept", "list", nowhere, "-n", "x", "-A"}, exitUsage, "exclude"},
 		{"get without name", []string{"intercept", "get", nowhere}, exitUsage, "NAME"},
 		{"delete two names", []string{"intercept", "delete", "a", "b", nowhere}, exitUsage, "NAME"},
-		{"renew negative ttl", []string{"intercept", "renew", "a", nowhere, "--ttl", "-5s"}, exitUsage, "negative"},
+		{"renew negative ttl", []string{"intercept", "renew", "a", nowhere, "--ttl", "-5s"}, exitUsage, "0s or more"},
 		{"status argument", []string{"status", "x", nowhere}, exitUsage, "unknown command"},
 		// Valid flags get as far as dialling.
 		{"unreachable", create("--session", "alice", "--to", "api-alice:8080"), exitError, "cannot reach the controller at 127.0.0.1:1"},

@@ -25,6 +25,7 @@ import (
 
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
 	"github.com/detourdev/detour/pkg/podns"
+	"github.com/detourdev/detour/pkg/redirect/proxy"
 )
 
 // Config is what an agent needs besides its steering.
@@ -76,6 +77,15 @@ type Config struct {
 	// requests and HTTP/2 streams in flight, L4 relays), then closes what
 	// is left. Zero means DefaultShutdownGrace; negative, no grace.
 	ShutdownGrace time.Duration
+	// HeadTimeout bounds a request head from its first byte: a head that
+	// has begun but is not complete within the first second is waited for
+	// up to this long, then the rest of its connection goes to the app.
+	// Zero means proxy.DefaultHeadTimeout.
+	HeadTimeout time.Duration
+	// MaxSlowHeads caps the connections, over all ports, waiting for a head
+	// beyond the first second; a head with no place left goes to the app.
+	// Zero means proxy.DefaultMaxSlowHeads; negative, none waits.
+	MaxSlowHeads int
 	// DialOptions for the controller connection, applied after the default
 	// insecure transport credentials: a grpc.WithTransportCredentials here
 	// replaces them (TLS in a cluster); grpc.WithPerRPCCredentials adds a
@@ -130,6 +140,16 @@ func New(cfg Config, s Steerer) (*Agent, error) {
 	}
 	m := newMetrics(cfg.Registry)
 	dp := newDataplane(s, cfg.Logger, m)
+	dp.headTimeout = cfg.HeadTimeout
+	switch {
+	case cfg.MaxSlowHeads > 0:
+		dp.slowHeads = proxy.NewSlowHeads(cfg.MaxSlowHeads)
+	case cfg.MaxSlowHeads < 0:
+		dp.slowHeads = proxy.NewSlowHeads(0)
+	}
+	if err := cfg.Registry.Register(slowHeadsGauge(dp.slowHeads)); err != nil {
+		return nil, fmt.Errorf("agent: register slow head metrics: %w", err)
+	}
 	dp.relay = cfg.Relay
 	dp.resolve = cfg.ResolveNetNS
 	dp.flowPorts = cfg.FlowPorts

@@ -82,7 +82,10 @@ type connectPlane struct {
 	// retired counts, per intercept, the connections of redirects since
 	// removed, so the counters never go down.
 	retired map[string]uint64
-	closed  bool
+	// live are the intercepts on the node (nil: not told yet): an
+	// intercept that leaves takes its count, and its series, with it.
+	live   map[string][]portKey
+	closed bool
 
 	totalDesc, activeDesc *prometheus.Desc
 }
@@ -106,6 +109,19 @@ func (cp *connectPlane) want(w []connectWant) {
 	cp.mu.Lock()
 	defer cp.mu.Unlock()
 	cp.desired = w
+}
+
+// keep tells which intercepts are on the node, and forgets the counts of
+// the others.
+func (cp *connectPlane) keep(live map[string][]portKey) {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	cp.live = live
+	for id := range cp.retired {
+		if _, ok := live[id]; !ok {
+			delete(cp.retired, id)
+		}
+	}
 }
 
 // wanted reports whether any redirect is wanted.
@@ -228,7 +244,9 @@ func (cp *connectPlane) remove(from connect.From, r installedRedirect) {
 		cp.log.Error("removing a connect-time redirect failed", "intercept", r.intercept, "redirect", from.String(), "err", err)
 		return
 	}
-	cp.retired[r.intercept] += n
+	if _, ok := cp.live[r.intercept]; ok || cp.live == nil {
+		cp.retired[r.intercept] += n
+	}
 	delete(cp.installed, from)
 	cp.log.Info("connect-time redirect removed", "intercept", r.intercept, "redirect", from.String())
 }

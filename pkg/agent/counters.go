@@ -56,6 +56,10 @@ func (po *portObserver) Request(id string, o proxy.Outcome, dur time.Duration) {
 	po.d.observe(id, o, dur)
 }
 
+func (po *portObserver) Passthrough(r proxy.Reason) {
+	po.d.m.passthroughs.WithLabelValues(string(r)).Inc()
+}
+
 // setRoutes gives po the counters of routes' intercepts; d.mu is held.
 func (po *portObserver) setRoutes(routes []proxy.Route) {
 	rs := make([]routeCounters, 0, len(routes))
@@ -74,17 +78,18 @@ func (d *dataplane) observe(id string, o proxy.Outcome, dur time.Duration) {
 	c := d.counters[id]
 	d.mu.Unlock()
 	if c == nil {
-		d.m.observe(id, o, dur)
+		d.m.observeGone(o, dur) // the intercept left the node meanwhile
 		return
 	}
 	c.count(o, dur)
 }
 
 // keepCounters keeps the counters of the intercepts in ids, makes those of
-// new ones and drops the others'; d.mu is held.
+// new ones and drops the others', with their series; d.mu is held.
 func (d *dataplane) keepCounters(ids map[string][]portKey) {
-	for id := range d.counters {
+	for id, c := range d.counters {
 		if _, ok := ids[id]; !ok {
+			c.metrics.forget()
 			delete(d.counters, id)
 		}
 	}

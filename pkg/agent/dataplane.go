@@ -48,6 +48,11 @@ type dataplane struct {
 	drains     sync.WaitGroup
 	drainsCtx  context.Context
 	stopDrains context.CancelFunc
+	// headTimeout bounds a request head from its first byte (zero: the
+	// proxy's default), and slowHeads caps, over all ports, the
+	// connections waiting for one beyond the first second.
+	headTimeout time.Duration
+	slowHeads   *proxy.SlowHeads
 	// relay moves L4 connections' bytes; nil copies in userspace.
 	relay func(ctx context.Context, client, upstream *net.TCPConn) error
 	// resolve finds the namespace of a target that carries no netns path;
@@ -62,6 +67,9 @@ type dataplane struct {
 	// listen opens a listener inside the namespace at path (netns.Listen;
 	// tests listen in their own namespace).
 	listen func(path, network, addr string) (net.Listener, error)
+	// dialFrom dials from inside the namespace at path (a netns.Dialer;
+	// tests dial from their own namespace).
+	dialFrom func(path string) func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	// syncMu makes syncs (Apply's and run's) one at a time. It is taken
 	// before mu and held while namespaces are found, without mu.
@@ -90,7 +98,11 @@ func newDataplane(s Steerer, log *slog.Logger, m *metrics) *dataplane {
 		drain:      10 * time.Second,
 		drainsCtx:  drainsCtx,
 		stopDrains: stopDrains,
+		slowHeads:  proxy.NewSlowHeads(proxy.DefaultMaxSlowHeads),
 		listen:     netns.Listen,
+		dialFrom: func(path string) func(context.Context, string, string) (net.Conn, error) {
+			return (&netns.Dialer{Path: path}).DialContext
+		},
 		ports:      map[portKey]*port{},
 		namespaces: map[uint64]*podNetNS{},
 		targets:    map[string][]portKey{},
@@ -184,6 +196,9 @@ func (d *dataplane) apply(assignments []*detourv1.Assignment, found *found) {
 
 	// Counters first: the routes set below reach them without the lock.
 	d.keepCounters(p.targets)
+	if d.connects != nil {
+		d.connects.keep(p.targets)
+	}
 
 	if d.flowPorts != nil {
 		// Before steering, so the flows of new ports are tracked from

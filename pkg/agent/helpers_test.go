@@ -190,11 +190,17 @@ func listenHere(_, network, _ string) (net.Listener, error) {
 	return lc.Listen(context.Background(), network, "127.0.0.1:0")
 }
 
+// dialHere stands in for netns.Dialer, as listenHere for netns.Listen.
+func dialHere(string) func(context.Context, string, string) (net.Conn, error) {
+	var d net.Dialer
+	return d.DialContext
+}
+
 // newTestDataplane is a dataplane over fakes that is closed with the test.
 func newTestDataplane(t *testing.T, s Steerer, r *fakeResolver, logs *logBuffer) *dataplane {
 	t.Helper()
 	d := newDataplane(s, logs.logger(), newMetrics(prometheus.NewRegistry()))
-	d.listen = listenHere
+	d.listen, d.dialFrom = listenHere, dialHere
 	if r != nil {
 		d.resolve = r.resolve
 	}

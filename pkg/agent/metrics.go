@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -10,10 +11,13 @@ import (
 )
 
 // metrics are the agent's Prometheus series. Labels are bounded: intercept
-// names come from the controller, never from request bytes.
+// names come from the controller, never from request bytes, and an
+// intercept's series are deleted when it leaves the node (forget), so a
+// churn of intercepts leaves none behind.
 type metrics struct {
 	requests       *prometheus.CounterVec
 	latency        *prometheus.HistogramVec
+	passthroughs   *prometheus.CounterVec
 	intercepts     prometheus.Gauge
 	attachments    prometheus.Gauge
 	steeredPorts   prometheus.Gauge
@@ -55,6 +59,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help:    "Time from a request head read by the agent to the last byte of its response forwarded.",
 			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 18),
 		}, []string{"outcome"}),
+		passthroughs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "detour_agent_passthroughs_total",
+			Help: "Connections, or the rest of one, passed to the app untouched, by reason: not_http (TLS, another protocol), no_request (nothing within the first second: the server speaks first), malformed_head, head_too_large (over 64 KiB), head_timeout (not complete within --head-timeout), slow_heads_full (not complete within the first second with --max-slow-heads connections already waiting).",
+		}, []string{"reason"}),
 		intercepts: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "detour_agent_active_intercepts",
 			Help: "Intercepts the agent currently applies on its node.",
@@ -84,16 +92,28 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Desired-state events received from the controller, by type.",
 		}, []string{"type"}),
 	}
-	reg.MustRegister(m.requests, m.latency, m.intercepts, m.attachments, m.steeredPorts,
+	reg.MustRegister(m.requests, m.latency, m.passthroughs, m.intercepts, m.attachments, m.steeredPorts,
 		m.bpfErrors, m.syncConnected, m.syncReconnects, m.syncEvents)
+	for _, r := range proxy.Reasons {
+		m.passthroughs.WithLabelValues(string(r))
+	}
 	m.unmatched = m.forIntercept("")
 	return m
 }
 
-// observe records one routed request, looking its series up by label; the
-// per-request path uses requestMetrics instead.
-func (m *metrics) observe(intercept string, o proxy.Outcome, d time.Duration) {
-	m.requests.WithLabelValues(intercept, string(o)).Inc()
+// slowHeadsGauge exports how many connections wait for the rest of a
+// request head beyond the first second, over all ports.
+func slowHeadsGauge(s *proxy.SlowHeads) prometheus.Collector {
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "detour_agent_slow_heads",
+		Help: "Connections waiting for the rest of a request head beyond the first second (up to --head-timeout), over all ports; at most --max-slow-heads.",
+	}, func() float64 { return float64(s.Waiting()) })
+}
+
+// observeGone records a request of an intercept that has left the node
+// while the request was being routed: in the latency only, since the
+// intercept's series are gone with it and must not be made again.
+func (m *metrics) observeGone(o proxy.Outcome, d time.Duration) {
 	m.latency.WithLabelValues(string(o)).Observe(d.Seconds())
 }
 
@@ -107,6 +127,12 @@ type requestMetrics struct {
 	m         *metrics
 	intercept string
 	requests  [len(outcomes)]atomic.Pointer[prometheus.Counter]
+
+	// mu makes resolving a series and forgetting them all exclusive, so
+	// that a request finishing as its intercept leaves cannot make a
+	// series again after forget deleted them.
+	mu   sync.Mutex
+	gone bool
 }
 
 func (m *metrics) forIntercept(intercept string) *requestMetrics {
@@ -117,18 +143,17 @@ func (m *metrics) forIntercept(intercept string) *requestMetrics {
 func (r *requestMetrics) observe(o proxy.Outcome, d time.Duration) {
 	i := outcomeIndex(o)
 	if i < 0 {
-		r.m.observe(r.intercept, o, d)
-		return
+		return // not an outcome the proxy reports
 	}
 	c := r.requests[i].Load()
 	if c == nil {
-		// Racing resolutions store the same child: the vector has one per
-		// label set.
-		cc := r.m.requests.WithLabelValues(r.intercept, string(o))
-		c = &cc
-		r.requests[i].Store(c)
+		c = r.resolve(i, o)
 	}
-	(*c).Inc()
+	if c != nil {
+		// Once forgotten, a child resolved before only counts where
+		// nobody scrapes: it is no longer in the vector.
+		(*c).Inc()
+	}
 	h := r.m.latencyOf[i].Load()
 	if h == nil {
 		hh := r.m.latency.WithLabelValues(string(o))
@@ -136,4 +161,32 @@ func (r *requestMetrics) observe(o proxy.Outcome, d time.Duration) {
 		r.m.latencyOf[i].Store(h)
 	}
 	(*h).Observe(d.Seconds())
+}
+
+// resolve finds the series of outcome o (index i), unless the intercept's
+// series were forgotten.
+func (r *requestMetrics) resolve(i int, o proxy.Outcome) *prometheus.Counter {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.gone {
+		return nil
+	}
+	if c := r.requests[i].Load(); c != nil {
+		return c
+	}
+	c := r.m.requests.WithLabelValues(r.intercept, string(o))
+	r.requests[i].Store(&c)
+	return &c
+}
+
+// forget deletes the intercept's series: it has left the node. Requests of
+// it still being routed then count in the latency only.
+func (r *requestMetrics) forget() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.gone = true
+	for i := range r.requests {
+		r.requests[i].Store(nil)
+	}
+	r.m.requests.DeletePartialMatch(prometheus.Labels{"intercept": r.intercept})
 }

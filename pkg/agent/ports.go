@@ -8,7 +8,6 @@ import (
 	"os"
 	"strconv"
 
-	"github.com/detourdev/detour/pkg/netns"
 	"github.com/detourdev/detour/pkg/redirect/proxy"
 )
 
@@ -96,14 +95,15 @@ func (d *dataplane) addPort(k portKey, dp *desiredPort) error {
 		return fmt.Errorf("listen in pod namespace: %w", err)
 	}
 	tl := ln.(*net.TCPListener)
-	dialer := &netns.Dialer{Path: path}
 	obs := &portObserver{d: d}
 	px := proxy.New(proxy.Config{
-		App:      dp.app,
-		Dial:     dialer.DialContext,
-		Observer: obs,
-		Logger:   d.log.With("port", k.String()),
-		Relay:    d.relay,
+		App:         dp.app,
+		Dial:        d.dialFrom(path),
+		HeadTimeout: d.headTimeout,
+		SlowHeads:   d.slowHeads,
+		Observer:    obs,
+		Logger:      d.log.With("port", k.String()),
+		Relay:       d.relay,
 	})
 	p := &port{ln: tl, proxy: px, obs: obs, nsf: nsf}
 	p.setRoutes(dp.routes)

@@ -10,7 +10,11 @@ import (
 
 // metrics are the controller's Prometheus series. Labels are bounded: an
 // operation's result is one of a handful of words, never a name or a header
-// value from a request.
+// value from a request. No series is per intercept: intercepts come and go
+// by the thousand over a controller's life, and per-intercept numbers are in
+// their status (matched, fallbacks). A per-intercept series would have to be
+// deleted when its intercept goes, as the agent's are
+// (TestSeriesAfterInterceptChurn holds the controller to its series).
 type metrics struct {
 	activeIntercepts prometheus.Gauge
 	connectedAgents  prometheus.Gauge

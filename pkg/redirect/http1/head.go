@@ -14,12 +14,14 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+
+	"github.com/detourdev/detour/pkg/redirect/match"
 )
 
 // MaxHeadBytes bounds a message head (start line, header fields and the
 // empty line). A head that does not end within it is not parsed: the proxy
-// passes such a connection through or rejects the request, and buffers of
-// this size are all it ever needs to hold a head.
+// passes the rest of such a connection to the app, and buffers of this size
+// are all it ever needs to hold a head.
 const MaxHeadBytes = 64 << 10
 
 var (
@@ -92,4 +94,80 @@ func clip(b []byte) []byte {
 		return b[:64]
 	}
 	return b
+}
+
+// RequestScan follows a request head as it arrives, so that a connection
+// reading it a few bytes at a time looks at each byte about once: Ready
+// says whether Request.Parse of the bytes so far can give anything but
+// ErrIncomplete. Without it a head dribbled in byte by byte is parsed whole
+// at every byte, quadratic in its length, which lets a slow client burn the
+// proxy's CPU. The zero value starts a head; Ready must be given the same
+// buffer, grown, at every call.
+type RequestScan struct {
+	seen int // bytes looked at
+	// settled: a token and a space began the request line, so the bytes
+	// can no longer be ruled out as the start of a request before it
+	// ends.
+	settled bool
+	// lineDone: the request line (the first line that is not empty) has
+	// ended, and was judged then; content: the line being read, before
+	// that, has a byte other than CR.
+	lineDone, content bool
+}
+
+var (
+	lfLF   = []byte("\n\n")
+	lfCRLF = []byte("\n\r\n")
+)
+
+// Ready reports whether b, the bytes of the head read so far, may now
+// parse to something other than ErrIncomplete: until the request line's
+// first token is followed by a space, whenever a byte that is no token
+// character arrives (it may rule HTTP/1 out, see plausibleRequestStart),
+// or one after a CR; at every line end up to the end of the request line,
+// which must then be an HTTP/1 one; then only once an empty line may have
+// ended the head, or the head has reached MaxHeadBytes.
+func (s *RequestScan) Ready(b []byte) bool {
+	from := s.seen
+	if from > len(b) {
+		*s = RequestScan{} // not the buffer it was given before
+		from = 0
+	}
+	s.seen = len(b)
+	if len(b) >= MaxHeadBytes {
+		return true
+	}
+	ready := false
+	if !s.settled {
+		for i := from; i < len(b); i++ {
+			c := b[i]
+			if c == ' ' && i > 0 && match.IsTokenChar(b[i-1]) {
+				s.settled = true
+				break
+			}
+			// A CR is judged with the byte after it: CR LF is an empty
+			// line before the request, skipped; CR and anything else is
+			// no request.
+			if !match.IsTokenChar(c) || i > 0 && b[i-1] == '\r' {
+				ready = true
+			}
+		}
+	}
+	if !s.lineDone {
+		for i := from; i < len(b); i++ {
+			if c := b[i]; c == '\n' {
+				ready = true
+				if s.content {
+					s.lineDone = true
+					break
+				}
+			} else if c != '\r' {
+				s.content = true
+			}
+		}
+	}
+	// The empty line that ends a head, LF LF or LF CR LF, may straddle
+	// the bytes looked at before.
+	lo := max(0, from-2)
+	return ready || bytes.Contains(b[lo:], lfLF) || bytes.Contains(b[lo:], lfCRLF)
 }

@@ -66,6 +66,18 @@ func (r *Request) parse(b []byte) (int, error) {
 		if err := plausibleRequestStart(b); err != nil {
 			return 0, err
 		}
+		// A first line that has ended must be an HTTP/1 request line: a
+		// text protocol whose client speaks first (memcached's "get k")
+		// is told apart at its first line, not at a head timeout.
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			line, _, err := nextLine(b[:i+1])
+			if err == nil {
+				err = r.requestLine(line)
+			}
+			if err != nil {
+				return 0, err
+			}
+		}
 		if len(b) >= MaxHeadBytes {
 			return 0, ErrHeadTooLarge
 		}
@@ -76,34 +88,9 @@ func (r *Request) parse(b []byte) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	if len(line) == 0 {
-		return 0, malformed("empty request line")
+	if err := r.requestLine(line); err != nil {
+		return 0, err
 	}
-	sp1 := bytes.IndexByte(line, ' ')
-	if sp1 <= 0 {
-		return 0, ErrNotHTTP1
-	}
-	r.method = line[:sp1]
-	for _, c := range r.method {
-		if !match.IsTokenChar(c) {
-			return 0, ErrNotHTTP1
-		}
-	}
-	sp2 := bytes.IndexByte(line[sp1+1:], ' ')
-	if sp2 <= 0 {
-		return 0, malformed("request line %q: want METHOD TARGET VERSION", clip(line))
-	}
-	r.target = line[sp1+1 : sp1+1+sp2]
-	for _, c := range r.target {
-		if c <= ' ' || c == 0x7f {
-			return 0, malformed("invalid character %q in request target", c)
-		}
-	}
-	minor, ok := parseVersion(line[sp1+1+sp2+1:])
-	if !ok {
-		return 0, ErrNotHTTP1 // includes "PRI * HTTP/2.0", the h2 preface
-	}
-	r.Minor = minor
 	if err := r.parseFields(rest); err != nil {
 		return 0, err
 	}
@@ -117,6 +104,39 @@ func (r *Request) parse(b []byte) (int, error) {
 	r.Expect100 = r.expect100 && r.Minor >= 1
 	r.Upgrade = r.connUpgrade && r.upgrade
 	return end, nil
+}
+
+// requestLine parses the request line (without its line ending).
+func (r *Request) requestLine(line []byte) error {
+	if len(line) == 0 {
+		return malformed("empty request line")
+	}
+	sp1 := bytes.IndexByte(line, ' ')
+	if sp1 <= 0 {
+		return ErrNotHTTP1
+	}
+	r.method = line[:sp1]
+	for _, c := range r.method {
+		if !match.IsTokenChar(c) {
+			return ErrNotHTTP1
+		}
+	}
+	sp2 := bytes.IndexByte(line[sp1+1:], ' ')
+	if sp2 <= 0 {
+		return malformed("request line %q: want METHOD TARGET VERSION", clip(line))
+	}
+	r.target = line[sp1+1 : sp1+1+sp2]
+	for _, c := range r.target {
+		if c <= ' ' || c == 0x7f {
+			return malformed("invalid character %q in request target", c)
+		}
+	}
+	minor, ok := parseVersion(line[sp1+1+sp2+1:])
+	if !ok {
+		return ErrNotHTTP1 // includes "PRI * HTTP/2.0", the h2 preface
+	}
+	r.Minor = minor
+	return nil
 }
 
 // plausibleRequestStart fails fast on bytes that cannot start a request, so

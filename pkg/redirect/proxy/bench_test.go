@@ -115,6 +115,7 @@ func reportCPU(b *testing.B, since time.Duration) {
 type nopObserver struct{ n atomic.Int64 }
 
 func (o *nopObserver) Request(string, Outcome, time.Duration) { o.n.Add(1) }
+func (o *nopObserver) Passthrough(Reason)                     {}
 
 // benchProxy starts a proxy whose app and destination are both raw
 // upstreams, with one session route, as the agent runs for one intercept.

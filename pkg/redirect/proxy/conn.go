@@ -25,6 +25,8 @@ type client struct {
 	src  netip.Addr // the client's address, for source-restricted routes
 	up   *upConn    // the upstream connection of the last request, kept for the next (pool.go)
 	kind atomic.Int32
+	// deadline: readRequestHead set a read deadline (heads.go)
+	deadline bool
 
 	// A drain closes the connection while it waits for its next request
 	// (drain.go).
@@ -34,12 +36,12 @@ type client struct {
 }
 
 // ServeConn serves requests on c until it closes, ctx ends or the proxy
-// closes. A connection that starts with the HTTP/2 preface, or upgrades to
-// h2c, is served as HTTP/2 and each stream routed on its own. If the first
-// request is neither HTTP/1 nor HTTP/2 (other bytes, a malformed or
-// oversized head) or does not arrive within FirstByteTimeout (a protocol
-// where the server speaks first), the whole connection goes to the app
-// untouched, the bytes read so far first.
+// closes. A connection that starts with the HTTP/2 preface is served as
+// HTTP/2 and each stream routed on its own. Nothing within FirstByteTimeout
+// (a protocol where the server speaks first), bytes that are neither HTTP/1
+// nor HTTP/2, and a head that cannot be routed in any position (malformed,
+// oversized, or not complete within HeadTimeout) send the rest of the
+// connection to the app untouched, the bytes read so far first (heads.go).
 func (p *Proxy) ServeConn(ctx context.Context, c net.Conn) {
 	cl := &client{p: p, ctx: ctx, c: c}
 	if !p.track(c, cl) {
@@ -76,44 +78,24 @@ func (cl *client) serveConn() {
 }
 
 func (cl *client) serve() {
-	br := cl.bufs.r
-	cl.c.SetReadDeadline(time.Now().Add(cl.p.cfg.FirstByteTimeout))
-	n, err := readHead(br, cl.req.Parse)
+	n, err := cl.readRequestHead(time.Now())
 	if errors.Is(err, http1.ErrNotHTTP1) && cl.sawPreface() {
-		cl.c.SetReadDeadline(time.Time{})
-		cl.serveH2(nil, nil) // HTTP/2 with prior knowledge (h2.go)
+		cl.clearDeadline()
+		cl.serveH2() // HTTP/2 with prior knowledge (h2.go)
 		return
 	}
-	cl.c.SetReadDeadline(time.Time{})
-	if err != nil {
-		var ne net.Error
-		if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) ||
-			errors.As(err, &ne) && !ne.Timeout() {
-			return // connected and left, reset, or the proxy closed
-		}
-		cl.passthrough(err)
-		return
-	}
-	for cl.exchange(n) {
-		if !cl.enterIdle() {
-			return // draining: closed between requests
-		}
-		n, err = readHead(br, cl.req.Parse)
-		if cl.leaveIdle() {
-			// A drain ended the wait. A request that had begun to
-			// arrive is served (the last); else the connection ends.
-			if br.Buffered() == 0 {
-				return
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				n, err = readHead(br, cl.req.Parse)
-			}
-		}
-		if err != nil {
-			cl.reject(err)
+	cl.clearDeadline()
+	for err == nil && cl.exchange(n) {
+		if !cl.awaitRequest() {
 			return
 		}
+		n, err = cl.readRequestHead(time.Now())
+		cl.clearDeadline()
+	}
+	if err != nil && !gone(err) {
+		// A head that cannot be routed, in any position: the rest of
+		// the connection is the app's (heads.go).
+		cl.passthrough(reasonOf(err), err)
 	}
 }
 
@@ -139,9 +121,6 @@ func readHead(br *bufio.Reader, parse func([]byte) (int, error)) (int, error) {
 // buffered, then its response. It reports whether the client connection
 // can carry another request.
 func (cl *client) exchange(n int) bool {
-	if cl.upgradeH2C(n) {
-		return false // the connection was served as HTTP/2
-	}
 	x := cl.begin(n)
 	if !cl.connect(&x) {
 		return false
@@ -492,13 +471,16 @@ func (cl *client) relay(rt *Route) {
 	uc.close()
 }
 
-// passthrough hands the whole connection to the app: the bytes already
-// read, then everything else in both directions.
-func (cl *client) passthrough(why error) {
+// passthrough hands the rest of the connection to the app: the bytes
+// already read, then everything else in both directions.
+func (cl *client) passthrough(r Reason, why error) {
 	p := cl.p
 	start := time.Now()
 	cl.kind.Store(kindPassthrough)
-	p.log.Debug("passing connection through to the app", "remote", cl.c.RemoteAddr(), "why", why)
+	if p.cfg.Observer != nil {
+		p.cfg.Observer.Passthrough(r)
+	}
+	p.log.Debug("passing the connection through to the app", "remote", cl.c.RemoteAddr(), "reason", r, "why", why)
 	uc, err := p.dial(cl.ctx, p.cfg.App)
 	if err != nil {
 		p.log.Warn("app unreachable", "app", p.cfg.App, "err", err)
@@ -508,21 +490,6 @@ func (cl *client) passthrough(why error) {
 	splice(cl.c, cl.bufs.r, uc.c, uc.bufs.r)
 	uc.close()
 	p.observe("", OutcomePassthrough, start)
-}
-
-// reject answers a malformed request after the first and ends the
-// connection: where the bad request ends is unknown, so nothing after it
-// can be trusted.
-func (cl *client) reject(err error) {
-	var pe *http1.ParseError
-	switch {
-	case errors.Is(err, http1.ErrHeadTooLarge):
-		cl.writeStatus("431 Request Header Fields Too Large")
-	case errors.As(err, &pe), errors.Is(err, http1.ErrNotHTTP1):
-		cl.p.log.Debug("malformed request", "remote", cl.c.RemoteAddr(), "err", err)
-		cl.writeStatus("400 Bad Request")
-	}
-	// Anything else is the connection ending; nobody to answer.
 }
 
 func (cl *client) fail() { cl.writeStatus("502 Bad Gateway") }

@@ -13,19 +13,23 @@ package proxy
 //
 // The x/net server is used although its API is deprecated in favour of
 // net/http's: net/http has no way to serve a connection the proxy has
-// already read from, nor to take over an h2c Upgrade request, and the proxy
-// needs both. Only ServeConn, ServeConnOpts and ConfigureServer are used,
-// which the go1.27 x/net implementation keeps by wrapping net/http.
+// already read from. Only ServeConn, ServeConnOpts and ConfigureServer are
+// used, which the go1.27 x/net implementation keeps by wrapping net/http.
+//
+// Only a connection that starts with the preface (prior knowledge, as gRPC
+// sends it) is served so. An h2c Upgrade is an HTTP/1 request like any
+// other Upgrade (conn.go): it goes to the backend its head routes it to,
+// and the connection switches protocols only if that backend answers 101,
+// after which it stays with that backend, as a WebSocket does. Taking the
+// upgrade over instead made a client that the app would have kept on
+// HTTP/1.1 end on HTTP/2 (docs/architecture.md, "Data path on a node").
 
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -34,12 +38,6 @@ import (
 )
 
 //lint:file-ignore SA1019 x/net/http2 on purpose: net/http cannot serve one accepted connection (ServeConn), and its transport dials per request while none is up (see newUpstreamTransport)
-
-// maxUpgradeBody bounds the body of an h2c Upgrade request, which must be
-// read whole before the connection switches protocols. Larger (or chunked)
-// bodies are not upgraded: RFC 9113 lets a server ignore the Upgrade, and
-// the request is then proxied as HTTP/1 like any other Upgrade.
-const maxUpgradeBody = 1 << 20
 
 // goAwayGrace bounds how long Close waits for every HTTP/2 client to have
 // been sent its GOAWAY before closing connections anyway.
@@ -53,7 +51,6 @@ type h2Side struct {
 	bufs sync.Pool // *[]byte for response bodies
 
 	fronts map[*h2Front]struct{} // guarded by Proxy.mu
-	probes map[string]probe      // guarded by Proxy.mu
 }
 
 func newH2(p *Proxy) *h2Side {
@@ -65,7 +62,6 @@ func newH2(p *Proxy) *h2Side {
 			ErrorLog: slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		},
 		fronts: map[*h2Front]struct{}{},
-		probes: map[string]probe{},
 	}
 	h.bufs.New = func() any { b := make([]byte, 32<<10); return &b }
 	// ConfigureServer registers srv's connections with base, so that
@@ -93,145 +89,6 @@ func (cl *client) sawPreface() bool {
 	return err == nil && string(b) == http2.ClientPreface
 }
 
-// upgradeH2C takes over an HTTP/1.1 request that asks to switch to h2c
-// (RFC 7540 3.2), whose head is the first n bytes buffered: it answers 101
-// and serves the connection as HTTP/2, the request itself becoming stream 1.
-// It reports false, having consumed nothing, when the request is not an
-// upgrade the proxy takes; the request is then proxied as HTTP/1.
-func (cl *client) upgradeH2C(n int) bool {
-	req := &cl.req
-	if !req.Upgrade || req.Minor < 1 || req.Chunked || req.Expect100 || req.ContentLength > maxUpgradeBody {
-		return false
-	}
-	upg, _ := req.Header("Upgrade")
-	conn, _ := req.Header("Connection")
-	if !hasToken(upg, "h2c") || !hasToken(conn, "HTTP2-Settings") {
-		return false
-	}
-	// Everything the request needs is copied out of the read buffer,
-	// which the body and the HTTP/2 frames will overwrite.
-	hdr := http.Header{}
-	var settings64 []string
-	req.Fields(func(name, value []byte) {
-		k := http.CanonicalHeaderKey(string(name))
-		if k == "Http2-Settings" {
-			settings64 = append(settings64, string(value))
-		}
-		hdr.Add(k, string(value))
-	})
-	if len(settings64) != 1 { // RFC 7540 3.2.1: exactly one
-		return false
-	}
-	settings, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(settings64[0], "="))
-	if err != nil || len(settings)%6 != 0 {
-		return false
-	}
-	target := req.Target()
-	u, err := url.ParseRequestURI(target)
-	if err != nil {
-		return false
-	}
-	// Before the proxy, a backend that does not speak HTTP/2 ignored the
-	// Upgrade and answered in HTTP/1.1; the proxy talks HTTP/2 to
-	// backends, so it upgrades only when the request's backend can.
-	addr := cl.p.cfg.App
-	if rt := cl.p.route(req, cl.src); rt != nil {
-		if dest, ok := cl.p.pick(rt); ok {
-			addr = dest
-		}
-	}
-	if !cl.p.speaksH2(cl.ctx, addr) {
-		return false
-	}
-	host := hdr.Get("Host")
-	hdr.Del("Host")
-	r := &http.Request{
-		Method:     req.Method(),
-		URL:        u,
-		Proto:      "HTTP/1.1",
-		ProtoMajor: 1,
-		ProtoMinor: 1,
-		Header:     hdr,
-		Host:       host,
-		RequestURI: target,
-		RemoteAddr: cl.c.RemoteAddr().String(),
-		Body:       http.NoBody,
-	}
-	length := req.ContentLength
-
-	br := cl.bufs.r
-	br.Discard(n)
-	if length > 0 {
-		body := make([]byte, length)
-		if _, err := io.ReadFull(br, body); err != nil {
-			return true // the client left mid-body: nothing to answer
-		}
-		r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(body)), length
-	}
-	w := cl.bufs.w
-	w.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
-	if w.Flush() != nil {
-		return true
-	}
-	cl.serveH2(r, settings)
-	return true
-}
-
-// h2ProbeTTL is how long the proxy remembers whether a backend speaks
-// HTTP/2 with prior knowledge: a backend's protocol changes only with a new
-// deployment, and a probe costs a connection.
-const h2ProbeTTL = time.Minute
-
-type probe struct {
-	ok    bool
-	until time.Time
-}
-
-// speaksH2 reports whether addr answers the HTTP/2 preface with SETTINGS,
-// probing at most once per h2ProbeTTL. A backend that cannot be reached
-// counts as not speaking it, and is probed again next time.
-func (p *Proxy) speaksH2(ctx context.Context, addr string) bool {
-	h := p.h2
-	p.mu.Lock()
-	pr, ok := h.probes[addr]
-	p.mu.Unlock()
-	if ok && time.Now().Before(pr.until) {
-		return pr.ok
-	}
-	ok, reached := p.probeH2(ctx, addr)
-	if reached {
-		p.mu.Lock()
-		h.probes[addr] = probe{ok: ok, until: time.Now().Add(h2ProbeTTL)}
-		p.mu.Unlock()
-	}
-	return ok
-}
-
-func (p *Proxy) probeH2(ctx context.Context, addr string) (ok, reached bool) {
-	ctx, cancel := context.WithTimeout(ctx, p.cfg.DialTimeout)
-	defer cancel()
-	c, err := p.cfg.Dial(ctx, "tcp", addr)
-	if err != nil {
-		return false, false
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(p.cfg.FirstByteTimeout))
-	var hello bytes.Buffer
-	hello.WriteString(http2.ClientPreface)
-	http2.NewFramer(&hello, nil).WriteSettings()
-	if _, err := c.Write(hello.Bytes()); err != nil {
-		return false, true
-	}
-	// An HTTP/1 server answers with a status line, which does not
-	// parse as a frame.
-	f, err := http2.NewFramer(nil, c).ReadFrame()
-	if err != nil {
-		return false, true
-	}
-	sf, ok := f.(*http2.SettingsFrame)
-	return ok && !sf.IsAck(), true
-}
-
 // hasToken reports whether the comma-separated list v holds tok, ignoring
 // case and whitespace.
 func hasToken(v, tok string) bool {
@@ -244,8 +101,8 @@ func hasToken(v, tok string) bool {
 }
 
 // serveH2 serves the client connection as HTTP/2 from the bytes buffered so
-// far on; upgrade and settings come from an h2c Upgrade request.
-func (cl *client) serveH2(upgrade *http.Request, settings []byte) {
+// far on: the connection began with the preface.
+func (cl *client) serveH2() {
 	// The server's reader may outlive ServeConn by a moment, so it must
 	// not read from the pooled buffer, which is reused once this returns.
 	br := cl.bufs.r
@@ -253,10 +110,10 @@ func (cl *client) serveH2(upgrade *http.Request, settings []byte) {
 	pending := bytes.Clone(b)
 	br.Discard(len(b))
 	cl.kind.Store(kindH2)
-	cl.p.serveH2(cl.ctx, cl.c, pending, upgrade, settings)
+	cl.p.serveH2(cl.ctx, cl.c, pending)
 }
 
-func (p *Proxy) serveH2(ctx context.Context, c net.Conn, pending []byte, upgrade *http.Request, settings []byte) {
+func (p *Proxy) serveH2(ctx context.Context, c net.Conn, pending []byte) {
 	gate := &handlerGate{}
 	f := &h2Front{Conn: c, pending: pending, gate: gate, goAway: make(chan struct{}), done: make(chan struct{})}
 	p.mu.Lock()
@@ -283,17 +140,10 @@ func (p *Proxy) serveH2(ctx context.Context, c net.Conn, pending []byte, upgrade
 		defer gate.exit()
 		p.serveStream(w, r)
 	})
-	if upgrade != nil {
-		// Stream 1's request is ours, not the server's: tie it to
-		// the connection at least.
-		upgrade = upgrade.WithContext(ctx)
-	}
 	p.h2.srv.ServeConn(f, &http2.ServeConnOpts{
-		Context:        ctx,
-		BaseConfig:     p.h2.base,
-		Handler:        handler,
-		UpgradeRequest: upgrade,
-		Settings:       settings,
+		Context:    ctx,
+		BaseConfig: p.h2.base,
+		Handler:    handler,
 	})
 	// ServeConn returns when the connection ends, but handlers may still
 	// be running: cancel their requests and wait, so that Close waits for

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -571,71 +570,6 @@ func (h *rawH2) responses(n int) map[uint32]*rawResponse {
 		}
 	}
 	return out
-}
-
-func TestH2CUpgrade(t *testing.T) {
-	h := newH2Harness(t)
-	settings := base64.RawURLEncoding.EncodeToString(nil) // no settings to change
-	for _, tc := range []struct {
-		name, req, want string
-	}{
-		{"get", "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: " + settings + "\r\nX-Detour-Session: alice\r\n\r\n", "alice"},
-		{"post with body", "POST /upload HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAA\r\nX-Detour-Session: bob\r\nContent-Length: 5\r\n\r\nhello", "bob 5 " + sum([]byte("hello"))},
-		{"after a keep-alive request", "GET / HTTP/1.1\r\nHost: x\r\nX-Detour-Session: bob\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: \r\n\r\n", "app"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			c := dialRaw(t, h.addr)
-			io.WriteString(c, tc.req)
-			br := bufio.NewReader(c)
-			resp, err := http.ReadResponse(br, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if resp.StatusCode == 200 { // the keep-alive request before the upgrade
-				b, _ := io.ReadAll(resp.Body)
-				if string(b) != "bob" {
-					t.Fatalf("HTTP/1 request before the upgrade: %q", b)
-				}
-				if resp, err = http.ReadResponse(br, nil); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if resp.StatusCode != 101 || resp.Header.Get("Upgrade") != "h2c" {
-				t.Fatalf("got %s, want 101 to h2c", resp.Status)
-			}
-			raw := newRawH2(t, c, br)
-			// Stream 1 is the upgraded request; later streams are
-			// routed on their own.
-			raw.request(3, "GET", "/", "x-detour-session", "bob")
-			raw.request(5, "GET", "/", "baggage", "detour-session=alice")
-			raw.request(7, "GET", "/")
-			got := raw.responses(4)
-			want := map[uint32]string{1: tc.want, 3: "bob", 5: "alice", 7: "app"}
-			for id, w := range want {
-				if r := got[id]; r == nil || r.status != "200" || r.body != w {
-					t.Errorf("stream %d: %+v, want 200 %q", id, r, w)
-				}
-			}
-		})
-	}
-}
-
-// TestH2CUpgradeToHTTP1Backend: a backend that speaks only HTTP/1 ignored
-// h2c Upgrades before the proxy was there; it still does.
-func TestH2CUpgradeToHTTP1Backend(t *testing.T) {
-	h := newHarness(t) // HTTP/1-only app and dev backends
-	for range 2 {      // the second time from the remembered probe
-		c := dialRaw(t, h.addr)
-		io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: \r\nX-Detour-Session: alice\r\n\r\n")
-		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode != 200 || string(b) != "dev" {
-			t.Fatalf("got %s %q, want 200 from dev over HTTP/1.1", resp.Status, b)
-		}
-	}
 }
 
 func TestH2CloseSendsGoAway(t *testing.T) {

@@ -71,9 +71,12 @@ func (r *Route) admits(src netip.Addr) bool {
 }
 
 // Observer learns the outcome and duration of each request; intercept is ""
-// for unmatched and passthrough. It is called from many goroutines.
+// for unmatched and passthrough. It also learns why each passthrough
+// happened, as it begins (its Request comes when it ends). It is called
+// from many goroutines.
 type Observer interface {
 	Request(intercept string, o Outcome, d time.Duration)
+	Passthrough(r Reason)
 }
 
 // Config configures a Proxy. Zero durations and sizes take the defaults.
@@ -81,11 +84,18 @@ type Config struct {
 	App              string // host:port of the original app
 	Dial             func(ctx context.Context, network, addr string) (net.Conn, error)
 	DialTimeout      time.Duration // default 500ms; slower destinations fall back
-	FirstByteTimeout time.Duration // default 1s; see ServeConn
-	IdleTimeout      time.Duration // pooled upstream idle timeout, default 90s
-	MaxIdlePerHost   int           // default 64
-	Observer         Observer      // may be nil
-	Logger           *slog.Logger  // may be nil
+	FirstByteTimeout time.Duration // default 1s; see heads.go
+	// HeadTimeout bounds a request head from its first byte (default
+	// DefaultHeadTimeout, at least FirstByteTimeout); see heads.go.
+	HeadTimeout time.Duration
+	// SlowHeads caps the connections waiting for a head beyond
+	// FirstByteTimeout; nil: a cap of DefaultMaxSlowHeads for this proxy
+	// alone.
+	SlowHeads      *SlowHeads
+	IdleTimeout    time.Duration // pooled upstream idle timeout, default 90s
+	MaxIdlePerHost int           // default 64
+	Observer       Observer      // may be nil
+	Logger         *slog.Logger  // may be nil
 	// Relay moves the bytes of an L4 connection until both directions end.
 	// Nil copies in userspace (io.Copy, which uses splice(2) between TCP
 	// sockets); the agent may pass the kernel sockmap splice instead.
@@ -121,6 +131,7 @@ type Proxy struct {
 	bufs     sync.Pool                  // *connBufs
 	upBufs   sync.Pool                  // *connBufs for upstream conns
 	h2       *h2Side                    // HTTP/2 front and upstream pool (h2.go)
+	slow     *SlowHeads                 // connections waiting for a head (heads.go)
 }
 
 // connBufs are the buffers one connection needs; pooled because a proxy
@@ -145,6 +156,13 @@ func New(cfg Config) *Proxy {
 	if cfg.FirstByteTimeout <= 0 {
 		cfg.FirstByteTimeout = time.Second
 	}
+	if cfg.HeadTimeout <= 0 {
+		cfg.HeadTimeout = DefaultHeadTimeout
+	}
+	cfg.HeadTimeout = max(cfg.HeadTimeout, cfg.FirstByteTimeout)
+	if cfg.SlowHeads == nil {
+		cfg.SlowHeads = NewSlowHeads(DefaultMaxSlowHeads)
+	}
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = 90 * time.Second
 	}
@@ -163,6 +181,7 @@ func New(cfg Config) *Proxy {
 		idle:  map[string][]*upConn{},
 		down:  map[string]time.Time{},
 		stop:  make(chan struct{}),
+		slow:  cfg.SlowHeads,
 	}
 	newBufs := func() any {
 		return &connBufs{

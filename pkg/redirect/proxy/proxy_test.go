@@ -124,14 +124,28 @@ type event struct {
 }
 
 type recorder struct {
-	mu     sync.Mutex
-	events []event
+	mu      sync.Mutex
+	events  []event
+	reasons []Reason
 }
 
 func (r *recorder) Request(intercept string, o Outcome, d time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.events = append(r.events, event{intercept, o})
+}
+
+func (r *recorder) Passthrough(why Reason) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.reasons = append(r.reasons, why)
+}
+
+// passthroughs are the reasons of the passthroughs so far, in order.
+func (r *recorder) passthroughs() []Reason {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]Reason(nil), r.reasons...)
 }
 
 // waitCount waits until e was observed exactly want times: the observer runs

@@ -29,6 +29,17 @@
 // the agent closes them or dies the kernel detaches the program and new
 // connections reach the app again. Connections already accepted by the agent
 // are the agent's to finish.
+//
+// On SIGKILL the order matters. The kernel closes a dying process's
+// descriptors in ascending order, but the last close of each file only
+// queues its release, and the queue runs newest first: the file with the
+// highest descriptor is released first. The agent's connections and
+// listeners have descriptors above the link's, which is made first, so they
+// went first: a client whose connection was reset reconnected, was steered
+// by the link still there to a listener about to go, and was reset a second
+// time. So each link is also held at a descriptor above every other the
+// agent has (linkFDCeiling): its release comes first, the program stops
+// steering, and only then do the listeners and connections go.
 package steer
 
 import (
@@ -69,6 +80,49 @@ type Steering struct {
 type attachment struct {
 	path string
 	link *link.NetNsLink
+	// high is a duplicate of the link's descriptor above every other the
+	// agent has, so that a dying agent's link is released first (see
+	// the package comment).
+	high int
+}
+
+// close releases both descriptors of the link, which detaches it.
+func (a *attachment) close() error {
+	err := unix.Close(a.high)
+	return errors.Join(err, a.link.Close())
+}
+
+// linkFDCeiling bounds where links are held: just below it, or below the
+// soft RLIMIT_NOFILE when that is lower, so no descriptor the agent opens
+// can be above them. The kernel sizes a process's descriptor table to the
+// highest descriptor (8 bytes a slot), so the soft limit itself, often
+// 1048576, would cost 8 MiB; 65536 costs 512 KiB, and an agent with more
+// descriptors than that would hold more than 65,000 connections, 5 GiB of
+// read and write buffers.
+const linkFDCeiling = 1 << 16
+
+// holdHigh duplicates fd, close-on-exec, to a free descriptor just below
+// linkFDCeiling (or the soft limit), where the held links are the only
+// descriptors: held of them are there already.
+func holdHigh(fd, held int) (int, error) {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		return -1, fmt.Errorf("descriptor limit: %w", err)
+	}
+	top := int(min(rl.Cur, linkFDCeiling))
+	// F_DUPFD takes the lowest free descriptor from a floor. Below the
+	// held links there is room (a link freed by Detach leaves a hole
+	// above, which is as good); should there not be, lower the floor.
+	for floor := top - 1 - held; floor > fd; floor-- {
+		nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, floor)
+		if err == nil {
+			return nfd, nil
+		}
+		if !errors.Is(err, unix.EMFILE) {
+			return -1, fmt.Errorf("duplicate link descriptor: %w", err)
+		}
+	}
+	return -1, fmt.Errorf("duplicate link descriptor: no free descriptor above %d below %d", fd, top)
 }
 
 // New loads the program and maps. Nothing is attached until Attach.
@@ -109,7 +163,12 @@ func (s *Steering) Attach(netnsPath string) error {
 	if err != nil {
 		return fmt.Errorf("attach sk_lookup to netns %s: %w", netnsPath, err)
 	}
-	s.links[ino] = &attachment{path: netnsPath, link: l}
+	high, err := holdHigh(l.FD(), len(s.links))
+	if err != nil {
+		_ = l.Close()
+		return fmt.Errorf("attach sk_lookup to netns %s: %w", netnsPath, err)
+	}
+	s.links[ino] = &attachment{path: netnsPath, link: l, high: high}
 	return nil
 }
 
@@ -139,7 +198,7 @@ func (s *Steering) Detach(netnsPath string) error {
 		return nil
 	}
 	delete(s.links, ino)
-	if err := a.link.Close(); err != nil {
+	if err := a.close(); err != nil {
 		return fmt.Errorf("close link of netns %s: %w", a.path, err)
 	}
 	return nil
@@ -245,7 +304,7 @@ func (s *Steering) Close() error {
 	return bpfutil.CloseOnce(&s.mu, &s.closed, func() error {
 		var errs []error
 		for ino, a := range s.links {
-			if err := a.link.Close(); err != nil {
+			if err := a.close(); err != nil {
 				errs = append(errs, fmt.Errorf("close link of netns %s: %w", a.path, err))
 			}
 			delete(s.links, ino)

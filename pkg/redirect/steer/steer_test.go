@@ -473,3 +473,59 @@ func (n *testNet) expectLinks(t *testing.T, want int) {
 		return nil
 	})
 }
+
+// openFDs lists the process's open descriptors.
+func openFDs(t *testing.T) []int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fds []int
+	for _, e := range ents {
+		var fd int
+		if _, err := fmt.Sscan(e.Name(), &fd); err == nil {
+			fds = append(fds, fd)
+		}
+	}
+	return fds
+}
+
+// TestPrivilegedLinkHeldAboveEveryDescriptor: a link is held at a
+// descriptor above every other of the process, those opened after it
+// included (as the agent's listeners and connections are), so that a
+// SIGKILLed agent's link is released before its sockets; detaching lets go
+// of it. TestPrivilegedAgentSIGKILLFailsOpen (test/integration) shows what
+// it is for.
+func TestPrivilegedLinkHeldAboveEveryDescriptor(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	n := newNet(t)
+	s := newSteering(t)
+	if err := s.Attach(n.pod); err != nil {
+		t.Fatal(err)
+	}
+	for range 20 {
+		f, err := os.Open(os.DevNull)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+	}
+	s.mu.Lock()
+	high := s.links[n.podIno].high
+	s.mu.Unlock()
+	fds := openFDs(t)
+	if slices.Max(fds) != high {
+		t.Fatalf("the link is held at descriptor %d, below %d", high, slices.Max(fds))
+	}
+	if target, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", high)); err != nil || target != "anon_inode:bpf_link" {
+		t.Fatalf("descriptor %d is %q (%v), want the link", high, target, err)
+	}
+	if err := s.Detach(n.pod); err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(openFDs(t), high) {
+		t.Fatalf("descriptor %d still open after Detach", high)
+	}
+	n.expectLinks(t, 0)
+}
