@@ -305,6 +305,22 @@ func TestPrivilegedLabH2GRPCAndL4(t *testing.T) {
 		l.ctl("intercept", "create", "src", "--service", "default/api", "--port", "9000",
 			"--l4", "--from-pod", "i3-client2", "--to", "i3-bob:9000", "--wait", "10s")
 		msg := []byte("hello over L4\n")
+		// --wait saw the steering; the agent puts i3-client2's redirect in
+		// the kernel at its next connect check: probe until one is
+		// counted.
+		k := `detour_agent_connect_redirects_total{intercept="default/src"}`
+		var base float64
+		testutil.Eventually(t, 5*time.Second, func() error {
+			tcpEcho(t, l.pod("i3-client2").NetNS, bulkAddr, msg, 0, nil)
+			m, err := l.agentMetrics()
+			if err != nil {
+				return err
+			}
+			if base = m[k]; base == 0 {
+				return fmt.Errorf("%s = 0: not redirected at connect yet", k)
+			}
+			return nil
+		})
 		for _, tc := range []struct{ from, want string }{
 			{"i3-client2", "i3-bob"},
 			{"i3-client", "i3-api"}, // the server speaks first: the agent passes it on after its first-byte wait
@@ -320,7 +336,7 @@ func TestPrivilegedLabH2GRPCAndL4(t *testing.T) {
 		// i3-client2 is on this node: its connections were redirected at
 		// connect, not relayed; i3-client's went through the agent, which
 		// saw a source outside the filter and passed it to the app.
-		l.redirectedAtConnect("default/src", 2)
+		l.redirectedAtConnect("default/src", base+2)
 	})
 
 	t.Run("intercepts deleted: no link left, traffic at the app", func(t *testing.T) {
