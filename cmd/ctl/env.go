@@ -300,40 +300,11 @@ func orDash(s string) string {
 }
 
 func newEnvListCmd(g *globals) *cobra.Command {
-	var all bool
-	cmd := &cobra.Command{
-		Use:     "list [-n NS | -A]",
-		Aliases: []string{"ls"},
-		Short:   "List environments",
-		Args:    noArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := checkOutputFlag(g); err != nil {
-				return err
-			}
-			if all && cmd.Flags().Changed("namespace") {
-				return usageErrorf("-A and -n exclude each other")
-			}
-			ns := ""
-			if !all {
-				var err error
-				if ns, err = g.interceptNamespace(); err != nil {
-					return err
-				}
-			}
-			return withControl(cmd.Context(), g, func(ctx context.Context, c detourv1.ControlServiceClient, _ string) error {
-				resp, err := c.ListEnvironments(ctx, &detourv1.ListEnvironmentsRequest{Namespace: ns})
-				if err != nil {
-					return rpcError("list environments", err)
-				}
-				if g.output != outTable {
-					return printMessage(cmd.OutOrStdout(), g.output, resp)
-				}
-				return printEnvironments(cmd.OutOrStdout(), resp.GetEnvironments(), time.Now())
-			})
-		},
-	}
-	cmd.Flags().BoolVarP(&all, "all-namespaces", "A", false, "list every namespace")
-	return cmd
+	return newListCmd(g, "environments", func(ctx context.Context, c detourv1.ControlServiceClient, ns string) (*detourv1.ListEnvironmentsResponse, error) {
+		return c.ListEnvironments(ctx, &detourv1.ListEnvironmentsRequest{Namespace: ns})
+	}, func(w io.Writer, r *detourv1.ListEnvironmentsResponse) error {
+		return printEnvironments(w, r.GetEnvironments(), time.Now())
+	})
 }
 
 func newEnvGetCmd(g *globals, verb string) *cobra.Command {

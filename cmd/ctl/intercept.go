@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
@@ -244,11 +245,21 @@ an IP address. With --ttl the intercept expires unless renewed in time.`,
 }
 
 func newInterceptListCmd(g *globals) *cobra.Command {
+	return newListCmd(g, "intercepts", func(ctx context.Context, c detourv1.ControlServiceClient, ns string) (*detourv1.ListInterceptsResponse, error) {
+		return c.ListIntercepts(ctx, &detourv1.ListInterceptsRequest{Namespace: ns})
+	}, func(w io.Writer, r *detourv1.ListInterceptsResponse) error {
+		return printIntercepts(w, r.GetIntercepts(), time.Now())
+	})
+}
+
+// newListCmd is a `list [-n NS | -A]` command: list fetches the objects of
+// a namespace (every namespace for ""), table prints them for -o table.
+func newListCmd[R proto.Message](g *globals, what string, list func(context.Context, detourv1.ControlServiceClient, string) (R, error), table func(io.Writer, R) error) *cobra.Command {
 	var all bool
 	cmd := &cobra.Command{
 		Use:     "list [-n NS | -A]",
 		Aliases: []string{"ls"},
-		Short:   "List intercepts",
+		Short:   "List " + what,
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := checkOutputFlag(g); err != nil {
@@ -265,18 +276,18 @@ func newInterceptListCmd(g *globals) *cobra.Command {
 				}
 			}
 			return withControl(cmd.Context(), g, func(ctx context.Context, c detourv1.ControlServiceClient, _ string) error {
-				resp, err := c.ListIntercepts(ctx, &detourv1.ListInterceptsRequest{Namespace: ns})
+				resp, err := list(ctx, c, ns)
 				if err != nil {
-					return rpcError("list intercepts", err)
+					return rpcError("list "+what, err)
 				}
 				if g.output != outTable {
 					return printMessage(cmd.OutOrStdout(), g.output, resp)
 				}
-				return printIntercepts(cmd.OutOrStdout(), resp.GetIntercepts(), time.Now())
+				return table(cmd.OutOrStdout(), resp)
 			})
 		},
 	}
-	cmd.Flags().BoolVarP(&all, "all-namespaces", "A", false, "list the intercepts of every namespace")
+	cmd.Flags().BoolVarP(&all, "all-namespaces", "A", false, "list the "+what+" of every namespace")
 	return cmd
 }
 
