@@ -80,6 +80,20 @@ func setupPod(f *File, i int, br netlink.Link, st *State, opts Options) error {
 	return wirePod(st, &st.Pods[i], br, netip.PrefixFrom(f.PodIP(i), f.Prefix().Bits()), f.Gateway(), f.hostsFile(i), opts)
 }
 
+// podMAC is the MAC address of a pod's eth0, made of its IPv4 address (as
+// some CNI plugins do): a pod added at the address of one removed (forks of
+// environments come and go) then has the MAC that the other pods' ARP
+// caches hold for that address. With a new MAC, a pod that had talked to
+// the old one would keep sending to the old MAC, and its connections would
+// time out, until its cache entry expired (seconds to minutes).
+func podMAC(a netip.Addr) net.HardwareAddr {
+	if !a.Is4() {
+		return nil // the kernel picks one
+	}
+	b := a.As4()
+	return net.HardwareAddr{0x0a, 0x58, b[0], b[1], b[2], b[3]} // locally administered, unicast
+}
+
 // wirePod makes pod ps's namespace, its veth onto the bridge br with addr on
 // eth0 and a default route via gw, and /etc/netns/<pod> with hosts. Each
 // thing is recorded in st as soon as it exists.
@@ -103,9 +117,10 @@ func wirePod(st *State, ps *PodState, br netlink.Link, addr netip.Prefix, gw net
 	// The peer is created directly inside the pod's namespace as eth0, so
 	// no half-configured interface ever sits in the node's namespace.
 	veth := &netlink.Veth{
-		LinkAttrs:     netlink.LinkAttrs{Name: host, MasterIndex: br.Attrs().Index},
-		PeerName:      "eth0",
-		PeerNamespace: netlink.NsFd(int(nsh)),
+		LinkAttrs:        netlink.LinkAttrs{Name: host, MasterIndex: br.Attrs().Index},
+		PeerName:         "eth0",
+		PeerNamespace:    netlink.NsFd(int(nsh)),
+		PeerHardwareAddr: podMAC(addr.Addr()),
 	}
 	if err := netlink.LinkAdd(veth); err != nil {
 		return fmt.Errorf("create veth %s: %w", host, err)

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -134,4 +135,73 @@ services:
 	}
 	f.Pods = append(f.Pods, Pod{Name: fork.Name})
 	assertGone(t, f, stateDir, []int{ps.PID})
+}
+
+// TestPrivilegedAddPodReusedAddress adds a pod at the address of one just
+// removed, as an environment deleted and created again gets: a pod that had
+// talked to the removed one reaches the new one at once, without waiting
+// for its ARP cache to forget the old one.
+func TestPrivilegedAddPodReusedAddress(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	bin := buildEcho(t)
+	f := loadLab(t, `
+name: lt-reuse
+node: lt-node
+network: {bridge: dtlt-reuse, subnet: 10.213.203.0/29}
+pods:
+  - name: lt-reuse-api
+    labels: {app: lt-reuse-api}
+    command: ["detour-echo", "--listen", ":8080"]
+`)
+	stateDir := filepath.Join(t.TempDir(), "state")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	opts := Options{StateDir: stateDir, PathPrepend: []string{bin}}
+	if _, err := Up(ctx, f, opts); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = DownWith(context.Background(), opts) })
+
+	// The baseline pod asks each fork who it is.
+	d := &netns.Dialer{Path: netns.PathOf("lt-reuse-api")}
+	d.Dialer.Timeout = time.Second
+	hc := &http.Client{Transport: &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true}, Timeout: 2 * time.Second}
+	ask := func(ip string) (string, error) {
+		resp, err := hc.Get("http://" + ip + ":8080/")
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		return resp.Header.Get("X-Detour-Pod"), nil
+	}
+	var ips []string
+	for _, name := range []string{"lt-reuse-api-pr-1", "lt-reuse-api-pr-2"} {
+		ps, err := AddPod(ctx, stateDir, NewPod{Name: name, Namespace: "default", Workload: name,
+			Command: []string{"detour-echo", "--listen", ":8080"}, HostsLike: "lt-reuse-api"}, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ips = append(ips, ps.IP)
+		// Until it listens, a connection is refused; a timeout means the
+		// packets went to a MAC no one has.
+		testutil.Eventually(t, 10*time.Second, func() error {
+			got, err := ask(ps.IP)
+			if err != nil && !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Fatalf("%s at %s (address of a removed pod: %v): %v", name, ps.IP, len(ips) > 1, err)
+			}
+			if err != nil {
+				return err
+			}
+			if got != name {
+				t.Fatalf("%s answered as %q", ps.IP, got)
+			}
+			return nil
+		})
+		if err := RemovePod(ctx, stateDir, name, opts); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ips[0] != ips[1] {
+		t.Fatalf("the second pod got %s, not the freed %s: the test tests nothing", ips[1], ips[0])
+	}
 }
