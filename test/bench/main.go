@@ -27,6 +27,8 @@ import (
 	"syscall"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"github.com/detourdev/detour/pkg/lab"
 )
 
@@ -43,6 +45,8 @@ type config struct {
 	agentFlags   []string
 	agreeWithin  float64
 	slices       int
+	env          bool
+	envCreations int
 }
 
 func main() {
@@ -69,9 +73,11 @@ func main() {
 	})
 	flag.IntVar(&c.slices, "slices", 5, "cut each measurement into this many interleaved slices (at least 1s each)")
 	flag.Float64Var(&c.agreeWithin, "agree", 0.10, "two rounds agree when every ratio differs by at most this fraction")
+	flag.BoolVar(&c.env, "env", true, "measure environments: create → Ready and delete → gone (-env-creations)")
+	flag.IntVar(&c.envCreations, "env-creations", 20, "time this many creations and deletions of an environment forking b-app, one after the other (0: none)")
 	flag.Parse()
-	if c.rounds < 1 || c.duration < time.Second {
-		fmt.Fprintln(os.Stderr, "bench: -rounds must be >= 1 and -duration >= 1s")
+	if c.rounds < 1 || c.duration < time.Second || c.envCreations < 0 {
+		fmt.Fprintln(os.Stderr, "bench: -rounds must be >= 1, -duration >= 1s and -env-creations >= 0")
 		os.Exit(2)
 	}
 
@@ -112,6 +118,8 @@ type bench struct {
 	bulk     bool   // the L4 intercept exists
 	devLog   string // pod b-dev's log: iperf3 there says "Accepted connection"
 	cleanups []func()
+
+	ctlConn *grpc.ClientConn // the Control API, for environments
 }
 
 func (b *bench) detour(ctx context.Context, args ...string) (string, error) {
@@ -170,6 +178,15 @@ func run(ctx context.Context, c config) (err error) {
 		return err
 	}
 
+	var envTimes *envTiming
+	if c.env && c.envCreations > 0 {
+		say("timing %d environment creations and deletions", c.envCreations)
+		envTimes = b.envCreationTimes(ctx, c.envCreations)
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+
 	rounds, err := b.rounds(ctx)
 	if err != nil && len(rounds) == 0 {
 		return err
@@ -177,7 +194,7 @@ func run(ctx context.Context, c config) (err error) {
 	if err != nil {
 		say("stopped after %d round(s): %v", len(rounds), err)
 	}
-	rep := summarize(b, rounds)
+	rep := summarize(b, rounds, envTimes)
 	rep.Machine = mach
 	rep.Machine.LoadEnd = readTrim("/proc/loadavg")
 	rep.Started = started.UTC().Format(time.RFC3339)

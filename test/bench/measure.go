@@ -400,16 +400,22 @@ func (b *bench) deleteIntercepts(ctx context.Context) error {
 
 // waitSteered waits until the agent steers n pod ports.
 func (b *bench) waitSteered(ctx context.Context, n int) error {
+	return b.waitMetric(ctx, "detour_agent_steered_ports", n)
+}
+
+// waitMetric waits until the agent's gauge metric is n; a gauge the agent
+// does not export counts as 0.
+func (b *bench) waitMetric(ctx context.Context, metric string, n int) error {
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		m, err := b.agentMetrics(ctx)
 		if err == nil {
-			if v, ok := promValue(m, "detour_agent_steered_ports"); ok && int(v) == n {
+			if v, ok := promValue(m, metric); int(v) == n && (ok || n == 0) {
 				return nil
 			}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("the agent did not come to steer %d port(s) in time (metrics: %v); see %s", n, err, filepath.Join(b.tmp, "agent.log"))
+			return fmt.Errorf("the agent's %s did not come to %d in time (metrics: %v); see %s", metric, n, err, filepath.Join(b.tmp, "agent.log"))
 		}
 		select {
 		case <-ctx.Done():

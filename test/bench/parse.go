@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // wrkResult is what one wrk run reports. Latencies are in microseconds.
@@ -282,4 +283,71 @@ func promValue(text, metric string, want ...string) (float64, bool) {
 		found = true
 	}
 	return sum, found
+}
+
+// logLine is one line of the controller's or the agent's log (slog's text
+// format: time=... level=... msg="..." key=value ...).
+type logLine struct {
+	Time  time.Time
+	Msg   string
+	Attrs map[string]string
+}
+
+// parseLogLine reads one slog text line; ok is false for anything else
+// (a panic's trace, a line cut short).
+func parseLogLine(line string) (l logLine, ok bool) {
+	l.Attrs = map[string]string{}
+	rest := strings.TrimSpace(line)
+	for rest != "" {
+		key, after, found := strings.Cut(rest, "=")
+		if !found || key == "" || strings.ContainsAny(key, " \"") {
+			return logLine{}, false
+		}
+		var val string
+		if strings.HasPrefix(after, `"`) {
+			// A quoted value ends at the first unescaped quote.
+			end := 1
+			for end < len(after) && after[end] != '"' {
+				if after[end] == '\\' {
+					end++
+				}
+				end++
+			}
+			if end >= len(after) {
+				return logLine{}, false
+			}
+			v, err := strconv.Unquote(after[:end+1])
+			if err != nil {
+				return logLine{}, false
+			}
+			val, rest = v, after[end+1:]
+		} else {
+			val, rest, _ = strings.Cut(after, " ")
+		}
+		rest = strings.TrimLeft(rest, " ")
+		switch key {
+		case "time":
+			t, err := time.Parse(time.RFC3339Nano, val)
+			if err != nil {
+				return logLine{}, false
+			}
+			l.Time = t
+		case "msg":
+			l.Msg = val
+		default:
+			l.Attrs[key] = val
+		}
+	}
+	return l, !l.Time.IsZero() && l.Msg != ""
+}
+
+// parseLog reads every slog text line of a log, skipping the others.
+func parseLog(log string) []logLine {
+	var out []logLine
+	for _, line := range strings.Split(log, "\n") {
+		if l, ok := parseLogLine(line); ok {
+			out = append(out, l)
+		}
+	}
+	return out
 }

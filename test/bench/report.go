@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"text/tabwriter"
 )
@@ -27,6 +28,124 @@ type report struct {
 	Agreed      bool           `json:"agreed"`
 	Targets     []target       `json:"targets"`
 	Note        string         `json:"note,omitempty"`
+	// Environments is create → Ready and delete → gone of an environment
+	// forking b-app; nil when not measured.
+	Environments *envTiming `json:"environments,omitempty"`
+}
+
+// envTiming is environment creations and deletions, one after the other.
+type envTiming struct {
+	Fork       string  `json:"fork"` // the workload forked
+	Asked      int     `json:"asked"`
+	Creations  int     `json:"creations"` // done: all asked unless Skipped
+	CreateP50S float64 `json:"create_to_ready_p50_s"`
+	CreateP99S float64 `json:"create_to_ready_p99_s"`
+	DeleteP50S float64 `json:"delete_to_gone_p50_s"`
+	DeleteP99S float64 `json:"delete_to_gone_p99_s"`
+	// Steps is when each step of a creation was seen, in seconds from the
+	// create call: what create → Ready is made of.
+	Steps []envStep `json:"steps"`
+	// AgentToReady is, per creation, from the agent's last change for it
+	// to Ready: the wait for the agent's status report (every 1 s), which
+	// makes the routes Active, and the status write.
+	AgentToReady readyStats `json:"agent_applied_to_ready"`
+	// ServedByFork counts the creations whose fork answered a request with
+	// the environment's key sent as soon as it was Ready.
+	ServedByFork int         `json:"served_by_fork_at_ready"`
+	Samples      []envSample `json:"samples"`
+	Skipped      string      `json:"skipped,omitempty"`
+}
+
+type envStep struct {
+	Step string  `json:"step"`
+	P50S float64 `json:"p50_s"`
+	P99S float64 `json:"p99_s"`
+	Seen int     `json:"seen"` // creations where the step was found
+}
+
+// envSample is one creation and deletion, in seconds from its call; 0
+// where a step was not found.
+type envSample struct {
+	Name          string  `json:"name"`
+	CallS         float64 `json:"call_s"`                    // the create call returned
+	InventoryS    float64 `json:"inventory_s,omitempty"`     // the controller loaded the lab inventory with the fork
+	ForksReadyS   float64 `json:"forks_ready_s,omitempty"`   // status ForksReady seen by the watch
+	AgentAppliedS float64 `json:"agent_applied_s,omitempty"` // the agent's last steering or connect-time change for it
+	ReadyS        float64 `json:"ready_s"`                   // phase Ready seen by the watch
+	DeleteS       float64 `json:"delete_s"`                  // delete call → gone
+	ServedBy      string  `json:"served_by_at_ready"`        // who answered a request with its key at Ready
+}
+
+// Steps of a creation, in the order they happen.
+var envSteps = []struct {
+	name string
+	of   func(envSample) float64
+}{
+	{"create call returned", func(s envSample) float64 { return s.CallS }},
+	{"controller loaded the inventory with the fork (file polled every 500 ms)", func(s envSample) float64 { return s.InventoryS }},
+	{"status ForksReady (fork listening; the reconciler looks every 250 ms)", func(s envSample) float64 { return s.ForksReadyS }},
+	{"agent applied the routes (last steering / connect-time log line)", func(s envSample) float64 { return s.AgentAppliedS }},
+	{"phase Ready (routes Active once the agent reported, every 1 s)", func(s envSample) float64 { return s.ReadyS }},
+}
+
+// finish computes the summary of the samples.
+func (et *envTiming) finish() {
+	et.Creations = len(et.Samples)
+	if et.Creations == 0 {
+		if et.Skipped == "" {
+			et.Skipped = "no creation"
+		}
+		return
+	}
+	var create, del []float64
+	for _, s := range et.Samples {
+		create, del = append(create, s.ReadyS), append(del, s.DeleteS)
+		if s.ServedBy == et.Fork+"-"+s.Name {
+			et.ServedByFork++
+		}
+	}
+	c, d := stats(create), stats(del)
+	et.CreateP50S, et.CreateP99S = c.P50S, c.P99S
+	et.DeleteP50S, et.DeleteP99S = d.P50S, d.P99S
+	var gaps []float64
+	for _, s := range et.Samples {
+		if s.AgentAppliedS > 0 {
+			gaps = append(gaps, s.ReadyS-s.AgentAppliedS)
+		}
+	}
+	et.AgentToReady = stats(gaps)
+	et.Steps = nil
+	for _, st := range envSteps {
+		var xs []float64
+		for _, s := range et.Samples {
+			if v := st.of(s); v > 0 {
+				xs = append(xs, v)
+			}
+		}
+		step := envStep{Step: st.name, Seen: len(xs)}
+		if len(xs) > 0 {
+			r := stats(xs)
+			step.P50S, step.P99S = r.P50S, r.P99S
+		}
+		et.Steps = append(et.Steps, step)
+	}
+}
+
+// readyStats are the median and 99th percentile (nearest rank: of 20
+// values, the largest) of some durations.
+type readyStats struct {
+	N    int     `json:"n"`
+	P50S float64 `json:"p50_s"`
+	P99S float64 `json:"p99_s"`
+}
+
+func stats(xs []float64) readyStats {
+	if len(xs) == 0 {
+		return readyStats{}
+	}
+	ys := append([]float64(nil), xs...)
+	sort.Float64s(ys)
+	return readyStats{N: len(ys), P50S: median(ys), P99S: percentile(ys, 99)}
 }
 
 type target struct {
@@ -87,12 +206,13 @@ func disagreements(prev, cur *roundResult, within float64) []string {
 }
 
 // summarize averages the last two rounds and judges the targets.
-func summarize(b *bench, rounds []*roundResult) *report {
+func summarize(b *bench, rounds []*roundResult, env *envTiming) *report {
 	rep := &report{
-		Rounds:   rounds,
-		Duration: b.cfg.duration.String(),
-		Method:   method,
-		Nginx:    nginxSummary,
+		Rounds:       rounds,
+		Duration:     b.cfg.duration.String(),
+		Method:       method,
+		Nginx:        nginxSummary,
+		Environments: env,
 	}
 	pick := rounds
 	if len(pick) > 2 {
@@ -116,8 +236,31 @@ func summarize(b *bench, rounds []*roundResult) *report {
 		rep.Agreement = fmt.Sprintf("no two consecutive rounds agreed within %d%% in %d rounds; rounds %d and %d differ on: %s",
 			pct, len(rounds), last.Round-1, last.Round, strings.Join(last.Disagreement, "; "))
 	}
-	rep.Targets = judge(rep.Cases)
+	rep.Targets = append(judge(rep.Cases), judgeEnvCreation(env)...)
 	return rep
+}
+
+// judgeEnvCreation holds environment creation to its goal: create → Ready
+// p50 <= 2 s for one fork with no data.
+func judgeEnvCreation(et *envTiming) []target {
+	if et == nil {
+		return nil
+	}
+	t := target{Case: "env-create", What: "create → Ready p50 <= 2 s (one fork, no data)"}
+	switch {
+	case et.Creations == 0:
+		t.Result, t.Got = "SKIP", et.Skipped
+	default:
+		t.Got = fmt.Sprintf("%.2f s (p99 %.2f s, %d creations)", et.CreateP50S, et.CreateP99S, et.Creations)
+		t.Result = "MISS"
+		if et.CreateP50S <= 2 {
+			t.Result = "PASS"
+		}
+		if et.Skipped != "" {
+			t.Got += "; stopped early: " + et.Skipped
+		}
+	}
+	return []target{t}
 }
 
 func meanSample(name string, rounds []*roundResult) *sample {
@@ -287,12 +430,38 @@ func printReport(w io.Writer, rep *report) {
 	if rep.Note != "" {
 		fmt.Fprintf(w, "note: %s\n", rep.Note)
 	}
+	printEnvironments(w, rep)
 	fmt.Fprintln(w, "\n== targets")
 	tw := tabwriter.NewWriter(w, 2, 0, 2, ' ', 0)
 	for _, t := range rep.Targets {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", t.Result, t.Case, t.What, t.Got)
 	}
 	tw.Flush()
+}
+
+func printEnvironments(w io.Writer, rep *report) {
+	et := rep.Environments
+	if et == nil {
+		return
+	}
+	fmt.Fprintln(w, "\n== environments")
+	if et.Creations > 0 {
+		fmt.Fprintf(w, "fork of %s, no data, %d creations: create → Ready p50 %.2f s, p99 %.2f s; delete → gone p50 %.2f s, p99 %.2f s\n",
+			et.Fork, et.Creations, et.CreateP50S, et.CreateP99S, et.DeleteP50S, et.DeleteP99S)
+		fmt.Fprintf(w, "a request with the key at Ready was answered by the fork in %d of %d\n", et.ServedByFork, et.Creations)
+		tw := tabwriter.NewWriter(w, 2, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "step (seconds from the create call)\tp50\tp99\tseen")
+		for _, st := range et.Steps {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\n", st.Step, num(st.P50S, "%.3f"), num(st.P99S, "%.3f"), st.Seen)
+		}
+		tw.Flush()
+		if g := et.AgentToReady; g.N > 0 {
+			fmt.Fprintf(w, "from the agent's last change to Ready (its status report): p50 %.3f s, p99 %.3f s (%d)\n", g.P50S, g.P99S, g.N)
+		}
+	}
+	if et.Skipped != "" {
+		fmt.Fprintf(w, "stopped: %s\n", et.Skipped)
+	}
 }
 
 func writeJSON(path string, rep *report) error {

@@ -1,0 +1,263 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	detourv1 "github.com/detourdev/detour/api/detour/v1"
+)
+
+// Environments in the bench (docs/performance.md, "Environments"): how long
+// one takes from the create call to Ready and from the delete call to gone.
+
+const (
+	envNamespace = "default"
+	// envWithin bounds each create → Ready and delete → gone.
+	envWithin = 30 * time.Second
+)
+
+// control is the controller's Control API, over one connection for the
+// whole run.
+func (b *bench) control() (detourv1.ControlServiceClient, error) {
+	if b.ctlConn == nil {
+		conn, err := grpc.NewClient(b.ctl, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return nil, err
+		}
+		b.ctlConn = conn
+		b.cleanups = append(b.cleanups, func() { _ = conn.Close() })
+	}
+	return detourv1.NewControlServiceClient(b.ctlConn), nil
+}
+
+// envRun is one environment's creation as a user of the API sees it: the
+// create call, then a watch until it is Ready, as `detour env create
+// --wait` does. Times are seconds from the call.
+type envRun struct {
+	start      time.Time
+	created    float64 // the create call returned
+	forksReady float64 // first status with ForksReady True
+	ready      float64 // phase Ready
+}
+
+func conditionTrue(e *detourv1.Environment, typ string) bool {
+	for _, c := range e.GetStatus().GetConditions() {
+		if c.GetType() == typ {
+			return c.GetStatus() == "True"
+		}
+	}
+	return false
+}
+
+func readyMessage(e *detourv1.Environment) string {
+	for _, c := range e.GetStatus().GetConditions() {
+		if c.GetType() == "Ready" {
+			return c.GetMessage()
+		}
+	}
+	return "no status yet"
+}
+
+// createEnv creates environment name forking the given lab workloads and
+// waits until it is Ready.
+func (b *bench) createEnv(ctx context.Context, name string, forks ...string) (envRun, error) {
+	c, err := b.control()
+	if err != nil {
+		return envRun{}, err
+	}
+	spec := &detourv1.EnvironmentSpec{Ttl: durationpb.New(time.Hour)}
+	for _, f := range forks {
+		spec.Forks = append(spec.Forks, &detourv1.Fork{Workload: &detourv1.WorkloadRef{Kind: "Deployment", Name: f}})
+	}
+	ctx, cancel := context.WithTimeout(ctx, envWithin)
+	defer cancel()
+	run := envRun{start: time.Now()}
+	since := func() float64 { return time.Since(run.start).Seconds() }
+	_, err = c.CreateEnvironment(ctx, &detourv1.CreateEnvironmentRequest{
+		Environment: &detourv1.Environment{Namespace: envNamespace, Name: name, Spec: spec}})
+	if err != nil {
+		return run, fmt.Errorf("create environment %s: %w", name, err)
+	}
+	run.created = since()
+	stream, err := c.WatchEnvironments(ctx, &detourv1.WatchEnvironmentsRequest{Namespace: envNamespace, Name: name})
+	if err != nil {
+		return run, fmt.Errorf("watch environment %s: %w", name, err)
+	}
+	var last *detourv1.Environment
+	for {
+		ev, err := stream.Recv()
+		if err != nil {
+			return run, fmt.Errorf("environment %s not Ready within %s (%s: %s): %w",
+				name, envWithin, last.GetStatus().GetPhase(), readyMessage(last), err)
+		}
+		if ev.GetType() == detourv1.WatchEnvironmentsResponse_TYPE_DELETED {
+			return run, fmt.Errorf("environment %s was deleted while waiting for it", name)
+		}
+		last = ev.GetEnvironment()
+		t := since()
+		if run.forksReady == 0 && conditionTrue(last, "ForksReady") {
+			run.forksReady = t
+		}
+		switch last.GetStatus().GetPhase() {
+		case "Ready":
+			run.ready = t
+			return run, nil
+		case "Failed":
+			return run, fmt.Errorf("environment %s failed: %s", name, readyMessage(last))
+		}
+	}
+}
+
+// deleteEnv deletes environment name and waits until it and everything
+// it made are gone, returning the seconds from the delete call.
+func (b *bench) deleteEnv(ctx context.Context, name string) (float64, error) {
+	c, err := b.control()
+	if err != nil {
+		return 0, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, envWithin)
+	defer cancel()
+	stream, err := c.WatchEnvironments(ctx, &detourv1.WatchEnvironmentsRequest{Namespace: envNamespace, Name: name})
+	if err != nil {
+		return 0, fmt.Errorf("watch environment %s: %w", name, err)
+	}
+	// The watch's first event, the environment as it is, says the watch
+	// is open: a removal faster than the watch's start cannot be missed.
+	ev, err := stream.Recv()
+	if err != nil {
+		return 0, fmt.Errorf("watch environment %s: %w", name, err)
+	}
+	if ev.GetType() == detourv1.WatchEnvironmentsResponse_TYPE_DELETED {
+		return 0, nil
+	}
+	start := time.Now()
+	if _, err := c.DeleteEnvironment(ctx, &detourv1.DeleteEnvironmentRequest{Namespace: envNamespace, Name: name}); err != nil {
+		return 0, fmt.Errorf("delete environment %s: %w", name, err)
+	}
+	for {
+		ev, err := stream.Recv()
+		if err != nil {
+			return 0, fmt.Errorf("environment %s not gone within %s: %w", name, envWithin, err)
+		}
+		if ev.GetType() == detourv1.WatchEnvironmentsResponse_TYPE_DELETED {
+			return time.Since(start).Seconds(), nil
+		}
+	}
+}
+
+// waitQuiet waits until the agent steers no port and redirects no
+// connection at connect(): no intercept or environment is left in force.
+func (b *bench) waitQuiet(ctx context.Context) error {
+	if err := b.waitSteered(ctx, 0); err != nil {
+		return err
+	}
+	return b.waitMetric(ctx, "detour_agent_connect_redirected_ports", 0)
+}
+
+// envCreationTimes creates and deletes an environment forking b-app (no
+// data) n times, one at a time, each from a quiet agent, and reads in the
+// controller's and the agent's logs when the steps between the create call
+// and Ready happened.
+func (b *bench) envCreationTimes(ctx context.Context, n int) *envTiming {
+	et := &envTiming{Fork: podApp, Asked: n}
+	for i := 1; i <= n; i++ {
+		if err := b.waitQuiet(ctx); err != nil {
+			et.Skipped = err.Error()
+			break
+		}
+		// A creation that follows the last one at once would fall at the
+		// same point of the controller's inventory poll (500 ms) and the
+		// agent's status report (1 s) each time: a random pause makes each
+		// creation's moment independent, as users' are.
+		select {
+		case <-ctx.Done():
+		case <-time.After(rand.N(time.Second)):
+		}
+		name := fmt.Sprintf("ready-%d", i)
+		run, err := b.createEnv(ctx, name, podApp)
+		if err != nil {
+			et.Skipped = fmt.Sprintf("creation %d: %v", i, err)
+			if _, derr := b.deleteEnv(ctx, name); derr != nil {
+				say("removing environment %s: %v", name, derr)
+			}
+			break
+		}
+		s := envSample{Name: name, CallS: run.created, ForksReadyS: run.forksReady, ReadyS: run.ready}
+		b.logSteps(&s, run)
+		// Ready should mean usable: a request with the key, right away.
+		s.ServedBy, _ = b.who(ctx, b.url(podApp, 8080), name, false)
+		if s.DeleteS, err = b.deleteEnv(ctx, name); err != nil {
+			et.Skipped = fmt.Sprintf("deletion %d: %v", i, err)
+			break
+		}
+		et.Samples = append(et.Samples, s)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	et.finish()
+	return et
+}
+
+// Log lines that mark a step of an environment's creation.
+const (
+	// The controller's: the lab's inventory file (polled every 500 ms)
+	// changed.
+	logInventory = "inventory loaded"
+	// The agent's: a session route's port steered to it, and a forks
+	// route's connect-time redirect in place.
+	logSteering    = "steering pod port to the agent"
+	logConnectWent = "callers on this node connect straight to the destination"
+)
+
+// logSteps finds, in the logs, when the controller saw the fork in the lab's
+// inventory and when the agent had applied the environment's routes, as
+// seconds from the create call.
+func (b *bench) logSteps(s *envSample, run envRun) {
+	end := run.start.Add(time.Duration(run.ready * float64(time.Second)))
+	ctl, _ := os.ReadFile(filepath.Join(b.tmp, "controller.log"))
+	agent, _ := os.ReadFile(filepath.Join(b.tmp, "agent.log"))
+	// The inventory with the fork: the lab's pods and one more. (The one
+	// without the last creation's fork may be loaded after it is gone.)
+	withFork := strconv.Itoa(len(b.ip) + 1)
+	s.InventoryS = firstAfter(parseLog(string(ctl)), run.start, end, func(l logLine) bool {
+		return l.Msg == logInventory && l.Attrs["pods"] == withFork
+	})
+	s.AgentAppliedS = lastBetween(parseLog(string(agent)), run.start, end, logSteering, logConnectWent)
+}
+
+// firstAfter is the seconds from start to the first line in [start, end]
+// that is, 0 if none. Log times have millisecond precision: start is
+// rounded down to it.
+func firstAfter(lines []logLine, start, end time.Time, is func(logLine) bool) float64 {
+	start = start.Truncate(time.Millisecond)
+	for _, l := range lines {
+		if !l.Time.Before(start) && !l.Time.After(end) && is(l) {
+			return max(l.Time.Sub(start).Seconds(), 1e-3)
+		}
+	}
+	return 0
+}
+
+// lastBetween is the seconds from start to the last line of msgs in
+// [start, end], 0 if none.
+func lastBetween(lines []logLine, start, end time.Time, msgs ...string) float64 {
+	start = start.Truncate(time.Millisecond)
+	got := 0.0
+	for _, l := range lines {
+		if !l.Time.Before(start) && !l.Time.After(end) && slices.Contains(msgs, l.Msg) {
+			got = max(l.Time.Sub(start).Seconds(), 1e-3)
+		}
+	}
+	return got
+}

@@ -1,0 +1,142 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseLogLine(t *testing.T) {
+	tests := []struct {
+		line  string
+		ok    bool
+		msg   string
+		attrs map[string]string
+	}{
+		{
+			line:  `time=2026-11-27T06:40:13.123+00:00 level=INFO msg="inventory loaded" path=/run/detour/bench-lab/inventory.json pods=5 services=1`,
+			ok:    true,
+			msg:   "inventory loaded",
+			attrs: map[string]string{"level": "INFO", "path": "/run/detour/bench-lab/inventory.json", "pods": "5", "services": "1"},
+		},
+		{
+			line:  `time=2026-11-27T06:40:13.5+01:00 level=WARN msg="apply route" err="intercept \"a=b\" refused: x" environment=default/bench`,
+			ok:    true,
+			msg:   "apply route",
+			attrs: map[string]string{"level": "WARN", "err": `intercept "a=b" refused: x`, "environment": "default/bench"},
+		},
+		{line: `goroutine 1 [running]:`},
+		{line: `time=2026-11-27T06:40:13.123+00:00 level=INFO msg="cut sho`},
+		{line: `level=INFO msg=nothing`}, // no time
+		{line: ``},
+	}
+	for _, tt := range tests {
+		l, ok := parseLogLine(tt.line)
+		if ok != tt.ok {
+			t.Errorf("parseLogLine(%q) ok = %v; want %v", tt.line, ok, tt.ok)
+			continue
+		}
+		if !ok {
+			continue
+		}
+		if l.Msg != tt.msg || len(l.Attrs) != len(tt.attrs) {
+			t.Errorf("parseLogLine(%q) = %+v", tt.line, l)
+		}
+		for k, v := range tt.attrs {
+			if l.Attrs[k] != v {
+				t.Errorf("parseLogLine(%q) %s = %q; want %q", tt.line, k, l.Attrs[k], v)
+			}
+		}
+	}
+	l, _ := parseLogLine(`time=2026-11-27T06:40:13.5+01:00 msg=x`)
+	if want := time.Date(2026, 11, 27, 5, 40, 13, 5e8, time.UTC); !l.Time.Equal(want) {
+		t.Errorf("time %v; want %v", l.Time, want)
+	}
+}
+
+func TestLogSteps(t *testing.T) {
+	log := strings.Join([]string{
+		`time=2026-11-27T06:40:12.900Z level=INFO msg="steering pod port to the agent" port=10.219.0.2:8080`, // before: an earlier creation
+		`time=2026-11-27T06:40:13.000Z level=INFO msg="inventory loaded" pods=5`,                             // the call's own millisecond
+		`time=2026-11-27T06:40:13.400Z level=INFO msg="steering pod port to the agent" port=10.219.0.2:8080`,
+		`time=2026-11-27T06:40:13.700Z level=INFO msg="callers on this node connect straight to the destination"`,
+		`not a log line`,
+		`time=2026-11-27T06:40:13.900Z level=INFO msg="inventory loaded" pods=6`,
+		`time=2026-11-27T06:40:15.000Z level=INFO msg="steering pod port to the agent" port=10.219.0.2:5201`, // after Ready
+	}, "\n")
+	lines := parseLog(log)
+	if len(lines) != 6 {
+		t.Fatalf("parseLog: %d lines; want 6", len(lines))
+	}
+	start := time.Date(2026, 11, 27, 6, 40, 13, 400_000, time.UTC) // 0.4 ms into the millisecond
+	end := start.Add(time.Second)
+	inventory := func(l logLine) bool { return l.Msg == logInventory }
+	if got := firstAfter(lines, start, end, inventory); !near(got, 0.001) {
+		t.Errorf("firstAfter inventory = %v; want 0.001 (the same millisecond counts, as one)", got)
+	}
+	withFork := func(l logLine) bool { return l.Msg == logInventory && l.Attrs["pods"] == "6" }
+	if got := firstAfter(lines, start, end, withFork); !near(got, 0.9) {
+		t.Errorf("firstAfter inventory with 6 pods = %v; want 0.9", got)
+	}
+	if got := lastBetween(lines, start, end, logSteering, logConnectWent); !near(got, 0.7) {
+		t.Errorf("lastBetween agent = %v; want 0.7", got)
+	}
+	if got := firstAfter(lines, end, end.Add(time.Second), inventory); got != 0 {
+		t.Errorf("firstAfter with no line = %v; want 0", got)
+	}
+}
+
+func TestEnvTimingFinish(t *testing.T) {
+	et := &envTiming{Fork: "b-app", Asked: 4, Samples: []envSample{
+		{Name: "ready-1", CallS: 0.01, InventoryS: 0.3, ForksReadyS: 0.5, AgentAppliedS: 0.6, ReadyS: 1.2, DeleteS: 0.5, ServedBy: "b-app-ready-1"},
+		{Name: "ready-2", CallS: 0.02, InventoryS: 0.4, ForksReadyS: 0.6, ReadyS: 1.4, DeleteS: 0.7, ServedBy: "b-app"},
+		{Name: "ready-3", CallS: 0.01, InventoryS: 0.2, ForksReadyS: 0.5, AgentAppliedS: 0.5, ReadyS: 1.0, DeleteS: 0.6, ServedBy: "b-app-ready-3"},
+		{Name: "ready-4", CallS: 0.03, InventoryS: 0.5, ForksReadyS: 0.7, AgentAppliedS: 0.8, ReadyS: 3.0, DeleteS: 0.9, ServedBy: "b-app-ready-4"},
+	}}
+	et.finish()
+	if et.Creations != 4 || et.ServedByFork != 3 {
+		t.Errorf("creations %d, served by fork %d; want 4, 3", et.Creations, et.ServedByFork)
+	}
+	if !near(et.CreateP50S, 1.3) || !near(et.CreateP99S, 3.0) || !near(et.DeleteP50S, 0.65) || !near(et.DeleteP99S, 0.9) {
+		t.Errorf("create p50 %v p99 %v, delete p50 %v p99 %v; want 1.3 3.0 0.65 0.9", et.CreateP50S, et.CreateP99S, et.DeleteP50S, et.DeleteP99S)
+	}
+	if len(et.Steps) != len(envSteps) {
+		t.Fatalf("%d steps; want %d", len(et.Steps), len(envSteps))
+	}
+	agent := et.Steps[3]
+	if agent.Seen != 3 || !near(agent.P50S, 0.6) || !near(agent.P99S, 0.8) {
+		t.Errorf("agent step %+v; want seen 3 (one sample lacks it), p50 0.6, p99 0.8", agent)
+	}
+	// Ready - agent applied: 0.6, 0.5, 2.2 (ready-2 has no agent step).
+	if g := et.AgentToReady; g.N != 3 || !near(g.P50S, 0.6) || !near(g.P99S, 2.2) {
+		t.Errorf("agent → Ready %+v; want 3, p50 0.6, p99 2.2", g)
+	}
+	if ready := et.Steps[len(et.Steps)-1]; !near(ready.P50S, et.CreateP50S) {
+		t.Errorf("last step %+v; want create → Ready", ready)
+	}
+
+	empty := &envTiming{Fork: "b-app", Asked: 20}
+	empty.finish()
+	if empty.Skipped == "" || empty.Creations != 0 {
+		t.Errorf("no sample: %+v; want skipped", empty)
+	}
+}
+
+func TestJudgeEnvironments(t *testing.T) {
+	if got := judgeEnvCreation(nil); got != nil {
+		t.Errorf("not measured: %v; want no target", got)
+	}
+	for _, tt := range []struct {
+		p50  float64
+		want string
+	}{{1.4, "PASS"}, {2.0, "PASS"}, {2.1, "MISS"}} {
+		ts := judgeEnvCreation(&envTiming{Creations: 20, CreateP50S: tt.p50, CreateP99S: 3})
+		if len(ts) != 1 || ts[0].Result != tt.want {
+			t.Errorf("p50 %v: %+v; want %s", tt.p50, ts, tt.want)
+		}
+	}
+	if ts := judgeEnvCreation(&envTiming{Skipped: "controller refused"}); ts[0].Result != "SKIP" || ts[0].Got != "controller refused" {
+		t.Errorf("skipped: %+v", ts)
+	}
+
+}
