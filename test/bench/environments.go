@@ -18,10 +18,18 @@ import (
 )
 
 // Environments in the bench (docs/performance.md, "Environments"): how long
-// one takes from the create call to Ready and from the delete call to gone.
+// one takes from the create call to Ready and from the delete call to gone,
+// and the environment phase of every slice, in which requests go through an
+// environment's routes (cases env-matched and env-fork-to-fork).
 
 const (
 	envNamespace = "default"
+	// envName is the environment of the slices' environment phase: it
+	// forks b-app (the server) and b-client (a client that runs nothing:
+	// wrk runs in its fork).
+	envName    = "bench"
+	forkApp    = podApp + "-" + envName
+	forkClient = podClient + "-" + envName
 	// envWithin bounds each create → Ready and delete → gone.
 	envWithin = 30 * time.Second
 )
@@ -260,4 +268,101 @@ func lastBetween(lines []logLine, start, end time.Time, msgs ...string) float64 
 		}
 	}
 	return got
+}
+
+// envUp creates the slices' environment and checks, before anything is
+// timed, that each environment case reaches the fork it should, the way
+// it should. A case that does not is skipped with the reason, never timed.
+// An environment that cannot be made skips both cases.
+func (b *bench) envUp(ctx context.Context, byName map[string]*sample) error {
+	if b.envSkip != "" {
+		return nil
+	}
+	if err := b.waitQuiet(ctx); err != nil {
+		return err
+	}
+	run, err := b.createEnv(ctx, envName, podApp, podClient)
+	if err != nil {
+		b.envSkip = "environment " + envName + " not Ready: " + err.Error()
+		if _, derr := b.deleteEnv(ctx, envName); derr != nil {
+			return fmt.Errorf("removing environment %s: %w", envName, derr)
+		}
+		return nil
+	}
+	b.envReadyS = append(b.envReadyS, run.ready)
+	b.checkEnvRoutes(ctx, byName, time.Now())
+	return nil
+}
+
+func (b *bench) envDown(ctx context.Context) error {
+	if b.envSkip != "" {
+		return nil
+	}
+	if _, err := b.deleteEnv(ctx, envName); err != nil {
+		return err
+	}
+	return b.waitQuiet(ctx)
+}
+
+// checkEnvRoutes asks who answers each environment case: env-matched must
+// be answered by b-app's fork through the agent, env-fork-to-fork by the
+// same fork with the connection redirected at connect() (the agent's
+// counter of such connections moves, its request counter does not). The
+// environment is Ready, so both should hold at once; each is asked again
+// for a few seconds before it is skipped, and a late answer is said.
+func (b *bench) checkEnvRoutes(ctx context.Context, byName map[string]*sample, ready time.Time) {
+	for _, c := range phaseEnv {
+		s := byName[c.name]
+		if s.Skipped != "" {
+			continue
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for tries := 1; ; tries++ {
+			why := b.envRouteProblem(ctx, c)
+			if why == "" {
+				if tries > 1 {
+					say("%s: reached %s only %.2fs after the environment was Ready", c.name, c.want, time.Since(ready).Seconds())
+				}
+				break
+			}
+			if ctx.Err() != nil || time.Now().After(deadline) {
+				s.Skipped = why
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+}
+
+// envRouteProblem is why case c does not go where it should, or "".
+func (b *bench) envRouteProblem(ctx context.Context, c caseDef) string {
+	m0, err := b.agentMetrics(ctx)
+	if err != nil {
+		return "agent metrics: " + err.Error()
+	}
+	got, err := b.whoFrom(ctx, c.client(), b.url(c.pod, c.port), c.session, false)
+	if err != nil {
+		return fmt.Sprintf("request from %s failed: %v", c.client(), err)
+	}
+	if got != c.want {
+		return fmt.Sprintf("answered by %s, want %s", got, c.want)
+	}
+	if c != caseEnvForkToFork {
+		return ""
+	}
+	m1, err := b.agentMetrics(ctx)
+	if err != nil {
+		return "agent metrics: " + err.Error()
+	}
+	r0, _ := promValue(m0, "detour_agent_requests_total")
+	r1, _ := promValue(m1, "detour_agent_requests_total")
+	c0, _ := promValue(m0, "detour_agent_connect_redirects_total")
+	c1, _ := promValue(m1, "detour_agent_connect_redirects_total")
+	switch {
+	case r1 != r0:
+		return "answered by " + got + " through the agent's relay: the connection was not redirected at connect()"
+	case c1 == c0:
+		return "answered by " + got + " but the agent counted no connect-time redirect"
+	}
+	return ""
 }

@@ -139,4 +139,32 @@ func TestJudgeEnvironments(t *testing.T) {
 		t.Errorf("skipped: %+v", ts)
 	}
 
+	result := func(ts []target, c, what string) string {
+		for _, t := range ts {
+			if t.Case == c && strings.HasPrefix(t.What, what) {
+				return t.Result
+			}
+		}
+		return "absent"
+	}
+	cases := []*sample{
+		{Name: "matched", RatioP50: 2.0, RatioRPS: 0.5},
+		{Name: "env-matched", RatioP50: 2.15, RatioRPS: 0.44},
+		{Name: "env-fork-to-fork", RatioP50: 1.12, RatioRPS: 0.95},
+	}
+	ts := judge(cases)
+	for _, w := range []struct{ c, what, want string }{
+		{"env-matched", "ratio_p50", "PASS"},      // 2.15 <= 2.2
+		{"env-matched", "ratio_rps", "MISS"},      // 0.44 < 0.4545
+		{"env-fork-to-fork", "ratio_p50", "MISS"}, // 1.12 > 1.1
+		{"env-fork-to-fork", "ratio_rps", "PASS"}, // 0.95 >= 0.909
+	} {
+		if got := result(ts, w.c, w.what); got != w.want {
+			t.Errorf("%s %s: %s; want %s", w.c, w.what, got, w.want)
+		}
+	}
+	cases[0].Skipped = "answered by b-app, want b-dev"
+	if got := result(judge(cases), "env-matched", "ratio_p50"); got != "SKIP" {
+		t.Errorf("matched skipped: env-matched %s; want SKIP", got)
+	}
 }

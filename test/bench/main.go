@@ -73,7 +73,7 @@ func main() {
 	})
 	flag.IntVar(&c.slices, "slices", 5, "cut each measurement into this many interleaved slices (at least 1s each)")
 	flag.Float64Var(&c.agreeWithin, "agree", 0.10, "two rounds agree when every ratio differs by at most this fraction")
-	flag.BoolVar(&c.env, "env", true, "measure environments: create → Ready and delete → gone (-env-creations)")
+	flag.BoolVar(&c.env, "env", true, "measure environments: create → Ready and delete → gone (-env-creations), and the cases env-matched and env-fork-to-fork in every slice")
 	flag.IntVar(&c.envCreations, "env-creations", 20, "time this many creations and deletions of an environment forking b-app, one after the other (0: none)")
 	flag.Parse()
 	if c.rounds < 1 || c.duration < time.Second || c.envCreations < 0 {
@@ -119,7 +119,9 @@ type bench struct {
 	devLog   string // pod b-dev's log: iperf3 there says "Accepted connection"
 	cleanups []func()
 
-	ctlConn *grpc.ClientConn // the Control API, for environments
+	ctlConn   *grpc.ClientConn // the Control API, for environments
+	envSkip   string           // why the environment cases cannot run, if they cannot
+	envReadyS []float64        // create → Ready of the slices' environment, seconds
 }
 
 func (b *bench) detour(ctx context.Context, args ...string) (string, error) {
@@ -179,7 +181,10 @@ func run(ctx context.Context, c config) (err error) {
 	}
 
 	var envTimes *envTiming
-	if c.env && c.envCreations > 0 {
+	switch {
+	case !c.env:
+		b.envSkip = "environments left out (-env=false)"
+	case c.envCreations > 0:
 		say("timing %d environment creations and deletions", c.envCreations)
 		envTimes = b.envCreationTimes(ctx, c.envCreations)
 		if err := ctx.Err(); err != nil {

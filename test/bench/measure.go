@@ -32,41 +32,62 @@ type caseDef struct {
 	kind     kind
 	pod      string // where the client connects
 	port     int
-	session  bool   // send x-detour-session: alice
+	session  string // the x-detour-session header's value; "" sends none
 	want     string // the pod that must answer
 	viaAgent bool   // steered to the agent: its CPU is charged to the case
 	baseline string // the case its ratios divide by
 	// fromHost: the client runs in the host's namespace, not in b-client
 	// (a caller the connect-time redirect leaves to the agent's relay).
 	fromHost bool
+	// from is the pod the client runs in; "" is b-client.
+	from string
 }
 
 var (
-	caseDirect        = caseDef{"direct", kindHTTP, podApp, 8080, false, podApp, false, "", false}
-	caseH2Direct      = caseDef{"h2-direct", kindH2, podApp, 8080, false, podApp, false, "", false}
-	caseL4Direct      = caseDef{"l4-direct", kindIperf, podApp, 5201, false, podApp, false, "", false}
-	caseL4HostDirect  = caseDef{"l4-host-direct", kindIperf, podApp, 5201, false, podApp, false, "", true}
-	casePassthrough   = caseDef{"passthrough", kindHTTP, podApp, 8080, false, podApp, true, "direct", false}
-	caseMatched       = caseDef{"matched", kindHTTP, podApp, 8080, true, podDev, true, "direct", false}
-	caseNginx         = caseDef{"nginx", kindHTTP, podNginx, 8080, true, podDev, false, "direct", false}
-	caseUnintercepted = caseDef{"unintercepted", kindHTTP, podApp, 8081, false, podApp, true, "direct", false}
-	caseH2Matched     = caseDef{"h2-matched", kindH2, podApp, 8080, true, podDev, true, "h2-direct", false}
-	caseL4Connect     = caseDef{"l4-connect", kindIperf, podApp, 5201, false, podDev, true, "l4-direct", false}
-	caseL4Splice      = caseDef{"l4-splice", kindIperf, podApp, 5201, false, podDev, true, "l4-host-direct", true}
-	caseDirectEnd     = caseDef{"direct-end", kindHTTP, podApp, 8080, false, podApp, false, "direct", false}
+	caseDirect        = caseDef{"direct", kindHTTP, podApp, 8080, "", podApp, false, "", false, ""}
+	caseH2Direct      = caseDef{"h2-direct", kindH2, podApp, 8080, "", podApp, false, "", false, ""}
+	caseL4Direct      = caseDef{"l4-direct", kindIperf, podApp, 5201, "", podApp, false, "", false, ""}
+	caseL4HostDirect  = caseDef{"l4-host-direct", kindIperf, podApp, 5201, "", podApp, false, "", true, ""}
+	casePassthrough   = caseDef{"passthrough", kindHTTP, podApp, 8080, "", podApp, true, "direct", false, ""}
+	caseMatched       = caseDef{"matched", kindHTTP, podApp, 8080, "alice", podDev, true, "direct", false, ""}
+	caseNginx         = caseDef{"nginx", kindHTTP, podNginx, 8080, "alice", podDev, false, "direct", false, ""}
+	caseUnintercepted = caseDef{"unintercepted", kindHTTP, podApp, 8081, "", podApp, true, "direct", false, ""}
+	caseH2Matched     = caseDef{"h2-matched", kindH2, podApp, 8080, "alice", podDev, true, "h2-direct", false, ""}
+	caseL4Connect     = caseDef{"l4-connect", kindIperf, podApp, 5201, "", podDev, true, "l4-direct", false, ""}
+	caseL4Splice      = caseDef{"l4-splice", kindIperf, podApp, 5201, "", podDev, true, "l4-host-direct", true, ""}
+	caseDirectEnd     = caseDef{"direct-end", kindHTTP, podApp, 8080, "", podApp, false, "direct", false, ""}
+	// Through environment bench's routes: its key to b-app reaches b-app's
+	// fork through the agent (its session route), like matched; from
+	// b-client's fork, b-app's address is b-app's fork, redirected at
+	// connect() (its forks route): the agent sees no request, and its CPU
+	// is counted to show it.
+	caseEnvMatched    = caseDef{"env-matched", kindHTTP, podApp, 8080, envName, forkApp, true, "direct", false, ""}
+	caseEnvForkToFork = caseDef{"env-fork-to-fork", kindHTTP, podApp, 8080, "", forkApp, true, "direct", false, forkClient}
 )
 
+// client is the pod the case's client runs in.
+func (c caseDef) client() string {
+	if c.from != "" {
+		return c.from
+	}
+	return podClient
+}
+
 // Phases of a round: before any intercept exists, while the intercepts
-// exist, and after they are gone again (direct once more, for drift).
+// exist, while environment bench exists (its routes steer b-app as an
+// intercept does, so it is not there with the others), and after they are
+// gone again (direct once more, for drift).
 var (
 	phaseBefore = []caseDef{caseDirect, caseH2Direct, caseL4Direct, caseL4HostDirect}
 	phaseDuring = []caseDef{casePassthrough, caseMatched, caseNginx, caseUnintercepted, caseH2Matched, caseL4Connect, caseL4Splice}
+	phaseEnv    = []caseDef{caseEnvMatched, caseEnvForkToFork}
 	phaseAfter  = []caseDef{caseDirectEnd}
 )
 
 // allCases in report order.
 var allCases = []caseDef{caseDirect, casePassthrough, caseMatched, caseNginx, caseUnintercepted,
-	caseDirectEnd, caseH2Direct, caseH2Matched, caseL4Direct, caseL4Connect, caseL4HostDirect, caseL4Splice}
+	caseEnvMatched, caseEnvForkToFork, caseDirectEnd, caseH2Direct, caseH2Matched, caseL4Direct, caseL4Connect,
+	caseL4HostDirect, caseL4Splice}
 
 // sample is one case measured in one round, or the summary of rounds.
 type sample struct {
@@ -114,7 +135,12 @@ func median(xs []float64) float64 {
 
 // who asks url, from pod b-client, which pod answers (X-Detour-Pod).
 func (b *bench) who(ctx context.Context, url, session string, h2 bool) (string, error) {
-	d := &netns.Dialer{Path: netns.PathOf(podClient)}
+	return b.whoFrom(ctx, podClient, url, session, h2)
+}
+
+// whoFrom asks url, from pod, which pod answers.
+func (b *bench) whoFrom(ctx context.Context, pod, url, session string, h2 bool) (string, error) {
+	d := &netns.Dialer{Path: netns.PathOf(pod)}
 	d.Dialer.Timeout = 2 * time.Second
 	tr := &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true}
 	if h2 {
@@ -195,11 +221,16 @@ func agentRSS(p *proc) float64 {
 
 // inClient runs argv inside pod b-client and returns its stdout.
 func (b *bench) inClient(ctx context.Context, argv ...string) ([]byte, error) {
+	return b.inPod(ctx, podClient, argv...)
+}
+
+// inPod runs argv inside pod and returns its stdout.
+func (b *bench) inPod(ctx context.Context, pod string, argv ...string) ([]byte, error) {
 	ip, err := lookPath("ip")
 	if err != nil {
 		return nil, err
 	}
-	return b.run(exec.CommandContext(ctx, ip, append([]string{"netns", "exec", podClient}, argv...)...), argv[0])
+	return b.run(exec.CommandContext(ctx, ip, append([]string{"netns", "exec", pod}, argv...)...), argv[0])
 }
 
 // onHost runs argv in the host's namespace and returns its stdout.
@@ -240,10 +271,10 @@ func (b *bench) measure(ctx context.Context, s *sample, c caseDef, pass int) err
 		} else {
 			args = append(args, "-t2", "-c32")
 		}
-		if c.session {
-			args = append(args, "-H", "x-detour-session: alice")
+		if c.session != "" {
+			args = append(args, "-H", "x-detour-session: "+c.session)
 		}
-		out, err := b.inClient(ctx, append(args, url)...)
+		out, err := b.inPod(ctx, c.client(), append(args, url)...)
 		if err != nil {
 			return err
 		}
@@ -267,8 +298,8 @@ func (b *bench) measure(ctx context.Context, s *sample, c caseDef, pass int) err
 		} else {
 			args = append(args, "-t2", "-c32")
 		}
-		if c.session {
-			args = append(args, "-H", "x-detour-session: alice")
+		if c.session != "" {
+			args = append(args, "-H", "x-detour-session: "+c.session)
 		}
 		out, err := b.inClient(ctx, append(args, url)...)
 		if err != nil {
@@ -340,6 +371,10 @@ func (b *bench) measure(ctx context.Context, s *sample, c caseDef, pass int) err
 	}
 	s.Requests += requests
 	s.cpuTicks += b.agentTicks() - t0
+	if c == caseEnvForkToFork && b.agentRequests(ctx) != r0 {
+		s.Skipped = "requests went through the agent: the connections were not redirected at connect()"
+		return nil
+	}
 	if c.viaAgent {
 		v := b.agentRequests(ctx) - r0
 		if s.AgentRequests != nil {
@@ -494,6 +529,8 @@ func (b *bench) skipReason(c caseDef) string {
 		return "iperf3 is not installed"
 	case (c == caseL4Splice || c == caseL4Connect) && b.l4Skip != "":
 		return b.l4Skip
+	case c == caseEnvMatched || c == caseEnvForkToFork:
+		return b.envSkip
 	}
 	return ""
 }
@@ -563,6 +600,17 @@ func (b *bench) round(ctx context.Context, r int) (*roundResult, error) {
 		if err := b.deleteIntercepts(ctx); err != nil {
 			return nil, fmt.Errorf("delete intercepts: %w", err)
 		}
+		skipAll(phaseEnv)
+		if err := b.envUp(ctx, byName); err != nil {
+			return nil, err
+		}
+		skipAll(phaseEnv)
+		if err := runPhase(rotate(phaseEnv, turn), k == 0); err != nil {
+			return nil, err
+		}
+		if err := b.envDown(ctx); err != nil {
+			return nil, fmt.Errorf("delete environment %s: %w", envName, err)
+		}
 	}
 	if err := runPhase(phaseAfter, true); err != nil {
 		return nil, err
@@ -582,11 +630,7 @@ func (b *bench) checkRoutes(ctx context.Context, byName map[string]*sample) {
 		if s.Skipped != "" || c.kind == kindIperf {
 			continue
 		}
-		session := ""
-		if c.session {
-			session = "alice"
-		}
-		got, err := b.who(ctx, b.url(c.pod, c.port), session, c.kind == kindH2)
+		got, err := b.who(ctx, b.url(c.pod, c.port), c.session, c.kind == kindH2)
 		switch {
 		case err != nil:
 			s.Skipped = fmt.Sprintf("request failed: %v", err)

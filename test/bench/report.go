@@ -31,6 +31,9 @@ type report struct {
 	// Environments is create → Ready and delete → gone of an environment
 	// forking b-app; nil when not measured.
 	Environments *envTiming `json:"environments,omitempty"`
+	// SliceEnvironments is create → Ready of the slices' environment, which
+	// forks b-app and b-client.
+	SliceEnvironments *readyStats `json:"slice_environments,omitempty"`
 }
 
 // envTiming is environment creations and deletions, one after the other.
@@ -159,6 +162,8 @@ const method = "wrk (HTTP/1.1 keep-alive GET /) from pod b-client: p50/p99 from 
 	"h2load -m1 likewise for the h2 cases; iperf3, one stream, for l4 (from b-client, or from the host's namespace for l4-host-direct and " +
 	"l4-splice: a caller the connect-time redirect leaves to the agent's relay). Each measurement is cut into slices; every slice measures the " +
 	"cases without an intercept (direct, h2-direct, l4-direct, l4-host-direct), creates the intercepts, measures the others, deletes the intercepts; " +
+	"then creates environment bench (forks of b-app and b-client), measures env-matched (key bench to b-app, through the agent, to b-app's fork) and env-fork-to-fork " +
+	"(wrk in b-client's fork to b-app, redirected at connect() to b-app's fork), deletes it; " +
 	"direct once more at the end (direct-end). A case's number is the median of its slices; its ratios divide by the same round's " +
 	"baseline (HTTP/1: median of all direct and direct-end slices). Summary = mean of the last two rounds (the agreeing pair when rounds agreed)."
 
@@ -213,6 +218,10 @@ func summarize(b *bench, rounds []*roundResult, env *envTiming) *report {
 		Method:       method,
 		Nginx:        nginxSummary,
 		Environments: env,
+	}
+	if len(b.envReadyS) > 0 {
+		st := stats(b.envReadyS)
+		rep.SliceEnvironments = &st
 	}
 	pick := rounds
 	if len(pick) > 2 {
@@ -375,6 +384,23 @@ func judge(cases []*sample) []target {
 	add("l4-splice", "ratio_throughput >= 0.9", func(s *sample) (bool, string) {
 		return s.RatioThroughput >= 0.9, fmt.Sprintf("%.3f", s.RatioThroughput)
 	}, "l4-host-direct")
+	// Environments: their session route costs what an intercept costs
+	// (matched), and fork to fork costs nothing per request; "the same"
+	// and "nothing" within the 10% by which rounds are held to agree.
+	add("env-matched", "ratio_p50 <= matched's ×1.1", func(s *sample) (bool, string) {
+		m := by["matched"]
+		return s.RatioP50 <= m.RatioP50*1.1, fmt.Sprintf("%.3f vs matched %.3f (×direct)", s.RatioP50, m.RatioP50)
+	}, "matched")
+	add("env-matched", "ratio_rps >= matched's ÷1.1", func(s *sample) (bool, string) {
+		m := by["matched"]
+		return s.RatioRPS >= m.RatioRPS/1.1, fmt.Sprintf("%.3f vs matched %.3f (×direct)", s.RatioRPS, m.RatioRPS)
+	}, "matched")
+	add("env-fork-to-fork", "ratio_p50 <= 1.1", func(s *sample) (bool, string) {
+		return s.RatioP50 <= 1.1, fmt.Sprintf("%.3f", s.RatioP50)
+	})
+	add("env-fork-to-fork", "ratio_rps >= 1/1.1", func(s *sample) (bool, string) {
+		return s.RatioRPS >= 1/1.1, fmt.Sprintf("%.3f", s.RatioRPS)
+	})
 	return ts
 }
 
@@ -440,11 +466,20 @@ func printReport(w io.Writer, rep *report) {
 }
 
 func printEnvironments(w io.Writer, rep *report) {
-	et := rep.Environments
-	if et == nil {
+	if rep.Environments == nil && rep.SliceEnvironments == nil {
 		return
 	}
 	fmt.Fprintln(w, "\n== environments")
+	if et := rep.Environments; et != nil {
+		printEnvTiming(w, et)
+	}
+	if s := rep.SliceEnvironments; s != nil {
+		fmt.Fprintf(w, "the slices' environment (forks of b-app and b-client), %d creations: create → Ready p50 %.2f s, p99 %.2f s\n",
+			s.N, s.P50S, s.P99S)
+	}
+}
+
+func printEnvTiming(w io.Writer, et *envTiming) {
 	if et.Creations > 0 {
 		fmt.Fprintf(w, "fork of %s, no data, %d creations: create → Ready p50 %.2f s, p99 %.2f s; delete → gone p50 %.2f s, p99 %.2f s\n",
 			et.Fork, et.Creations, et.CreateP50S, et.CreateP99S, et.DeleteP50S, et.DeleteP99S)
