@@ -202,8 +202,11 @@ func (b *bench) envCreationTimes(ctx context.Context, n int) *envTiming {
 		}
 		s := envSample{Name: name, CallS: run.created, ForksReadyS: run.forksReady, ReadyS: run.ready}
 		b.logSteps(&s, run)
-		// Ready should mean usable: a request with the key, right away.
+		// Ready should mean usable, right away: a request with the key
+		// reaches the fork, and so does the fork's own call to b-app's
+		// service, redirected at connect() (its forks route).
 		s.ServedBy, _ = b.who(ctx, b.url(podApp, 8080), name, false)
+		b.forkCallAtConnect(ctx, &s, podApp+"-"+name)
 		if s.DeleteS, err = b.deleteEnv(ctx, name); err != nil {
 			et.Skipped = fmt.Sprintf("deletion %d: %v", i, err)
 			break
@@ -215,6 +218,27 @@ func (b *bench) envCreationTimes(ctx context.Context, n int) *envTiming {
 	}
 	et.finish()
 	return et
+}
+
+// forkCallAtConnect asks, from the fork, b-app's address who answers, as
+// soon as the environment is Ready and then every 100 ms for up to 1 s,
+// until the fork answers with the connection redirected at connect() (its
+// forks route), and records after how long, or why not.
+func (b *bench) forkCallAtConnect(ctx context.Context, s *envSample, fork string) {
+	start := time.Now()
+	for {
+		why := b.routeProblem(ctx, fork, b.url(podApp, 8080), "", fork, true)
+		if why == "" {
+			v := time.Since(start).Seconds()
+			s.ForkCallAtConnectS = &v
+			return
+		}
+		if ctx.Err() != nil || time.Since(start) > time.Second {
+			s.ForkCallAtConnect = why
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // Log lines that mark a step of an environment's creation.
@@ -309,14 +333,16 @@ func (b *bench) envDown(ctx context.Context) error {
 // same fork with the connection redirected at connect() (the agent's
 // counter of such connections moves, its request counter does not). The
 // environment is Ready, so both should hold at once; each is asked again
-// for a few seconds before it is skipped, and a late answer is said.
+// for a while before it is skipped, and a late answer is said.
 func (b *bench) checkEnvRoutes(ctx context.Context, byName map[string]*sample, ready time.Time) {
 	for _, c := range phaseEnv {
 		s := byName[c.name]
 		if s.Skipped != "" {
 			continue
 		}
-		deadline := time.Now().Add(5 * time.Second)
+		// 15 s: longer than the agent keeps a namespace it did not find
+		// (10 s), so that a late route is timed, and said late.
+		deadline := time.Now().Add(15 * time.Second)
 		for tries := 1; ; tries++ {
 			why := b.envRouteProblem(ctx, c)
 			if why == "" {
@@ -336,18 +362,26 @@ func (b *bench) checkEnvRoutes(ctx context.Context, byName map[string]*sample, r
 
 // envRouteProblem is why case c does not go where it should, or "".
 func (b *bench) envRouteProblem(ctx context.Context, c caseDef) string {
+	return b.routeProblem(ctx, c.client(), b.url(c.pod, c.port), c.session, c.want, c == caseEnvForkToFork)
+}
+
+// routeProblem asks url from pod from, with session as its key, who
+// answers, and says why it is not want, or "". atConnect: the connection
+// must also have been redirected at connect(): the agent counted such a
+// connection and no request.
+func (b *bench) routeProblem(ctx context.Context, from, url, session, want string, atConnect bool) string {
 	m0, err := b.agentMetrics(ctx)
 	if err != nil {
 		return "agent metrics: " + err.Error()
 	}
-	got, err := b.whoFrom(ctx, c.client(), b.url(c.pod, c.port), c.session, false)
+	got, err := b.whoFrom(ctx, from, url, session, false)
 	if err != nil {
-		return fmt.Sprintf("request from %s failed: %v", c.client(), err)
+		return fmt.Sprintf("request from %s failed: %v", from, err)
 	}
-	if got != c.want {
-		return fmt.Sprintf("answered by %s, want %s", got, c.want)
+	if got != want {
+		return fmt.Sprintf("answered by %s, want %s", got, want)
 	}
-	if c != caseEnvForkToFork {
+	if !atConnect {
 		return ""
 	}
 	m1, err := b.agentMetrics(ctx)

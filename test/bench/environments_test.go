@@ -87,15 +87,17 @@ func TestLogSteps(t *testing.T) {
 }
 
 func TestEnvTimingFinish(t *testing.T) {
+	after := func(v float64) *float64 { return &v }
 	et := &envTiming{Fork: "b-app", Asked: 4, Samples: []envSample{
-		{Name: "ready-1", CallS: 0.01, InventoryS: 0.3, ForksReadyS: 0.5, AgentAppliedS: 0.6, ReadyS: 1.2, DeleteS: 0.5, ServedBy: "b-app-ready-1"},
-		{Name: "ready-2", CallS: 0.02, InventoryS: 0.4, ForksReadyS: 0.6, ReadyS: 1.4, DeleteS: 0.7, ServedBy: "b-app"},
-		{Name: "ready-3", CallS: 0.01, InventoryS: 0.2, ForksReadyS: 0.5, AgentAppliedS: 0.5, ReadyS: 1.0, DeleteS: 0.6, ServedBy: "b-app-ready-3"},
-		{Name: "ready-4", CallS: 0.03, InventoryS: 0.5, ForksReadyS: 0.7, AgentAppliedS: 0.8, ReadyS: 3.0, DeleteS: 0.9, ServedBy: "b-app-ready-4"},
+		{Name: "ready-1", CallS: 0.01, InventoryS: 0.3, ForksReadyS: 0.5, AgentAppliedS: 0.6, ReadyS: 1.2, DeleteS: 0.5, ServedBy: "b-app-ready-1", ForkCallAtConnectS: after(0)},
+		{Name: "ready-2", CallS: 0.02, InventoryS: 0.4, ForksReadyS: 0.6, ReadyS: 1.4, DeleteS: 0.7, ServedBy: "b-app",
+			ForkCallAtConnect: "answered by b-app-ready-2 through the agent's relay"},
+		{Name: "ready-3", CallS: 0.01, InventoryS: 0.2, ForksReadyS: 0.5, AgentAppliedS: 0.5, ReadyS: 1.0, DeleteS: 0.6, ServedBy: "b-app-ready-3", ForkCallAtConnectS: after(0.2)},
+		{Name: "ready-4", CallS: 0.03, InventoryS: 0.5, ForksReadyS: 0.7, AgentAppliedS: 0.8, ReadyS: 3.0, DeleteS: 0.9, ServedBy: "b-app-ready-4", ForkCallAtConnectS: after(0.3)},
 	}}
 	et.finish()
-	if et.Creations != 4 || et.ServedByFork != 3 {
-		t.Errorf("creations %d, served by fork %d; want 4, 3", et.Creations, et.ServedByFork)
+	if et.Creations != 4 || et.ServedByFork != 3 || et.ForkCallsAtConnect != 3 {
+		t.Errorf("creations %d, served by fork %d, fork calls at connect %d; want 4, 3, 3", et.Creations, et.ServedByFork, et.ForkCallsAtConnect)
 	}
 	if !near(et.CreateP50S, 1.3) || !near(et.CreateP99S, 3.0) || !near(et.DeleteP50S, 0.65) || !near(et.DeleteP99S, 0.9) {
 		t.Errorf("create p50 %v p99 %v, delete p50 %v p99 %v; want 1.3 3.0 0.65 0.9", et.CreateP50S, et.CreateP99S, et.DeleteP50S, et.DeleteP99S)
@@ -106,6 +108,9 @@ func TestEnvTimingFinish(t *testing.T) {
 	agent := et.Steps[3]
 	if agent.Seen != 3 || !near(agent.P50S, 0.6) || !near(agent.P99S, 0.8) {
 		t.Errorf("agent step %+v; want seen 3 (one sample lacks it), p50 0.6, p99 0.8", agent)
+	}
+	if a := et.ForkCallAtConnectS; a.N != 3 || !near(a.P50S, 0.2) || !near(a.P99S, 0.3) {
+		t.Errorf("fork call at connect after Ready %+v; want 3, p50 0.2, p99 0.3", a)
 	}
 	// Ready - agent applied: 0.6, 0.5, 2.2 (ready-2 has no agent step).
 	if g := et.AgentToReady; g.N != 3 || !near(g.P50S, 0.6) || !near(g.P99S, 2.2) {

@@ -54,9 +54,14 @@ type envTiming struct {
 	AgentToReady readyStats `json:"agent_applied_to_ready"`
 	// ServedByFork counts the creations whose fork answered a request with
 	// the environment's key sent as soon as it was Ready.
-	ServedByFork int         `json:"served_by_fork_at_ready"`
-	Samples      []envSample `json:"samples"`
-	Skipped      string      `json:"skipped,omitempty"`
+	ServedByFork int `json:"served_by_fork_at_ready"`
+	// ForkCallsAtConnect counts the creations whose fork's own call to
+	// b-app's address reached the fork redirected at connect() within 1 s
+	// of Ready, and ForkCallAtConnectS says how long after Ready.
+	ForkCallsAtConnect int         `json:"fork_calls_at_connect_within_1s"`
+	ForkCallAtConnectS readyStats  `json:"fork_call_at_connect_after_ready"`
+	Samples            []envSample `json:"samples"`
+	Skipped            string      `json:"skipped,omitempty"`
 }
 
 type envStep struct {
@@ -77,6 +82,11 @@ type envSample struct {
 	ReadyS        float64 `json:"ready_s"`                   // phase Ready seen by the watch
 	DeleteS       float64 `json:"delete_s"`                  // delete call → gone
 	ServedBy      string  `json:"served_by_at_ready"`        // who answered a request with its key at Ready
+	// ForkCallAtConnectS is how long after Ready the fork's own call to
+	// b-app's address first reached the fork redirected at connect() (0:
+	// at once); nil if not within 1 s, ForkCallAtConnect then says why.
+	ForkCallAtConnectS *float64 `json:"fork_call_at_connect_after_ready_s,omitempty"`
+	ForkCallAtConnect  string   `json:"fork_call_at_connect_problem,omitempty"`
 }
 
 // Steps of a creation, in the order they happen.
@@ -100,13 +110,18 @@ func (et *envTiming) finish() {
 		}
 		return
 	}
-	var create, del []float64
+	var create, del, atConnect []float64
 	for _, s := range et.Samples {
 		create, del = append(create, s.ReadyS), append(del, s.DeleteS)
 		if s.ServedBy == et.Fork+"-"+s.Name {
 			et.ServedByFork++
 		}
+		if s.ForkCallAtConnectS != nil {
+			et.ForkCallsAtConnect++
+			atConnect = append(atConnect, *s.ForkCallAtConnectS)
+		}
 	}
+	et.ForkCallAtConnectS = stats(atConnect)
 	c, d := stats(create), stats(del)
 	et.CreateP50S, et.CreateP99S = c.P50S, c.P99S
 	et.DeleteP50S, et.DeleteP99S = d.P50S, d.P99S
@@ -483,7 +498,18 @@ func printEnvTiming(w io.Writer, et *envTiming) {
 	if et.Creations > 0 {
 		fmt.Fprintf(w, "fork of %s, no data, %d creations: create → Ready p50 %.2f s, p99 %.2f s; delete → gone p50 %.2f s, p99 %.2f s\n",
 			et.Fork, et.Creations, et.CreateP50S, et.CreateP99S, et.DeleteP50S, et.DeleteP99S)
-		fmt.Fprintf(w, "a request with the key at Ready was answered by the fork in %d of %d\n", et.ServedByFork, et.Creations)
+		fmt.Fprintf(w, "at Ready, a request with the key was answered by the fork in %d of %d\n", et.ServedByFork, et.Creations)
+		fmt.Fprintf(w, "the fork's own call to b-app reached it redirected at connect() within 1 s of Ready in %d of %d", et.ForkCallsAtConnect, et.Creations)
+		if a := et.ForkCallAtConnectS; a.N > 0 {
+			fmt.Fprintf(w, ", after p50 %.3f s, p99 %.3f s", a.P50S, a.P99S)
+		}
+		fmt.Fprintln(w)
+		for _, s := range et.Samples {
+			if s.ForkCallAtConnect != "" {
+				fmt.Fprintf(w, "  not within 1 s, e.g. %s: %s\n", s.Name, s.ForkCallAtConnect)
+				break
+			}
+		}
 		tw := tabwriter.NewWriter(w, 2, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "step (seconds from the create call)\tp50\tp99\tseen")
 		for _, st := range et.Steps {
