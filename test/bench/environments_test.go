@@ -146,7 +146,7 @@ func TestJudgeEnvironments(t *testing.T) {
 
 	result := func(ts []target, c, what string) string {
 		for _, t := range ts {
-			if t.Case == c && strings.HasPrefix(t.What, what) {
+			if t.Case == c && t.What == what {
 				return t.Result
 			}
 		}
@@ -156,20 +156,23 @@ func TestJudgeEnvironments(t *testing.T) {
 		{Name: "matched", RatioP50: 2.0, RatioRPS: 0.5},
 		{Name: "env-matched", RatioP50: 2.15, RatioRPS: 0.44},
 		{Name: "env-fork-to-fork", RatioP50: 1.12, RatioRPS: 0.95},
+		{Name: "unintercepted", RatioP50: 1.05, RatioRPS: 1.1},
 	}
 	ts := judge(cases)
 	for _, w := range []struct{ c, what, want string }{
-		{"env-matched", "ratio_p50", "PASS"},      // 2.15 <= 2.2
-		{"env-matched", "ratio_rps", "MISS"},      // 0.44 < 0.4545
-		{"env-fork-to-fork", "ratio_p50", "MISS"}, // 1.12 > 1.1
-		{"env-fork-to-fork", "ratio_rps", "PASS"}, // 0.95 >= 0.909
+		{"env-matched", "ratio_p50 <= matched's ×1.1", "PASS"},            // 2.15 <= 2.2
+		{"env-matched", "ratio_rps >= matched's ÷1.1", "MISS"},            // 0.44 < 0.4545
+		{"env-fork-to-fork", "ratio_p50 <= 1.1", "MISS"},                  // 1.12 > 1.1
+		{"env-fork-to-fork", "ratio_rps >= 1/1.1", "PASS"},                // 0.95 >= 0.909
+		{"env-fork-to-fork", "ratio_p50 <= unintercepted's ×1.1", "PASS"}, // 1.12 <= 1.155
+		{"env-fork-to-fork", "ratio_rps >= unintercepted's ÷1.1", "MISS"}, // 0.95 < 1.0
 	} {
 		if got := result(ts, w.c, w.what); got != w.want {
 			t.Errorf("%s %s: %s; want %s", w.c, w.what, got, w.want)
 		}
 	}
 	cases[0].Skipped = "answered by b-app, want b-dev"
-	if got := result(judge(cases), "env-matched", "ratio_p50"); got != "SKIP" {
+	if got := result(judge(cases), "env-matched", "ratio_p50 <= matched's ×1.1"); got != "SKIP" {
 		t.Errorf("matched skipped: env-matched %s; want SKIP", got)
 	}
 }

@@ -402,6 +402,9 @@ func judge(cases []*sample) []target {
 	// Environments: their session route costs what an intercept costs
 	// (matched), and fork to fork costs nothing per request; "the same"
 	// and "nothing" within the 10% by which rounds are held to agree.
+	// Nothing per request is also held against unintercepted, the path
+	// on which Detour does nothing per request either, measured in the
+	// same round: here it is often 5-15% off direct.
 	add("env-matched", "ratio_p50 <= matched's ×1.1", func(s *sample) (bool, string) {
 		m := by["matched"]
 		return s.RatioP50 <= m.RatioP50*1.1, fmt.Sprintf("%.3f vs matched %.3f (×direct)", s.RatioP50, m.RatioP50)
@@ -416,6 +419,14 @@ func judge(cases []*sample) []target {
 	add("env-fork-to-fork", "ratio_rps >= 1/1.1", func(s *sample) (bool, string) {
 		return s.RatioRPS >= 1/1.1, fmt.Sprintf("%.3f", s.RatioRPS)
 	})
+	add("env-fork-to-fork", "ratio_p50 <= unintercepted's ×1.1", func(s *sample) (bool, string) {
+		u := by["unintercepted"]
+		return s.RatioP50 <= u.RatioP50*1.1, fmt.Sprintf("%.3f vs unintercepted %.3f (×direct)", s.RatioP50, u.RatioP50)
+	}, "unintercepted")
+	add("env-fork-to-fork", "ratio_rps >= unintercepted's ÷1.1", func(s *sample) (bool, string) {
+		u := by["unintercepted"]
+		return s.RatioRPS >= u.RatioRPS/1.1, fmt.Sprintf("%.3f vs unintercepted %.3f (×direct)", s.RatioRPS, u.RatioRPS)
+	}, "unintercepted")
 	return ts
 }
 
