@@ -1,6 +1,8 @@
 // Command bench measures what Detour's data path costs against a direct
 // connection and against nginx doing the same routing, in a dedicated lab
-// (pods b-app, b-dev, b-nginx, b-client on their own bridge and subnet).
+// (pods b-app, b-dev, b-nginx, b-client on their own bridge and subnet), and
+// how long an environment takes to be Ready and what routing through one
+// costs.
 //
 // It is not a test: `make bench` runs it (as root) after `make build`, and it
 // uses the binaries in bin/. Every case is measured in one run, with wrk (and
