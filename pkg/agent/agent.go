@@ -156,7 +156,8 @@ func New(cfg Config, s Steerer) (*Agent, error) {
 	if cfg.Connector != nil {
 		// Destinations and sources on other nodes are looked for at
 		// most every 10 s, not at every check.
-		resolve := podns.NewMissCache(10 * time.Second).Wrap(cfg.ResolveNetNS)
+		dp.misses = podns.NewMissCache(10 * time.Second)
+		resolve := dp.misses.Wrap(cfg.ResolveNetNS)
 		dp.connects = newConnectPlane(cfg.Connector, cfg.Logger, listeningIn(resolve), netnsCookieOf(resolve))
 		if err := cfg.Registry.Register(dp.connects); err != nil {
 			return nil, fmt.Errorf("agent: register connect metrics: %w", err)

@@ -13,6 +13,7 @@ import (
 
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
 	"github.com/detourdev/detour/pkg/netns"
+	"github.com/detourdev/detour/pkg/podns"
 	"github.com/detourdev/detour/pkg/redirect/proxy"
 )
 
@@ -61,6 +62,10 @@ type dataplane struct {
 	// connects redirects the L4 intercepts' callers on this node at
 	// connect(); nil: off.
 	connects *connectPlane
+	// misses is the connect plane's memory of addresses not on this node;
+	// a new desired state clears it (see Apply). nil without a connect
+	// plane.
+	misses *podns.MissCache
 	// flowPorts sets the ports whose flows the sockops metrics track; nil:
 	// none are (or they track a whole cgroup).
 	flowPorts func(ports []uint16) error
@@ -126,6 +131,11 @@ func (d *dataplane) Apply(assignments []*detourv1.Assignment) {
 	d.mu.Lock()
 	d.desired = assignments
 	d.mu.Unlock()
+	if d.misses != nil {
+		// An address missed a moment ago may be a pod made since (a
+		// fork at a removed fork's address): look again.
+		d.misses.Forget()
+	}
 	d.sync()
 }
 

@@ -56,3 +56,12 @@ func (m *MissCache) Wrap(resolve func(netip.Addr) (string, error)) func(netip.Ad
 		return path, err
 	}
 }
+
+// Forget drops every remembered miss: the node's pods may have changed (a
+// new desired state names new addresses, and a pod just made may have an
+// address that was missed a moment ago).
+func (m *MissCache) Forget() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	clear(m.misses)
+}

@@ -42,3 +42,30 @@ func TestMissCache(t *testing.T) {
 		t.Error("Wrap(nil) is not nil: the agent would think it can look namespaces up")
 	}
 }
+
+// TestMissCacheForget: a miss forgotten is looked up again at once (a pod
+// made at an address missed a moment ago).
+func TestMissCacheForget(t *testing.T) {
+	m := NewMissCache(10 * time.Second)
+	addr := netip.MustParseAddr("10.0.0.9")
+	here := false
+	calls := 0
+	r := m.Wrap(func(netip.Addr) (string, error) {
+		calls++
+		if here {
+			return "/run/netns/x", nil
+		}
+		return "", &NotFoundError{Addr: addr}
+	})
+	if _, err := r(addr); err == nil {
+		t.Fatal("found")
+	}
+	here = true
+	if _, err := r(addr); err == nil || calls != 1 {
+		t.Fatalf("within the ttl: %v after %d lookups, want the remembered miss", err, calls)
+	}
+	m.Forget()
+	if path, err := r(addr); err != nil || path != "/run/netns/x" || calls != 2 {
+		t.Errorf("after Forget: %q, %v after %d lookups", path, err, calls)
+	}
+}
