@@ -33,7 +33,8 @@ func Script(steps []Step, dir, reportTo string) string {
 }
 
 // shellQuote quotes s for sh: inside single quotes nothing is special but
-// the single quote, which is written as '\''.
+// the single quote itself, which ends the quoted part, is escaped with a
+// backslash and starts a new one.
 func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
