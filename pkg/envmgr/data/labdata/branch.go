@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -264,7 +265,7 @@ func (r *Runner) make(ctx context.Context, t *task, env *v1alpha1.Environment, d
 	t.set(func(rec *record) {
 		rec.Finished = now
 		if err != nil {
-			rec.Message = red.Redact(fmt.Sprintf("%s: %v", rec.Phase, err))
+			rec.Message = red.Redact(fmt.Sprintf("%s: %v", strings.ToLower(string(rec.Phase)), err))
 			rec.Phase = v1alpha1.DataFailed
 		} else {
 			rec.Phase = v1alpha1.DataReady
@@ -314,7 +315,12 @@ func (r *Runner) makeBranch(ctx context.Context, t *task, env *v1alpha1.Environm
 	if err := os.RemoveAll(dir); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Join(dir, "work"), 0o700); err != nil {
+	// PostgreSQL's user goes through these to its data; the work
+	// directory (the snapshot) is root's alone.
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := os.Mkdir(filepath.Join(dir, "work"), 0o700); err != nil {
 		return err
 	}
 	if err := writeRecord(dir, &record{UID: string(env.UID), Spec: t.hash, Phase: v1alpha1.DataStarting, Started: t.get().Started}); err != nil {
