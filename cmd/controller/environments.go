@@ -14,6 +14,7 @@ import (
 	"github.com/detourdev/detour/pkg/controller"
 	"github.com/detourdev/detour/pkg/envmgr"
 	"github.com/detourdev/detour/pkg/envmgr/cluster"
+	"github.com/detourdev/detour/pkg/envmgr/data/clusterdata"
 	"github.com/detourdev/detour/pkg/envmgr/data/labdata"
 	"github.com/detourdev/detour/pkg/envmgr/labenv"
 	"github.com/detourdev/detour/pkg/lab"
@@ -70,6 +71,11 @@ func startEnvironments(ctx context.Context, o *options, d *deps, st store.Store,
 		context.AfterFunc(ctx, func() { _ = ke.Close() })
 		envs = ke
 		workloads = cluster.New(d.kube.client, fieldManager)
+		runner := clusterdata.New(d.kube.client, fieldManager, log)
+		if err := runner.Start(ctx); err != nil {
+			return nil, err
+		}
+		dataRunner = runner
 		ev, err := cluster.NewEvents(d.kube.client, "detour-controller")
 		if err != nil {
 			return nil, err

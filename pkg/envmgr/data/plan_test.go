@@ -169,6 +169,14 @@ func TestScript(t *testing.T) {
 	if r, err := os.ReadFile(report); err != nil || strings.TrimSpace(string(r)) != "3|4096" {
 		t.Errorf("report: %q %v", r, err)
 	}
+	// A container's steps against the branch wait for it first; those
+	// against the baseline do not.
+	if s := Script(p.StepsOf(v1alpha1.DataRestoring), "/work", ""); !strings.Contains(s, "until pg_isready") {
+		t.Errorf("the restore does not wait for the branch:\n%s", s)
+	}
+	if s := Script(p.StepsOf(v1alpha1.DataSnapshotting), "/work", ""); strings.Contains(s, "pg_isready") {
+		t.Errorf("the snapshot waits for the branch:\n%s", s)
+	}
 }
 
 func TestParseReport(t *testing.T) {
