@@ -172,8 +172,13 @@ func testBranch(t *testing.T, ctx context.Context, kube kubernetes.Interface, r 
 		t.Fatal(err)
 	}
 	pw := string(sec.Data["password"])
+	svc, err := kube.CoreV1().Services("shop").Get(ctx, "orders-db-pr-42", metav1.GetOptions{})
+	if err != nil || svc.Spec.Selector[LabelRole] != RoleBranch || svc.Spec.Ports[0].Port != 5432 {
+		t.Errorf("the branch's Service: %+v %v", svc.Spec, err)
+	}
+	branchIP := svc.Spec.ClusterIP // no cluster DNS needed
 	if len(pw) < 20 || pw == baselinePassword || string(sec.Data["username"]) != "app" || sec.Data["unused"] != nil ||
-		string(sec.Data["url"]) != "postgres://app:"+pw+"@orders-db-pr-42:5432/orders" || string(sec.Data["host"]) != "orders-db-pr-42" {
+		string(sec.Data["url"]) != "postgres://app:"+pw+"@"+branchIP+":5432/orders" || string(sec.Data["host"]) != branchIP {
 		t.Errorf("the branch's Secret: %v", keysOf(sec.Data))
 	}
 	if c := metav1.GetControllerOf(sec); c == nil || c.UID != e.UID || c.Kind != "Environment" {
@@ -197,10 +202,6 @@ func testBranch(t *testing.T, ctx context.Context, kube kubernetes.Interface, r 
 	base, _ := kube.AppsV1().StatefulSets("shop").Get(ctx, "postgres", metav1.GetOptions{})
 	if base.Generation != 1 || base.Spec.Template.Labels["app"] != "postgres" {
 		t.Errorf("the baseline changed: %+v", base.ObjectMeta)
-	}
-	svc, err := kube.CoreV1().Services("shop").Get(ctx, "orders-db-pr-42", metav1.GetOptions{})
-	if err != nil || svc.Spec.Selector[LabelRole] != RoleBranch || svc.Spec.Ports[0].Port != 5432 {
-		t.Errorf("the branch's Service: %+v %v", svc.Spec, err)
 	}
 	job, err := kube.BatchV1().Jobs("shop").Get(ctx, "orders-db-pr-42-restore", metav1.GetOptions{})
 	if err != nil {
@@ -273,7 +274,7 @@ func testBranch(t *testing.T, ctx context.Context, kube kubernetes.Interface, r 
 		t.Fatal(err)
 	}
 	res = until(e, false, func(res envmgr.DataResult) error {
-		if o := res.Observations[0]; !o.Ready || o.Status.Rows != 27 || o.Status.Bytes != 8675309 || o.Status.Endpoint != "orders-db-pr-42:5432" || !res.BranchesReady {
+		if o := res.Observations[0]; !o.Ready || o.Status.Rows != 27 || o.Status.Bytes != 8675309 || o.Status.Endpoint != branchIP+":5432" || !res.BranchesReady {
 			return fmt.Errorf("the branch filled: %+v", o)
 		}
 		return nil
@@ -312,7 +313,7 @@ func testBranch(t *testing.T, ctx context.Context, kube kubernetes.Interface, r 
 		t.Fatal(err)
 	}
 	seedPod.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "seed", State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
-		ExitCode: 3, Reason: "Error", Message: "connecting to postgres://app:" + pw + "@orders-db-pr-42:5432/orders\nseed: table missing"}}}}
+		ExitCode: 3, Reason: "Error", Message: "connecting to postgres://app:" + pw + "@" + branchIP + ":5432/orders\nseed: table missing"}}}}
 	if _, err := kube.CoreV1().Pods("shop").UpdateStatus(ctx, seedPod, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}

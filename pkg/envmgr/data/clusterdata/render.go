@@ -93,9 +93,11 @@ type baseline struct {
 	Claims []corev1.PersistentVolumeClaim
 	// Container is the database container's index in Template.
 	Container int
-	// Service and Port reach the baseline's database; TargetPort is what
-	// the Service sends to.
+	// Service and Port reach the baseline's database; Host is the
+	// Service's cluster IP (or its name when it has none), so that no
+	// cluster DNS is needed; TargetPort is what the Service sends to.
 	Service    string
+	Host       string
 	Port       int32
 	TargetPort intstr.IntOrString
 	// User, Database: of the credentials (the database after the spec's
@@ -166,14 +168,15 @@ func allContainers(s *corev1.PodSpec) []*corev1.Container {
 // branchSecret is the branch's Secret: the keys of the baseline's
 // credentials that the database's pod template reads (so the branch
 // starts as the baseline does), its own password in place of the
-// baseline's, and its connection under data.Parts.
-func branchSecret(env *v1alpha1.Environment, d *v1alpha1.DataSource, b *baseline, name, password, hash string) *corev1.Secret {
+// baseline's, and its connection under data.Parts, at host (its Service's
+// cluster IP).
+func branchSecret(env *v1alpha1.Environment, d *v1alpha1.DataSource, b *baseline, name, host, password, hash string) *corev1.Secret {
 	s := &corev1.Secret{ObjectMeta: meta(env, d.Name, RoleBranch, name, hash), Type: corev1.SecretTypeOpaque, Data: map[string][]byte{}}
 	for k, v := range b.Keys {
 		s.Data[k] = slices.Clone(v)
 	}
 	s.Data[passwordKey(d.PostgresBranch)] = []byte(password)
-	conn := data.Connection{Host: name, Port: b.Port, User: b.User, Password: password, Database: b.Database}
+	conn := data.Connection{Host: host, Port: b.Port, User: b.User, Password: password, Database: b.Database}
 	for k, v := range conn.SecretData() {
 		s.Data[k] = v
 	}
@@ -317,7 +320,7 @@ func restoreJob(env *v1alpha1.Environment, d *v1alpha1.DataSource, b *baseline, 
 	branch := data.BranchName(d.Name, env.Name)
 	sideEnv := map[data.Side][]corev1.EnvVar{
 		data.Baseline: append([]corev1.EnvVar{
-			{Name: "PGHOST", Value: b.Service},
+			{Name: "PGHOST", Value: b.Host},
 			{Name: "PGPORT", Value: strconv.Itoa(int(b.Port))},
 			{Name: "PGUSER", ValueFrom: secretEnv(pb.Credentials.Secret, userKey(pb))},
 			{Name: "PGPASSWORD", ValueFrom: secretEnv(pb.Credentials.Secret, passwordKey(pb))},

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"slices"
 	"sort"
 	"strconv"
@@ -218,7 +219,7 @@ func (r *Runner) branch(ctx context.Context, env *v1alpha1.Environment, d *v1alp
 	if len(svc.Spec.Ports) > 0 {
 		port = svc.Spec.Ports[0].Port
 	}
-	st.Endpoint = name + ":" + strconv.Itoa(int(port))
+	st.Endpoint = net.JoinHostPort(svc.Spec.ClusterIP, strconv.Itoa(int(port)))
 	start := sec.CreationTimestamp.Time
 	// A message from a pod may repeat a password (a program that prints
 	// its connection): the branch's and the baseline's are taken out.
@@ -326,15 +327,23 @@ func (r *Runner) create(ctx context.Context, env *v1alpha1.Environment, d *v1alp
 		}
 		return err
 	}
-	if sec.Name == "" {
-		_, err := r.kube.CoreV1().Secrets(ns).Create(ctx, branchSecret(env, d, b, name, data.NewPassword(), hash), opts)
-		if err := exists(err, "the branch's Secret"); err != nil {
+	// The Service first: the Secret holds its cluster IP.
+	if svc.Name == "" {
+		made, err := r.kube.CoreV1().Services(ns).Create(ctx, branchService(env, d, b, name, hash), opts)
+		if err := exists(err, "the branch's Service"); err != nil {
 			return err
 		}
+		if err == nil {
+			svc = made
+		}
 	}
-	if svc.Name == "" {
-		_, err := r.kube.CoreV1().Services(ns).Create(ctx, branchService(env, d, b, name, hash), opts)
-		if err := exists(err, "the branch's Service"); err != nil {
+	if sec.Name == "" {
+		host := svc.Spec.ClusterIP
+		if host == "" || host == corev1.ClusterIPNone {
+			return errors.New("the branch's Service has no cluster IP yet")
+		}
+		_, err := r.kube.CoreV1().Secrets(ns).Create(ctx, branchSecret(env, d, b, name, host, data.NewPassword(), hash), opts)
+		if err := exists(err, "the branch's Secret"); err != nil {
 			return err
 		}
 	}
@@ -400,6 +409,10 @@ func (r *Runner) baseline(ctx context.Context, env *v1alpha1.Environment, pb *v1
 		return nil, refused("the baseline database's Service %s/%s is not there", ns, b.Service)
 	} else if err != nil {
 		return nil, err
+	}
+	b.Host = svc.Spec.ClusterIP
+	if b.Host == "" || b.Host == corev1.ClusterIPNone {
+		b.Host = b.Service // a headless Service: its name, through the cluster's DNS
 	}
 	found := false
 	for _, p := range svc.Spec.Ports {
