@@ -379,7 +379,7 @@ func TestPrivilegedEnvironmentData(t *testing.T) {
 
 // openUp lets others (PostgreSQL's user) through dir and the directories
 // the test made above it.
-func openUp(t *testing.T, dir string) {
+func openUp(t testing.TB, dir string) {
 	t.Helper()
 	for d := dir; d != os.TempDir() && d != "/" && d != "."; d = filepath.Dir(d) {
 		if err := os.Chmod(d, 0o755); err != nil {
@@ -391,7 +391,7 @@ func openUp(t *testing.T, dir string) {
 // initBaseline makes the baseline's data directory: user app with
 // baselinePassword owning database shop, password logins from the lab's
 // network.
-func initBaseline(t *testing.T, dir string) {
+func initBaseline(t testing.TB, dir string) {
 	t.Helper()
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)

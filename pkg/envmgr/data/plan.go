@@ -161,7 +161,10 @@ func BranchPlan(b *v1alpha1.PostgresBranch, o PlanOptions) (Plan, error) {
 
 	var p Plan
 	add := func(s Step) { p.Steps = append(p.Steps, s) }
-	dump := []string{"pg_dump", "--format=custom", "--no-subscriptions", "--no-publications", "--file=" + SnapshotFile}
+	// Not compressed: the file stays on the machine that restores it, and
+	// zlib would take three times as long as the dump itself
+	// (docs/performance.md, "Environment data").
+	dump := []string{"pg_dump", "--format=custom", "--compress=0", "--no-subscriptions", "--no-publications", "--file=" + SnapshotFile}
 	if mode == v1alpha1.BranchSchema {
 		dump = append(dump, "--schema-only")
 	}

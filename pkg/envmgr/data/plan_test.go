@@ -40,7 +40,7 @@ func TestBranchPlan(t *testing.T) {
 		want      []string
 	}{
 		{"all", branch(""), false, []string{
-			"Snapshotting baseline: pg_dump --format=custom --no-subscriptions --no-publications --file=snapshot.dump",
+			"Snapshotting baseline: pg_dump --format=custom --compress=0 --no-subscriptions --no-publications --file=snapshot.dump",
 			"Restoring branch: pg_restore --section=pre-data" + restore,
 			"Restoring branch: pg_restore --section=data --jobs=2" + restore,
 			"Restoring branch: pg_restore --section=post-data --jobs=2" + restore,
@@ -48,7 +48,7 @@ func TestBranchPlan(t *testing.T) {
 			"Restoring branch: " + psql + " --no-align --tuples-only --command=" + ReportQuery,
 		}},
 		{"schema, anonymised", branch(v1alpha1.BranchSchema), true, []string{
-			"Snapshotting baseline: pg_dump --format=custom --no-subscriptions --no-publications --file=snapshot.dump --schema-only",
+			"Snapshotting baseline: pg_dump --format=custom --compress=0 --no-subscriptions --no-publications --file=snapshot.dump --schema-only",
 			"Restoring branch: pg_restore --section=pre-data" + restore,
 			"Restoring branch: pg_restore --section=post-data --jobs=2" + restore,
 			"Anonymising branch: " + psql + " --single-transaction --file=anonymize.sql",
@@ -59,7 +59,7 @@ func TestBranchPlan(t *testing.T) {
 			v1alpha1.RowFilter{Table: "orders", Where: "created_at > now() - interval '7 days'"},
 			v1alpha1.RowFilter{Table: "sales.items", Where: "order_id IN (SELECT id FROM orders WHERE created_at > now() - interval '7 days')"},
 		), true, []string{
-			"Snapshotting baseline: pg_dump --format=custom --no-subscriptions --no-publications --file=snapshot.dump --exclude-table-data=public.orders --exclude-table-data=sales.items",
+			"Snapshotting baseline: pg_dump --format=custom --compress=0 --no-subscriptions --no-publications --file=snapshot.dump --exclude-table-data=public.orders --exclude-table-data=sales.items",
 			"Snapshotting baseline: " + psql + ` --command=BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY --command=\o rows-1.copy --command=COPY (SELECT * FROM "public"."orders" WHERE (created_at > now() - interval '7 days')) TO STDOUT --command=\o rows-2.copy --command=COPY (SELECT * FROM "sales"."items" WHERE (order_id IN (SELECT id FROM orders WHERE created_at > now() - interval '7 days'))) TO STDOUT --command=\o --command=COMMIT`,
 			"Restoring branch: pg_restore --section=pre-data" + restore,
 			"Restoring branch: pg_restore --section=data --jobs=2" + restore,

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -38,8 +39,11 @@ type record struct {
 	Endpoint string             `json:"endpoint,omitempty"`
 	// Message is what the status shows; never a secret (redacted).
 	Message string `json:"message,omitempty"`
-	// Took is how long each phase took, for the logs and the bench.
-	Took map[v1alpha1.DataPhase]time.Duration `json:"took,omitempty"`
+	// Took is how long each phase took, and Steps each step of the
+	// making (the plan's, by what they do, and starting the server), for
+	// the logs and the bench: what bounds a branch's time.
+	Took  map[v1alpha1.DataPhase]time.Duration `json:"took,omitempty"`
+	Steps map[string]time.Duration             `json:"steps,omitempty"`
 }
 
 func (rec *record) terminal() bool {
@@ -279,9 +283,15 @@ func (r *Runner) make(ctx context.Context, t *task, env *v1alpha1.Environment, d
 		log.Warn("branch failed", "reason", rec.Message)
 		return
 	}
+	steps := make([]string, 0, len(rec.Steps))
+	for what, d := range rec.Steps {
+		steps = append(steps, fmt.Sprintf("%s %s", what, d.Round(time.Millisecond)))
+	}
+	sort.Strings(steps)
 	log.Info("branch ready", "rows", rec.Rows, "bytes", rec.Bytes, "took", rec.Finished.Sub(rec.Started),
-		"snapshot", rec.Took[v1alpha1.DataSnapshotting], "restore", rec.Took[v1alpha1.DataRestoring],
-		"anonymise", rec.Took[v1alpha1.DataAnonymising], "start", rec.Took[v1alpha1.DataStarting])
+		"start", rec.Took[v1alpha1.DataStarting], "snapshot", rec.Took[v1alpha1.DataSnapshotting],
+		"restore", rec.Took[v1alpha1.DataRestoring], "anonymise", rec.Took[v1alpha1.DataAnonymising],
+		"steps", strings.Join(steps, ", "))
 }
 
 // makeBranch does the work: a data directory from the template with the
@@ -292,6 +302,15 @@ func (r *Runner) makeBranch(ctx context.Context, t *task, env *v1alpha1.Environm
 	ns := env.Namespace
 	name := data.BranchName(d.Name, env.Name)
 	phaseStart := r.cfg.Now()
+	timed := func(what string, since time.Time) {
+		d := r.cfg.Now().Sub(since)
+		t.set(func(rec *record) {
+			if rec.Steps == nil {
+				rec.Steps = map[string]time.Duration{}
+			}
+			rec.Steps[what] += d
+		})
+	}
 	enter := func(ph v1alpha1.DataPhase) {
 		now := r.cfg.Now()
 		t.set(func(rec *record) {
@@ -362,9 +381,12 @@ func (r *Runner) makeBranch(ctx context.Context, t *task, env *v1alpha1.Environm
 	red.Add(branchPass)
 
 	pgdata := filepath.Join(dir, "pgdata")
+	since := r.cfg.Now()
 	if err := r.newDataDir(ctx, pgdata, user, branchPass, db); err != nil {
 		return err
 	}
+	timed("data directory", since)
+	since = r.cfg.Now()
 	pod, err := lab.AddPod(ctx, r.cfg.StateDir, lab.NewPod{
 		Name:      name,
 		Namespace: ns,
@@ -388,6 +410,7 @@ func (r *Runner) makeBranch(ctx context.Context, t *task, env *v1alpha1.Environm
 	if err := r.waitReady(ctx, conn, name, ns); err != nil {
 		return err
 	}
+	timed("server start", since)
 
 	plan, err := data.BranchPlan(b, data.PlanOptions{Database: db, Jobs: r.cfg.Jobs, Anonymize: b.Anonymize != nil})
 	if err != nil {
@@ -414,7 +437,9 @@ func (r *Runner) makeBranch(ctx context.Context, t *task, env *v1alpha1.Environm
 		if s.Side == data.Branch {
 			c = conn
 		}
+		since := r.cfg.Now()
 		out, err := r.runStep(ctx, work, s, c)
+		timed(s.What, since)
 		if err != nil {
 			return fmt.Errorf("%s: %w", s.What, err)
 		}
