@@ -40,7 +40,7 @@ func testEnvironmentData(t *testing.T, e env, c *client) {
 	out := e.detour(t, "admin", "env", "create", "pr-db", "-n", "store", "--fork", "notes",
 		"--data", "db=postgres-branch", "--data-workload", "db:statefulset/postgres", "--data-service", "db:postgres",
 		"--data-credentials", "db:pg-creds:database=database", "--data-anonymize", "db:configmap/anon/anonymize.sql",
-		"--ttl", "60s", "--wait", "240s")
+		"--ttl", "10m", "--wait", "240s")
 	t.Logf("pr-db Ready in %s\n%s", time.Since(start).Round(100*time.Millisecond), out)
 	if got := e.k(t, "-n", "store", "get", "environment", "pr-db", "-o", "jsonpath={.status.data[0].phase} {.status.data[0].secret}"); got != "Ready db-pr-db" {
 		t.Errorf("the branch's status: %q", got)
@@ -93,7 +93,8 @@ func testEnvironmentData(t *testing.T, e env, c *client) {
 		t.Errorf("the baseline holds %s original addresses, want 3", got)
 	}
 
-	t.Log("waiting for the TTL to end")
+	t.Log("the TTL ends")
+	t.Log(e.detour(t, "admin", "env", "renew", "pr-db", "-n", "store", "--ttl", "3s"))
 	testutil.Eventually(t, 120*time.Second, func() error {
 		if out, err := runErr(e.kubectl, "--kubeconfig", e.kubeconfig("admin"), "-n", "store", "get", "environment", "pr-db"); err == nil {
 			return fmt.Errorf("pr-db still there:\n%s", out)
