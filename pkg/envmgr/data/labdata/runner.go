@@ -90,7 +90,8 @@ func New(cfg Config) *Runner {
 }
 
 // Close stops the branches being made (the controller is stopping); the
-// next controller starts them again.
+// next controller starts them again. When no environment has data left,
+// the template goes too, so that a stopped lab keeps nothing of it.
 func (r *Runner) Close() {
 	r.mu.Lock()
 	tasks := r.tasks
@@ -99,6 +100,21 @@ func (r *Runner) Close() {
 	for _, t := range tasks {
 		t.cancel()
 		<-t.done
+	}
+	r.tmpl.Lock()
+	defer r.tmpl.Unlock()
+	root := filepath.Join(r.cfg.StateDir, "data")
+	ents, err := os.ReadDir(root)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if !strings.HasPrefix(e.Name(), "template-") {
+			return // an environment's data: its template stays
+		}
+	}
+	if err := os.RemoveAll(root); err != nil {
+		r.log.Warn("remove the branches' template", "err", err)
 	}
 }
 
