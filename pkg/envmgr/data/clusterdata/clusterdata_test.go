@@ -242,6 +242,8 @@ func testBranch(t *testing.T, ctx context.Context, kube kubernetes.Interface, r 
 		{[]corev1.ContainerState{running, {}, {}}, v1alpha1.DataSnapshotting},
 		{[]corev1.ContainerState{done(""), running, {}}, v1alpha1.DataRestoring},
 		{[]corev1.ContainerState{done(""), done(""), running}, v1alpha1.DataAnonymising},
+		// All done, the Job not complete yet: still the last phase.
+		{[]corev1.ContainerState{done(""), done(""), done("27|8675309\n")}, v1alpha1.DataAnonymising},
 	} {
 		setStates(t, ctx, kube, jobPod, tc.states)
 		until(e, false, func(res envmgr.DataResult) error {

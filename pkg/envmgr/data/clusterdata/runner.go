@@ -525,13 +525,18 @@ func jobCondition(j *batchv1.Job, typ batchv1.JobConditionType) *batchv1.JobCond
 }
 
 // restorePhase is where a restore Job's pod is: the phase of its first
-// container that has not finished.
+// container that has not finished, or of its last once all have (the Job
+// is about to say it is complete).
 func restorePhase(pods []corev1.Pod) v1alpha1.DataPhase {
 	for _, p := range pods {
-		for _, cs := range slices.Concat(p.Status.InitContainerStatuses, p.Status.ContainerStatuses) {
+		all := slices.Concat(p.Status.InitContainerStatuses, p.Status.ContainerStatuses)
+		for _, cs := range all {
 			if cs.State.Terminated == nil || cs.State.Terminated.ExitCode != 0 {
 				return phaseOf(cs.Name)
 			}
+		}
+		if len(all) > 0 {
+			return phaseOf(all[len(all)-1].Name)
 		}
 	}
 	return v1alpha1.DataSnapshotting
