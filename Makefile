@@ -13,7 +13,7 @@ FUZZTIME ?= 30000x
 # What `make generate` writes; CI checks it matches the sources.
 GENERATED := '*_bpfel.go' '*_bpfel.o' '*.pb.go' 'zz_generated.*.go' 'pkg/generated' 'deploy/crds'
 
-.PHONY: help build images generate check-generated test test-unit fuzz demo e2e soak lint clean
+.PHONY: help build images generate check-generated test test-unit fuzz demo e2e soak bench bench-data lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -85,6 +85,9 @@ soak: ## many 100 MiB echoes through the sockmap L4 relay under CPU load, every 
 
 bench: build ## measure the data path and environments (as root, ~7 min): ratios to direct and nginx; JSON to BENCH_OUT (default bench/out/results.json); BENCH_FLAGS=-h lists options
 	$(GO) run ./test/bench $(BENCH_FLAGS)
+
+bench-data: build ## time a branch of a 100 MB PostgreSQL database to Ready in the lab (as root, ~1 min; BENCH_DATA_RUNS=3)
+	flock /tmp/detour-priv.lock $(GO) test -count=1 -run '^$$' -bench Branch100MB -benchtime $${BENCH_DATA_RUNS:-3}x -timeout 20m ./test/integration
 
 # buf breaking compares the API with the protos at BUF_BREAKING_AGAINST, a
 # git revision. The default is what makes the comparison say something: on

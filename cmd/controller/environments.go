@@ -14,6 +14,8 @@ import (
 	"github.com/detourdev/detour/pkg/controller"
 	"github.com/detourdev/detour/pkg/envmgr"
 	"github.com/detourdev/detour/pkg/envmgr/cluster"
+	"github.com/detourdev/detour/pkg/envmgr/data/clusterdata"
+	"github.com/detourdev/detour/pkg/envmgr/data/labdata"
 	"github.com/detourdev/detour/pkg/envmgr/labenv"
 	"github.com/detourdev/detour/pkg/lab"
 	parityenv "github.com/detourdev/detour/pkg/parity/environment"
@@ -28,9 +30,10 @@ import (
 func startEnvironments(ctx context.Context, o *options, d *deps, st store.Store, inv inventorySource, srv *controller.Server) (*envmgr.Reconciler, error) {
 	log := d.log.With("component", "environments")
 	var (
-		envs      store.Environments
-		workloads envmgr.Workloads
-		events    envmgr.Events
+		envs       store.Environments
+		workloads  envmgr.Workloads
+		events     envmgr.Events
+		dataRunner envmgr.Data
 	)
 	switch s := st.(type) {
 	case *store.Bolt:
@@ -46,6 +49,9 @@ func startEnvironments(ctx context.Context, o *options, d *deps, st store.Store,
 			path = append(path, filepath.Dir(exe))
 		}
 		workloads = labenv.New(dir, lab.Options{PathPrepend: path})
+		runner := labdata.New(labdata.Config{StateDir: dir, Lab: lab.Options{PathPrepend: path}, PGBin: o.labPostgres, Logger: log})
+		context.AfterFunc(ctx, runner.Close)
+		dataRunner = runner
 	case *kube.Store:
 		ke, err := kube.NewEnvironments(d.kube.config, fieldManager)
 		if err != nil {
@@ -65,6 +71,11 @@ func startEnvironments(ctx context.Context, o *options, d *deps, st store.Store,
 		context.AfterFunc(ctx, func() { _ = ke.Close() })
 		envs = ke
 		workloads = cluster.New(d.kube.client, fieldManager)
+		runner := clusterdata.New(d.kube.client, fieldManager, log)
+		if err := runner.Start(ctx); err != nil {
+			return nil, err
+		}
+		dataRunner = runner
 		ev, err := cluster.NewEvents(d.kube.client, "detour-controller")
 		if err != nil {
 			return nil, err
@@ -77,7 +88,7 @@ func startEnvironments(ctx context.Context, o *options, d *deps, st store.Store,
 	limits := envmgr.Limits{DefaultTTL: o.envDefaultTTL, MaxTTL: o.envMaxTTL}
 	cfg := envmgr.Config{
 		Store: envs, Workloads: workloads, Intercepts: srv, Inventory: inv,
-		Limits: limits, Events: events, Logger: log, Registerer: d.reg,
+		Data: dataRunner, Limits: limits, Events: events, Logger: log, Registerer: d.reg,
 	}
 	if _, inCluster := st.(*kube.Store); inCluster && o.parityChecks != "off" {
 		cfg.Parity = func(ctx context.Context, env *v1alpha1.Environment, now time.Time) (*v1alpha1.EnvironmentParity, time.Duration, error) {

@@ -93,6 +93,26 @@ func TestEnvironmentsKube(t *testing.T) {
 		t.Fatalf("mallory's Environment: %v", err)
 	}
 
+	// A database branch reads with the baseline's credentials, a seed job
+	// is a Job: detour-ci allows neither (its user would need get on the
+	// Secret and create on jobs).
+	for _, tc := range []struct {
+		data v1alpha1.DataSource
+		want string
+	}{
+		{v1alpha1.DataSource{Name: "db", Kind: v1alpha1.DataPostgresBranch, PostgresBranch: &v1alpha1.PostgresBranch{
+			Workload: v1alpha1.WorkloadRef{Kind: v1alpha1.WorkloadStatefulSet, Name: "postgres"}, Credentials: v1alpha1.PostgresCredentials{Secret: "pg-creds"}}},
+			"user alice may not get the secrets pg-creds in namespace shop"},
+		{v1alpha1.DataSource{Name: "seed", Kind: v1alpha1.DataJobKind, Job: &v1alpha1.DataJob{Image: "reg/seed:1"}},
+			"user alice may not create jobs.batch in namespace shop"},
+	} {
+		e := envObject("pr-d")
+		e.Spec.Data = []v1alpha1.DataSource{tc.data}
+		if _, err := envs.Create(ctx, e, metav1.CreateOptions{}); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("alice's Environment with data %s: %v, want %q", tc.data.Name, err, tc.want)
+		}
+	}
+
 	// alice may: made with kubectl, reconciled like any other.
 	if _, err := envs.Create(ctx, envObject("pr-1"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)

@@ -54,6 +54,7 @@ type options struct {
 	envDefaultTTL time.Duration
 	envMaxTTL     time.Duration
 	labState      string
+	labPostgres   string
 
 	parityChecks string // on or off
 
@@ -85,6 +86,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.envMaxTTL, "env-max-ttl", 7*24*time.Hour, "the longest ttl an environment may have or be renewed for")
 	addParityFlags(fs, o)
 	fs.StringVar(&o.labState, "lab-state", "", "the lab's state directory, where environments add their forks as lab pods; empty: the directory of --inventory")
+	fs.StringVar(&o.labPostgres, "lab-postgres", "/usr/lib/postgresql/15/bin", "in the lab, the directory of PostgreSQL's programs (Debian's package) that environments' database branches run")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format on stderr: text or json")
 	fs.BoolVar(&o.leaderElect, "leader-elect", false, "run as one of several replicas, of which only the leader (holder of the Lease "+leaseName+") serves; the others wait, and the controller exits with an error when it loses the lease")

@@ -47,7 +47,7 @@ func newEnvCreateCmd(g *globals) *cobra.Command {
 		key    string
 		ttl    time.Duration
 		wait   time.Duration
-		data   []string
+		df     dataFlags
 		source detourv1.EnvironmentSource
 	)
 	cmd := &cobra.Command{
@@ -67,12 +67,23 @@ several (WORKLOAD/CONTAINER):
   --replicas W=N                 pods of the fork (default 1)
   --patch W=PATCH                a strategic-merge patch of the pod template (JSON, YAML or @FILE)
 
-With --wait, it waits until the environment is Ready (its forks' pods ready,
-its routes active), printing what it still waits for, and fails if the
-environment fails or the time runs out.`,
+Data of the environment's own: --data NAME=postgres-branch[:MODE] starts a
+branch of the baseline's PostgreSQL database (the workload NAME, or
+--data-workload) filled from a snapshot taken now (MODE schema, all or
+filtered: --data-filter NAME:TABLE=WHERE), anonymised by --data-anonymize,
+before any fork starts; the forks get its connection in DATABASE_URL (or
+--data-env). --data NAME=job:IMAGE (--data-command NAME:ARGV) is a seed job
+run once the forks are up. The --data-* flags name their entry first.
+
+With --wait, it waits until the environment is Ready (its data loaded, its
+forks' pods ready, its routes active), printing what it still waits for,
+and fails if the environment fails or the time runs out.`,
 		Example: `  detour env create pr-42 -n shop --fork api --image api=registry.example/api:pr-42 --set-env api:FEATURE_X=on \
     --fork worker --image worker=registry.example/worker:pr-42 --ttl 48h --wait 5m
-  detour env create pr-7 --fork web --fork api --set-env api:GREETING=hi --wait 30s   # in the lab`,
+  detour env create pr-7 --fork web --fork api --set-env api:GREETING=hi --wait 30s   # in the lab
+  detour env create pr-42 -n shop --fork api --data orders-db=postgres-branch --data-workload orders-db:sts/postgres \
+    --data-credentials orders-db:postgres-creds --data-filter orders-db:orders="created_at > now() - interval '7 days'" \
+    --data-anonymize orders-db:configmap/anonymize/orders.sql --data seed=job:registry.example/seed:1 --wait 5m`,
 		Args: exactArgs(1, "one environment NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkOutputFlag(g); err != nil {
@@ -93,12 +104,8 @@ environment fails or the time runs out.`,
 			if ttl > 0 {
 				spec.Ttl = durationpb.New(ttl)
 			}
-			for _, d := range data {
-				name, kind, ok := strings.Cut(d, "=")
-				if !ok || name == "" || kind == "" {
-					return usageErrorf("--data %q: want NAME=KIND", d)
-				}
-				spec.Data = append(spec.Data, &detourv1.DataSource{Name: name, Kind: kind})
+			if spec.Data, err = df.build(); err != nil {
+				return err
 			}
 			if source.Repository+source.Branch+source.Commit != "" || source.PullRequest != 0 {
 				spec.Source = &source
@@ -154,7 +161,7 @@ environment fails or the time runs out.`,
 	f.StringVar(&key, "key", "", "session `KEY` of the environment (default: its name)")
 	durationVar(f, &ttl, "ttl", 0, 0, false, "life `DURATION` of the environment after creation or renewal (default: the controller's, 24h unless set)")
 	durationVar(f, &wait, "wait", 0, 0, false, "wait up to `DURATION` for the environment to be Ready, showing progress (exit 1 if it fails or is not Ready in time)")
-	f.StringArrayVar(&data, "data", nil, "`NAME=KIND`: a data source of the environment's own (repeatable)")
+	df.register(cmd)
 	f.StringVar(&source.Repository, "source-repo", "", "the repository under test, shown in the environment (`REPO`)")
 	f.StringVar(&source.Branch, "source-branch", "", "the branch under test (`BRANCH`)")
 	int64Var(f, &source.PullRequest, "source-pr", 1, "the pull request under test (`NUMBER`)")
@@ -285,6 +292,8 @@ func printEnvironment(w io.Writer, e *detourv1.Environment, now time.Time) error
 	for _, r := range st.GetRoutes() {
 		fmt.Fprintf(tw, "%s\t%s\t%s:%d\t%s\t%s\n", r.GetIntercept(), r.GetKind(), r.GetService(), r.GetPort(), r.GetFork(), orDash(r.GetState()))
 	}
+	_ = tw.Flush()
+	printData(w, e)
 	fmt.Fprintln(tw, "\nCONDITION\tSTATUS\tREASON\tMESSAGE")
 	for _, c := range st.GetConditions() {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", c.GetType(), c.GetStatus(), c.GetReason(), c.GetMessage())

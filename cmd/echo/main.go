@@ -35,9 +35,10 @@ func run() error {
 	listen := flag.String("listen", ":8080", "address to listen on for HTTP and gRPC")
 	tcpListen := flag.String("tcp-listen", "", "address to listen on for the raw TCP echo (default: none)")
 	call := flag.String("call", os.Getenv("DETOUR_ECHO_CALL"), "base URL of the next service for GET /chain, e.g. http://api:8080 (default: $DETOUR_ECHO_CALL; none: /chain answers NAME)")
+	database := flag.String("database", os.Getenv("DATABASE_URL"), "PostgreSQL URL that GET and POST /notes read and write (default: $DATABASE_URL)")
 	propagate := flag.Bool("propagate", os.Getenv("DETOUR_ECHO_PROPAGATE") == "true", "copy x-detour-session and baggage from a /chain request to the call it makes (default: $DETOUR_ECHO_PROPAGATE is true)")
 	flag.Usage = func() {
-		fmt.Fprintf(flag.CommandLine.Output(), `Usage: detour-echo [--name NAME] [--listen ADDR] [--tcp-listen ADDR] [--call URL [--propagate]]
+		fmt.Fprintf(flag.CommandLine.Output(), `Usage: detour-echo [--name NAME] [--listen ADDR] [--tcp-listen ADDR] [--call URL [--propagate]] [--database URL]
 
 Serves HTTP/1.1 and cleartext HTTP/2 (prior knowledge) on --listen; every
 HTTP response carries the header X-Detour-Pod: NAME.
@@ -49,6 +50,8 @@ HTTP response carries the header X-Detour-Pod: NAME.
   GET  /chain                    NAME; with --call URL: "NAME -> " and what URL/chain answers
                                  (a new connection per call; with --propagate the session
                                  header and baggage go along), also in header X-Detour-Chain
+  GET  /notes                    the rows of --database's table notes (id, body), "ID<TAB>BODY" each
+  POST /notes                    inserts the body as a row of notes; answers its id
   any  other path                NAME
 
 gRPC on the same port: HTTP/2 requests with content-type application/grpc*
@@ -94,7 +97,7 @@ then the server closes the connection.
 			return err
 		}
 	}
-	srv := echo.NewChainServer(echo.Options{Name: *name, Call: *call, Propagate: *propagate}, *listen)
+	srv := echo.NewChainServer(echo.Options{Name: *name, Call: *call, Propagate: *propagate, Database: *database}, *listen)
 	log.Info("serving", "name", *name, "addr", ln.Addr().String())
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()

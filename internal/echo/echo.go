@@ -75,6 +75,9 @@ type Options struct {
 	// Client makes the calls; nil: a client that opens a new connection for
 	// every call (see chain).
 	Client *http.Client
+	// Database is a PostgreSQL URL that GET and POST /notes read and write
+	// (see NotesTable); empty: they answer 503.
+	Database string
 }
 
 // ChainHeader carries a /chain answer's chain of pods, as the body does.
@@ -83,6 +86,7 @@ const ChainHeader = "X-Detour-Chain"
 // NewChainHandler is NewHandler with chain calls:
 //
 //	GET /chain   "<name>" or, with Options.Call, "<name> -> <next service's chain>"
+//	GET /notes   the rows of Options.Database's notes table; POST /notes adds one
 func NewChainHandler(o Options) http.Handler {
 	name := o.Name
 	h := &handler{name: name, opts: o}
@@ -103,6 +107,8 @@ func NewChainHandler(o Options) http.Handler {
 	mux.HandleFunc("GET /download", h.download)
 	mux.HandleFunc("GET /ws", h.ws)
 	mux.HandleFunc("GET /chain", h.chain)
+	mux.HandleFunc("GET /notes", h.notes)
+	mux.HandleFunc("POST /notes", h.notes)
 	mux.HandleFunc("/", h.hello)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if isGRPC(r.ProtoMajor, r.Header.Get("Content-Type")) {

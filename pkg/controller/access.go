@@ -63,8 +63,10 @@ func ControlRules() kubeauth.Rules {
 }
 
 // forkRights is what creating an environment needs besides create on
-// environments: create on each forked workload's kind in the namespace (the
-// same check the ValidatingAdmissionPolicy in deploy/admission makes for
+// environments: create on each forked workload's kind in the namespace; for
+// a database branch, get on the Secret it snapshots with and create on
+// statefulsets (the branch is one); for a seed job, create on jobs (the
+// same checks the ValidatingAdmissionPolicy in deploy/admission makes for
 // kubectl). A kind no one can fork needs no right: the controller refuses
 // it anyway.
 func forkRights(msg any) []kubeauth.Access {
@@ -73,18 +75,38 @@ func forkRights(msg any) []kubeauth.Access {
 		return nil
 	}
 	ns, _, _ := controlScope(msg)
-	seen := map[string]bool{}
+	seen := map[kubeauth.Access]bool{}
 	var out []kubeauth.Access
-	for _, f := range r.GetEnvironment().GetSpec().GetForks() {
-		res, ok := forkedKinds[f.GetWorkload().GetKind()]
-		if !ok || seen[res.Resource] {
-			continue
+	add := func(a kubeauth.Access) {
+		if !seen[a] {
+			seen[a] = true
+			out = append(out, a)
 		}
-		seen[res.Resource] = true
-		out = append(out, kubeauth.Access{Verb: "create", Resource: res, Namespace: ns})
+	}
+	spec := r.GetEnvironment().GetSpec()
+	for _, f := range spec.GetForks() {
+		if res, ok := forkedKinds[f.GetWorkload().GetKind()]; ok {
+			add(kubeauth.Access{Verb: "create", Resource: res, Namespace: ns})
+		}
+	}
+	for _, d := range spec.GetData() {
+		switch {
+		case d.GetPostgresBranch() != nil:
+			if s := d.GetPostgresBranch().GetCredentials().GetSecret(); s != "" {
+				add(kubeauth.Access{Verb: "get", Resource: secretsResource, Namespace: ns, Name: s})
+			}
+			add(kubeauth.Access{Verb: "create", Resource: forkedKinds["StatefulSet"], Namespace: ns})
+		case d.GetJob() != nil:
+			add(kubeauth.Access{Verb: "create", Resource: jobsResource, Namespace: ns})
+		}
 	}
 	return out
 }
+
+var (
+	secretsResource = kubeauth.Resource{Resource: "secrets", Singular: "secret"}
+	jobsResource    = kubeauth.Resource{Group: "batch", Resource: "jobs"}
+)
 
 // AgentSyncRules is who may call AgentSyncService: the agents, by a
 // projected token of serviceAccount ("namespace:name") for audience, each

@@ -127,6 +127,8 @@ func startAccess(t *testing.T) *accessEnv {
 			{APIGroups: []string{"detour.dev"}, Resources: []string{"intercepts"}, Verbs: []string{"create", "delete"}},
 			{APIGroups: []string{"detour.dev"}, Resources: []string{"environments"}, Verbs: []string{"create"}},
 			{APIGroups: []string{"apps"}, Resources: []string{"deployments"}, Verbs: []string{"create"}},
+			{APIGroups: []string{"batch"}, Resources: []string{"jobs"}, Verbs: []string{"create"}},
+			{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{"pg-creds"}, Verbs: []string{"get"}},
 		},
 	}, create); err != nil {
 		t.Fatal(err)
@@ -302,6 +304,26 @@ func testControlService(t *testing.T, f *accessEnv) {
 		}, codes.OK, nil},
 		{"alice may not fork a StatefulSet", func(ctx context.Context) error {
 			_, err := c.CreateEnvironment(ctx, environment("shop", "Deployment", "StatefulSet"), as(alice)...)
+			return err
+		}, codes.PermissionDenied, []string{`user "alice" may not create statefulsets.apps in namespace "shop"`}},
+		{"alice creates an environment with a seed job", func(ctx context.Context) error {
+			req := environment("shop", "Deployment")
+			req.Environment.Spec.Data = []*detourv1.DataSource{{Name: "seed", Kind: "job", Job: &detourv1.DataJob{Image: "reg/seed:1"}}}
+			_, err := c.CreateEnvironment(ctx, req, as(alice)...)
+			return err
+		}, codes.OK, nil},
+		{"alice may not branch with a Secret she may not read", func(ctx context.Context) error {
+			req := environment("shop", "Deployment")
+			req.Environment.Spec.Data = []*detourv1.DataSource{{Name: "db", Kind: "postgres-branch", PostgresBranch: &detourv1.PostgresBranch{
+				Credentials: &detourv1.PostgresCredentials{Secret: "other-creds"}}}}
+			_, err := c.CreateEnvironment(ctx, req, as(alice)...)
+			return err
+		}, codes.PermissionDenied, []string{`user "alice" may not get secret "other-creds" (secrets) in namespace "shop"`}},
+		{"alice may read the Secret, not make the branch's StatefulSet", func(ctx context.Context) error {
+			req := environment("shop", "Deployment")
+			req.Environment.Spec.Data = []*detourv1.DataSource{{Name: "db", Kind: "postgres-branch", PostgresBranch: &detourv1.PostgresBranch{
+				Credentials: &detourv1.PostgresCredentials{Secret: "pg-creds"}}}}
+			_, err := c.CreateEnvironment(ctx, req, as(alice)...)
 			return err
 		}, codes.PermissionDenied, []string{`user "alice" may not create statefulsets.apps in namespace "shop"`}},
 		{"mallory may not create environments", func(ctx context.Context) error {

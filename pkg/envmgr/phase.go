@@ -69,6 +69,9 @@ type DataObservation struct {
 	Ready   bool
 	Failed  bool
 	Message string
+	// Status is what the environment's status shows of it (phase, rows,
+	// bytes, duration); its name is Name.
+	Status v1alpha1.DataStatus
 }
 
 // Observation is everything Status needs.
@@ -114,7 +117,7 @@ func Status(env *v1alpha1.Environment, o Observation) v1alpha1.EnvironmentStatus
 	set(v1alpha1.EnvironmentConditionForksReady, forksOK, forksReason, forksMsg)
 	routesOK, routesReason, routesMsg := routesState(&st, o.Routes)
 	set(v1alpha1.EnvironmentConditionRoutesReady, routesOK, routesReason, routesMsg)
-	dataOK, dataReason, dataMsg := dataState(o.Data)
+	dataOK, dataReason, dataMsg := dataState(&st, o.Data)
 	set(v1alpha1.EnvironmentConditionDataReady, dataOK, dataReason, dataMsg)
 
 	switch {
@@ -145,7 +148,7 @@ func Status(env *v1alpha1.Environment, o Observation) v1alpha1.EnvironmentStatus
 		set(v1alpha1.EnvironmentConditionReady, true, ReasonReady, msg)
 	default:
 		st.Phase = v1alpha1.EnvironmentProvisioning
-		if !anyExists(o.Forks) {
+		if !anyExists(o.Forks) && !dataStarted(o.Data) {
 			st.Phase = v1alpha1.EnvironmentPending
 		}
 		var waiting []string
@@ -249,9 +252,24 @@ func routesState(st *v1alpha1.EnvironmentStatus, rs []RouteObservation) (bool, s
 	return true, ReasonRoutesActive, fmt.Sprintf("%d intercepts active", len(rs))
 }
 
-func dataState(ds []DataObservation) (bool, string, string) {
+// dataStarted reports whether a data source is being made (a branch
+// restoring before any fork exists is provisioning, not pending).
+func dataStarted(ds []DataObservation) bool {
+	for _, d := range ds {
+		if d.Ready || d.Status.Phase != "" && d.Status.Phase != v1alpha1.DataPending {
+			return true
+		}
+	}
+	return false
+}
+
+// dataState fills st.Data and sums the data sources up.
+func dataState(st *v1alpha1.EnvironmentStatus, ds []DataObservation) (bool, string, string) {
 	var pending, failed []string
 	for _, d := range ds {
+		s := d.Status
+		s.Name = d.Name
+		st.Data = append(st.Data, s)
 		switch {
 		case d.Failed:
 			failed = append(failed, fmt.Sprintf("data %s: %s", d.Name, d.Message))

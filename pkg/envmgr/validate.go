@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/detourdev/detour/pkg/apis/detour/v1alpha1"
+	"github.com/detourdev/detour/pkg/envmgr/data"
 )
 
 // Limits is what the controller allows beyond the schema.
@@ -127,21 +128,7 @@ func Validate(env *v1alpha1.Environment, l Limits) error {
 			}
 		}
 	}
-	names := map[string]bool{}
-	for _, d := range s.Data {
-		if !envName.MatchString(d.Name) || len(d.Name) > 40 {
-			bad("data %q: want a DNS-1123 label of at most 40 characters", d.Name)
-		}
-		if names[d.Name] {
-			bad("data %s: named twice", d.Name)
-		}
-		names[d.Name] = true
-		switch d.Kind {
-		case "postgres-branch", "job":
-		default:
-			bad("data %s: kind %q: want postgres-branch or job", d.Name, d.Kind)
-		}
-	}
+	errs = append(errs, data.Validate(s)...)
 	if s.TTL != nil {
 		if err := l.CheckTTL(s.TTL.Duration); err != nil {
 			bad("%v", err)

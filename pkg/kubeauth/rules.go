@@ -70,11 +70,13 @@ type UserRule struct {
 	Also func(req any) []Access
 }
 
-// Access is one right: Verb on Resource in Namespace.
+// Access is one right: Verb on Resource in Namespace, on the object Name
+// if one is given.
 type Access struct {
 	Verb      string
 	Resource  Resource
 	Namespace string
+	Name      string
 }
 
 func (r UserRule) check() error {
@@ -106,7 +108,7 @@ func (r UserRule) authorize(ctx context.Context, a *Authenticator, id *identity,
 	}
 	if r.Also != nil {
 		for _, acc := range r.Also(req) {
-			if err := a.allowed(ctx, id, method, acc, ""); err != nil {
+			if err := a.allowed(ctx, id, method, acc, acc.Name); err != nil {
 				return err
 			}
 		}

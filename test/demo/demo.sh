@@ -109,6 +109,10 @@ left=$(ip netns list | grep -c -- '-pr-' || true)
 if [[ $fail == 0 ]]; then echo "== environments ok: each chain answered by its forks, all removed"; else
   echo "== demo FAILED; logs:"; tail -n 30 "$LOGS"/*.log; exit 1; fi
 
+# ---- Environment data: a lab of its own with a PostgreSQL database.
+echo
+bash test/demo/data.sh
+
 # ---- Parity: no lab, no cluster, no root needed (test/demo/parity.sh runs
 # alone too). What differs between two environments' manifests.
 bash test/demo/parity.sh

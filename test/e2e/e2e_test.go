@@ -391,6 +391,10 @@ func TestE2E(t *testing.T) {
 		testParity(t, e)
 	})
 
+	t.Run("environment data: a branch of a PostgreSQL database, written by a fork, gone at expiry", func(t *testing.T) {
+		testEnvironmentData(t, e, c)
+	})
+
 	t.Run("uninstall leaves no Detour BPF link on the node", func(t *testing.T) {
 		if ids, err := steer.LinkIDs(); err != nil || len(ids) == 0 {
 			t.Fatalf("before uninstall: steering links %v (err %v), want some: the check below would prove nothing", ids, err)

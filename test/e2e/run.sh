@@ -15,6 +15,8 @@ source test/cluster/lib.sh
 
 say "images"
 make --no-print-directory images >/dev/null
+say "PostgreSQL image, from Debian's packages (environment data)"
+bash test/e2e/pgimage.sh bin/images/detour-postgres.tar >/dev/null
 say "e2e test binary"
 go test -c -tags e2e -o bin/e2e.test ./test/e2e
 

@@ -62,7 +62,7 @@ func TestMain(m *testing.M) {
 
 // lab is one running lab with its controller and agent.
 type lab struct {
-	t          *testing.T
+	t          testing.TB
 	stateDir   string
 	inv        *inventory.Inventory
 	ctlAddr    string
@@ -81,7 +81,7 @@ type proc struct {
 	done chan struct{}
 }
 
-func freePort(t *testing.T) string {
+func freePort(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -93,7 +93,7 @@ func freePort(t *testing.T) string {
 
 // startLab writes the lab file, brings the lab up with the CLI and starts
 // a controller and an agent, the agent with agentFlags added to its own.
-func startLab(t *testing.T, labYAML string, agentFlags ...string) *lab {
+func startLab(t testing.TB, labYAML string, agentFlags ...string) *lab {
 	t.Helper()
 	testutil.RequirePrivileged(t)
 	if binDir == "" {
@@ -186,7 +186,7 @@ func tail(s string, n int) string {
 	return s
 }
 
-func waitHTTP(t *testing.T, url string) {
+func waitHTTP(t testing.TB, url string) {
 	t.Helper()
 	testutil.Eventually(t, 10*time.Second, func() error {
 		resp, err := http.Get(url)
@@ -202,7 +202,7 @@ func waitHTTP(t *testing.T, url string) {
 }
 
 // run runs a binary and returns its combined output and exit code.
-func run(t *testing.T, argv ...string) (string, int) {
+func run(t testing.TB, argv ...string) (string, int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

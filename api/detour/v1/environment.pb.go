@@ -82,7 +82,7 @@ func (x WatchEnvironmentsResponse_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchEnvironmentsResponse_Type.Descriptor instead.
 func (WatchEnvironmentsResponse_Type) EnumDescriptor() ([]byte, []int) {
-	return file_detour_v1_environment_proto_rawDescGZIP(), []int{26, 0}
+	return file_detour_v1_environment_proto_rawDescGZIP(), []int{35, 0}
 }
 
 // Environment is an ephemeral environment: forks of a few workloads of its
@@ -764,7 +764,11 @@ type DataSource struct {
 	// Its name, a DNS-1123 label.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// "postgres-branch" or "job".
-	Kind          string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// The branch, for kind postgres-branch.
+	PostgresBranch *PostgresBranch `protobuf:"bytes,3,opt,name=postgres_branch,json=postgresBranch,proto3" json:"postgres_branch,omitempty"`
+	// The seed job, for kind job.
+	Job           *DataJob `protobuf:"bytes,4,opt,name=job,proto3" json:"job,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -813,6 +817,617 @@ func (x *DataSource) GetKind() string {
 	return ""
 }
 
+func (x *DataSource) GetPostgresBranch() *PostgresBranch {
+	if x != nil {
+		return x.PostgresBranch
+	}
+	return nil
+}
+
+func (x *DataSource) GetJob() *DataJob {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+// PostgresBranch is a PostgreSQL database of the environment's own, filled
+// from a snapshot of the baseline's database.
+type PostgresBranch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The baseline's database workload; the branch copies its pod template.
+	Workload *WorkloadRef `protobuf:"bytes,1,opt,name=workload,proto3" json:"workload,omitempty"`
+	// Its database container; empty: its only (or first) container.
+	Container string `protobuf:"bytes,2,opt,name=container,proto3" json:"container,omitempty"`
+	// The baseline database's Service; empty: the workload's name.
+	Service string `protobuf:"bytes,3,opt,name=service,proto3" json:"service,omitempty"`
+	// The Service's port; 0: 5432.
+	Port int32 `protobuf:"varint,4,opt,name=port,proto3" json:"port,omitempty"`
+	// The database branched; empty: the credentials' database key, else the
+	// user's name.
+	Database string `protobuf:"bytes,5,opt,name=database,proto3" json:"database,omitempty"`
+	// The baseline's Secret the snapshot is taken with.
+	Credentials *PostgresCredentials `protobuf:"bytes,6,opt,name=credentials,proto3" json:"credentials,omitempty"`
+	// "schema", "all" (the default when empty) or "filtered".
+	Mode string `protobuf:"bytes,7,opt,name=mode,proto3" json:"mode,omitempty"`
+	// Row filters, for mode filtered.
+	Filters []*RowFilter `protobuf:"bytes,8,rep,name=filters,proto3" json:"filters,omitempty"`
+	// An SQL script run in the branch before any fork sees it.
+	Anonymize *SQLScript `protobuf:"bytes,9,opt,name=anonymize,proto3" json:"anonymize,omitempty"`
+	// The variables carrying the branch's connection into the forks; none:
+	// DATABASE_URL with the URL.
+	Env []*ConnectionEnv `protobuf:"bytes,10,rep,name=env,proto3" json:"env,omitempty"`
+	// The forked workloads that get env; none: every fork.
+	Forks []string `protobuf:"bytes,11,rep,name=forks,proto3" json:"forks,omitempty"`
+	// Where the branch keeps its data; unset: an emptyDir.
+	Storage       *BranchStorage `protobuf:"bytes,12,opt,name=storage,proto3" json:"storage,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PostgresBranch) Reset() {
+	*x = PostgresBranch{}
+	mi := &file_detour_v1_environment_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PostgresBranch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PostgresBranch) ProtoMessage() {}
+
+func (x *PostgresBranch) ProtoReflect() protoreflect.Message {
+	mi := &file_detour_v1_environment_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PostgresBranch.ProtoReflect.Descriptor instead.
+func (*PostgresBranch) Descriptor() ([]byte, []int) {
+	return file_detour_v1_environment_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *PostgresBranch) GetWorkload() *WorkloadRef {
+	if x != nil {
+		return x.Workload
+	}
+	return nil
+}
+
+func (x *PostgresBranch) GetContainer() string {
+	if x != nil {
+		return x.Container
+	}
+	return ""
+}
+
+func (x *PostgresBranch) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *PostgresBranch) GetPort() int32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *PostgresBranch) GetDatabase() string {
+	if x != nil {
+		return x.Database
+	}
+	return ""
+}
+
+func (x *PostgresBranch) GetCredentials() *PostgresCredentials {
+	if x != nil {
+		return x.Credentials
+	}
+	return nil
+}
+
+func (x *PostgresBranch) GetMode() string {
+	if x != nil {
+		return x.Mode
+	}
+	return ""
+}
+
+func (x *PostgresBranch) GetFilters() []*RowFilter {
+	if x != nil {
+		return x.Filters
+	}
+	return nil
+}
+
+func (x *PostgresBranch) GetAnonymize() *SQLScript {
+	if x != nil {
+		return x.Anonymize
+	}
+	return nil
+}
+
+func (x *PostgresBranch) GetEnv() []*ConnectionEnv {
+	if x != nil {
+		return x.Env
+	}
+	return nil
+}
+
+func (x *PostgresBranch) GetForks() []string {
+	if x != nil {
+		return x.Forks
+	}
+	return nil
+}
+
+func (x *PostgresBranch) GetStorage() *BranchStorage {
+	if x != nil {
+		return x.Storage
+	}
+	return nil
+}
+
+// PostgresCredentials names the baseline's Secret and its keys.
+type PostgresCredentials struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The Secret's name.
+	Secret string `protobuf:"bytes,1,opt,name=secret,proto3" json:"secret,omitempty"`
+	// The key of the user name; empty: "username".
+	UserKey string `protobuf:"bytes,2,opt,name=user_key,json=userKey,proto3" json:"user_key,omitempty"`
+	// The key of the password; empty: "password".
+	PasswordKey string `protobuf:"bytes,3,opt,name=password_key,json=passwordKey,proto3" json:"password_key,omitempty"`
+	// The key of the database's name; empty: none.
+	DatabaseKey   string `protobuf:"bytes,4,opt,name=database_key,json=databaseKey,proto3" json:"database_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PostgresCredentials) Reset() {
+	*x = PostgresCredentials{}
+	mi := &file_detour_v1_environment_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PostgresCredentials) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PostgresCredentials) ProtoMessage() {}
+
+func (x *PostgresCredentials) ProtoReflect() protoreflect.Message {
+	mi := &file_detour_v1_environment_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PostgresCredentials.ProtoReflect.Descriptor instead.
+func (*PostgresCredentials) Descriptor() ([]byte, []int) {
+	return file_detour_v1_environment_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *PostgresCredentials) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+func (x *PostgresCredentials) GetUserKey() string {
+	if x != nil {
+		return x.UserKey
+	}
+	return ""
+}
+
+func (x *PostgresCredentials) GetPasswordKey() string {
+	if x != nil {
+		return x.PasswordKey
+	}
+	return ""
+}
+
+func (x *PostgresCredentials) GetDatabaseKey() string {
+	if x != nil {
+		return x.DatabaseKey
+	}
+	return ""
+}
+
+// RowFilter selects the rows of one table.
+type RowFilter struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// [SCHEMA.]TABLE, lower-case SQL identifiers.
+	Table string `protobuf:"bytes,1,opt,name=table,proto3" json:"table,omitempty"`
+	// An SQL condition on the table's rows.
+	Where         string `protobuf:"bytes,2,opt,name=where,proto3" json:"where,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RowFilter) Reset() {
+	*x = RowFilter{}
+	mi := &file_detour_v1_environment_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RowFilter) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RowFilter) ProtoMessage() {}
+
+func (x *RowFilter) ProtoReflect() protoreflect.Message {
+	mi := &file_detour_v1_environment_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RowFilter.ProtoReflect.Descriptor instead.
+func (*RowFilter) Descriptor() ([]byte, []int) {
+	return file_detour_v1_environment_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *RowFilter) GetTable() string {
+	if x != nil {
+		return x.Table
+	}
+	return ""
+}
+
+func (x *RowFilter) GetWhere() string {
+	if x != nil {
+		return x.Where
+	}
+	return ""
+}
+
+// SQLScript is an SQL script: one of its fields.
+type SQLScript struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A key of a ConfigMap of the namespace (a cluster).
+	ConfigMapKey *KeyRef `protobuf:"bytes,1,opt,name=config_map_key,json=configMapKey,proto3" json:"config_map_key,omitempty"`
+	// A path on the controller's machine (the lab).
+	File          string `protobuf:"bytes,2,opt,name=file,proto3" json:"file,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SQLScript) Reset() {
+	*x = SQLScript{}
+	mi := &file_detour_v1_environment_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SQLScript) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SQLScript) ProtoMessage() {}
+
+func (x *SQLScript) ProtoReflect() protoreflect.Message {
+	mi := &file_detour_v1_environment_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SQLScript.ProtoReflect.Descriptor instead.
+func (*SQLScript) Descriptor() ([]byte, []int) {
+	return file_detour_v1_environment_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *SQLScript) GetConfigMapKey() *KeyRef {
+	if x != nil {
+		return x.ConfigMapKey
+	}
+	return nil
+}
+
+func (x *SQLScript) GetFile() string {
+	if x != nil {
+		return x.File
+	}
+	return ""
+}
+
+// ConnectionEnv is one variable carrying part of a branch's connection.
+type ConnectionEnv struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The variable's name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// "url" (the default when empty), "host", "port", "user", "password" or
+	// "database".
+	Part          string `protobuf:"bytes,2,opt,name=part,proto3" json:"part,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConnectionEnv) Reset() {
+	*x = ConnectionEnv{}
+	mi := &file_detour_v1_environment_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConnectionEnv) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConnectionEnv) ProtoMessage() {}
+
+func (x *ConnectionEnv) ProtoReflect() protoreflect.Message {
+	mi := &file_detour_v1_environment_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConnectionEnv.ProtoReflect.Descriptor instead.
+func (*ConnectionEnv) Descriptor() ([]byte, []int) {
+	return file_detour_v1_environment_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ConnectionEnv) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ConnectionEnv) GetPart() string {
+	if x != nil {
+		return x.Part
+	}
+	return ""
+}
+
+// BranchStorage is where a branch keeps its data.
+type BranchStorage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "emptyDir" (the default when empty) or "pvc".
+	Type string `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	// The claim's storage class; empty: the cluster's default.
+	StorageClassName string `protobuf:"bytes,2,opt,name=storage_class_name,json=storageClassName,proto3" json:"storage_class_name,omitempty"`
+	// The claim's size, e.g. "1Gi"; empty: 1Gi.
+	Size          string `protobuf:"bytes,3,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BranchStorage) Reset() {
+	*x = BranchStorage{}
+	mi := &file_detour_v1_environment_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BranchStorage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BranchStorage) ProtoMessage() {}
+
+func (x *BranchStorage) ProtoReflect() protoreflect.Message {
+	mi := &file_detour_v1_environment_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BranchStorage.ProtoReflect.Descriptor instead.
+func (*BranchStorage) Descriptor() ([]byte, []int) {
+	return file_detour_v1_environment_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *BranchStorage) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *BranchStorage) GetStorageClassName() string {
+	if x != nil {
+		return x.StorageClassName
+	}
+	return ""
+}
+
+func (x *BranchStorage) GetSize() string {
+	if x != nil {
+		return x.Size
+	}
+	return ""
+}
+
+// DataJob is a seed job, run once the forks are up.
+type DataJob struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The container's image (a cluster; the lab runs commands).
+	Image string `protobuf:"bytes,1,opt,name=image,proto3" json:"image,omitempty"`
+	// Replaces the image's entrypoint.
+	Command []string `protobuf:"bytes,2,rep,name=command,proto3" json:"command,omitempty"`
+	// Its arguments.
+	Args []string `protobuf:"bytes,3,rep,name=args,proto3" json:"args,omitempty"`
+	// More of its environment.
+	Env []*JobEnvVar `protobuf:"bytes,4,rep,name=env,proto3" json:"env,omitempty"`
+	// Bounds its run; unset: 10 minutes.
+	Timeout       *durationpb.Duration `protobuf:"bytes,5,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DataJob) Reset() {
+	*x = DataJob{}
+	mi := &file_detour_v1_environment_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DataJob) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DataJob) ProtoMessage() {}
+
+func (x *DataJob) ProtoReflect() protoreflect.Message {
+	mi := &file_detour_v1_environment_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DataJob.ProtoReflect.Descriptor instead.
+func (*DataJob) Descriptor() ([]byte, []int) {
+	return file_detour_v1_environment_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *DataJob) GetImage() string {
+	if x != nil {
+		return x.Image
+	}
+	return ""
+}
+
+func (x *DataJob) GetCommand() []string {
+	if x != nil {
+		return x.Command
+	}
+	return nil
+}
+
+func (x *DataJob) GetArgs() []string {
+	if x != nil {
+		return x.Args
+	}
+	return nil
+}
+
+func (x *DataJob) GetEnv() []*JobEnvVar {
+	if x != nil {
+		return x.Env
+	}
+	return nil
+}
+
+func (x *DataJob) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+// JobEnvVar is one variable of a seed job.
+type JobEnvVar struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The variable's name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// A literal value.
+	Value string `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	// Or a value taken from a ConfigMap, Secret or field.
+	ValueFrom     *EnvValueSource `protobuf:"bytes,3,opt,name=value_from,json=valueFrom,proto3" json:"value_from,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JobEnvVar) Reset() {
+	*x = JobEnvVar{}
+	mi := &file_detour_v1_environment_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JobEnvVar) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JobEnvVar) ProtoMessage() {}
+
+func (x *JobEnvVar) ProtoReflect() protoreflect.Message {
+	mi := &file_detour_v1_environment_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JobEnvVar.ProtoReflect.Descriptor instead.
+func (*JobEnvVar) Descriptor() ([]byte, []int) {
+	return file_detour_v1_environment_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *JobEnvVar) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *JobEnvVar) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+func (x *JobEnvVar) GetValueFrom() *EnvValueSource {
+	if x != nil {
+		return x.ValueFrom
+	}
+	return nil
+}
+
 // EnvironmentSource is what CI knows of the change an environment tests.
 type EnvironmentSource struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -830,7 +1445,7 @@ type EnvironmentSource struct {
 
 func (x *EnvironmentSource) Reset() {
 	*x = EnvironmentSource{}
-	mi := &file_detour_v1_environment_proto_msgTypes[10]
+	mi := &file_detour_v1_environment_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -842,7 +1457,7 @@ func (x *EnvironmentSource) String() string {
 func (*EnvironmentSource) ProtoMessage() {}
 
 func (x *EnvironmentSource) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_environment_proto_msgTypes[10]
+	mi := &file_detour_v1_environment_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -855,7 +1470,7 @@ func (x *EnvironmentSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnvironmentSource.ProtoReflect.Descriptor instead.
 func (*EnvironmentSource) Descriptor() ([]byte, []int) {
-	return file_detour_v1_environment_proto_rawDescGZIP(), []int{10}
+	return file_detour_v1_environment_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *EnvironmentSource) GetRepository() string {
@@ -904,14 +1519,16 @@ type EnvironmentStatus struct {
 	// ForksReady, RoutesReady, DataReady and Ready, each with a reason.
 	Conditions []*StatusCondition `protobuf:"bytes,7,rep,name=conditions,proto3" json:"conditions,omitempty"`
 	// The forked workloads, e.g. "api, worker".
-	ForkSummary   string `protobuf:"bytes,8,opt,name=fork_summary,json=forkSummary,proto3" json:"fork_summary,omitempty"`
+	ForkSummary string `protobuf:"bytes,8,opt,name=fork_summary,json=forkSummary,proto3" json:"fork_summary,omitempty"`
+	// Each data source's state.
+	Data          []*DataStatus `protobuf:"bytes,9,rep,name=data,proto3" json:"data,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *EnvironmentStatus) Reset() {
 	*x = EnvironmentStatus{}
-	mi := &file_detour_v1_environment_proto_msgTypes[11]
+	mi := &file_detour_v1_environment_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -923,7 +1540,7 @@ func (x *EnvironmentStatus) String() string {
 func (*EnvironmentStatus) ProtoMessage() {}
 
 func (x *EnvironmentStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_environment_proto_msgTypes[11]
+	mi := &file_detour_v1_environment_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -936,7 +1553,7 @@ func (x *EnvironmentStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnvironmentStatus.ProtoReflect.Descriptor instead.
 func (*EnvironmentStatus) Descriptor() ([]byte, []int) {
-	return file_detour_v1_environment_proto_rawDescGZIP(), []int{11}
+	return file_detour_v1_environment_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *EnvironmentStatus) GetObservedGeneration() int64 {
@@ -995,6 +1612,141 @@ func (x *EnvironmentStatus) GetForkSummary() string {
 	return ""
 }
 
+func (x *EnvironmentStatus) GetData() []*DataStatus {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+// DataStatus is one data source's state.
+type DataStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The data entry's name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Its kind.
+	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// Pending, Starting, Snapshotting, Restoring, Anonymising, Seeding, Ready
+	// or Failed.
+	Phase string `protobuf:"bytes,3,opt,name=phase,proto3" json:"phase,omitempty"`
+	// Rows restored into the branch.
+	Rows int64 `protobuf:"varint,4,opt,name=rows,proto3" json:"rows,omitempty"`
+	// The branch database's size once restored.
+	Bytes int64 `protobuf:"varint,5,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	// How long it took, or has taken so far.
+	Duration *durationpb.Duration `protobuf:"bytes,6,opt,name=duration,proto3" json:"duration,omitempty"`
+	// The branch's address, host:port.
+	Endpoint string `protobuf:"bytes,7,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	// The Secret holding the branch's connection.
+	Secret string `protobuf:"bytes,8,opt,name=secret,proto3" json:"secret,omitempty"`
+	// The Job (or lab pod) doing the work.
+	Job string `protobuf:"bytes,9,opt,name=job,proto3" json:"job,omitempty"`
+	// What it waits for, or why it failed.
+	Message       string `protobuf:"bytes,10,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DataStatus) Reset() {
+	*x = DataStatus{}
+	mi := &file_detour_v1_environment_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DataStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DataStatus) ProtoMessage() {}
+
+func (x *DataStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_detour_v1_environment_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DataStatus.ProtoReflect.Descriptor instead.
+func (*DataStatus) Descriptor() ([]byte, []int) {
+	return file_detour_v1_environment_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *DataStatus) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DataStatus) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *DataStatus) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *DataStatus) GetRows() int64 {
+	if x != nil {
+		return x.Rows
+	}
+	return 0
+}
+
+func (x *DataStatus) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *DataStatus) GetDuration() *durationpb.Duration {
+	if x != nil {
+		return x.Duration
+	}
+	return nil
+}
+
+func (x *DataStatus) GetEndpoint() string {
+	if x != nil {
+		return x.Endpoint
+	}
+	return ""
+}
+
+func (x *DataStatus) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+func (x *DataStatus) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *DataStatus) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 // ForkStatus is one fork's state.
 type ForkStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1016,7 +1768,7 @@ type ForkStatus struct {
 
 func (x *ForkStatus) Reset() {
 	*x = ForkStatus{}
-	mi := &file_detour_v1_environment_proto_msgTypes[12]
+	mi := &file_detour_v1_environment_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1028,7 +1780,7 @@ func (x *ForkStatus) String() string {
 func (*ForkStatus) ProtoMessage() {}
 
 func (x *ForkStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_environment_proto_msgTypes[12]
+	mi := &file_detour_v1_environment_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1041,7 +1793,7 @@ func (x *ForkStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForkStatus.ProtoReflect.Descriptor instead.
 func (*ForkStatus) Descriptor() ([]byte, []int) {
-	return file_detour_v1_environment_proto_rawDescGZIP(), []int{12}
+	return file_detour_v1_environment_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ForkStatus) GetName() string {
@@ -1109,7 +1861,7 @@ type RouteStatus struct {
 
 func (x *RouteStatus) Reset() {
 	*x = RouteStatus{}
-	mi := &file_detour_v1_environment_proto_msgTypes[13]
+	mi := &file_detour_v1_environment_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1121,7 +1873,7 @@ func (x *RouteStatus) String() string {
 func (*RouteStatus) ProtoMessage() {}
 
 func (x *RouteStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_environment_proto_msgTypes[13]
+	mi := &file_detour_v1_environment_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1134,7 +1886,7 @@ func (x *RouteStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteStatus.ProtoReflect.Descriptor instead.
 func (*RouteStatus) Descriptor() ([]byte, []int) {
-	return file_detour_v1_environment_proto_rawDescGZIP(), []int{13}
+	return file_detour_v1_environment_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RouteStatus) GetIntercept() string {
@@ -1198,7 +1950,7 @@ type StatusCondition struct {
 
 func (x *StatusCondition) Reset() {
 	*x = StatusCondition{}
-	mi := &file_detour_v1_environment_proto_msgTypes[14]
+	mi := &file_detour_v1_environment_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1210,7 +1962,7 @@ func (x *StatusCondition) String() string {
 func (*StatusCondition) ProtoMessage() {}
 
 func (x *StatusCondition) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_environment_proto_msgTypes[14]
+	mi := &file_detour_v1_environment_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1223,7 +1975,7 @@ func (x *StatusCondition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusCondition.ProtoReflect.Descriptor instead.
 func (*StatusCondition) Descriptor() ([]byte, []int) {
-	return file_detour_v1_environment_proto_rawDescGZIP(), []int{14}
+	return file_detour_v1_environment_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StatusCondition) GetType() string {
@@ -1272,7 +2024,7 @@ type CreateEnvironmentRequest struct {
 
 func (x *CreateEnvironmentRequest) Reset() {
 	*x = CreateEnvironmentRequest{}
-	mi := &file_detour_v1_environment_proto_msgTypes[15]
+	mi := &file_detour_v1_environment_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1284,7 +2036,7 @@ func (x *CreateEnvironmentRequest) String() string {
 func (*CreateEnvironmentRequest) ProtoMessage() {}
 
 func (x *CreateEnvironmentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_environment_proto_msgTypes[15]
+	mi := &file_detour_v1_environment_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1297,7 +2049,7 @@ func (x *CreateEnvironmentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEnvironmentRequest.ProtoReflect.Descriptor instead.
 func (*CreateEnvironmentRequest) Descriptor() ([]byte, []int) {
-	return file_detour_v1_environment_proto_rawDescGZIP(), []int{15}
+	return file_detour_v1_environment_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CreateEnvironmentRequest) GetEnvironment() *Environment {
@@ -1318,7 +2070,7 @@ type CreateEnvironmentResponse struct {
 
 func (x *CreateEnvironmentResponse) Reset() {
 	*x = CreateEnvironmentResponse{}
-	mi := &file_detour_v1_environment_proto_msgTypes[16]
+	mi := &file_detour_v1_environment_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1330,7 +2082,7 @@ func (x *CreateEnvironmentResponse) String() string {
 func (*CreateEnvironmentResponse) ProtoMessage() {}
 
 func (x *CreateEnvironmentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_environment_proto_msgTypes[16]
+	mi := &file_detour_v1_environment_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1343,7 +2095,7 @@ func (x *CreateEnvironmentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEnvironmentResponse.ProtoReflect.Descriptor instead.
 func (*CreateEnvironmentResponse) Descriptor() ([]byte, []int) {
-	return file_detour_v1_environment_proto_rawDescGZIP(), []int{16}
+	return file_detour_v1_environment_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CreateEnvironmentResponse) GetEnvironment() *Environment {
@@ -1366,7 +2118,7 @@ type GetEnvironmentRequest struct {
 
 func (x *GetEnvironmentRequest) Reset() {
 	*x = GetEnvironmentRequest{}
-	mi := &file_detour_v1_environment_proto_msgTypes[17]
+	mi := &file_detour_v1_environment_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1378,7 +2130,7 @@ func (x *GetEnvironmentRequest) String() string {
 func (*GetEnvironmentRequest) ProtoMessage() {}
 
 func (x *GetEnvironmentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_environment_proto_msgTypes[17]
+	mi := &file_detour_v1_environment_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1391,7 +2143,7 @@ func (x *GetEnvironmentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEnvironmentRequest.ProtoReflect.Descriptor instead.
 func (*GetEnvironmentRequest) Descriptor() ([]byte, []int) {
-	return file_detour_v1_environment_proto_rawDescGZIP(), []int{17}
+	return file_detour_v1_environment_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GetEnvironmentRequest) GetNamespace() string {
@@ -1419,7 +2171,7 @@ type GetEnvironmentResponse struct {
 
 func (x *GetEnvironmentResponse) Reset() {
 	*x = GetEnvironmentResponse{}
-	mi := &file_detour_v1_environment_proto_msgTypes[18]
+	mi := &file_detour_v1_environment_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1431,7 +2183,7 @@ func (x *GetEnvironmentResponse) String() string {
 func (*GetEnvironmentResponse) ProtoMessage() {}
 
 func (x *GetEnvironmentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_environment_proto_msgTypes[18]
+	mi := &file_detour_v1_environment_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1444,7 +2196,7 @@ func (x *GetEnvironmentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEnvironmentResponse.ProtoReflect.Descriptor instead.
 func (*GetEnvironmentResponse) Descriptor() ([]byte, []int) {
-	return file_detour_v1_environment_proto_rawDescGZIP(), []int{18}
+	return file_detour_v1_environment_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GetEnvironmentResponse) GetEnvironment() *Environment {
@@ -1465,7 +2217,7 @@ type ListEnvironmentsRequest struct {
 
 func (x *ListEnvironmentsRequest) Reset() {
 	*x = ListEnvironmentsRequest{}
-	mi := &file_detour_v1_environment_proto_msgTypes[19]
+	mi := &file_detour_v1_environment_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1477,7 +2229,7 @@ func (x *ListEnvironmentsRequest) String() string {
 func (*ListEnvironmentsRequest) ProtoMessage() {}
 
 func (x *ListEnvironmentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_environment_proto_msgTypes[19]
+	mi := &file_detour_v1_environment_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1490,7 +2242,7 @@ func (x *ListEnvironmentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEnvironmentsRequest.ProtoReflect.Descriptor instead.
 func (*ListEnvironmentsRequest) Descriptor() ([]byte, []int) {
-	return file_detour_v1_environment_proto_rawDescGZIP(), []int{19}
+	return file_detour_v1_environment_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListEnvironmentsRequest) GetNamespace() string {
@@ -1511,7 +2263,7 @@ type ListEnvironmentsResponse struct {
 
 func (x *ListEnvironmentsResponse) Reset() {
 	*x = ListEnvironmentsResponse{}
-	mi := &file_detour_v1_environment_proto_msgTypes[20]
+	mi := &file_detour_v1_environment_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1523,7 +2275,7 @@ func (x *ListEnvironmentsResponse) String() string {
 func (*ListEnvironmentsResponse) ProtoMessage() {}
 
 func (x *ListEnvironmentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_environment_proto_msgTypes[20]
+	mi := &file_detour_v1_environment_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1536,7 +2288,7 @@ func (x *ListEnvironmentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEnvironmentsResponse.ProtoReflect.Descriptor instead.
 func (*ListEnvironmentsResponse) Descriptor() ([]byte, []int) {
-	return file_detour_v1_environment_proto_rawDescGZIP(), []int{20}
+	return file_detour_v1_environment_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListEnvironmentsResponse) GetEnvironments() []*Environment {
@@ -1559,7 +2311,7 @@ type DeleteEnvironmentRequest struct {
 
 func (x *DeleteEnvironmentRequest) Reset() {
 	*x = DeleteEnvironmentRequest{}
-	mi := &file_detour_v1_environment_proto_msgTypes[21]
+	mi := &file_detour_v1_environment_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1571,7 +2323,7 @@ func (x *DeleteEnvironmentRequest) String() string {
 func (*DeleteEnvironmentRequest) ProtoMessage() {}
 
 func (x *DeleteEnvironmentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_environment_proto_msgTypes[21]
+	mi := &file_detour_v1_environment_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1584,7 +2336,7 @@ func (x *DeleteEnvironmentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEnvironmentRequest.ProtoReflect.Descriptor instead.
 func (*DeleteEnvironmentRequest) Descriptor() ([]byte, []int) {
-	return file_detour_v1_environment_proto_rawDescGZIP(), []int{21}
+	return file_detour_v1_environment_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DeleteEnvironmentRequest) GetNamespace() string {
@@ -1612,7 +2364,7 @@ type DeleteEnvironmentResponse struct {
 
 func (x *DeleteEnvironmentResponse) Reset() {
 	*x = DeleteEnvironmentResponse{}
-	mi := &file_detour_v1_environment_proto_msgTypes[22]
+	mi := &file_detour_v1_environment_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1624,7 +2376,7 @@ func (x *DeleteEnvironmentResponse) String() string {
 func (*DeleteEnvironmentResponse) ProtoMessage() {}
 
 func (x *DeleteEnvironmentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_environment_proto_msgTypes[22]
+	mi := &file_detour_v1_environment_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1637,7 +2389,7 @@ func (x *DeleteEnvironmentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEnvironmentResponse.ProtoReflect.Descriptor instead.
 func (*DeleteEnvironmentResponse) Descriptor() ([]byte, []int) {
-	return file_detour_v1_environment_proto_rawDescGZIP(), []int{22}
+	return file_detour_v1_environment_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *DeleteEnvironmentResponse) GetEnvironment() *Environment {
@@ -1663,7 +2415,7 @@ type RenewEnvironmentRequest struct {
 
 func (x *RenewEnvironmentRequest) Reset() {
 	*x = RenewEnvironmentRequest{}
-	mi := &file_detour_v1_environment_proto_msgTypes[23]
+	mi := &file_detour_v1_environment_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1675,7 +2427,7 @@ func (x *RenewEnvironmentRequest) String() string {
 func (*RenewEnvironmentRequest) ProtoMessage() {}
 
 func (x *RenewEnvironmentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_environment_proto_msgTypes[23]
+	mi := &file_detour_v1_environment_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1688,7 +2440,7 @@ func (x *RenewEnvironmentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewEnvironmentRequest.ProtoReflect.Descriptor instead.
 func (*RenewEnvironmentRequest) Descriptor() ([]byte, []int) {
-	return file_detour_v1_environment_proto_rawDescGZIP(), []int{23}
+	return file_detour_v1_environment_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RenewEnvironmentRequest) GetNamespace() string {
@@ -1723,7 +2475,7 @@ type RenewEnvironmentResponse struct {
 
 func (x *RenewEnvironmentResponse) Reset() {
 	*x = RenewEnvironmentResponse{}
-	mi := &file_detour_v1_environment_proto_msgTypes[24]
+	mi := &file_detour_v1_environment_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1735,7 +2487,7 @@ func (x *RenewEnvironmentResponse) String() string {
 func (*RenewEnvironmentResponse) ProtoMessage() {}
 
 func (x *RenewEnvironmentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_environment_proto_msgTypes[24]
+	mi := &file_detour_v1_environment_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1748,7 +2500,7 @@ func (x *RenewEnvironmentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewEnvironmentResponse.ProtoReflect.Descriptor instead.
 func (*RenewEnvironmentResponse) Descriptor() ([]byte, []int) {
-	return file_detour_v1_environment_proto_rawDescGZIP(), []int{24}
+	return file_detour_v1_environment_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RenewEnvironmentResponse) GetEnvironment() *Environment {
@@ -1771,7 +2523,7 @@ type WatchEnvironmentsRequest struct {
 
 func (x *WatchEnvironmentsRequest) Reset() {
 	*x = WatchEnvironmentsRequest{}
-	mi := &file_detour_v1_environment_proto_msgTypes[25]
+	mi := &file_detour_v1_environment_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1783,7 +2535,7 @@ func (x *WatchEnvironmentsRequest) String() string {
 func (*WatchEnvironmentsRequest) ProtoMessage() {}
 
 func (x *WatchEnvironmentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_environment_proto_msgTypes[25]
+	mi := &file_detour_v1_environment_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1796,7 +2548,7 @@ func (x *WatchEnvironmentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEnvironmentsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEnvironmentsRequest) Descriptor() ([]byte, []int) {
-	return file_detour_v1_environment_proto_rawDescGZIP(), []int{25}
+	return file_detour_v1_environment_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *WatchEnvironmentsRequest) GetNamespace() string {
@@ -1827,7 +2579,7 @@ type WatchEnvironmentsResponse struct {
 
 func (x *WatchEnvironmentsResponse) Reset() {
 	*x = WatchEnvironmentsResponse{}
-	mi := &file_detour_v1_environment_proto_msgTypes[26]
+	mi := &file_detour_v1_environment_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1839,7 +2591,7 @@ func (x *WatchEnvironmentsResponse) String() string {
 func (*WatchEnvironmentsResponse) ProtoMessage() {}
 
 func (x *WatchEnvironmentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_detour_v1_environment_proto_msgTypes[26]
+	mi := &file_detour_v1_environment_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1852,7 +2604,7 @@ func (x *WatchEnvironmentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEnvironmentsResponse.ProtoReflect.Descriptor instead.
 func (*WatchEnvironmentsResponse) Descriptor() ([]byte, []int) {
-	return file_detour_v1_environment_proto_rawDescGZIP(), []int{26}
+	return file_detour_v1_environment_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *WatchEnvironmentsResponse) GetType() WatchEnvironmentsResponse_Type {
@@ -1927,18 +2679,63 @@ const file_detour_v1_environment_proto_rawDesc = "" +
 	"\x0fCommandOverride\x12\x1c\n" +
 	"\tcontainer\x18\x01 \x01(\tR\tcontainer\x12\x18\n" +
 	"\acommand\x18\x02 \x03(\tR\acommand\x12\x12\n" +
-	"\x04args\x18\x03 \x03(\tR\x04args\"4\n" +
+	"\x04args\x18\x03 \x03(\tR\x04args\"\x9e\x01\n" +
 	"\n" +
 	"DataSource\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
-	"\x04kind\x18\x02 \x01(\tR\x04kind\"\x86\x01\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12B\n" +
+	"\x0fpostgres_branch\x18\x03 \x01(\v2\x19.detour.v1.PostgresBranchR\x0epostgresBranch\x12$\n" +
+	"\x03job\x18\x04 \x01(\v2\x12.detour.v1.DataJobR\x03job\"\xdc\x03\n" +
+	"\x0ePostgresBranch\x122\n" +
+	"\bworkload\x18\x01 \x01(\v2\x16.detour.v1.WorkloadRefR\bworkload\x12\x1c\n" +
+	"\tcontainer\x18\x02 \x01(\tR\tcontainer\x12\x18\n" +
+	"\aservice\x18\x03 \x01(\tR\aservice\x12\x12\n" +
+	"\x04port\x18\x04 \x01(\x05R\x04port\x12\x1a\n" +
+	"\bdatabase\x18\x05 \x01(\tR\bdatabase\x12@\n" +
+	"\vcredentials\x18\x06 \x01(\v2\x1e.detour.v1.PostgresCredentialsR\vcredentials\x12\x12\n" +
+	"\x04mode\x18\a \x01(\tR\x04mode\x12.\n" +
+	"\afilters\x18\b \x03(\v2\x14.detour.v1.RowFilterR\afilters\x122\n" +
+	"\tanonymize\x18\t \x01(\v2\x14.detour.v1.SQLScriptR\tanonymize\x12*\n" +
+	"\x03env\x18\n" +
+	" \x03(\v2\x18.detour.v1.ConnectionEnvR\x03env\x12\x14\n" +
+	"\x05forks\x18\v \x03(\tR\x05forks\x122\n" +
+	"\astorage\x18\f \x01(\v2\x18.detour.v1.BranchStorageR\astorage\"\x8e\x01\n" +
+	"\x13PostgresCredentials\x12\x16\n" +
+	"\x06secret\x18\x01 \x01(\tR\x06secret\x12\x19\n" +
+	"\buser_key\x18\x02 \x01(\tR\auserKey\x12!\n" +
+	"\fpassword_key\x18\x03 \x01(\tR\vpasswordKey\x12!\n" +
+	"\fdatabase_key\x18\x04 \x01(\tR\vdatabaseKey\"7\n" +
+	"\tRowFilter\x12\x14\n" +
+	"\x05table\x18\x01 \x01(\tR\x05table\x12\x14\n" +
+	"\x05where\x18\x02 \x01(\tR\x05where\"X\n" +
+	"\tSQLScript\x127\n" +
+	"\x0econfig_map_key\x18\x01 \x01(\v2\x11.detour.v1.KeyRefR\fconfigMapKey\x12\x12\n" +
+	"\x04file\x18\x02 \x01(\tR\x04file\"7\n" +
+	"\rConnectionEnv\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04part\x18\x02 \x01(\tR\x04part\"e\n" +
+	"\rBranchStorage\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\tR\x04type\x12,\n" +
+	"\x12storage_class_name\x18\x02 \x01(\tR\x10storageClassName\x12\x12\n" +
+	"\x04size\x18\x03 \x01(\tR\x04size\"\xaa\x01\n" +
+	"\aDataJob\x12\x14\n" +
+	"\x05image\x18\x01 \x01(\tR\x05image\x12\x18\n" +
+	"\acommand\x18\x02 \x03(\tR\acommand\x12\x12\n" +
+	"\x04args\x18\x03 \x03(\tR\x04args\x12&\n" +
+	"\x03env\x18\x04 \x03(\v2\x14.detour.v1.JobEnvVarR\x03env\x123\n" +
+	"\atimeout\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"o\n" +
+	"\tJobEnvVar\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\x128\n" +
+	"\n" +
+	"value_from\x18\x03 \x01(\v2\x19.detour.v1.EnvValueSourceR\tvalueFrom\"\x86\x01\n" +
 	"\x11EnvironmentSource\x12\x1e\n" +
 	"\n" +
 	"repository\x18\x01 \x01(\tR\n" +
 	"repository\x12\x16\n" +
 	"\x06branch\x18\x02 \x01(\tR\x06branch\x12!\n" +
 	"\fpull_request\x18\x03 \x01(\x03R\vpullRequest\x12\x16\n" +
-	"\x06commit\x18\x04 \x01(\tR\x06commit\"\xe3\x02\n" +
+	"\x06commit\x18\x04 \x01(\tR\x06commit\"\x8e\x03\n" +
 	"\x11EnvironmentStatus\x12/\n" +
 	"\x13observed_generation\x18\x01 \x01(\x03R\x12observedGeneration\x12\x14\n" +
 	"\x05phase\x18\x02 \x01(\tR\x05phase\x12\x10\n" +
@@ -1950,7 +2747,21 @@ const file_detour_v1_environment_proto_rawDesc = "" +
 	"\n" +
 	"conditions\x18\a \x03(\v2\x1a.detour.v1.StatusConditionR\n" +
 	"conditions\x12!\n" +
-	"\ffork_summary\x18\b \x01(\tR\vforkSummary\"\xc9\x01\n" +
+	"\ffork_summary\x18\b \x01(\tR\vforkSummary\x12)\n" +
+	"\x04data\x18\t \x03(\v2\x15.detour.v1.DataStatusR\x04data\"\x8b\x02\n" +
+	"\n" +
+	"DataStatus\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x14\n" +
+	"\x05phase\x18\x03 \x01(\tR\x05phase\x12\x12\n" +
+	"\x04rows\x18\x04 \x01(\x03R\x04rows\x12\x14\n" +
+	"\x05bytes\x18\x05 \x01(\x03R\x05bytes\x125\n" +
+	"\bduration\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\bduration\x12\x1a\n" +
+	"\bendpoint\x18\a \x01(\tR\bendpoint\x12\x16\n" +
+	"\x06secret\x18\b \x01(\tR\x06secret\x12\x10\n" +
+	"\x03job\x18\t \x01(\tR\x03job\x12\x18\n" +
+	"\amessage\x18\n" +
+	" \x01(\tR\amessage\"\xc9\x01\n" +
 	"\n" +
 	"ForkStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x122\n" +
@@ -2021,7 +2832,7 @@ func file_detour_v1_environment_proto_rawDescGZIP() []byte {
 }
 
 var file_detour_v1_environment_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_detour_v1_environment_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_detour_v1_environment_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_detour_v1_environment_proto_goTypes = []any{
 	(WatchEnvironmentsResponse_Type)(0), // 0: detour.v1.WatchEnvironmentsResponse.Type
 	(*Environment)(nil),                 // 1: detour.v1.Environment
@@ -2034,35 +2845,44 @@ var file_detour_v1_environment_proto_goTypes = []any{
 	(*KeyRef)(nil),                      // 8: detour.v1.KeyRef
 	(*CommandOverride)(nil),             // 9: detour.v1.CommandOverride
 	(*DataSource)(nil),                  // 10: detour.v1.DataSource
-	(*EnvironmentSource)(nil),           // 11: detour.v1.EnvironmentSource
-	(*EnvironmentStatus)(nil),           // 12: detour.v1.EnvironmentStatus
-	(*ForkStatus)(nil),                  // 13: detour.v1.ForkStatus
-	(*RouteStatus)(nil),                 // 14: detour.v1.RouteStatus
-	(*StatusCondition)(nil),             // 15: detour.v1.StatusCondition
-	(*CreateEnvironmentRequest)(nil),    // 16: detour.v1.CreateEnvironmentRequest
-	(*CreateEnvironmentResponse)(nil),   // 17: detour.v1.CreateEnvironmentResponse
-	(*GetEnvironmentRequest)(nil),       // 18: detour.v1.GetEnvironmentRequest
-	(*GetEnvironmentResponse)(nil),      // 19: detour.v1.GetEnvironmentResponse
-	(*ListEnvironmentsRequest)(nil),     // 20: detour.v1.ListEnvironmentsRequest
-	(*ListEnvironmentsResponse)(nil),    // 21: detour.v1.ListEnvironmentsResponse
-	(*DeleteEnvironmentRequest)(nil),    // 22: detour.v1.DeleteEnvironmentRequest
-	(*DeleteEnvironmentResponse)(nil),   // 23: detour.v1.DeleteEnvironmentResponse
-	(*RenewEnvironmentRequest)(nil),     // 24: detour.v1.RenewEnvironmentRequest
-	(*RenewEnvironmentResponse)(nil),    // 25: detour.v1.RenewEnvironmentResponse
-	(*WatchEnvironmentsRequest)(nil),    // 26: detour.v1.WatchEnvironmentsRequest
-	(*WatchEnvironmentsResponse)(nil),   // 27: detour.v1.WatchEnvironmentsResponse
-	(*timestamppb.Timestamp)(nil),       // 28: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),         // 29: google.protobuf.Duration
+	(*PostgresBranch)(nil),              // 11: detour.v1.PostgresBranch
+	(*PostgresCredentials)(nil),         // 12: detour.v1.PostgresCredentials
+	(*RowFilter)(nil),                   // 13: detour.v1.RowFilter
+	(*SQLScript)(nil),                   // 14: detour.v1.SQLScript
+	(*ConnectionEnv)(nil),               // 15: detour.v1.ConnectionEnv
+	(*BranchStorage)(nil),               // 16: detour.v1.BranchStorage
+	(*DataJob)(nil),                     // 17: detour.v1.DataJob
+	(*JobEnvVar)(nil),                   // 18: detour.v1.JobEnvVar
+	(*EnvironmentSource)(nil),           // 19: detour.v1.EnvironmentSource
+	(*EnvironmentStatus)(nil),           // 20: detour.v1.EnvironmentStatus
+	(*DataStatus)(nil),                  // 21: detour.v1.DataStatus
+	(*ForkStatus)(nil),                  // 22: detour.v1.ForkStatus
+	(*RouteStatus)(nil),                 // 23: detour.v1.RouteStatus
+	(*StatusCondition)(nil),             // 24: detour.v1.StatusCondition
+	(*CreateEnvironmentRequest)(nil),    // 25: detour.v1.CreateEnvironmentRequest
+	(*CreateEnvironmentResponse)(nil),   // 26: detour.v1.CreateEnvironmentResponse
+	(*GetEnvironmentRequest)(nil),       // 27: detour.v1.GetEnvironmentRequest
+	(*GetEnvironmentResponse)(nil),      // 28: detour.v1.GetEnvironmentResponse
+	(*ListEnvironmentsRequest)(nil),     // 29: detour.v1.ListEnvironmentsRequest
+	(*ListEnvironmentsResponse)(nil),    // 30: detour.v1.ListEnvironmentsResponse
+	(*DeleteEnvironmentRequest)(nil),    // 31: detour.v1.DeleteEnvironmentRequest
+	(*DeleteEnvironmentResponse)(nil),   // 32: detour.v1.DeleteEnvironmentResponse
+	(*RenewEnvironmentRequest)(nil),     // 33: detour.v1.RenewEnvironmentRequest
+	(*RenewEnvironmentResponse)(nil),    // 34: detour.v1.RenewEnvironmentResponse
+	(*WatchEnvironmentsRequest)(nil),    // 35: detour.v1.WatchEnvironmentsRequest
+	(*WatchEnvironmentsResponse)(nil),   // 36: detour.v1.WatchEnvironmentsResponse
+	(*timestamppb.Timestamp)(nil),       // 37: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),         // 38: google.protobuf.Duration
 }
 var file_detour_v1_environment_proto_depIdxs = []int32{
 	2,  // 0: detour.v1.Environment.spec:type_name -> detour.v1.EnvironmentSpec
-	12, // 1: detour.v1.Environment.status:type_name -> detour.v1.EnvironmentStatus
-	28, // 2: detour.v1.Environment.created_at:type_name -> google.protobuf.Timestamp
-	28, // 3: detour.v1.Environment.deleting_since:type_name -> google.protobuf.Timestamp
+	20, // 1: detour.v1.Environment.status:type_name -> detour.v1.EnvironmentStatus
+	37, // 2: detour.v1.Environment.created_at:type_name -> google.protobuf.Timestamp
+	37, // 3: detour.v1.Environment.deleting_since:type_name -> google.protobuf.Timestamp
 	4,  // 4: detour.v1.EnvironmentSpec.forks:type_name -> detour.v1.Fork
 	10, // 5: detour.v1.EnvironmentSpec.data:type_name -> detour.v1.DataSource
-	29, // 6: detour.v1.EnvironmentSpec.ttl:type_name -> google.protobuf.Duration
-	11, // 7: detour.v1.EnvironmentSpec.source:type_name -> detour.v1.EnvironmentSource
+	38, // 6: detour.v1.EnvironmentSpec.ttl:type_name -> google.protobuf.Duration
+	19, // 7: detour.v1.EnvironmentSpec.source:type_name -> detour.v1.EnvironmentSource
 	3,  // 8: detour.v1.Fork.workload:type_name -> detour.v1.WorkloadRef
 	5,  // 9: detour.v1.Fork.images:type_name -> detour.v1.ImageOverride
 	6,  // 10: detour.v1.Fork.env:type_name -> detour.v1.EnvOverride
@@ -2070,26 +2890,40 @@ var file_detour_v1_environment_proto_depIdxs = []int32{
 	7,  // 12: detour.v1.EnvOverride.value_from:type_name -> detour.v1.EnvValueSource
 	8,  // 13: detour.v1.EnvValueSource.config_map_key:type_name -> detour.v1.KeyRef
 	8,  // 14: detour.v1.EnvValueSource.secret_key:type_name -> detour.v1.KeyRef
-	28, // 15: detour.v1.EnvironmentStatus.expires_at:type_name -> google.protobuf.Timestamp
-	13, // 16: detour.v1.EnvironmentStatus.forks:type_name -> detour.v1.ForkStatus
-	14, // 17: detour.v1.EnvironmentStatus.routes:type_name -> detour.v1.RouteStatus
-	15, // 18: detour.v1.EnvironmentStatus.conditions:type_name -> detour.v1.StatusCondition
-	3,  // 19: detour.v1.ForkStatus.workload:type_name -> detour.v1.WorkloadRef
-	28, // 20: detour.v1.StatusCondition.last_transition_time:type_name -> google.protobuf.Timestamp
-	1,  // 21: detour.v1.CreateEnvironmentRequest.environment:type_name -> detour.v1.Environment
-	1,  // 22: detour.v1.CreateEnvironmentResponse.environment:type_name -> detour.v1.Environment
-	1,  // 23: detour.v1.GetEnvironmentResponse.environment:type_name -> detour.v1.Environment
-	1,  // 24: detour.v1.ListEnvironmentsResponse.environments:type_name -> detour.v1.Environment
-	1,  // 25: detour.v1.DeleteEnvironmentResponse.environment:type_name -> detour.v1.Environment
-	29, // 26: detour.v1.RenewEnvironmentRequest.ttl:type_name -> google.protobuf.Duration
-	1,  // 27: detour.v1.RenewEnvironmentResponse.environment:type_name -> detour.v1.Environment
-	0,  // 28: detour.v1.WatchEnvironmentsResponse.type:type_name -> detour.v1.WatchEnvironmentsResponse.Type
-	1,  // 29: detour.v1.WatchEnvironmentsResponse.environment:type_name -> detour.v1.Environment
-	30, // [30:30] is the sub-list for method output_type
-	30, // [30:30] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	11, // 15: detour.v1.DataSource.postgres_branch:type_name -> detour.v1.PostgresBranch
+	17, // 16: detour.v1.DataSource.job:type_name -> detour.v1.DataJob
+	3,  // 17: detour.v1.PostgresBranch.workload:type_name -> detour.v1.WorkloadRef
+	12, // 18: detour.v1.PostgresBranch.credentials:type_name -> detour.v1.PostgresCredentials
+	13, // 19: detour.v1.PostgresBranch.filters:type_name -> detour.v1.RowFilter
+	14, // 20: detour.v1.PostgresBranch.anonymize:type_name -> detour.v1.SQLScript
+	15, // 21: detour.v1.PostgresBranch.env:type_name -> detour.v1.ConnectionEnv
+	16, // 22: detour.v1.PostgresBranch.storage:type_name -> detour.v1.BranchStorage
+	8,  // 23: detour.v1.SQLScript.config_map_key:type_name -> detour.v1.KeyRef
+	18, // 24: detour.v1.DataJob.env:type_name -> detour.v1.JobEnvVar
+	38, // 25: detour.v1.DataJob.timeout:type_name -> google.protobuf.Duration
+	7,  // 26: detour.v1.JobEnvVar.value_from:type_name -> detour.v1.EnvValueSource
+	37, // 27: detour.v1.EnvironmentStatus.expires_at:type_name -> google.protobuf.Timestamp
+	22, // 28: detour.v1.EnvironmentStatus.forks:type_name -> detour.v1.ForkStatus
+	23, // 29: detour.v1.EnvironmentStatus.routes:type_name -> detour.v1.RouteStatus
+	24, // 30: detour.v1.EnvironmentStatus.conditions:type_name -> detour.v1.StatusCondition
+	21, // 31: detour.v1.EnvironmentStatus.data:type_name -> detour.v1.DataStatus
+	38, // 32: detour.v1.DataStatus.duration:type_name -> google.protobuf.Duration
+	3,  // 33: detour.v1.ForkStatus.workload:type_name -> detour.v1.WorkloadRef
+	37, // 34: detour.v1.StatusCondition.last_transition_time:type_name -> google.protobuf.Timestamp
+	1,  // 35: detour.v1.CreateEnvironmentRequest.environment:type_name -> detour.v1.Environment
+	1,  // 36: detour.v1.CreateEnvironmentResponse.environment:type_name -> detour.v1.Environment
+	1,  // 37: detour.v1.GetEnvironmentResponse.environment:type_name -> detour.v1.Environment
+	1,  // 38: detour.v1.ListEnvironmentsResponse.environments:type_name -> detour.v1.Environment
+	1,  // 39: detour.v1.DeleteEnvironmentResponse.environment:type_name -> detour.v1.Environment
+	38, // 40: detour.v1.RenewEnvironmentRequest.ttl:type_name -> google.protobuf.Duration
+	1,  // 41: detour.v1.RenewEnvironmentResponse.environment:type_name -> detour.v1.Environment
+	0,  // 42: detour.v1.WatchEnvironmentsResponse.type:type_name -> detour.v1.WatchEnvironmentsResponse.Type
+	1,  // 43: detour.v1.WatchEnvironmentsResponse.environment:type_name -> detour.v1.Environment
+	44, // [44:44] is the sub-list for method output_type
+	44, // [44:44] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_detour_v1_environment_proto_init() }
@@ -2105,7 +2939,7 @@ func file_detour_v1_environment_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_detour_v1_environment_proto_rawDesc), len(file_detour_v1_environment_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   27,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -19,12 +19,20 @@ import (
 func ForKind(kind schema.GroupVersionKind) interface{} {
 	switch kind {
 	// Group=detour.dev, Version=v1alpha1
+	case v1alpha1.SchemeGroupVersion.WithKind("BranchStorage"):
+		return &detourv1alpha1.BranchStorageApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("CommandOverride"):
 		return &detourv1alpha1.CommandOverrideApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("Condition"):
 		return &detourv1alpha1.ConditionApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("ConnectionEnv"):
+		return &detourv1alpha1.ConnectionEnvApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("DataJob"):
+		return &detourv1alpha1.DataJobApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("DataSource"):
 		return &detourv1alpha1.DataSourceApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("DataStatus"):
+		return &detourv1alpha1.DataStatusApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("Environment"):
 		return &detourv1alpha1.EnvironmentApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("EnvironmentParity"):
@@ -69,12 +77,20 @@ func ForKind(kind schema.GroupVersionKind) interface{} {
 		return &detourv1alpha1.ParitySummaryApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("PodSelector"):
 		return &detourv1alpha1.PodSelectorApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("PostgresBranch"):
+		return &detourv1alpha1.PostgresBranchApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("PostgresCredentials"):
+		return &detourv1alpha1.PostgresCredentialsApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("RouteStatus"):
 		return &detourv1alpha1.RouteStatusApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("RowFilter"):
+		return &detourv1alpha1.RowFilterApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("ServiceRef"):
 		return &detourv1alpha1.ServiceRefApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("Sources"):
 		return &detourv1alpha1.SourcesApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("SQLScript"):
+		return &detourv1alpha1.SQLScriptApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("WorkloadRef"):
 		return &detourv1alpha1.WorkloadRefApplyConfiguration{}
 

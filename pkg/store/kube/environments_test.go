@@ -77,6 +77,25 @@ func TestEnvironments(t *testing.T) {
 			{"unknown data kind", func(e *v1alpha1.Environment) {
 				e.Spec.Data = []v1alpha1.DataSource{{Name: "db", Kind: "mysql-branch"}}
 			}, "spec.data[0].kind"},
+			{"postgres-branch without its settings", func(e *v1alpha1.Environment) {
+				e.Spec.Data = []v1alpha1.DataSource{{Name: "db", Kind: v1alpha1.DataPostgresBranch}}
+			}, "a postgres-branch entry takes postgresBranch"},
+			{"filters without mode filtered", func(e *v1alpha1.Environment) {
+				e.Spec.Data = []v1alpha1.DataSource{{Name: "db", Kind: v1alpha1.DataPostgresBranch, PostgresBranch: &v1alpha1.PostgresBranch{
+					Workload: v1alpha1.WorkloadRef{Name: "pg"}, Credentials: v1alpha1.PostgresCredentials{Secret: "pg"},
+					Filters: []v1alpha1.RowFilter{{Table: "orders", Where: "true"}},
+				}}}
+			}, "filters need mode filtered"},
+			{"a table that is no identifier", func(e *v1alpha1.Environment) {
+				e.Spec.Data = []v1alpha1.DataSource{{Name: "db", Kind: v1alpha1.DataPostgresBranch, PostgresBranch: &v1alpha1.PostgresBranch{
+					Workload: v1alpha1.WorkloadRef{Name: "pg"}, Credentials: v1alpha1.PostgresCredentials{Secret: "pg"},
+					Mode: v1alpha1.BranchFiltered, Filters: []v1alpha1.RowFilter{{Table: `orders"; drop table x; --`, Where: "true"}},
+				}}}
+			}, "spec.data[0].postgresBranch.filters[0].table"},
+			{"a job entry with a branch", func(e *v1alpha1.Environment) {
+				e.Spec.Data = []v1alpha1.DataSource{{Name: "seed", Kind: v1alpha1.DataJobKind, Job: &v1alpha1.DataJob{Image: "x"},
+					PostgresBranch: &v1alpha1.PostgresBranch{Workload: v1alpha1.WorkloadRef{Name: "pg"}, Credentials: v1alpha1.PostgresCredentials{Secret: "pg"}}}}
+			}, "a job entry takes job, and no postgresBranch"},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				e := storetest.Environment(ns, "pr-1")

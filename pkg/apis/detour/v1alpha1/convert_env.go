@@ -43,8 +43,8 @@ func environmentSpecToProto(s *EnvironmentSpec) *detourv1.EnvironmentSpec {
 	for i := range s.Forks {
 		out.Forks = append(out.Forks, forkToProto(&s.Forks[i]))
 	}
-	for _, d := range s.Data {
-		out.Data = append(out.Data, &detourv1.DataSource{Name: d.Name, Kind: d.Kind})
+	for i := range s.Data {
+		out.Data = append(out.Data, dataSourceToProto(&s.Data[i]))
 	}
 	if s.TTL != nil {
 		out.Ttl = durationpb.New(s.TTL.Duration)
@@ -109,6 +109,9 @@ func environmentStatusToProto(s *EnvironmentStatus) *detourv1.EnvironmentStatus 
 			Intercept: r.Intercept, Kind: string(r.Kind), Service: r.Service, Port: r.Port, Fork: r.Fork, State: string(r.State),
 		})
 	}
+	for i := range s.Data {
+		out.Data = append(out.Data, dataStatusToProto(&s.Data[i]))
+	}
 	for _, c := range s.Conditions {
 		out.Conditions = append(out.Conditions, &detourv1.StatusCondition{
 			Type: c.Type, Status: string(c.Status), Reason: c.Reason, Message: c.Message,
@@ -150,7 +153,11 @@ func EnvironmentFromProto(p *detourv1.Environment) (*Environment, error) {
 		out.Spec.Forks = append(out.Spec.Forks, *fork)
 	}
 	for _, d := range spec.GetData() {
-		out.Spec.Data = append(out.Spec.Data, DataSource{Name: d.GetName(), Kind: d.GetKind()})
+		ds, err := dataSourceFromProto(d)
+		if err != nil {
+			return nil, err
+		}
+		out.Spec.Data = append(out.Spec.Data, ds)
 	}
 	if ttl := spec.GetTtl(); ttl != nil {
 		if err := ttl.CheckValid(); err != nil {
@@ -242,6 +249,9 @@ func environmentStatusFromProto(s *detourv1.EnvironmentStatus) EnvironmentStatus
 			Intercept: r.GetIntercept(), Kind: RouteKind(r.GetKind()), Service: r.GetService(), Port: r.GetPort(), Fork: r.GetFork(),
 			State: InterceptState(r.GetState()),
 		})
+	}
+	for _, d := range s.GetData() {
+		out.Data = append(out.Data, dataStatusFromProto(d))
 	}
 	for _, c := range s.GetConditions() {
 		out.Conditions = append(out.Conditions, metav1.Condition{

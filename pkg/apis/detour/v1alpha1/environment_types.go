@@ -2,6 +2,7 @@ package v1alpha1
 
 import (
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 )
@@ -222,6 +223,9 @@ type CommandOverride struct {
 
 // DataSource is one data source of the environment's own. Its kinds are
 // described in docs/architecture.md ("Environment data").
+//
+// +kubebuilder:validation:XValidation:rule="self.kind != 'postgres-branch' || (has(self.postgresBranch) && !has(self.job))",message="a postgres-branch entry takes postgresBranch, and no job"
+// +kubebuilder:validation:XValidation:rule="self.kind != 'job' || (has(self.job) && !has(self.postgresBranch))",message="a job entry takes job, and no postgresBranch"
 type DataSource struct {
 	// Name names the entry; forks and seed jobs refer to it.
 	//
@@ -229,10 +233,270 @@ type DataSource struct {
 	// +kubebuilder:validation:MaxLength=40
 	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`
 	Name string `json:"name"`
-	// Kind of data source.
+	// Kind of data source: postgres-branch (a database of the
+	// environment's own, filled from a snapshot of the baseline's) or job
+	// (a seed job run once the forks are up).
 	//
 	// +kubebuilder:validation:Enum=postgres-branch;job
 	Kind string `json:"kind"`
+	// PostgresBranch is the branch, for kind postgres-branch.
+	//
+	// +optional
+	PostgresBranch *PostgresBranch `json:"postgresBranch,omitempty"`
+	// Job is the seed job, for kind job.
+	//
+	// +optional
+	Job *DataJob `json:"job,omitempty"`
+}
+
+// The kinds of data source.
+const (
+	DataPostgresBranch = "postgres-branch"
+	DataJobKind        = "job"
+)
+
+// PostgresBranch is a PostgreSQL database of the environment's own: the
+// baseline's database workload started again (same image and settings, its
+// own storage and password), filled from a logical snapshot of the
+// baseline's database taken when the environment is made, then anonymised,
+// before any fork sees it.
+//
+// +kubebuilder:validation:XValidation:rule="!has(self.filters) || size(self.filters) == 0 || (has(self.mode) && self.mode == 'filtered')",message="filters need mode filtered"
+// +kubebuilder:validation:XValidation:rule="!has(self.mode) || self.mode != 'filtered' || (has(self.filters) && size(self.filters) > 0)",message="mode filtered needs at least one filter"
+type PostgresBranch struct {
+	// Workload is the baseline's database workload; the branch is a copy
+	// of its pod template. It is never modified.
+	Workload WorkloadRef `json:"workload"`
+	// Container is the database container of the workload (its image also
+	// runs the snapshot); absent: its only container, or its first.
+	//
+	// +optional
+	// +kubebuilder:validation:MaxLength=63
+	Container string `json:"container,omitempty"`
+	// Service is the baseline database's Service, which the snapshot is
+	// taken through; absent: the workload's name.
+	//
+	// +optional
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`
+	Service string `json:"service,omitempty"`
+	// Port is the Service's port; absent: 5432.
+	//
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	Port int32 `json:"port,omitempty"`
+	// Database is the database branched; absent: the credentials Secret's
+	// databaseKey, else the user's name.
+	//
+	// +optional
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[a-z_][a-z0-9_$]*$`
+	Database string `json:"database,omitempty"`
+	// Credentials is the baseline's Secret the snapshot is taken with. Its
+	// values are never shown; the branch gets a password of its own.
+	Credentials PostgresCredentials `json:"credentials"`
+	// Mode is what the branch gets: schema (tables, no rows), all (every
+	// row), or filtered (every row, except for the filtered tables only
+	// the rows their filter selects). Absent: all.
+	//
+	// +optional
+	Mode BranchMode `json:"mode,omitempty"`
+	// Filters select the rows of some tables, for mode filtered.
+	//
+	// +optional
+	// +listType=map
+	// +listMapKey=table
+	// +kubebuilder:validation:MaxItems=64
+	Filters []RowFilter `json:"filters,omitempty"`
+	// Anonymize is an SQL script run in the branch after the restore and
+	// before any fork starts (in one transaction; an error fails the
+	// branch).
+	//
+	// +optional
+	Anonymize *SQLScript `json:"anonymize,omitempty"`
+	// Env are the variables that carry the branch's connection into the
+	// forks, in place of the baseline's variables of the same names.
+	// Absent: DATABASE_URL with the URL.
+	//
+	// +optional
+	// +listType=map
+	// +listMapKey=name
+	// +kubebuilder:validation:MaxItems=16
+	Env []ConnectionEnv `json:"env,omitempty"`
+	// Forks names the forked workloads that get Env; absent: every fork.
+	//
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=32
+	Forks []string `json:"forks,omitempty"`
+	// Storage is where the branch keeps its data; absent: an emptyDir.
+	//
+	// +optional
+	Storage *BranchStorage `json:"storage,omitempty"`
+}
+
+// PostgresCredentials names the baseline's Secret and the keys of its user,
+// password and (optionally) database.
+type PostgresCredentials struct {
+	// Secret is the Secret's name (in the lab, the file
+	// secrets/NAMESPACE/NAME/KEY under the lab's state directory).
+	//
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Secret string `json:"secret"`
+	// UserKey is the key holding the user name; absent: username.
+	//
+	// +optional
+	UserKey string `json:"userKey,omitempty"`
+	// PasswordKey is the key holding the password; absent: password.
+	//
+	// +optional
+	PasswordKey string `json:"passwordKey,omitempty"`
+	// DatabaseKey is the key holding the database's name, if any.
+	//
+	// +optional
+	DatabaseKey string `json:"databaseKey,omitempty"`
+}
+
+// BranchMode is what a branch gets of the baseline's rows.
+//
+// +kubebuilder:validation:Enum=schema;all;filtered
+type BranchMode string
+
+// The branch modes.
+const (
+	BranchSchema   BranchMode = "schema"
+	BranchAll      BranchMode = "all"
+	BranchFiltered BranchMode = "filtered"
+)
+
+// RowFilter selects the rows of one table that the branch gets.
+type RowFilter struct {
+	// Table is [SCHEMA.]TABLE, lower-case SQL identifiers (the schema
+	// defaults to public). Anything else is refused, never interpolated.
+	//
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=127
+	// +kubebuilder:validation:Pattern=`^([a-z_][a-z0-9_$]*\.)?[a-z_][a-z0-9_$]*$`
+	Table string `json:"table"`
+	// Where is an SQL condition on the table's rows, e.g. created_at >
+	// now() - interval '7 days'. It is run in a read-only transaction of
+	// the baseline; one statement, no comments.
+	//
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=4096
+	Where string `json:"where"`
+}
+
+// SQLScript is an SQL script: from a ConfigMap in a cluster, from a file
+// in the lab.
+//
+// +kubebuilder:validation:XValidation:rule="has(self.configMapKeyRef) != has(self.file)",message="give one of configMapKeyRef and file"
+type SQLScript struct {
+	// ConfigMapKeyRef is a key of a ConfigMap of the namespace.
+	//
+	// +optional
+	ConfigMapKeyRef *corev1.ConfigMapKeySelector `json:"configMapKeyRef,omitempty"`
+	// File is a path on the controller's machine (the lab).
+	//
+	// +optional
+	// +kubebuilder:validation:MaxLength=4096
+	File string `json:"file,omitempty"`
+}
+
+// ConnectionEnv is one variable that carries part of a branch's connection.
+type ConnectionEnv struct {
+	// Name of the variable, e.g. DATABASE_URL or PGHOST.
+	//
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=256
+	// +kubebuilder:validation:Pattern=`^[-._a-zA-Z][-._a-zA-Z0-9]*$`
+	Name string `json:"name"`
+	// Part is what it holds; absent: url.
+	//
+	// +optional
+	Part ConnectionPart `json:"part,omitempty"`
+}
+
+// ConnectionPart is a part of a branch's connection.
+//
+// +kubebuilder:validation:Enum=url;host;port;user;password;database
+type ConnectionPart string
+
+// The parts of a connection; each is a key of the branch's Secret.
+const (
+	// ConnectionURL: postgres://USER:PASSWORD@HOST:PORT/DATABASE.
+	ConnectionURL      ConnectionPart = "url"
+	ConnectionHost     ConnectionPart = "host"
+	ConnectionPort     ConnectionPart = "port"
+	ConnectionUser     ConnectionPart = "user"
+	ConnectionPassword ConnectionPart = "password"
+	ConnectionDatabase ConnectionPart = "database"
+)
+
+// BranchStorage is where a branch keeps its data: an emptyDir (gone with
+// its pod) or a PersistentVolumeClaim (gone with the branch).
+//
+// +kubebuilder:validation:XValidation:rule="self.type == 'pvc' || (!has(self.storageClassName) && !has(self.size))",message="storageClassName and size are for type pvc"
+type BranchStorage struct {
+	// Type of storage.
+	//
+	// +kubebuilder:default=emptyDir
+	Type StorageType `json:"type,omitempty"`
+	// StorageClassName of the claim; absent: the cluster's default class.
+	//
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	StorageClassName *string `json:"storageClassName,omitempty"`
+	// Size of the claim; absent: 1Gi.
+	//
+	// +optional
+	Size *resource.Quantity `json:"size,omitempty"`
+}
+
+// StorageType is a kind of storage for a branch.
+//
+// +kubebuilder:validation:Enum=emptyDir;pvc
+type StorageType string
+
+// The storage types.
+const (
+	StorageEmptyDir StorageType = "emptyDir"
+	StoragePVC      StorageType = "pvc"
+)
+
+// DataJob is a seed job: a container run once the environment's forks are
+// up and before it is Ready, with the environment's name and key
+// (DETOUR_ENV, DETOUR_SESSION) and each branch's connection in its
+// environment. It must exit 0; otherwise the environment fails.
+type DataJob struct {
+	// Image of the job's container (a cluster; the lab runs commands).
+	//
+	// +optional
+	// +kubebuilder:validation:MaxLength=512
+	Image string `json:"image,omitempty"`
+	// Command replaces the image's entrypoint.
+	//
+	// +optional
+	// +listType=atomic
+	Command []string `json:"command,omitempty"`
+	// Args are its arguments.
+	//
+	// +optional
+	// +listType=atomic
+	Args []string `json:"args,omitempty"`
+	// Env is more of its environment.
+	//
+	// +optional
+	// +listType=map
+	// +listMapKey=name
+	// +kubebuilder:validation:MaxItems=64
+	Env []corev1.EnvVar `json:"env,omitempty"`
+	// Timeout bounds the job's run; absent: 10 minutes.
+	//
+	// +optional
+	Timeout *metav1.Duration `json:"timeout,omitempty"`
 }
 
 // EnvironmentSource is what CI knows of the change the environment tests.
@@ -344,6 +608,13 @@ type EnvironmentStatus struct {
 	// +listMapKey=intercept
 	Routes []RouteStatus `json:"routes,omitempty"`
 
+	// Data holds each data source's state.
+	//
+	// +optional
+	// +listType=map
+	// +listMapKey=name
+	Data []DataStatus `json:"data,omitempty"`
+
 	// Conditions: ForksReady, RoutesReady, DataReady, Ready.
 	//
 	// +optional
@@ -420,6 +691,73 @@ type ForkStatus struct {
 	Images []string `json:"images,omitempty"`
 	// Message says what the fork waits for or why it failed (an image
 	// that cannot be pulled, a pod that crashes).
+	//
+	// +optional
+	Message string `json:"message,omitempty"`
+}
+
+// DataPhase is where a data source is.
+//
+// +kubebuilder:validation:Enum=Pending;Starting;Snapshotting;Restoring;Anonymising;Seeding;Ready;Failed
+type DataPhase string
+
+// The data phases, in the order a data source goes through them.
+const (
+	// DataPending: waiting for something else (a seed job for the forks).
+	DataPending DataPhase = "Pending"
+	// DataStarting: the branch's database is starting.
+	DataStarting DataPhase = "Starting"
+	// DataSnapshotting: the baseline's database is being dumped.
+	DataSnapshotting DataPhase = "Snapshotting"
+	// DataRestoring: the snapshot is being restored into the branch.
+	DataRestoring DataPhase = "Restoring"
+	// DataAnonymising: the anonymising script runs in the branch.
+	DataAnonymising DataPhase = "Anonymising"
+	// DataSeeding: the seed job runs.
+	DataSeeding DataPhase = "Seeding"
+	// DataReady: loaded (a branch anonymised, a seed job done).
+	DataReady DataPhase = "Ready"
+	// DataFailed: it could not be made; the message says why.
+	DataFailed DataPhase = "Failed"
+)
+
+// DataStatus is one data source's state.
+type DataStatus struct {
+	// Name of the data entry.
+	Name string `json:"name"`
+	// Kind of the data entry.
+	Kind string `json:"kind"`
+	// Phase is where it is.
+	//
+	// +optional
+	Phase DataPhase `json:"phase,omitempty"`
+	// Rows restored into the branch.
+	//
+	// +optional
+	Rows int64 `json:"rows,omitempty"`
+	// Bytes is the branch database's size once restored.
+	//
+	// +optional
+	Bytes int64 `json:"bytes,omitempty"`
+	// Duration is how long it took to be Ready (or to fail), or has taken
+	// so far.
+	//
+	// +optional
+	Duration *metav1.Duration `json:"duration,omitempty"`
+	// Endpoint is the branch's address, host:port.
+	//
+	// +optional
+	Endpoint string `json:"endpoint,omitempty"`
+	// Secret holds the branch's connection (keys url, host, port, user,
+	// password, database).
+	//
+	// +optional
+	Secret string `json:"secret,omitempty"`
+	// Job is the Job (or lab pod) that does the work.
+	//
+	// +optional
+	Job string `json:"job,omitempty"`
+	// Message says what it waits for or why it failed.
 	//
 	// +optional
 	Message string `json:"message,omitempty"`

@@ -8,8 +8,10 @@ package v1alpha1
 // DataSourceApplyConfiguration represents a declarative configuration of the DataSource type for use
 // with apply.
 type DataSourceApplyConfiguration struct {
-	Name *string `json:"name,omitempty"`
-	Kind *string `json:"kind,omitempty"`
+	Name           *string                           `json:"name,omitempty"`
+	Kind           *string                           `json:"kind,omitempty"`
+	PostgresBranch *PostgresBranchApplyConfiguration `json:"postgresBranch,omitempty"`
+	Job            *DataJobApplyConfiguration        `json:"job,omitempty"`
 }
 
 // DataSourceApplyConfiguration constructs a declarative configuration of the DataSource type for use with
@@ -31,5 +33,21 @@ func (b *DataSourceApplyConfiguration) WithName(value string) *DataSourceApplyCo
 // If called multiple times, the Kind field is set to the value of the last call.
 func (b *DataSourceApplyConfiguration) WithKind(value string) *DataSourceApplyConfiguration {
 	b.Kind = &value
+	return b
+}
+
+// WithPostgresBranch sets the PostgresBranch field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the PostgresBranch field is set to the value of the last call.
+func (b *DataSourceApplyConfiguration) WithPostgresBranch(value *PostgresBranchApplyConfiguration) *DataSourceApplyConfiguration {
+	b.PostgresBranch = value
+	return b
+}
+
+// WithJob sets the Job field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Job field is set to the value of the last call.
+func (b *DataSourceApplyConfiguration) WithJob(value *DataJobApplyConfiguration) *DataSourceApplyConfiguration {
+	b.Job = value
 	return b
 }

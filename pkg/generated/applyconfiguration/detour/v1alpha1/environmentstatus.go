@@ -21,6 +21,7 @@ type EnvironmentStatusApplyConfiguration struct {
 	ExpiresAt          *v1.Time                             `json:"expiresAt,omitempty"`
 	Forks              []ForkStatusApplyConfiguration       `json:"forks,omitempty"`
 	Routes             []RouteStatusApplyConfiguration      `json:"routes,omitempty"`
+	Data               []DataStatusApplyConfiguration       `json:"data,omitempty"`
 	Conditions         []metav1.ConditionApplyConfiguration `json:"conditions,omitempty"`
 	Parity             *EnvironmentParityApplyConfiguration `json:"parity,omitempty"`
 }
@@ -93,6 +94,19 @@ func (b *EnvironmentStatusApplyConfiguration) WithRoutes(values ...*RouteStatusA
 			panic("nil value passed to WithRoutes")
 		}
 		b.Routes = append(b.Routes, *values[i])
+	}
+	return b
+}
+
+// WithData adds the given value to the Data field in the declarative configuration
+// and returns the receiver, so that objects can be build by chaining "With" function invocations.
+// If called multiple times, values provided by each call will be appended to the Data field.
+func (b *EnvironmentStatusApplyConfiguration) WithData(values ...*DataStatusApplyConfiguration) *EnvironmentStatusApplyConfiguration {
+	for i := range values {
+		if values[i] == nil {
+			panic("nil value passed to WithData")
+		}
+		b.Data = append(b.Data, *values[i])
 	}
 	return b
 }

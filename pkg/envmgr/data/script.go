@@ -1,0 +1,55 @@
+package data
+
+import (
+	"strings"
+)
+
+// Script is steps as a POSIX shell script, for a container that has the
+// PostgreSQL programs (a cluster's Job runs the baseline's own image): it
+// runs in dir, says each step on stderr (what `kubectl logs` shows), stops
+// at the first failure, and writes the report step's output to reportTo
+// (the container's termination message, which the controller reads).
+// Steps against the branch first wait until it accepts connections. Every
+// word is single-quoted: nothing in a step is expanded by the shell.
+func Script(steps []Step, dir, reportTo string) string {
+	var b strings.Builder
+	b.WriteString("set -eu\ncd " + shellQuote(dir) + "\n")
+	if len(steps) > 0 && steps[0].Side == Branch {
+		b.WriteString(waitForServer)
+	}
+	for _, s := range steps {
+		b.WriteString("echo " + shellQuote("detour: "+s.What) + " >&2\n")
+		for i, a := range s.Argv {
+			if i > 0 {
+				b.WriteByte(' ')
+			}
+			b.WriteString(shellQuote(a))
+		}
+		if s.Stdin != "" {
+			b.WriteString(" <" + shellQuote(s.Stdin))
+		}
+		if s.Report && reportTo != "" {
+			b.WriteString(" >" + shellQuote(reportTo))
+		}
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+// waitForServer waits, up to 5 minutes, until the database the
+// environment's PG* variables name accepts connections: a branch that was
+// just started may still be initialising its data directory.
+const waitForServer = `i=0
+until pg_isready --quiet --timeout=2; do
+  i=$((i+1))
+  if [ "$i" -ge 300 ]; then echo "detour: the branch does not accept connections after 5 minutes" >&2; exit 1; fi
+  sleep 1
+done
+`
+
+// shellQuote quotes s for sh: inside single quotes nothing is special but
+// the single quote itself, which ends the quoted part, is escaped with a
+// backslash and starts a new one.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
