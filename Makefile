@@ -34,7 +34,7 @@ images: build ## wrap the agent, controller and echo binaries in image tarballs 
 
 generate: ## rebuild the eBPF objects (pinned clang), the gRPC code (buf) and the Kubernetes API code and CRDs
 	@$(CLANG) --version | grep -q 'version $(CLANG_VERSION)' || { echo "generate needs $(CLANG) $(CLANG_VERSION) (apt-get install clang-19)"; exit 1; }
-	$(GO) generate ./pkg/redirect/...
+	$(GO) generate ./pkg/redirect/... ./test/bench/...
 	cd api && $(GO) tool -modfile=../tools/go.mod buf lint
 	cd api && $(GO) tool -modfile=../tools/go.mod buf generate
 	GO=$(GO) bash hack/update-codegen.sh

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0 WITH Linux-syscall-note */
 /*
- * The UAPI definitions the socket-level programs (bpf/splice/) use on top of
- * types.h: the contexts of sk_skb and sock_ops programs, the sock_ops
+ * The UAPI definitions the socket-level programs (bpf/splice/, bpf/fastpath/)
+ * use on top of types.h: the contexts of sk_skb, sk_msg and sock_ops
+ * programs, the sock_ops
  * callbacks and TCP states, taken from the kernel's include/uapi/linux/bpf.h.
  * Kernel ABI: these structs only ever grow at the end.
  */
@@ -57,6 +58,26 @@ struct __sk_buff {
 	__u32 : 24; /* Padding, future use. */
 	__u64 hwtstamp;
 };
+
+/* Context of BPF_PROG_TYPE_SK_MSG programs. */
+struct sk_msg_md {
+	__bpf_md_ptr(void *, data);
+	__bpf_md_ptr(void *, data_end);
+
+	__u32 family;
+	__u32 remote_ip4; /* Stored in network byte order */
+	__u32 local_ip4; /* Stored in network byte order */
+	__u32 remote_ip6[4]; /* Stored in network byte order */
+	__u32 local_ip6[4]; /* Stored in network byte order */
+	__u32 remote_port; /* Stored in network byte order */
+	__u32 local_port; /* stored in host byte order */
+	__u32 size; /* Total size of sk_msg */
+
+	__bpf_md_ptr(struct bpf_sock *, sk); /* current socket */
+};
+
+/* bpf_msg_redirect_hash() flags. */
+#define BPF_F_INGRESS (1ULL << 0)
 
 /* Context of BPF_PROG_TYPE_SOCK_OPS programs. */
 struct bpf_sock_ops {

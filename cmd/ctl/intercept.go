@@ -433,6 +433,9 @@ func waitSteering(ctx context.Context, c detourv1.ControlServiceClient, progress
 	defer cancel()
 	fmt.Fprintf(progress, "waiting up to %s for steering of %s/%s...\n", within, ns, name)
 	last := "no status yet"
+	// The agent reports as soon as it has applied a change, a few
+	// milliseconds after the create: ask again soon, then less often.
+	every := 5 * time.Millisecond
 	for {
 		resp, err := c.GetStatus(ctx, &detourv1.GetStatusRequest{Namespace: ns})
 		if err == nil {
@@ -448,8 +451,9 @@ func waitSteering(ctx context.Context, c detourv1.ControlServiceClient, progress
 		select {
 		case <-ctx.Done():
 			return withCode(exitError, fmt.Errorf("intercept %s/%s was created, but its steering is not attached after %s: %s", ns, name, within, last))
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(every):
 		}
+		every = min(2*every, 100*time.Millisecond)
 	}
 }
 

@@ -105,6 +105,12 @@ type Agent struct {
 	m   *metrics
 	dp  *dataplane
 
+	// reportNow asks the report loop for a report at once: after a
+	// desired state is applied, so that a CLI waiting for the steering
+	// (intercept create --wait) learns it within milliseconds, not at the
+	// next tick of ReportInterval.
+	reportNow chan struct{}
+
 	mu          sync.Mutex
 	assignments map[string]*detourv1.Assignment
 	connected   bool
@@ -168,6 +174,7 @@ func New(cfg Config, s Steerer) (*Agent, error) {
 		log:         cfg.Logger,
 		m:           m,
 		dp:          dp,
+		reportNow:   make(chan struct{}, 1),
 		assignments: map[string]*detourv1.Assignment{},
 	}, nil
 }
@@ -291,6 +298,10 @@ func (a *Agent) handle(ev *detourv1.WatchDesiredStateResponse) {
 	a.mu.Lock()
 	a.applied = true
 	a.mu.Unlock()
+	select {
+	case a.reportNow <- struct{}{}:
+	default: // a report is due already
+	}
 	if err := a.saveState(list); err != nil {
 		a.log.Warn("could not save state", "err", err)
 	}
@@ -312,6 +323,7 @@ func (a *Agent) reportLoop(ctx context.Context, c detourv1.AgentSyncServiceClien
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-a.reportNow:
 		}
 		rctx, cancel := context.WithTimeout(ctx, a.cfg.ReportInterval)
 		_, err := c.ReportStatus(rctx, &detourv1.ReportStatusRequest{Node: a.cfg.Node, Intercepts: a.dp.Reports()})

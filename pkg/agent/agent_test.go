@@ -94,7 +94,9 @@ func startAgent(t *testing.T, cfg Config, s Steerer) (*Agent, context.CancelFunc
 	t.Helper()
 	cfg.Node = "node-1"
 	cfg.Controller = "passthrough:///controller"
-	cfg.ReportInterval = 10 * time.Millisecond
+	if cfg.ReportInterval == 0 {
+		cfg.ReportInterval = 10 * time.Millisecond
+	}
 	cfg.RetryInterval = 10 * time.Millisecond
 	a, err := New(cfg, s)
 	if err != nil {
@@ -186,6 +188,23 @@ func TestReadyAfterDesiredState(t *testing.T) {
 	if err := wantHTTP(web.URL+"/readyz", http.StatusServiceUnavailable, "stopping"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestReportsOnceApplied: an applied desired state is reported at once,
+// not at the next tick of ReportInterval, so that intercept create --wait
+// returns as soon as the steering is on.
+func TestReportsOnceApplied(t *testing.T) {
+	podIP := netip.MustParseAddr("10.0.0.5")
+	c := &fakeController{
+		state:    []*detourv1.Assignment{intercept("api", target("api-0", podIP, 8080))},
+		released: make(chan struct{}),
+	}
+	s, r := newFakeSteerer(), newFakeResolver()
+	nsPath, _ := fakeNetNS(t)
+	r.set(podIP, nsPath)
+	startAgent(t, Config{DialOptions: serveController(t, c), ResolveNetNS: r.resolve, ReportInterval: time.Hour}, s)
+	c.release()
+	testutil.Eventually(t, 5*time.Second, func() error { return wantReport(c.lastReport(), "default/api", true, "") })
 }
 
 // TestReadyFromStateFile: with the controller away, an agent that has a

@@ -27,16 +27,12 @@ func (c *counters) count(o proxy.Outcome, dur time.Duration) {
 
 // portObserver counts the requests of one port's router. It is given the
 // counters of the port's intercepts whenever its routes are set, so a
-// request finds them with a pointer load and a short scan, without the
-// dataplane's lock (which Reports holds while it reads BPF maps).
+// request finds them with a pointer load and a map lookup (a port can have
+// hundreds of intercepts), without the dataplane's lock (which Reports
+// holds while it reads BPF maps).
 type portObserver struct {
 	d      *dataplane
-	routes atomic.Pointer[[]routeCounters]
-}
-
-type routeCounters struct {
-	intercept string
-	c         *counters
+	routes atomic.Pointer[map[string]*counters] // by intercept
 }
 
 func (po *portObserver) Request(id string, o proxy.Outcome, dur time.Duration) {
@@ -45,11 +41,9 @@ func (po *portObserver) Request(id string, o proxy.Outcome, dur time.Duration) {
 		return
 	}
 	if rs := po.routes.Load(); rs != nil {
-		for i := range *rs {
-			if r := &(*rs)[i]; r.intercept == id {
-				r.c.count(o, dur)
-				return
-			}
+		if c := (*rs)[id]; c != nil {
+			c.count(o, dur)
+			return
 		}
 	}
 	// Routed by routes replaced since: find the intercept the slow way.
@@ -62,10 +56,10 @@ func (po *portObserver) Passthrough(r proxy.Reason) {
 
 // setRoutes gives po the counters of routes' intercepts; d.mu is held.
 func (po *portObserver) setRoutes(routes []proxy.Route) {
-	rs := make([]routeCounters, 0, len(routes))
+	rs := make(map[string]*counters, len(routes))
 	for _, r := range routes {
 		if c := po.d.counters[r.Intercept]; c != nil {
-			rs = append(rs, routeCounters{intercept: r.Intercept, c: c})
+			rs[r.Intercept] = c
 		}
 	}
 	po.routes.Store(&rs)

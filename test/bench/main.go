@@ -49,6 +49,8 @@ type config struct {
 	slices       int
 	env          bool
 	envCreations int
+	scale        int
+	creations    int
 }
 
 func main() {
@@ -74,6 +76,8 @@ func main() {
 		return nil
 	})
 	flag.IntVar(&c.slices, "slices", 5, "cut each measurement into this many interleaved slices (at least 1s each)")
+	flag.IntVar(&c.scale, "scale", 1000, "session intercepts on the port in the scale stage (0 skips it)")
+	flag.IntVar(&c.creations, "creations", 20, "intercepts created and deleted in the control stage (0 skips it)")
 	flag.Float64Var(&c.agreeWithin, "agree", 0.10, "two rounds agree when every ratio differs by at most this fraction")
 	flag.BoolVar(&c.env, "env", true, "measure environments: create → Ready and delete → gone (-env-creations), and the cases env-matched and env-fork-to-fork in every slice")
 	flag.IntVar(&c.envCreations, "env-creations", 20, "time this many creations and deletions of an environment forking b-app, one after the other (0: none)")
@@ -201,7 +205,19 @@ func run(ctx context.Context, c config) (err error) {
 	if err != nil {
 		say("stopped after %d round(s): %v", len(rounds), err)
 	}
+	var sc *scaleResult
+	var ctl *controlResult
+	if err == nil && c.scale > 1 {
+		say("scale stage: alice's requests with 1 and %d intercepts on the port", c.scale)
+		sc = b.scale(ctx, c.scale)
+	}
+	if err == nil && c.creations > 0 {
+		say("control stage: %d creations and deletions, each until a new connection reaches the right pod", c.creations)
+		ctl = b.controlStage(ctx, c.creations)
+	}
 	rep := summarize(b, rounds, envTimes)
+	rep.Scale, rep.Control = sc, ctl
+	rep.Targets = append(rep.Targets, judgeStages(sc, ctl)...)
 	rep.Machine = mach
 	rep.Machine.LoadEnd = readTrim("/proc/loadavg")
 	rep.Started = started.UTC().Format(time.RFC3339)

@@ -33,7 +33,9 @@ type report struct {
 	Environments *envTiming `json:"environments,omitempty"`
 	// SliceEnvironments is create → Ready of the slices' environment, which
 	// forks b-app and b-client.
-	SliceEnvironments *readyStats `json:"slice_environments,omitempty"`
+	SliceEnvironments *readyStats    `json:"slice_environments,omitempty"`
+	Scale             *scaleResult   `json:"scale,omitempty"`
+	Control           *controlResult `json:"control,omitempty"`
 }
 
 // envTiming is environment creations and deletions, one after the other.
@@ -430,6 +432,39 @@ func judge(cases []*sample) []target {
 	return ts
 }
 
+// judgeStages checks the scale and control stages, where they ran.
+func judgeStages(sc *scaleResult, ctl *controlResult) []target {
+	var ts []target
+	add := func(c, what string, skipped string, ok bool, got string) {
+		t := target{Case: c, What: what, Got: got, Result: "MISS"}
+		switch {
+		case skipped != "":
+			t.Result, t.Got = "SKIP", skipped
+		case ok:
+			t.Result = "PASS"
+		}
+		ts = append(ts, t)
+	}
+	if sc != nil {
+		n := fmt.Sprintf("scale-%d", sc.Intercepts)
+		var p50, rss float64
+		if sc.Skipped == "" {
+			p50, rss = sc.Many.RatioP50, sc.AgentRSSMiB
+		}
+		add(n, "p50 <= 1.1× one intercept's", sc.Skipped, p50 <= 1.1, fmt.Sprintf("%.3f", p50))
+		add(n, "agent RSS <= 64 MiB", sc.Skipped, rss <= 64, fmt.Sprintf("%.1f MiB", rss))
+	}
+	if ctl != nil {
+		var c99, d99 float64
+		if ctl.Skipped == "" {
+			c99, d99 = ctl.CreateP99ms, ctl.DeleteP99ms
+		}
+		add("create-effective", "p99 <= 100 ms", ctl.Skipped, c99 <= 100, fmt.Sprintf("%.1f ms (p50 %.1f)", c99, ctl.CreateP50ms))
+		add("delete-effective", "p99 <= 100 ms", ctl.Skipped, d99 <= 100, fmt.Sprintf("%.1f ms (p50 %.1f)", d99, ctl.DeleteP50ms))
+	}
+	return ts
+}
+
 func num(v float64, format string) string {
 	if v == 0 {
 		return "-"
@@ -478,6 +513,25 @@ func printReport(w io.Writer, rep *report) {
 		rep.Machine.Cores, rep.Machine.Kernel, rep.Duration, len(rep.Rounds), rep.Summarized)
 	printCases(w, rep.Cases)
 	fmt.Fprintf(w, "agent RSS at the end: %.1f MiB\n", rep.AgentRSSMiB)
+	if sc := rep.Scale; sc != nil {
+		if sc.Skipped != "" {
+			fmt.Fprintf(w, "\n== scale: skipped: %s\n", sc.Skipped)
+		} else {
+			fmt.Fprintf(w, "\n== scale: alice's matched request, 1 and %d session intercepts on the port (ratios to 1)\n", sc.Intercepts)
+			printCases(w, []*sample{sc.One, sc.Many})
+			fmt.Fprintf(w, "agent RSS with %d: %.1f MiB; %d more created in %.2f s, deleted in %.2f s (median)\n",
+				sc.Intercepts, sc.AgentRSSMiB, sc.Intercepts-1, sc.CreateSeconds, sc.DeleteSeconds)
+		}
+	}
+	if ctl := rep.Control; ctl != nil {
+		if ctl.Skipped != "" {
+			fmt.Fprintf(w, "\n== control: skipped: %s\n", ctl.Skipped)
+		} else {
+			fmt.Fprintf(w, "\n== control: CLI call to a new connection with the key at the right pod, %d times each (probe %.1f ms)\n", ctl.Creations, ctl.ProbeMs)
+			fmt.Fprintf(w, "create: p50 %.1f ms, p99 %.1f ms (the CLI with --wait: p50 %.1f ms)\n", ctl.CreateP50ms, ctl.CreateP99ms, ctl.CreateCLIP50ms)
+			fmt.Fprintf(w, "delete: p50 %.1f ms, p99 %.1f ms (the CLI itself: p50 %.1f ms)\n", ctl.DeleteP50ms, ctl.DeleteP99ms, ctl.DeleteCLIP50ms)
+		}
+	}
 	fmt.Fprintf(w, "agreement: %s\n", rep.Agreement)
 	if rep.Note != "" {
 		fmt.Fprintf(w, "note: %s\n", rep.Note)

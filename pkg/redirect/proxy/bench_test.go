@@ -3,13 +3,17 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"io"
 	"net"
+	"net/netip"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/detourdev/detour/pkg/redirect/http1"
 	"github.com/detourdev/detour/pkg/redirect/match"
 )
 
@@ -119,7 +123,11 @@ func (o *nopObserver) Passthrough(Reason)                     {}
 
 // benchProxy starts a proxy whose app and destination are both raw
 // upstreams, with one session route, as the agent runs for one intercept.
-func benchProxy(b *testing.B) string {
+func benchProxy(b *testing.B) string { return benchProxyN(b, 1) }
+
+// benchProxyN is benchProxy with n session routes, alice's the last: the
+// others stand for the other environments sharing the port.
+func benchProxyN(b *testing.B, n int) string {
 	b.Helper()
 	app, dev := rawUpstream(b), rawUpstream(b)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -127,14 +135,27 @@ func benchProxy(b *testing.B) string {
 		b.Fatal(err)
 	}
 	p := New(Config{App: app, Observer: &nopObserver{}})
-	m, err := match.Compile([]match.Condition{{Kind: match.Session, Value: "alice"}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	p.SetRoutes([]Route{{Intercept: "default/alice", Matcher: m, Destination: dev}})
+	p.SetRoutes(sessionRoutes(b, n, dev))
 	go p.Serve(ln)
 	b.Cleanup(func() { ln.Close(); p.Close() })
 	return ln.Addr().String()
+}
+
+// sessionRoutes is n session routes to dest, the last one alice's.
+func sessionRoutes(b *testing.B, n int, dest string) []Route {
+	rs := make([]Route, n)
+	for i := range rs {
+		key := fmt.Sprintf("env-%04d", i)
+		if i == n-1 {
+			key = "alice"
+		}
+		m, err := match.Compile([]match.Condition{{Kind: match.Session, Value: key}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		rs[i] = Route{Intercept: "default/" + key, Matcher: m, Destination: dest}
+	}
+	return rs
 }
 
 var benchRequests = []struct {
@@ -163,6 +184,55 @@ func BenchmarkKeepAlive(b *testing.B) {
 				}
 			}
 			reportCPU(b, cpu)
+		})
+	}
+}
+
+// BenchmarkInterceptCount is BenchmarkKeepAlive's matched request on a port
+// with 1 and with 1,000 session intercepts; it reports the median round
+// trip, which must stay within 1.1× (docs/performance.md, "Cost flat in
+// intercept count").
+func BenchmarkInterceptCount(b *testing.B) {
+	for _, n := range []int{1, 1000} {
+		b.Run(strconv.Itoa(n), func(b *testing.B) {
+			bc := newBenchClient(b, benchProxyN(b, n), []byte(benchRequests[0].req))
+			if err := bc.roundTrip(); err != nil {
+				b.Fatal(err)
+			}
+			var lat []time.Duration
+			b.ReportAllocs()
+			for b.Loop() {
+				t0 := time.Now()
+				if err := bc.roundTrip(); err != nil {
+					b.Fatal(err)
+				}
+				lat = append(lat, time.Since(t0))
+			}
+			slices.Sort(lat)
+			b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds()), "p50-ns")
+		})
+	}
+}
+
+// BenchmarkRoute is the routing decision alone, for a parsed head that
+// selects the last of n session routes.
+func BenchmarkRoute(b *testing.B) {
+	for _, n := range []int{1, 10, 1000} {
+		b.Run(strconv.Itoa(n), func(b *testing.B) {
+			p := New(Config{App: "127.0.0.1:1"})
+			b.Cleanup(func() { p.Close() })
+			p.SetRoutes(sessionRoutes(b, n, "127.0.0.1:2"))
+			var r http1.Request
+			if _, err := r.Parse([]byte(benchRequests[0].req)); err != nil {
+				b.Fatal(err)
+			}
+			src := netip.MustParseAddr("10.0.0.1")
+			b.ReportAllocs()
+			for b.Loop() {
+				if rt := p.route(&r, src); rt == nil || rt.Intercept != "default/alice" {
+					b.Fatal("misrouted")
+				}
+			}
 		})
 	}
 }

@@ -112,7 +112,7 @@ const downFor = time.Second
 type Proxy struct {
 	cfg    Config
 	log    *slog.Logger
-	routes atomic.Pointer[[]Route]
+	routes atomic.Pointer[routeTable]
 
 	mu     sync.Mutex
 	closed bool
@@ -191,21 +191,35 @@ func New(cfg Config) *Proxy {
 	}
 	p.bufs.New, p.upBufs.New = newBufs, newBufs
 	p.h2 = newH2(p)
-	empty := []Route{}
-	p.routes.Store(&empty)
+	p.SetRoutes(nil)
 	return p
+}
+
+// routeTable is one generation of routes and the index of their matchers.
+type routeTable struct {
+	routes []Route
+	index  *match.Index // positions are routes'; L4 routes have none
+	l4     bool         // some route is L4
 }
 
 // SetRoutes replaces the routes atomically; requests already routed keep
 // their destination. The first route whose matcher selects a request wins.
 func (p *Proxy) SetRoutes(rs []Route) {
-	cp := append([]Route(nil), rs...)
-	for i := range cp {
-		if len(cp[i].Destinations) > 1 && cp[i].next == nil {
-			cp[i].next = new(atomic.Uint64)
+	t := &routeTable{routes: append([]Route(nil), rs...)}
+	ms := make([]*match.Matcher, len(t.routes))
+	for i := range t.routes {
+		r := &t.routes[i]
+		if len(r.Destinations) > 1 && r.next == nil {
+			r.next = new(atomic.Uint64)
+		}
+		if r.L4 {
+			t.l4 = true
+		} else {
+			ms[i] = r.Matcher
 		}
 	}
-	p.routes.Store(&cp)
+	t.index = match.NewIndex(ms)
+	p.routes.Store(t)
 }
 
 // Serve accepts connections from ln and serves each on its own goroutine.
@@ -330,23 +344,28 @@ func (p *Proxy) observeDuration(intercept string, o Outcome, d time.Duration) {
 }
 
 // route picks the first request route that admits the connection's source
-// and whose matcher selects r.
+// and whose matcher selects r. The index looks only at the routes that can
+// select r, so a port with a thousand session intercepts routes as fast as
+// one with a single one (docs/performance.md, "Cost flat in intercept
+// count").
 func (p *Proxy) route(r match.Request, src netip.Addr) *Route {
-	rs := *p.routes.Load()
-	for i := range rs {
-		if !rs[i].L4 && rs[i].admits(src) && rs[i].Matcher != nil && rs[i].Matcher.Match(r) {
-			return &rs[i]
-		}
+	t := p.routes.Load()
+	i := t.index.First(r, func(i int) bool { return t.routes[i].admits(src) })
+	if i < 0 {
+		return nil
 	}
-	return nil
+	return &t.routes[i]
 }
 
 // l4Route picks the L4 route that takes connections from src, if any.
 func (p *Proxy) l4Route(src netip.Addr) *Route {
-	rs := *p.routes.Load()
-	for i := range rs {
-		if rs[i].L4 && rs[i].admits(src) {
-			return &rs[i]
+	t := p.routes.Load()
+	if !t.l4 {
+		return nil
+	}
+	for i := range t.routes {
+		if t.routes[i].L4 && t.routes[i].admits(src) {
+			return &t.routes[i]
 		}
 	}
 	return nil
