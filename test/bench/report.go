@@ -51,8 +51,9 @@ type envTiming struct {
 	// create call: what create → Ready is made of.
 	Steps []envStep `json:"steps"`
 	// AgentToReady is, per creation, from the agent's last change for it
-	// to Ready: the wait for the agent's status report (every 1 s), which
-	// makes the routes Active, and the status write.
+	// to Ready: the wait for the agent's status report (sent once it has
+	// applied the change), which makes the routes Active, and the status
+	// write.
 	AgentToReady readyStats `json:"agent_applied_to_ready"`
 	// ServedByFork counts the creations whose fork answered a request with
 	// the environment's key sent as soon as it was Ready.
@@ -100,7 +101,7 @@ var envSteps = []struct {
 	{"controller loaded the inventory with the fork (file polled every 500 ms)", func(s envSample) float64 { return s.InventoryS }},
 	{"status ForksReady (fork listening; the reconciler looks every 250 ms)", func(s envSample) float64 { return s.ForksReadyS }},
 	{"agent applied the routes (last steering / connect-time log line)", func(s envSample) float64 { return s.AgentAppliedS }},
-	{"phase Ready (routes Active once the agent reported, every 1 s)", func(s envSample) float64 { return s.ReadyS }},
+	{"phase Ready (routes Active once the agent reported)", func(s envSample) float64 { return s.ReadyS }},
 }
 
 // finish computes the summary of the samples.
