@@ -117,6 +117,7 @@ type bench struct {
 	ctl      string            // controller gRPC address
 	metrics  string            // agent /metrics address
 	agent    *proc
+	ctlProc  *proc
 	procs    []*proc
 	clkTck   float64
 	l4Skip   string // why the l4-splice case cannot run, if it cannot
@@ -310,6 +311,7 @@ func (b *bench) up(ctx context.Context) error {
 		return err
 	}
 	b.procs = append(b.procs, ctl)
+	b.ctlProc = ctl
 	agentBin := filepath.Join(c.bin, "detour-agent")
 	agentArgs := []string{"--node", b.file.Node, "--controller", b.ctl, "--metrics-listen", b.metrics,
 		"--state-file", filepath.Join(b.tmp, "agent-state.json")}

@@ -198,8 +198,14 @@ func (b *bench) agentRequests(ctx context.Context) float64 {
 	return v
 }
 
-func (b *bench) agentTicks() int64 {
-	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", b.agent.pid()))
+func (b *bench) agentTicks() int64 { return procTicks(b.agent) }
+
+// procTicks is the CPU time p used so far, in clock ticks.
+func procTicks(p *proc) int64 {
+	if p == nil {
+		return 0
+	}
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.pid()))
 	if err != nil {
 		return 0
 	}

@@ -522,6 +522,8 @@ func printReport(w io.Writer, rep *report) {
 			printCases(w, []*sample{sc.One, sc.Many})
 			fmt.Fprintf(w, "agent RSS with %d: %.1f MiB; %d more created in %.2f s, deleted in %.2f s (median)\n",
 				sc.Intercepts, sc.AgentRSSMiB, sc.Intercepts-1, sc.CreateSeconds, sc.DeleteSeconds)
+			fmt.Fprintf(w, "idle, share of a core: agent %.1f%% with 1, %.1f%% with %d; controller %.1f%% with 1, %.1f%% with %d\n",
+				100*sc.Idle1.Agent, 100*sc.IdleN.Agent, sc.Intercepts, 100*sc.Idle1.Controller, 100*sc.IdleN.Controller, sc.Intercepts)
 		}
 	}
 	if ctl := rep.Control; ctl != nil {

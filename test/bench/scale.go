@@ -36,7 +36,33 @@ type scaleResult struct {
 	// AgentRSSMiB is the agent's resident set with them all, at most
 	// over the slices.
 	AgentRSSMiB float64 `json:"agent_rss_mib"`
-	Skipped     string  `json:"skipped,omitempty"`
+	// Idle is the share of a core the agent and the controller used
+	// with no traffic, for a second before each measurement (median over
+	// slices): the background cost of the intercepts, which lands on the
+	// same two cores as the requests.
+	Idle1   idleCPU `json:"idle_with_one"`
+	IdleN   idleCPU `json:"idle_with_n"`
+	Skipped string  `json:"skipped,omitempty"`
+}
+
+type idleCPU struct {
+	Agent      float64 `json:"agent_core_share"`
+	Controller float64 `json:"controller_core_share"`
+	agent, ctl []float64
+}
+
+// sample measures the agent's and the controller's CPU over d.
+func (ic *idleCPU) sample(ctx context.Context, b *bench, d time.Duration) {
+	a0, c0, t0 := procTicks(b.agent), procTicks(b.ctlProc), time.Now()
+	select {
+	case <-ctx.Done():
+		return
+	case <-time.After(d):
+	}
+	el := time.Since(t0).Seconds() * b.clkTck
+	ic.agent = append(ic.agent, float64(procTicks(b.agent)-a0)/el)
+	ic.ctl = append(ic.ctl, float64(procTicks(b.ctlProc)-c0)/el)
+	ic.Agent, ic.Controller = median(ic.agent), median(ic.ctl)
 }
 
 // scale runs the stage; intercepts is the count on the port in scale-n.
@@ -70,6 +96,7 @@ func (b *bench) scaleSlices(ctx context.Context, res *scaleResult) error {
 	base := b.activeIntercepts(ctx)
 	for k := 0; k < b.slices(); k++ {
 		say("scale slice %d of %d: 1, then %d intercepts on the port", k+1, b.slices(), res.Intercepts)
+		res.Idle1.sample(ctx, b, time.Second)
 		for pass := 0; pass < 2; pass++ {
 			if err := b.measure(ctx, one, caseScale1, pass); err != nil {
 				return err
@@ -86,6 +113,7 @@ func (b *bench) scaleSlices(ctx context.Context, res *scaleResult) error {
 		if got, err := b.who(ctx, b.url(podApp, 8080), "alice", false); err != nil || got != podDev {
 			return fmt.Errorf("with %d intercepts alice's request was answered by %q (%v), want %s", res.Intercepts, got, err, podDev)
 		}
+		res.IdleN.sample(ctx, b, time.Second)
 		for pass := 0; pass < 2; pass++ {
 			if err := b.measure(ctx, many, caseScaleN, pass); err != nil {
 				return err
