@@ -261,7 +261,7 @@ func newEnv(c config) (e *env, err error) {
 	if e.srvNS, err = netns.Create(e.srvName); err != nil {
 		return e, err
 	}
-	if err := veth(e.cliNS, clientDev, e.cliAddr, e.srvNS, serverDev, e.srvAddr); err != nil {
+	if err := netns.Veth(netns.End{NetNS: e.cliNS, Dev: clientDev, Addr: e.cliAddr}, netns.End{NetNS: e.srvNS, Dev: serverDev, Addr: e.srvAddr}); err != nil {
 		return e, err
 	}
 	if err := loadPingpongObjects(&e.objs, nil); err != nil {
@@ -583,64 +583,6 @@ func (e *env) packets() uint64 {
 	return n
 }
 
-func veth(aNS, aDev string, aAddr netip.Addr, bNS, bDev string, bAddr netip.Addr) error {
-	bf, err := os.Open(bNS)
-	if err != nil {
-		return err
-	}
-	defer bf.Close()
-	err = netns.Do(aNS, func() error {
-		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: aDev}, PeerName: bDev, PeerNamespace: netlink.NsFd(int(bf.Fd()))}
-		if err := netlink.LinkAdd(v); err != nil {
-			return fmt.Errorf("add veth: %w", err)
-		}
-		return linkUp(aDev, aAddr)
-	})
-	if err != nil {
-		return err
-	}
-	if err := netns.Do(bNS, func() error { return linkUp(bDev, bAddr) }); err != nil {
-		return err
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for _, p := range [][2]string{{aNS, aDev}, {bNS, bDev}} {
-		for {
-			var st netlink.LinkOperState
-			_ = netns.Do(p[0], func() error {
-				l, err := netlink.LinkByName(p[1])
-				if err == nil {
-					st = l.Attrs().OperState
-				}
-				return err
-			})
-			if st == netlink.OperUp {
-				break
-			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("%s is %v", p[1], st)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
-	return nil
-}
-
-func linkUp(dev string, addr netip.Addr) error {
-	l, err := netlink.LinkByName(dev)
-	if err != nil {
-		return err
-	}
-	a, err := netlink.ParseAddr(addr.String() + "/24")
-	if err != nil {
-		return err
-	}
-	if err := netlink.AddrAdd(l, a); err != nil {
-		return err
-	}
-	return netlink.LinkSetUp(l)
-}
-
-// kallsym is the address of a kernel function, "" if not visible.
 func kallsym(name string) string {
 	f, err := os.Open("/proc/kallsyms")
 	if err != nil {
