@@ -83,7 +83,7 @@ e2e: ## Detour on a real single-node Kubernetes built here (as root; see test/e2
 soak: ## many 100 MiB echoes through the sockmap L4 relay under CPU load, every byte checked (as root, ~2 min per 100 transfers; SOAK_TRANSFERS=100 SOAK_PARALLEL=2)
 	$(GO) test -tags soak -run TestSoakSockmapRelay -count=1 -v -timeout 60m ./test/integration
 
-bench: build ## measure the data path and environments (as root, ~7 min): ratios to direct and nginx; JSON to BENCH_OUT (default bench/out/results.json); BENCH_FLAGS=-h lists options
+bench: build ## measure the data path, environments, 1,000 intercepts on a port and create → effective (as root, ~10 min): ratios to direct and nginx; JSON to BENCH_OUT (default bench/out/results.json); BENCH_FLAGS=-h lists options
 	$(GO) run ./test/bench $(BENCH_FLAGS)
 
 bench-data: build ## time a branch of a 100 MB PostgreSQL database to Ready in the lab (as root, ~1 min; BENCH_DATA_RUNS=3)
