@@ -1,0 +1,307 @@
+package fastpath
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/detourdev/detour/internal/testutil"
+	"github.com/detourdev/detour/pkg/netns"
+	"github.com/detourdev/detour/pkg/redirect/match"
+	"github.com/detourdev/detour/pkg/redirect/proxy"
+)
+
+// The test network: the pod's namespace holds the proxy (on the fast
+// port, as the agent's steered listener would) and the app; the peers'
+// namespace holds the callers and the developers' pods, so requests cross
+// the veth as from another pod on the node.
+var (
+	podAddr  = netip.MustParseAddr("10.254.0.1")
+	peerAddr = netip.MustParseAddr("10.254.0.2")
+	fastPort = netip.AddrPortFrom(podAddr, 8080)
+	appAddr  = netip.AddrPortFrom(podAddr, 8081)
+	alice    = netip.AddrPortFrom(peerAddr, 9001)
+	bob      = netip.AddrPortFrom(peerAddr, 9002)
+)
+
+type testNet struct {
+	pod, peers string
+	f          *FastPath
+	port       *Port
+	proxy      *proxy.Proxy
+}
+
+// portAdapter gives the proxy the port's callers.
+type portAdapter struct{ p *Port }
+
+func (a portAdapter) Caller(c net.Conn) (proxy.FastCaller, error) {
+	cn, err := a.p.Caller(c)
+	if err != nil {
+		return nil, err
+	}
+	return cn, nil
+}
+
+// enterCgroup moves the test process into a new child of the cgroup v2
+// hierarchy, where the sock_ops program is attached, and back out when the
+// test ends: sockets belong to the cgroup of the process that creates them
+// (accepted ones to their listener's).
+func enterCgroup(t testing.TB) string {
+	t.Helper()
+	root := "/sys/fs/cgroup/unified"
+	if _, err := os.Stat(filepath.Join(root, "cgroup.procs")); err != nil {
+		root = "/sys/fs/cgroup"
+	}
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var orig string
+	for _, line := range strings.Split(string(b), "\n") {
+		if p, ok := strings.CutPrefix(line, "0::"); ok {
+			orig = filepath.Join(root, p)
+		}
+	}
+	if orig == "" {
+		t.Fatal("no cgroup v2 entry in /proc/self/cgroup")
+	}
+	dir := filepath.Join(root, fmt.Sprintf("detour-fastpath-test-%d", os.Getpid()))
+	if err := os.Mkdir(dir, 0o755); err != nil && !os.IsExist(err) {
+		t.Fatal(err)
+	}
+	move := func(to string) error {
+		return os.WriteFile(filepath.Join(to, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0)
+	}
+	if err := move(dir); err != nil {
+		os.Remove(dir)
+		t.Fatalf("enter %s: %v", dir, err)
+	}
+	t.Cleanup(func() {
+		if err := move(orig); err != nil {
+			t.Errorf("back to %s: %v", orig, err)
+		}
+		if err := os.Remove(dir); err != nil {
+			t.Errorf("remove %s: %v", dir, err)
+		}
+	})
+	return dir
+}
+
+// pods answers with the pod's name in X-Pod, the sha256 of the request body
+// in X-Body-Sha256, and a body of the size asked for in X-Want (fixed
+// length, or chunked with X-Chunked), whose sha256 is in X-Sha256.
+func pod(name string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := sha256.New()
+		if _, err := io.Copy(h, r.Body); err != nil {
+			return
+		}
+		n, _ := strconv.Atoi(r.Header.Get("X-Want"))
+		body := pattern(name, n)
+		sum := sha256.Sum256(body)
+		w.Header().Set("X-Pod", name)
+		w.Header().Set("X-Body-Sha256", hex.EncodeToString(h.Sum(nil)))
+		w.Header().Set("X-Sha256", hex.EncodeToString(sum[:]))
+		if r.Header.Get("X-Chunked") == "" {
+			w.Header().Set("Content-Length", strconv.Itoa(n))
+		}
+		if r.Method == http.MethodHead {
+			return
+		}
+		if r.Header.Get("X-Chunked") != "" {
+			for len(body) > 0 {
+				k := min(len(body), 1000)
+				w.Write(body[:k])
+				w.(http.Flusher).Flush()
+				body = body[k:]
+			}
+			return
+		}
+		w.Write(body)
+	})
+}
+
+// pattern is n bytes that differ per pod and per size.
+func pattern(seed string, n int) []byte {
+	b := make([]byte, n)
+	x := uint32(len(seed)*7919 + n)
+	for i := range b {
+		x = x*1664525 + 1013904223
+		b[i] = byte(x >> 24)
+	}
+	return b
+}
+
+// newTestNet brings up the namespaces, the fast path attached to a fresh
+// cgroup the test process moves into, the app and two developers' pods,
+// and the proxy routing session alice and bob.
+func newTestNet(t testing.TB) *testNet {
+	t.Helper()
+	testutil.RequirePrivileged(t)
+	cg := enterCgroup(t)
+	n := &testNet{pod: testutil.NewNetNS(t), peers: testutil.NewNetNS(t)}
+	testutil.Veth(t, testutil.End{NetNS: n.pod, Dev: "pod0", Addr: podAddr}, testutil.End{NetNS: n.peers, Dev: "peer0", Addr: peerAddr})
+	f, err := New(Config{Cgroup: cg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := f.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	n.f = f
+	n.serveHTTP(t, n.pod, appAddr, "app")
+	n.serveHTTP(t, n.peers, alice, "alice")
+	n.serveHTTP(t, n.peers, bob, "bob")
+
+	routes := []proxy.Route{sessionRoute(t, "alice", alice), sessionRoute(t, "bob", bob)}
+	if n.port, err = f.SetPort(fastPort, appAddr.String(), fastRoutes(routes)); err != nil {
+		t.Fatal(err)
+	}
+	n.proxy = proxy.New(proxy.Config{
+		App:      appAddr.String(),
+		Dial:     (&netns.Dialer{Path: n.pod}).DialContext,
+		FastPath: portAdapter{n.port},
+	})
+	n.proxy.SetRoutes(routes)
+	ln, err := netns.Listen(n.pod, "tcp4", fastPort.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	go n.proxy.Serve(ln)
+	t.Cleanup(func() { ln.Close(); n.proxy.Close() })
+	return n
+}
+
+func sessionRoute(t testing.TB, key string, dest netip.AddrPort) proxy.Route {
+	m, err := match.Compile([]match.Condition{{Kind: match.Session, Value: key}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return proxy.Route{Intercept: "default/" + key, Matcher: m, Destination: dest.String()}
+}
+
+// fastRoutes is what the agent gives SetPort for the proxy's routes.
+func fastRoutes(rs []proxy.Route) []Route {
+	out := make([]Route, len(rs))
+	for i, r := range rs {
+		out[i] = Route{Intercept: r.Intercept, Destination: r.Destination, Spread: len(r.Destinations) > 1, Restricted: r.Sources != nil}
+		if !r.L4 && r.Matcher != nil {
+			out[i].Conds = r.Matcher.Conditions()
+		}
+	}
+	return out
+}
+
+func (n *testNet) serveHTTP(t testing.TB, ns string, at netip.AddrPort, name string) {
+	t.Helper()
+	ln, err := netns.Listen(ns, "tcp4", at.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: pod(name), ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+}
+
+// caller is one keep-alive connection from the peers' namespace to the
+// fast port.
+type caller struct {
+	c  net.Conn
+	br *bufio.Reader
+}
+
+func (n *testNet) dial(t testing.TB) *caller {
+	t.Helper()
+	d := netns.Dialer{Path: n.peers}
+	c, err := d.DialContext(context.Background(), "tcp4", fastPort.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &caller{c: c, br: bufio.NewReaderSize(c, 64<<10)}
+}
+
+// exchange sends one request with session key (none when empty) and a body
+// of reqSize bytes, asking for a body of respSize, and checks who answered
+// and both bodies' sha256.
+func (c *caller) exchange(key string, reqSize, respSize int, extra ...string) (string, error) {
+	body := pattern("req"+key, reqSize)
+	var b strings.Builder
+	fmt.Fprintf(&b, "POST /items HTTP/1.1\r\nHost: app\r\nX-Want: %d\r\nContent-Length: %d\r\n", respSize, reqSize)
+	if key != "" {
+		fmt.Fprintf(&b, "X-Detour-Session: %s\r\n", key)
+	}
+	for _, h := range extra {
+		b.WriteString(h + "\r\n")
+	}
+	b.WriteString("\r\n")
+	if err := c.c.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		return "", err
+	}
+	if _, err := c.c.Write(append([]byte(b.String()), body...)); err != nil {
+		return "", err
+	}
+	resp, err := http.ReadResponse(c.br, nil)
+	if err != nil {
+		return "", err
+	}
+	got, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return "", err
+	}
+	who := resp.Header.Get("X-Pod")
+	sum := sha256.Sum256(got)
+	reqSum := sha256.Sum256(body)
+	switch {
+	case len(got) != respSize:
+		return who, fmt.Errorf("%s answered %d bytes, want %d", who, len(got), respSize)
+	case hex.EncodeToString(sum[:]) != resp.Header.Get("X-Sha256"):
+		return who, fmt.Errorf("%s's response body differs from what it sent", who)
+	case hex.EncodeToString(reqSum[:]) != resp.Header.Get("X-Body-Sha256"):
+		return who, fmt.Errorf("%s got a request body that differs from what was sent", who)
+	}
+	return who, nil
+}
+
+func TestPrivilegedSmoke(t *testing.T) {
+	n := newTestNet(t)
+	c := n.dial(t)
+	for i := range 20 {
+		for _, key := range []string{"alice", "bob", ""} {
+			want := key
+			if want == "" {
+				want = "app"
+			}
+			who, err := c.exchange(key, 10, 100)
+			if err != nil {
+				t.Fatalf("request %d for %q: %v", i, key, err)
+			}
+			if who != want {
+				t.Fatalf("request %d for %q answered by %s", i, key, who)
+			}
+		}
+	}
+	st, err := n.f.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%+v", st)
+	if st.Routed == 0 {
+		t.Fatal("the kernel routed nothing")
+	}
+}
