@@ -104,6 +104,10 @@ func enterCgroup(t testing.TB) string {
 // length, or chunked with X-Chunked), whose sha256 is in X-Sha256.
 func pod(name string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+			echoTunnel(w, name)
+			return
+		}
 		h := sha256.New()
 		if _, err := io.Copy(h, r.Body); err != nil {
 			return
@@ -133,6 +137,32 @@ func pod(name string) http.Handler {
 	})
 }
 
+// echoTunnel switches protocols and then echoes every byte, for a
+// WebSocket's path through the proxy (its framing does not matter here).
+func echoTunnel(w http.ResponseWriter, name string) {
+	c, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nX-Pod: %s\r\n\r\n", name)
+	if brw.Flush() != nil {
+		return
+	}
+	buf := make([]byte, 4096)
+	for {
+		k, err := brw.Read(buf)
+		if k > 0 {
+			if _, werr := c.Write(buf[:k]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
 // pattern is n bytes that differ per pod and per size.
 func pattern(seed string, n int) []byte {
 	b := make([]byte, n)
@@ -149,6 +179,13 @@ func pattern(seed string, n int) []byte {
 // and the proxy routing session alice and bob.
 func newTestNet(t testing.TB) *testNet {
 	t.Helper()
+	return newTestNetIdle(t, 0)
+}
+
+// newTestNetIdle is newTestNet with an app that closes keep-alive
+// connections idle for appIdle (0: the server's default).
+func newTestNetIdle(t testing.TB, appIdle time.Duration) *testNet {
+	t.Helper()
 	testutil.RequirePrivileged(t)
 	cg := enterCgroup(t)
 	n := &testNet{pod: testutil.NewNetNS(t), peers: testutil.NewNetNS(t)}
@@ -163,9 +200,9 @@ func newTestNet(t testing.TB) *testNet {
 		}
 	})
 	n.f = f
-	n.serveHTTP(t, n.pod, appAddr, "app")
-	n.serveHTTP(t, n.peers, alice, "alice")
-	n.serveHTTP(t, n.peers, bob, "bob")
+	n.serveHTTP(t, n.pod, appAddr, "app", appIdle)
+	n.serveHTTP(t, n.peers, alice, "alice", 0)
+	n.serveHTTP(t, n.peers, bob, "bob", 0)
 
 	routes := []proxy.Route{sessionRoute(t, "alice", alice), sessionRoute(t, "bob", bob)}
 	if n.port, err = f.SetPort(fastPort, appAddr.String(), fastRoutes(routes)); err != nil {
@@ -206,13 +243,18 @@ func fastRoutes(rs []proxy.Route) []Route {
 	return out
 }
 
-func (n *testNet) serveHTTP(t testing.TB, ns string, at netip.AddrPort, name string) {
+// serveHTTP serves pod(name) at at, HTTP/1.1 and h2c with prior
+// knowledge, closing connections idle for idle (0: the default).
+func (n *testNet) serveHTTP(t testing.TB, ns string, at netip.AddrPort, name string, idle time.Duration) {
 	t.Helper()
 	ln, err := netns.Listen(ns, "tcp4", at.String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: pod(name), ReadHeaderTimeout: 10 * time.Second}
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Handler: pod(name), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: idle, Protocols: &protos}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 }
@@ -220,8 +262,9 @@ func (n *testNet) serveHTTP(t testing.TB, ns string, at netip.AddrPort, name str
 // caller is one keep-alive connection from the peers' namespace to the
 // fast port.
 type caller struct {
-	c  net.Conn
-	br *bufio.Reader
+	c       net.Conn
+	br      *bufio.Reader
+	timeout time.Duration // for one exchange; 0: 10 s
 }
 
 func (n *testNet) dial(t testing.TB) *caller {
@@ -249,7 +292,11 @@ func (c *caller) exchange(key string, reqSize, respSize int, extra ...string) (s
 		b.WriteString(h + "\r\n")
 	}
 	b.WriteString("\r\n")
-	if err := c.c.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
+	timeout := c.timeout
+	if timeout == 0 {
+		timeout = 10 * time.Second
+	}
+	if err := c.c.SetDeadline(time.Now().Add(timeout)); err != nil {
 		return "", err
 	}
 	if _, err := c.c.Write(append([]byte(b.String()), body...)); err != nil {

@@ -108,8 +108,11 @@ func (cl *client) serve() {
 		}
 		n, err = cl.readRequestHead(time.Now())
 		cl.clearDeadline()
-		if err == nil && cl.fast != nil && !cl.fastWait() {
-			return // the kernel's request is still without its response
+		if err == nil && cl.fast != nil {
+			if !cl.fastWait() {
+				return // the kernel's request is still without its response
+			}
+			cl.fastActive()
 		}
 	}
 	if err != nil && !gone(err) {

@@ -34,7 +34,8 @@ type FastCaller interface {
 	Handback(read, written uint64) bool
 	// Pending tells about the last request the kernel routed.
 	Pending() (busy bool, slot uint32, taken, head bool)
-	// FinishTaken: the proxy forwarded the response the kernel left it.
+	// FinishTaken: the proxy forwarded the response the kernel left it,
+	// or ended the client because that response will not come.
 	FinishTaken()
 	// WaitIdle waits until no request the kernel routed awaits its
 	// response.
@@ -74,6 +75,13 @@ type fastClient struct {
 	ups    map[uint32]*upConn // paired, each read by its watch
 	closed bool
 	wg     sync.WaitGroup
+
+	// w is held by whichever goroutine writes to the client: the
+	// client's own while it serves a request (active), a watch while it
+	// forwards a response the kernel left it. The kernel's state orders
+	// them already (fastWait); the lock makes that order one Go sees.
+	w      sync.Mutex
+	active bool // the client's goroutine holds w
 }
 
 // startFast registers the client with the fast path once its first request
@@ -88,6 +96,26 @@ func (cl *client) startFast() {
 		return
 	}
 	cl.fast = &fastClient{fc: fc, cc: cl.cc, ups: map[uint32]*upConn{}}
+	cl.fastActive()
+}
+
+// fastActive: the client's goroutine is about to serve a request (or its
+// first one); a watch forwarding a response finishes first.
+func (cl *client) fastActive() {
+	f := cl.fast
+	if !f.active {
+		f.w.Lock()
+		f.active = true
+	}
+}
+
+// fastInactive: the client's goroutine waits for a request.
+func (cl *client) fastInactive() {
+	f := cl.fast
+	if f.active {
+		f.active = false
+		f.w.Unlock()
+	}
 }
 
 // fastIdle runs between requests: it pairs the upstream connection of the
@@ -101,10 +129,12 @@ func (cl *client) fastIdle() {
 		}
 	}
 	if cl.bufs.r.Buffered() > 0 || cl.bufs.w.Buffered() > 0 {
+		cl.fastInactive()
 		return
 	}
 	read := f.cc.read.Load() - uint64(cl.bufs.r.Buffered())
 	f.fc.Handback(read, f.cc.written.Load())
+	cl.fastInactive()
 }
 
 // pair hands up to the kernel for slot and watches it; it reports whether
@@ -154,6 +184,9 @@ func (cl *client) watch(slot uint32, up *upConn) {
 			// as the upstream's close would have a direct client.
 			cl.unpair(slot, up)
 			if mine && !taken {
+				// Settled: nothing will come, and a close must not
+				// wait for it.
+				f.fc.FinishTaken()
 				cl.abort()
 			}
 			return
@@ -162,8 +195,10 @@ func (cl *client) watch(slot uint32, up *upConn) {
 			if head {
 				method = "HEAD"
 			}
+			f.w.Lock()
 			res := cl.forwardTaken(up, method)
 			f.fc.FinishTaken()
+			f.w.Unlock()
 			if res.err == nil && res.keepAlive && (res.framing == http1.FixedLength || res.framing == http1.Chunked) {
 				continue
 			}
@@ -255,6 +290,7 @@ func (cl *client) stopFast() {
 	for _, up := range ups {
 		up.c.Close() // its watch closes it
 	}
+	cl.fastInactive() // a watch may be forwarding
 	f.wg.Wait()
 	cl.fast = nil
 }
