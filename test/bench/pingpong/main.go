@@ -238,8 +238,7 @@ type env struct {
 	splicer      *splice.Splicer
 	lns          []net.Listener
 	accepted     chan *net.TCPConn // the echo server's side of each connection
-	wg           sync.WaitGroup
-	backlogFn    string // address of sk_psock_backlog, for perf's filter
+	backlogFn    string            // address of sk_psock_backlog, for perf's filter
 }
 
 func newEnv(c config) (e *env, err error) {
