@@ -59,6 +59,8 @@ func TestParseFlags(t *testing.T) {
 			wantErr: "--token-file needs --controller-ca"},
 		{name: "server name without TLS", getenv: env(), args: []string{"--controller-server-name", controllerName},
 			wantErr: "--controller-server-name needs --controller-ca"},
+		{name: "fast path auto", getenv: env(), args: []string{"--fast-path=auto"}, wantNode: "lab"},
+		{name: "bad fast path", getenv: env(), args: []string{"--fast-path=on"}, wantErr: `--fast-path "on": want auto or off`},
 		{name: "stray argument", getenv: env(), args: []string{"extra"}, wantErr: "unexpected arguments"},
 	}
 	for _, tt := range tests {

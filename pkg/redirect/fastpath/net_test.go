@@ -10,8 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -41,62 +39,6 @@ type testNet struct {
 	f          *FastPath
 	port       *Port
 	proxy      *proxy.Proxy
-}
-
-// portAdapter gives the proxy the port's callers.
-type portAdapter struct{ p *Port }
-
-func (a portAdapter) Caller(c net.Conn) (proxy.FastCaller, error) {
-	cn, err := a.p.Caller(c)
-	if err != nil {
-		return nil, err
-	}
-	return cn, nil
-}
-
-// enterCgroup moves the test process into a new child of the cgroup v2
-// hierarchy, where the sock_ops program is attached, and back out when the
-// test ends: sockets belong to the cgroup of the process that creates them
-// (accepted ones to their listener's).
-func enterCgroup(t testing.TB) string {
-	t.Helper()
-	root := "/sys/fs/cgroup/unified"
-	if _, err := os.Stat(filepath.Join(root, "cgroup.procs")); err != nil {
-		root = "/sys/fs/cgroup"
-	}
-	b, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var orig string
-	for _, line := range strings.Split(string(b), "\n") {
-		if p, ok := strings.CutPrefix(line, "0::"); ok {
-			orig = filepath.Join(root, p)
-		}
-	}
-	if orig == "" {
-		t.Fatal("no cgroup v2 entry in /proc/self/cgroup")
-	}
-	dir := filepath.Join(root, fmt.Sprintf("detour-fastpath-test-%d", os.Getpid()))
-	if err := os.Mkdir(dir, 0o755); err != nil && !os.IsExist(err) {
-		t.Fatal(err)
-	}
-	move := func(to string) error {
-		return os.WriteFile(filepath.Join(to, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0)
-	}
-	if err := move(dir); err != nil {
-		os.Remove(dir)
-		t.Fatalf("enter %s: %v", dir, err)
-	}
-	t.Cleanup(func() {
-		if err := move(orig); err != nil {
-			t.Errorf("back to %s: %v", orig, err)
-		}
-		if err := os.Remove(dir); err != nil {
-			t.Errorf("remove %s: %v", dir, err)
-		}
-	})
-	return dir
 }
 
 // pods answers with the pod's name in X-Pod, the sha256 of the request body
@@ -187,7 +129,7 @@ func newTestNet(t testing.TB) *testNet {
 func newTestNetIdle(t testing.TB, appIdle time.Duration) *testNet {
 	t.Helper()
 	testutil.RequirePrivileged(t)
-	cg := enterCgroup(t)
+	cg := testutil.EnterCgroup(t)
 	n := &testNet{pod: testutil.NewNetNS(t), peers: testutil.NewNetNS(t)}
 	testutil.Veth(t, testutil.End{NetNS: n.pod, Dev: "pod0", Addr: podAddr}, testutil.End{NetNS: n.peers, Dev: "peer0", Addr: peerAddr})
 	f, err := New(Config{Cgroup: cg})
@@ -205,13 +147,13 @@ func newTestNetIdle(t testing.TB, appIdle time.Duration) *testNet {
 	n.serveHTTP(t, n.peers, bob, "bob", 0)
 
 	routes := []proxy.Route{sessionRoute(t, "alice", alice), sessionRoute(t, "bob", bob)}
-	if n.port, err = f.SetPort(fastPort, appAddr.String(), fastRoutes(routes)); err != nil {
+	if n.port, err = f.SetPort(fastPort, appAddr.String(), RoutesOf(routes)); err != nil {
 		t.Fatal(err)
 	}
 	n.proxy = proxy.New(proxy.Config{
 		App:      appAddr.String(),
 		Dial:     (&netns.Dialer{Path: n.pod}).DialContext,
-		FastPath: portAdapter{n.port},
+		FastPath: ForProxy(n.port),
 	})
 	n.proxy.SetRoutes(routes)
 	ln, err := netns.Listen(n.pod, "tcp4", fastPort.String())
@@ -229,18 +171,6 @@ func sessionRoute(t testing.TB, key string, dest netip.AddrPort) proxy.Route {
 		t.Fatal(err)
 	}
 	return proxy.Route{Intercept: "default/" + key, Matcher: m, Destination: dest.String()}
-}
-
-// fastRoutes is what the agent gives SetPort for the proxy's routes.
-func fastRoutes(rs []proxy.Route) []Route {
-	out := make([]Route, len(rs))
-	for i, r := range rs {
-		out[i] = Route{Intercept: r.Intercept, Destination: r.Destination, Spread: len(r.Destinations) > 1, Restricted: r.Sources != nil}
-		if !r.L4 && r.Matcher != nil {
-			out[i].Conds = r.Matcher.Conditions()
-		}
-	}
-	return out
 }
 
 // serveHTTP serves pod(name) at at, HTTP/1.1 and h2c with prior

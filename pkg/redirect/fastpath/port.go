@@ -315,3 +315,6 @@ func (p *Port) Routed() map[string]uint64 {
 	}
 	return out
 }
+
+// FastPath is the port's owner.
+func (p *Port) FastPath() *FastPath { return p.f }

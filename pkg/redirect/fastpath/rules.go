@@ -4,9 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"net"
 	"strings"
 
 	"github.com/detourdev/detour/pkg/redirect/match"
+	"github.com/detourdev/detour/pkg/redirect/proxy"
 )
 
 // Limits of what the program reads; bpf/fastpath/fastpath.c has the same.
@@ -197,4 +199,30 @@ func filing(r rule) (indexKey, bool) {
 		}
 	}
 	return indexKey{}, false
+}
+
+// RoutesOf is what the kernel needs of a port's proxy routes, in their
+// order.
+func RoutesOf(rs []proxy.Route) []Route {
+	out := make([]Route, len(rs))
+	for i, r := range rs {
+		out[i] = Route{Intercept: r.Intercept, Destination: r.Destination, Spread: len(r.Destinations) > 1, Restricted: r.Sources != nil}
+		if !r.L4 && r.Matcher != nil {
+			out[i].Conds = r.Matcher.Conditions()
+		}
+	}
+	return out
+}
+
+// ForProxy gives a proxy the port's callers (proxy.Config.FastPath).
+func ForProxy(p *Port) proxy.FastPath { return proxyPort{p} }
+
+type proxyPort struct{ p *Port }
+
+func (a proxyPort) Caller(c net.Conn) (proxy.FastCaller, error) {
+	cn, err := a.p.Caller(c)
+	if err != nil {
+		return nil, err
+	}
+	return cn, nil
 }
