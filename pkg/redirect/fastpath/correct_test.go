@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strconv"
@@ -530,5 +531,96 @@ func TestPrivilegedSlowReader(t *testing.T) {
 		case size < DefaultMaxBody && st.Responses == before.Responses:
 			t.Error("the kernel did not deliver a response under its bound")
 		}
+	}
+}
+
+// TestPrivilegedUnsolicitedBytes: bytes an idle upstream sends on its own
+// never reach the caller; the agent drops the connection that sent them,
+// and the caller's next request is answered rightly on a new one.
+func TestPrivilegedUnsolicitedBytes(t *testing.T) {
+	sent, closed := make(chan string, 1), make(chan string, 64) // by connection
+	// bob answers every GET with "ok"; after one asking for it, it then
+	// sends a response no one asked for.
+	serve := func(c net.Conn) {
+		defer c.Close()
+		br := bufio.NewReader(c)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				closed <- c.RemoteAddr().String()
+				return
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nX-Pod: bob\r\nContent-Length: 2\r\n\r\nok")
+			if req.Header.Get("X-Then-Unsolicited") != "" {
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nX-Pod: evil\r\nContent-Length: 4\r\n\r\nevil")
+				sent <- c.RemoteAddr().String()
+			}
+		}
+	}
+	n := newTestNetOpts(t, netOpts{serveBob: func(ln net.Listener) {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go serve(c)
+		}
+	}})
+	c := n.dial(t)
+	get := func(extra string) {
+		t.Helper()
+		if err := c.c.SetDeadline(time.Now().Add(5 * time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.WriteString(c.c, "GET / HTTP/1.1\r\nHost: app\r\nX-Detour-Session: bob\r\n"+extra+"\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(c.br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		if err != nil || resp.Header.Get("X-Pod") != "bob" || string(b) != "ok" {
+			t.Fatalf("answered %q by %q, %v", b, resp.Header.Get("X-Pod"), err)
+		}
+	}
+	// Until the kernel routes bob's requests.
+	for i, inRow := 0, 0; inRow < 2; i++ {
+		if i == 30 {
+			t.Fatalf("the kernel did not take bob's requests: %+v", n.stats(t))
+		}
+		before := n.stats(t).Routed
+		get("")
+		if n.stats(t).Routed > before {
+			inRow++
+		} else {
+			inRow = 0
+		}
+	}
+	before := n.stats(t)
+	get("X-Then-Unsolicited: 1\r\n")
+	if n.stats(t).Routed == before.Routed {
+		t.Fatal("the kernel did not route the request")
+	}
+	rogue := <-sent
+	// The agent closes the upstream connection that sent them.
+	for gone := ""; gone != rogue; {
+		select {
+		case gone = <-closed:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the agent kept the upstream connection that sent unsolicited bytes")
+		}
+	}
+	if c.br.Buffered() > 0 {
+		t.Fatal("unsolicited bytes reached the caller")
+	}
+	get("")
+	get("")
+	// Nothing else came.
+	if err := c.c.SetReadDeadline(time.Now().Add(50 * time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := c.br.Peek(1); err == nil {
+		t.Fatalf("the caller got %q more", b)
 	}
 }

@@ -128,6 +128,17 @@ func newTestNet(t testing.TB) *testNet {
 // connections idle for appIdle (0: the server's default).
 func newTestNetIdle(t testing.TB, appIdle time.Duration) *testNet {
 	t.Helper()
+	return newTestNetOpts(t, netOpts{appIdle: appIdle})
+}
+
+type netOpts struct {
+	appIdle time.Duration // see newTestNetIdle
+	// serveBob, when set, serves bob's address instead of pod("bob").
+	serveBob func(ln net.Listener)
+}
+
+func newTestNetOpts(t testing.TB, o netOpts) *testNet {
+	t.Helper()
 	testutil.RequirePrivileged(t)
 	cg := testutil.EnterCgroup(t)
 	n := &testNet{pod: testutil.NewNetNS(t), peers: testutil.NewNetNS(t)}
@@ -142,9 +153,18 @@ func newTestNetIdle(t testing.TB, appIdle time.Duration) *testNet {
 		}
 	})
 	n.f = f
-	n.serveHTTP(t, n.pod, appAddr, "app", appIdle)
+	n.serveHTTP(t, n.pod, appAddr, "app", o.appIdle)
 	n.serveHTTP(t, n.peers, alice, "alice", 0)
-	n.serveHTTP(t, n.peers, bob, "bob", 0)
+	if o.serveBob == nil {
+		n.serveHTTP(t, n.peers, bob, "bob", 0)
+	} else {
+		ln, err := netns.Listen(n.peers, "tcp4", bob.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go o.serveBob(ln)
+	}
 
 	routes := []proxy.Route{sessionRoute(t, "alice", alice), sessionRoute(t, "bob", bob)}
 	if n.port, err = f.SetPort(fastPort, appAddr.String(), RoutesOf(routes)); err != nil {

@@ -176,21 +176,7 @@ func (cl *client) watch(slot uint32, up *upConn) {
 	for {
 		_, err := up.bufs.r.Peek(1)
 		busy, cur, taken, head := f.fc.Pending()
-		mine := busy && cur == slot
-		switch {
-		case err != nil:
-			// The upstream closed. A request the kernel routed to it
-			// that has no response will get none: fail the client,
-			// as the upstream's close would have a direct client.
-			cl.unpair(slot, up)
-			if mine && !taken {
-				// Settled: nothing will come, and a close must not
-				// wait for it.
-				f.fc.FinishTaken()
-				cl.abort()
-			}
-			return
-		case mine && taken:
+		if err == nil && busy && cur == slot && taken {
 			method := "GET"
 			if head {
 				method = "HEAD"
@@ -205,11 +191,19 @@ func (cl *client) watch(slot uint32, up *upConn) {
 			cl.unpair(slot, up)
 			cl.abort()
 			return
-		default:
-			// Bytes no request asked for: the connection is no use.
-			cl.unpair(slot, up)
-			return
 		}
+		// The upstream closed, or said what no request asked for (bytes
+		// while idle, or past the end of a response): it goes. Once
+		// unpaired, the kernel routes no request to it; one it routed
+		// before will get no response, so the client is reset, as the
+		// upstream's close would have reset a direct client, rather
+		// than left waiting.
+		cl.unpair(slot, up)
+		if busy, cur, taken, _ := f.fc.Pending(); busy && cur == slot && !taken {
+			f.fc.FinishTaken() // settled: a close must not wait for it
+			cl.abort()
+		}
+		return
 	}
 }
 
