@@ -36,6 +36,7 @@ var (
 
 type testNet struct {
 	pod, peers string
+	cgroup     string
 	f          *FastPath
 	port       *Port
 	proxy      *proxy.Proxy
@@ -135,6 +136,9 @@ type netOpts struct {
 	appIdle time.Duration // see newTestNetIdle
 	// serveBob, when set, serves bob's address instead of pod("bob").
 	serveBob func(ln net.Listener)
+	// noAgent: no fast path and no proxy in this process (another runs
+	// them: see TestPrivilegedAgentSIGKILL); n.cgroup is where to attach.
+	noAgent bool
 }
 
 func newTestNetOpts(t testing.TB, o netOpts) *testNet {
@@ -143,16 +147,7 @@ func newTestNetOpts(t testing.TB, o netOpts) *testNet {
 	cg := testutil.EnterCgroup(t)
 	n := &testNet{pod: testutil.NewNetNS(t), peers: testutil.NewNetNS(t)}
 	testutil.Veth(t, testutil.End{NetNS: n.pod, Dev: "pod0", Addr: podAddr}, testutil.End{NetNS: n.peers, Dev: "peer0", Addr: peerAddr})
-	f, err := New(Config{Cgroup: cg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := f.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-	})
-	n.f = f
+	n.cgroup = cg
 	n.serveHTTP(t, n.pod, appAddr, "app", o.appIdle)
 	n.serveHTTP(t, n.peers, alice, "alice", 0)
 	if o.serveBob == nil {
@@ -166,23 +161,48 @@ func newTestNetOpts(t testing.TB, o netOpts) *testNet {
 		go o.serveBob(ln)
 	}
 
-	routes := []proxy.Route{sessionRoute(t, "alice", alice), sessionRoute(t, "bob", bob)}
-	if n.port, err = f.SetPort(fastPort, appAddr.String(), RoutesOf(routes)); err != nil {
-		t.Fatal(err)
+	if o.noAgent {
+		return n
 	}
-	n.proxy = proxy.New(proxy.Config{
-		App:      appAddr.String(),
-		Dial:     (&netns.Dialer{Path: n.pod}).DialContext,
-		FastPath: ForProxy(n.port),
+	f, ln, px, port := serveAgent(t, n.pod, cg)
+	t.Cleanup(func() {
+		ln.Close()
+		px.Close()
+		if err := f.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
 	})
-	n.proxy.SetRoutes(routes)
-	ln, err := netns.Listen(n.pod, "tcp4", fastPort.String())
+	n.f, n.proxy, n.port = f, px, port
+	return n
+}
+
+// serveAgent loads the fast path on cgroup and serves the fast port in
+// the pod's namespace with a proxy using it, as the agent would.
+func serveAgent(t testing.TB, pod, cgroup string) (*FastPath, net.Listener, *proxy.Proxy, *Port) {
+	t.Helper()
+	f, err := New(Config{Cgroup: cgroup})
 	if err != nil {
 		t.Fatal(err)
 	}
-	go n.proxy.Serve(ln)
-	t.Cleanup(func() { ln.Close(); n.proxy.Close() })
-	return n
+	routes := []proxy.Route{sessionRoute(t, "alice", alice), sessionRoute(t, "bob", bob)}
+	port, err := f.SetPort(fastPort, appAddr.String(), RoutesOf(routes))
+	if err != nil {
+		f.Close()
+		t.Fatal(err)
+	}
+	px := proxy.New(proxy.Config{
+		App:      appAddr.String(),
+		Dial:     (&netns.Dialer{Path: pod}).DialContext,
+		FastPath: ForProxy(port),
+	})
+	px.SetRoutes(routes)
+	ln, err := netns.Listen(pod, "tcp4", fastPort.String())
+	if err != nil {
+		f.Close()
+		t.Fatal(err)
+	}
+	go px.Serve(ln)
+	return f, ln, px, port
 }
 
 func sessionRoute(t testing.TB, key string, dest netip.AddrPort) proxy.Route {
