@@ -205,7 +205,7 @@ func TestFastPathAgentProcess(t *testing.T) {
 		return
 	}
 	pod, cg, _ := strings.Cut(env, "|")
-	f, _, _, _ := serveAgent(t, pod, cg)
+	f, _, _, _ := serveAgent(t, pod, cg, defaultRoutes(t))
 	var ids []uint32
 	for _, p := range []*ebpf.Program{f.objs.FpMsg, f.objs.FpSockops} {
 		id, err := bpfutil.ProgramID(p)

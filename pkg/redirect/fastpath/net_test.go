@@ -139,6 +139,9 @@ type netOpts struct {
 	// noAgent: no fast path and no proxy in this process (another runs
 	// them: see TestPrivilegedAgentSIGKILL); n.cgroup is where to attach.
 	noAgent bool
+	// routes, when set, are the port's routes (destinations alice and
+	// bob); else session alice and session bob.
+	routes func(t testing.TB) []proxy.Route
 }
 
 func newTestNetOpts(t testing.TB, o netOpts) *testNet {
@@ -164,7 +167,11 @@ func newTestNetOpts(t testing.TB, o netOpts) *testNet {
 	if o.noAgent {
 		return n
 	}
-	f, ln, px, port := serveAgent(t, n.pod, cg)
+	routes := defaultRoutes
+	if o.routes != nil {
+		routes = o.routes
+	}
+	f, ln, px, port := serveAgent(t, n.pod, cg, routes(t))
 	t.Cleanup(func() {
 		ln.Close()
 		px.Close()
@@ -178,13 +185,12 @@ func newTestNetOpts(t testing.TB, o netOpts) *testNet {
 
 // serveAgent loads the fast path on cgroup and serves the fast port in
 // the pod's namespace with a proxy using it, as the agent would.
-func serveAgent(t testing.TB, pod, cgroup string) (*FastPath, net.Listener, *proxy.Proxy, *Port) {
+func serveAgent(t testing.TB, pod, cgroup string, routes []proxy.Route) (*FastPath, net.Listener, *proxy.Proxy, *Port) {
 	t.Helper()
 	f, err := New(Config{Cgroup: cgroup})
 	if err != nil {
 		t.Fatal(err)
 	}
-	routes := []proxy.Route{sessionRoute(t, "alice", alice), sessionRoute(t, "bob", bob)}
 	port, err := f.SetPort(fastPort, appAddr.String(), RoutesOf(routes))
 	if err != nil {
 		f.Close()
@@ -205,12 +211,20 @@ func serveAgent(t testing.TB, pod, cgroup string) (*FastPath, net.Listener, *pro
 	return f, ln, px, port
 }
 
+func defaultRoutes(t testing.TB) []proxy.Route {
+	return []proxy.Route{sessionRoute(t, "alice", alice), sessionRoute(t, "bob", bob)}
+}
+
 func sessionRoute(t testing.TB, key string, dest netip.AddrPort) proxy.Route {
-	m, err := match.Compile([]match.Condition{{Kind: match.Session, Value: key}})
+	return route(t, "default/"+key, dest, match.Condition{Kind: match.Session, Value: key})
+}
+
+func route(t testing.TB, intercept string, dest netip.AddrPort, conds ...match.Condition) proxy.Route {
+	m, err := match.Compile(conds)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return proxy.Route{Intercept: "default/" + key, Matcher: m, Destination: dest.String()}
+	return proxy.Route{Intercept: intercept, Matcher: m, Destination: dest.String()}
 }
 
 // serveHTTP serves pod(name) at at, HTTP/1.1 and h2c with prior
