@@ -171,6 +171,7 @@ func meanSample(name string, rounds []*roundResult) *sample {
 	out.AgentCPUPer100k = avgPtr(func(s *sample) *float64 { return s.AgentCPUPer100k })
 	out.AgentCPUPerGiB = avgPtr(func(s *sample) *float64 { return s.AgentCPUPerGiB })
 	out.AgentRequests = avgPtr(func(s *sample) *float64 { return s.AgentRequests })
+	out.KernelRequests = avgPtr(func(s *sample) *float64 { return s.KernelRequests })
 	out.Requests = int64(avg(func(s *sample) float64 { return float64(s.Requests) }))
 	out.Errors = int64(avg(func(s *sample) float64 { return float64(s.Errors) }))
 	return out
