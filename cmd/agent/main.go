@@ -66,6 +66,9 @@ It runs as root with these capabilities:
   CAP_NET_ADMIN           create the socket maps (SOCKHASH) the steering
                           (and --l4-relay=sockmap) hand sockets through;
                           load the cgroup programs of --connect-redirect
+                          and --fast-path (which also reads TCP sequence
+                          numbers through BTF: CAP_PERFMON, implied by
+                          CAP_SYS_ADMIN)
   CAP_SYS_ADMIN           setns(2) into pod network namespaces: to list their
                           addresses, open its listener there and dial the app
                           (attaching sk_lookup needs only the namespace's fd)
@@ -117,7 +120,7 @@ func parseFlags(args []string, getenv func(string) string, output io.Writer) (*o
 	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile of the whole run to this file when the agent stops (for benchmarks)")
 	fs.StringVar(&o.flowCgroup, "flow-metrics-cgroup", "auto", "cgroup v2 directory whose TCP flows feed the RTT and retransmit metrics (sockops), only flows with an intercepted pod port or a destination's port at either end: auto = the agent's own cgroup, off = none")
 	fs.StringVar(&o.connectCgroup, "connect-redirect", "auto", "send the connect() of an L4 intercept's callers in pod namespaces on this node (only the source pods', with --from-pod/--from-namespace) straight to the developer's pod (cgroup connect4 on this cgroup v2 directory): auto = the node's cgroup v2 root (/host/sys/fs/cgroup first, for a container), off = every caller goes through the agent's relay")
-	fs.StringVar(&o.fastPath, "fast-path", "off", "route the HTTP/1.1 requests of callers on this node in the kernel (sk_msg; docs/architecture.md, data path step 7): auto = where the kernel supports it (Linux 5.17+ with BTF; a log line says when it does not), off = the agent routes every request. EXPERIMENTAL: off by default until the bench's go/no-go (docs/performance.md)")
+	fs.StringVar(&o.fastPath, "fast-path", "auto", "route the HTTP/1.1 requests of callers on this node in the kernel (sk_msg on the node's cgroup v2 root; docs/architecture.md, data path step 7; measured in docs/performance.md): auto = where the kernel supports it (Linux 5.17+ with BTF; a log line says when it does not), off = the agent routes every request")
 	fs.DurationVar(&o.headTimeout, "head-timeout", proxy.DefaultHeadTimeout, "how long a request head may take from its first byte: one still arriving after the first second is waited for up to this long (at most --max-slow-heads at a time), so a client on a slow link keeps its session; then the rest of its connection goes to the app untouched. At least 1s; keep it no shorter than the apps' own header timeouts")
 	fs.IntVar(&o.maxSlowHeads, "max-slow-heads", proxy.DefaultMaxSlowHeads, "how many connections, over all ports, may wait beyond the first second for the rest of a request head (each holds 80 KiB of buffers); one more goes to the app untouched (0: none waits)")
 	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", agent.DefaultShutdownGrace, "on SIGTERM/SIGINT, how long to finish the requests, streams and connections already taken once the steering is removed, before closing them (0: close at once)")
