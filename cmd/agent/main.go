@@ -35,6 +35,7 @@ import (
 	"github.com/detourdev/detour/pkg/kubeauth"
 	"github.com/detourdev/detour/pkg/podns"
 	"github.com/detourdev/detour/pkg/redirect/connect"
+	"github.com/detourdev/detour/pkg/redirect/fastpath"
 	"github.com/detourdev/detour/pkg/redirect/flowmetrics"
 	"github.com/detourdev/detour/pkg/redirect/proxy"
 	"github.com/detourdev/detour/pkg/redirect/splice"
@@ -65,6 +66,9 @@ It runs as root with these capabilities:
   CAP_NET_ADMIN           create the socket maps (SOCKHASH) the steering
                           (and --l4-relay=sockmap) hand sockets through;
                           load the cgroup programs of --connect-redirect
+                          and --fast-path (which also reads TCP sequence
+                          numbers through BTF: CAP_PERFMON, implied by
+                          CAP_SYS_ADMIN)
   CAP_SYS_ADMIN           setns(2) into pod network namespaces: to list their
                           addresses, open its listener there and dial the app
                           (attaching sk_lookup needs only the namespace's fd)
@@ -94,6 +98,7 @@ type options struct {
 	controllerCA, serverName, tokenFile            string
 	metricsAddr, stateFile, logLevel               string
 	l4Relay, cpuProfile, flowCgroup, connectCgroup string
+	fastPath                                       string
 	shutdownGrace, headTimeout                     time.Duration
 	maxSlowHeads                                   int
 }
@@ -115,6 +120,7 @@ func parseFlags(args []string, getenv func(string) string, output io.Writer) (*o
 	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile of the whole run to this file when the agent stops (for benchmarks)")
 	fs.StringVar(&o.flowCgroup, "flow-metrics-cgroup", "auto", "cgroup v2 directory whose TCP flows feed the RTT and retransmit metrics (sockops), only flows with an intercepted pod port or a destination's port at either end: auto = the agent's own cgroup, off = none")
 	fs.StringVar(&o.connectCgroup, "connect-redirect", "auto", "send the connect() of an L4 intercept's callers in pod namespaces on this node (only the source pods', with --from-pod/--from-namespace) straight to the developer's pod (cgroup connect4 on this cgroup v2 directory): auto = the node's cgroup v2 root (/host/sys/fs/cgroup first, for a container), off = every caller goes through the agent's relay")
+	fs.StringVar(&o.fastPath, "fast-path", "auto", "route the HTTP/1.1 requests of callers on this node in the kernel (sk_msg on the node's cgroup v2 root; docs/architecture.md, data path step 7; measured in docs/performance.md): auto = where the kernel supports it (Linux 5.17+ with BTF; a log line says when it does not), off = the agent routes every request")
 	fs.DurationVar(&o.headTimeout, "head-timeout", proxy.DefaultHeadTimeout, "how long a request head may take from its first byte: one still arriving after the first second is waited for up to this long (at most --max-slow-heads at a time), so a client on a slow link keeps its session; then the rest of its connection goes to the app untouched. At least 1s; keep it no shorter than the apps' own header timeouts")
 	fs.IntVar(&o.maxSlowHeads, "max-slow-heads", proxy.DefaultMaxSlowHeads, "how many connections, over all ports, may wait beyond the first second for the rest of a request head (each holds 80 KiB of buffers); one more goes to the app untouched (0: none waits)")
 	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", agent.DefaultShutdownGrace, "on SIGTERM/SIGINT, how long to finish the requests, streams and connections already taken once the steering is removed, before closing them (0: close at once)")
@@ -148,6 +154,9 @@ func parseFlags(args []string, getenv func(string) string, output io.Writer) (*o
 	}
 	if o.maxSlowHeads < 0 {
 		return nil, fmt.Errorf("--max-slow-heads %d: want 0 or more", o.maxSlowHeads)
+	}
+	if o.fastPath != "auto" && o.fastPath != "off" {
+		return nil, fmt.Errorf("--fast-path %q: want auto or off", o.fastPath)
 	}
 	if o.controllerCA == "" {
 		switch {
@@ -297,6 +306,19 @@ func run() error {
 		cfg.Connector = cr
 		log.Info("connect-time redirects for L4 intercepts", "cgroup", cr.Cgroup())
 	}
+	switch o.fastPath {
+	case "off":
+	case "auto":
+		if fp, err := fastPath(); err != nil {
+			// The agent routes every request without it.
+			loadErrors.Inc()
+			log.Warn("HTTP/1.1 fast path unavailable on this node; the agent routes every request", "err", err)
+		} else {
+			defer fp.Close() // after Run: the routers are closed by then
+			cfg.FastPath = fp
+			log.Info("HTTP/1.1 fast path on: callers on this node are routed in the kernel where their requests allow")
+		}
+	}
 	if ops, err := flowMetrics(o.flowCgroup); err != nil {
 		// Metrics are not worth refusing to route for.
 		loadErrors.Inc()
@@ -345,6 +367,16 @@ func connectRedirects(cgroup string) (*connect.Redirects, error) {
 		cgroup = root
 	}
 	return connect.New(cgroup)
+}
+
+// fastPath loads the fast path, its sock_ops program on the node's cgroup
+// v2 root so that callers in every pod are seen.
+func fastPath() (*fastpath.FastPath, error) {
+	root, err := connect.CgroupV2Root()
+	if err != nil {
+		return nil, err
+	}
+	return fastpath.New(fastpath.Config{Cgroup: root})
 }
 
 // flowMetrics attaches the sockops flow metrics to a cgroup v2 directory:

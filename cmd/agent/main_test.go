@@ -59,6 +59,8 @@ func TestParseFlags(t *testing.T) {
 			wantErr: "--token-file needs --controller-ca"},
 		{name: "server name without TLS", getenv: env(), args: []string{"--controller-server-name", controllerName},
 			wantErr: "--controller-server-name needs --controller-ca"},
+		{name: "fast path off", getenv: env(), args: []string{"--fast-path=off"}, wantNode: "lab"},
+		{name: "bad fast path", getenv: env(), args: []string{"--fast-path=on"}, wantErr: `--fast-path "on": want auto or off`},
 		{name: "stray argument", getenv: env(), args: []string{"extra"}, wantErr: "unexpected arguments"},
 	}
 	for _, tt := range tests {
@@ -75,6 +77,9 @@ func TestParseFlags(t *testing.T) {
 			}
 			if o.node != tt.wantNode {
 				t.Fatalf("node %q, want %q", o.node, tt.wantNode)
+			}
+			if len(tt.args) == 0 && o.fastPath != "auto" {
+				t.Fatalf("--fast-path defaults to %q, want auto", o.fastPath)
 			}
 		})
 	}

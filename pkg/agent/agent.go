@@ -25,6 +25,7 @@ import (
 
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
 	"github.com/detourdev/detour/pkg/podns"
+	"github.com/detourdev/detour/pkg/redirect/fastpath"
 	"github.com/detourdev/detour/pkg/redirect/proxy"
 )
 
@@ -56,6 +57,10 @@ type Config struct {
 	// steering and relay.
 	// The agent closes it when it stops.
 	Connector Connector
+	// FastPath, when not nil, routes the HTTP/1.1 requests of callers on
+	// this node in the kernel (pkg/redirect/fastpath; docs/architecture.md,
+	// data path step 7). The caller closes it after Run returns.
+	FastPath *fastpath.FastPath
 	// FlowPorts is given, at every change, the ports whose TCP flows the
 	// sockops metrics should track (flowmetrics.SockOps.SetPorts): the steered
 	// pod ports and the destinations' ports. nil: not told.
@@ -159,6 +164,12 @@ func New(cfg Config, s Steerer) (*Agent, error) {
 	dp.relay = cfg.Relay
 	dp.resolve = cfg.ResolveNetNS
 	dp.flowPorts = cfg.FlowPorts
+	if cfg.FastPath != nil {
+		dp.fast = cfg.FastPath
+		if err := cfg.Registry.Register(kernelRequests{dp}); err != nil {
+			return nil, fmt.Errorf("agent: register fast path metrics: %w", err)
+		}
+	}
 	if cfg.Connector != nil {
 		// Destinations and sources on other nodes are looked for at
 		// most every 10 s, not at every check.

@@ -14,6 +14,7 @@ import (
 	detourv1 "github.com/detourdev/detour/api/detour/v1"
 	"github.com/detourdev/detour/pkg/netns"
 	"github.com/detourdev/detour/pkg/podns"
+	"github.com/detourdev/detour/pkg/redirect/fastpath"
 	"github.com/detourdev/detour/pkg/redirect/proxy"
 )
 
@@ -66,6 +67,9 @@ type dataplane struct {
 	// a new desired state clears it (see Apply). nil without a connect
 	// plane.
 	misses *podns.MissCache
+	// fast routes HTTP/1.1 requests of callers on the node in the
+	// kernel; nil: off.
+	fast *fastpath.FastPath
 	// flowPorts sets the ports whose flows the sockops metrics track; nil:
 	// none are (or they track a whole cgroup).
 	flowPorts func(ports []uint16) error
@@ -282,6 +286,7 @@ func (d *dataplane) Reports() []*detourv1.InterceptReport {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	out := make([]*detourv1.InterceptReport, 0, len(d.targets))
+	kernel := map[portKey]map[string]uint64{} // each fast port's, read once
 	for id, keys := range d.targets {
 		ns, name := splitID(id)
 		r := &detourv1.InterceptReport{Namespace: ns, Name: name, Error: d.errs[id]}
@@ -295,9 +300,18 @@ func (d *dataplane) Reports() []*detourv1.InterceptReport {
 			if err == nil {
 				r.SteeredConnections += n
 			}
+			if p := d.ports[k]; p.fast != nil {
+				if kernel[k] == nil {
+					kernel[k] = p.fast.Routed()
+				}
+				// Requests the kernel routed to the developer's
+				// pod are matched too (fallbacks are the agent's).
+				r.Matched += kernel[k][id]
+			}
 		}
 		if c := d.counters[id]; c != nil {
-			r.Matched, r.Fallbacks = c.matched.Load(), c.fallbacks.Load()
+			r.Matched += c.matched.Load()
+			r.Fallbacks = c.fallbacks.Load()
 		}
 		// Connections redirected at connect() are matched too: they went
 		// to the developer's pod without passing through the agent.

@@ -3,11 +3,13 @@ package agent
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"strconv"
 
+	"github.com/detourdev/detour/pkg/redirect/fastpath"
 	"github.com/detourdev/detour/pkg/redirect/proxy"
 )
 
@@ -20,6 +22,12 @@ type port struct {
 	// dials the app from, also while it drains after the port is removed:
 	// it is closed with the router.
 	nsf *os.File
+	// With the fast path: the port's address and app, and its part in
+	// the kernel (nil: off).
+	addr netip.AddrPort
+	app  string
+	fast *fastpath.Port
+	log  *slog.Logger
 }
 
 // podNetNS is a pod namespace the steering is attached to, held open: a
@@ -96,16 +104,30 @@ func (d *dataplane) addPort(k portKey, dp *desiredPort) error {
 	}
 	tl := ln.(*net.TCPListener)
 	obs := &portObserver{d: d}
-	px := proxy.New(proxy.Config{
+	log := d.log.With("port", k.String())
+	addr := netip.AddrPortFrom(k.addr, k.port)
+	cfg := proxy.Config{
 		App:         dp.app,
 		Dial:        d.dialFrom(path),
 		HeadTimeout: d.headTimeout,
 		SlowHeads:   d.slowHeads,
 		Observer:    obs,
-		Logger:      d.log.With("port", k.String()),
+		Logger:      log,
 		Relay:       d.relay,
-	})
-	p := &port{ln: tl, proxy: px, obs: obs, nsf: nsf}
+	}
+	var fp *fastpath.Port
+	if d.fast != nil {
+		// Routes are compiled by setRoutes below; a port whose routes
+		// the kernel cannot decide is served by the proxy alone.
+		if fp, err = d.fast.SetPort(addr, dp.app, nil); err == nil {
+			cfg.FastPath = fastpath.ForProxy(fp)
+		} else {
+			log.Warn("fast path off for the port", "err", err)
+			fp = nil
+		}
+	}
+	px := proxy.New(cfg)
+	p := &port{ln: tl, proxy: px, obs: obs, nsf: nsf, addr: addr, app: dp.app, fast: fp, log: log}
 	p.setRoutes(dp.routes)
 	go func() { _ = px.Serve(tl) }()
 	if err := d.steer.Steer(k.addr, k.port, tl); err != nil {
@@ -124,6 +146,11 @@ func (d *dataplane) addPort(k portKey, dp *desiredPort) error {
 func (p *port) setRoutes(routes []proxy.Route) {
 	p.obs.setRoutes(routes)
 	p.proxy.SetRoutes(routes)
+	if p.fast != nil {
+		if _, err := p.fast.FastPath().SetPort(p.addr, p.app, fastpath.RoutesOf(routes)); err != nil {
+			p.log.Info("the port's requests are routed by the agent, not the kernel", "why", err)
+		}
+	}
 }
 
 // removePort stops steering first, so new connections reach the app at
@@ -134,6 +161,9 @@ func (d *dataplane) removePort(k portKey, p *port) {
 	if err := d.steer.Unsteer(k.addr, k.port); err != nil {
 		d.m.bpfErrors.WithLabelValues("unsteer").Inc()
 		d.log.Error("unsteer failed", "port", k.String(), "err", err)
+	}
+	if p.fast != nil {
+		d.fast.RemovePort(p.addr)
 	}
 	p.proxy.SetRoutes(nil)
 	delete(d.ports, k)

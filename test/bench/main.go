@@ -45,6 +45,7 @@ type config struct {
 	install      bool
 	agentProfile string
 	agentFlags   []string
+	fastPath     bool
 	agreeWithin  float64
 	slices       int
 	env          bool
@@ -75,6 +76,7 @@ func main() {
 		c.agentFlags = append(c.agentFlags, v)
 		return nil
 	})
+	flag.BoolVar(&c.fastPath, "fast-path", true, "run the agent with --fast-path=auto and measure fast-passthrough and fast-matched (routed in the kernel); passthrough and matched then send \"Connection: keep-alive\", which the kernel leaves to the agent")
 	flag.IntVar(&c.slices, "slices", 5, "cut each measurement into this many interleaved slices (at least 1s each)")
 	flag.IntVar(&c.scale, "scale", 1000, "session intercepts on the port in the scale stage (0 skips it)")
 	flag.IntVar(&c.creations, "creations", 20, "intercepts created and deleted in the control stage (0 skips it)")
@@ -325,6 +327,9 @@ func (b *bench) up(ctx context.Context) error {
 		}
 		b.cfg.agentProfile = prof
 		agentArgs = append(agentArgs, "--cpu-profile", prof)
+	}
+	if c.fastPath {
+		agentArgs = append(agentArgs, "--fast-path=auto") // a later --agent-flag wins
 	}
 	agentArgs = append(agentArgs, c.agentFlags...)
 	agent, err := startProc("agent", filepath.Join(b.tmp, "agent.log"), append([]string{agentBin}, agentArgs...)...)

@@ -41,28 +41,36 @@ type caseDef struct {
 	fromHost bool
 	// from is the pod the client runs in; "" is b-client.
 	from string
+	// fast: the agent's kernel fast path may route it (-fast-path). The
+	// other cases through the agent then send "Connection: keep-alive",
+	// which the fast path leaves to the agent, so both are measured in
+	// one run against the same direct.
+	fast bool
 }
 
 var (
-	caseDirect        = caseDef{"direct", kindHTTP, podApp, 8080, "", podApp, false, "", false, ""}
-	caseH2Direct      = caseDef{"h2-direct", kindH2, podApp, 8080, "", podApp, false, "", false, ""}
-	caseL4Direct      = caseDef{"l4-direct", kindIperf, podApp, 5201, "", podApp, false, "", false, ""}
-	caseL4HostDirect  = caseDef{"l4-host-direct", kindIperf, podApp, 5201, "", podApp, false, "", true, ""}
-	casePassthrough   = caseDef{"passthrough", kindHTTP, podApp, 8080, "", podApp, true, "direct", false, ""}
-	caseMatched       = caseDef{"matched", kindHTTP, podApp, 8080, "alice", podDev, true, "direct", false, ""}
-	caseNginx         = caseDef{"nginx", kindHTTP, podNginx, 8080, "alice", podDev, false, "direct", false, ""}
-	caseUnintercepted = caseDef{"unintercepted", kindHTTP, podApp, 8081, "", podApp, true, "direct", false, ""}
-	caseH2Matched     = caseDef{"h2-matched", kindH2, podApp, 8080, "alice", podDev, true, "h2-direct", false, ""}
-	caseL4Connect     = caseDef{"l4-connect", kindIperf, podApp, 5201, "", podDev, true, "l4-direct", false, ""}
-	caseL4Splice      = caseDef{"l4-splice", kindIperf, podApp, 5201, "", podDev, true, "l4-host-direct", true, ""}
-	caseDirectEnd     = caseDef{"direct-end", kindHTTP, podApp, 8080, "", podApp, false, "direct", false, ""}
+	caseDirect        = caseDef{"direct", kindHTTP, podApp, 8080, "", podApp, false, "", false, "", false}
+	caseH2Direct      = caseDef{"h2-direct", kindH2, podApp, 8080, "", podApp, false, "", false, "", false}
+	caseL4Direct      = caseDef{"l4-direct", kindIperf, podApp, 5201, "", podApp, false, "", false, "", false}
+	caseL4HostDirect  = caseDef{"l4-host-direct", kindIperf, podApp, 5201, "", podApp, false, "", true, "", false}
+	casePassthrough   = caseDef{"passthrough", kindHTTP, podApp, 8080, "", podApp, true, "direct", false, "", false}
+	caseMatched       = caseDef{"matched", kindHTTP, podApp, 8080, "alice", podDev, true, "direct", false, "", false}
+	caseNginx         = caseDef{"nginx", kindHTTP, podNginx, 8080, "alice", podDev, false, "direct", false, "", false}
+	caseUnintercepted = caseDef{"unintercepted", kindHTTP, podApp, 8081, "", podApp, true, "direct", false, "", false}
+	caseH2Matched     = caseDef{"h2-matched", kindH2, podApp, 8080, "alice", podDev, true, "h2-direct", false, "", false}
+	caseL4Connect     = caseDef{"l4-connect", kindIperf, podApp, 5201, "", podDev, true, "l4-direct", false, "", false}
+	caseL4Splice      = caseDef{"l4-splice", kindIperf, podApp, 5201, "", podDev, true, "l4-host-direct", true, "", false}
+	caseDirectEnd     = caseDef{"direct-end", kindHTTP, podApp, 8080, "", podApp, false, "direct", false, "", false}
 	// Through environment bench's routes: its key to b-app reaches b-app's
 	// fork through the agent (its session route), like matched; from
 	// b-client's fork, b-app's address is b-app's fork, redirected at
 	// connect() (its forks route): the agent sees no request, and its CPU
 	// is counted to show it.
-	caseEnvMatched    = caseDef{"env-matched", kindHTTP, podApp, 8080, envName, forkApp, true, "direct", false, ""}
-	caseEnvForkToFork = caseDef{"env-fork-to-fork", kindHTTP, podApp, 8080, "", forkApp, true, "direct", false, forkClient}
+	caseEnvMatched    = caseDef{"env-matched", kindHTTP, podApp, 8080, envName, forkApp, true, "direct", false, "", false}
+	caseEnvForkToFork = caseDef{"env-fork-to-fork", kindHTTP, podApp, 8080, "", forkApp, true, "direct", false, forkClient, false}
+
+	caseFastPassthrough = caseDef{"fast-passthrough", kindHTTP, podApp, 8080, "", podApp, true, "direct", false, "", true}
+	caseFastMatched     = caseDef{"fast-matched", kindHTTP, podApp, 8080, "alice", podDev, true, "direct", false, "", true}
 )
 
 // client is the pod the case's client runs in.
@@ -79,13 +87,13 @@ func (c caseDef) client() string {
 // gone again (direct once more, for drift).
 var (
 	phaseBefore = []caseDef{caseDirect, caseH2Direct, caseL4Direct, caseL4HostDirect}
-	phaseDuring = []caseDef{casePassthrough, caseMatched, caseNginx, caseUnintercepted, caseH2Matched, caseL4Connect, caseL4Splice}
+	phaseDuring = []caseDef{casePassthrough, caseMatched, caseFastPassthrough, caseFastMatched, caseNginx, caseUnintercepted, caseH2Matched, caseL4Connect, caseL4Splice}
 	phaseEnv    = []caseDef{caseEnvMatched, caseEnvForkToFork}
 	phaseAfter  = []caseDef{caseDirectEnd}
 )
 
 // allCases in report order.
-var allCases = []caseDef{caseDirect, casePassthrough, caseMatched, caseNginx, caseUnintercepted,
+var allCases = []caseDef{caseDirect, casePassthrough, caseMatched, caseFastPassthrough, caseFastMatched, caseNginx, caseUnintercepted,
 	caseEnvMatched, caseEnvForkToFork, caseDirectEnd, caseH2Direct, caseH2Matched, caseL4Direct, caseL4Connect,
 	caseL4HostDirect, caseL4Splice}
 
@@ -104,8 +112,9 @@ type sample struct {
 	AgentCPUPer100k *float64 `json:"agent_cpu_s_per_100k,omitempty"`
 	AgentCPUPerGiB  *float64 `json:"agent_cpu_s_per_gib,omitempty"`
 	Requests        int64    `json:"requests,omitempty"`
-	AgentRequests   *float64 `json:"agent_requests,omitempty"` // requests the agent counted during the case
-	Errors          int64    `json:"errors,omitempty"`         // non-2xx, socket errors, failed
+	AgentRequests   *float64 `json:"agent_requests,omitempty"`  // requests the agent counted during the case
+	KernelRequests  *float64 `json:"kernel_requests,omitempty"` // requests the fast path routed during the case
+	Errors          int64    `json:"errors,omitempty"`          // non-2xx, socket errors, failed
 	Skipped         string   `json:"skipped,omitempty"`
 
 	cpuTicks int64
@@ -198,6 +207,16 @@ func (b *bench) agentRequests(ctx context.Context) float64 {
 	return v
 }
 
+// kernelRequests is what the agent's fast path routed so far.
+func (b *bench) kernelRequests(ctx context.Context) float64 {
+	m, err := b.agentMetrics(ctx)
+	if err != nil {
+		return 0
+	}
+	v, _ := promValue(m, "detour_agent_kernel_requests_total")
+	return v
+}
+
 func (b *bench) agentTicks() int64 { return procTicks(b.agent) }
 
 // procTicks is the CPU time p used so far, in clock ticks.
@@ -263,9 +282,12 @@ func (b *bench) measure(ctx context.Context, s *sample, c caseDef, pass int) err
 	}
 	secs := b.sliceSecs()
 	url := b.url(c.pod, c.port)
-	r0 := 0.0
+	r0, k0 := 0.0, 0.0
 	if c.viaAgent {
 		r0 = b.agentRequests(ctx) // scraping costs the agent CPU: before the ticks
+	}
+	if c.fast {
+		k0 = b.kernelRequests(ctx)
 	}
 	t0 := b.agentTicks()
 	var requests int64
@@ -279,6 +301,9 @@ func (b *bench) measure(ctx context.Context, s *sample, c caseDef, pass int) err
 		}
 		if c.session != "" {
 			args = append(args, "-H", "x-detour-session: "+c.session)
+		}
+		if b.cfg.fastPath && c.viaAgent && c.pod == podApp && c.port == 8080 && !c.fast {
+			args = append(args, "-H", "Connection: keep-alive") // the agent's, not the kernel's
 		}
 		out, err := b.inPod(ctx, c.client(), append(args, url)...)
 		if err != nil {
@@ -380,6 +405,17 @@ func (b *bench) measure(ctx context.Context, s *sample, c caseDef, pass int) err
 	if c == caseEnvForkToFork && b.agentRequests(ctx) != r0 {
 		s.Skipped = "requests went through the agent: the connections were not redirected at connect()"
 		return nil
+	}
+	if c.fast {
+		v := b.kernelRequests(ctx) - k0
+		if v < float64(requests)/2 {
+			s.Skipped = fmt.Sprintf("the kernel routed %.0f of its %d requests: the fast path is not on (see the agent's log)", v, requests)
+			return nil
+		}
+		if s.KernelRequests != nil {
+			v += *s.KernelRequests
+		}
+		s.KernelRequests = &v
 	}
 	if c.viaAgent {
 		v := b.agentRequests(ctx) - r0
@@ -537,6 +573,8 @@ func (b *bench) skipReason(c caseDef) string {
 		return b.l4Skip
 	case c == caseEnvMatched || c == caseEnvForkToFork:
 		return b.envSkip
+	case c.fast && !b.cfg.fastPath:
+		return "-fast-path=false"
 	}
 	return ""
 }

@@ -339,6 +339,7 @@ func meanSample(name string, rounds []*roundResult) *sample {
 	out.AgentCPUPer100k = avgPtr(func(s *sample) *float64 { return s.AgentCPUPer100k })
 	out.AgentCPUPerGiB = avgPtr(func(s *sample) *float64 { return s.AgentCPUPerGiB })
 	out.AgentRequests = avgPtr(func(s *sample) *float64 { return s.AgentRequests })
+	out.KernelRequests = avgPtr(func(s *sample) *float64 { return s.KernelRequests })
 	out.Requests = int64(avg(func(s *sample) float64 { return float64(s.Requests) }))
 	out.Errors = int64(avg(func(s *sample) float64 { return float64(s.Errors) }))
 	return out
@@ -392,6 +393,19 @@ func judge(cases []*sample) []target {
 			n := by["nginx"]
 			return s.RatioRPS > n.RatioRPS, fmt.Sprintf("%.3f vs nginx %.3f (×direct)", s.RatioRPS, n.RatioRPS)
 		}, "nginx")
+	}
+	// The fast path's go/no-go (docs/performance.md): default on only if
+	// all four pass (and its tests show no misroute or hang).
+	add("fast-passthrough", "ratio_p50 <= 1.2", func(s *sample) (bool, string) {
+		return s.RatioP50 <= 1.2, fmt.Sprintf("%.3f", s.RatioP50)
+	})
+	add("fast-matched", "ratio_p50 <= 1.5", func(s *sample) (bool, string) {
+		return s.RatioP50 <= 1.5, fmt.Sprintf("%.3f", s.RatioP50)
+	})
+	for _, c := range []string{"fast-passthrough", "fast-matched"} {
+		add(c, "ratio_rps >= 0.5", func(s *sample) (bool, string) {
+			return s.RatioRPS >= 0.5, fmt.Sprintf("%.3f", s.RatioRPS)
+		})
 	}
 	// (f) for the two paths an L4 intercept's connection can take: a pod
 	// on the node (redirected at connect) and the host or another node

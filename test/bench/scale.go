@@ -20,8 +20,8 @@ import (
 // environment sharing the service), measured in alternating slices
 // (docs/performance.md, "Cost flat in intercept count").
 var (
-	caseScale1 = caseDef{"scale-1", kindHTTP, podApp, 8080, "alice", podDev, true, "", false, ""}
-	caseScaleN = caseDef{"scale-n", kindHTTP, podApp, 8080, "alice", podDev, true, "scale-1", false, ""}
+	caseScale1 = caseDef{"scale-1", kindHTTP, podApp, 8080, "alice", podDev, true, "", false, "", false}
+	caseScaleN = caseDef{"scale-n", kindHTTP, podApp, 8080, "alice", podDev, true, "scale-1", false, "", false}
 )
 
 type scaleResult struct {

@@ -51,6 +51,16 @@ func Compile(conds []Condition) (*Matcher, error) {
 	return m, nil
 }
 
+// Conditions returns the conditions m was compiled from, header names lower
+// case: for compiling them again elsewhere (the kernel fast path).
+func (m *Matcher) Conditions() []Condition {
+	out := make([]Condition, len(m.conds))
+	for i, c := range m.conds {
+		out[i] = Condition{Kind: c.kind, Name: c.name, Value: c.value}
+	}
+	return out
+}
+
 // Match reports whether r satisfies every condition. Conditions are tested
 // in the order given, so putting the most selective first is cheapest.
 func (m *Matcher) Match(r Request) bool {

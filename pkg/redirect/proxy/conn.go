@@ -25,6 +25,11 @@ type client struct {
 	src  netip.Addr // the client's address, for source-restricted routes
 	up   *upConn    // the upstream connection of the last request, kept for the next (pool.go)
 	kind atomic.Int32
+	// With a fast path: the client connection as the buffers see it
+	// (counting bytes), and the client's part in the fast path once its
+	// first request showed it speaks HTTP/1 (fast.go).
+	cc   *countingConn
+	fast *fastClient
 	// deadline: readRequestHead set a read deadline (heads.go)
 	deadline bool
 
@@ -59,14 +64,20 @@ func (cl *client) serveConn() {
 	defer stop()
 
 	b := p.bufs.Get().(*connBufs)
-	b.r.Reset(c)
-	b.w.Reset(c)
+	var rw net.Conn = c
+	if p.cfg.FastPath != nil {
+		cl.cc = &countingConn{Conn: c}
+		rw = cl.cc
+	}
+	b.r.Reset(rw)
+	b.w.Reset(rw)
 	cl.bufs, cl.src = b, sourceOf(c)
 	if rt := p.l4Route(cl.src); rt != nil {
 		cl.kind.Store(kindL4)
 		cl.relay(rt)
 	} else {
 		cl.serve()
+		cl.stopFast()
 		cl.release()
 	}
 
@@ -85,16 +96,29 @@ func (cl *client) serve() {
 		return
 	}
 	cl.clearDeadline()
+	if err == nil {
+		cl.startFast()
+	}
 	for err == nil && cl.exchange(n) {
+		if cl.fast != nil {
+			cl.fastIdle()
+		}
 		if !cl.awaitRequest() {
 			return
 		}
 		n, err = cl.readRequestHead(time.Now())
 		cl.clearDeadline()
+		if err == nil && cl.fast != nil {
+			if !cl.fastWait() {
+				return // the kernel's request is still without its response
+			}
+			cl.fastActive()
+		}
 	}
 	if err != nil && !gone(err) {
 		// A head that cannot be routed, in any position: the rest of
 		// the connection is the app's (heads.go).
+		cl.stopFast()
 		cl.passthrough(reasonOf(err), err)
 	}
 }
@@ -335,6 +359,7 @@ func (cl *client) end(x *inflight, res result, bodyOK bool) bool {
 			// Switched protocols: the connection now belongs to this
 			// upstream until either side is done with it.
 			cl.kind.Store(kindTunnel)
+			cl.stopFast()
 			splice(cl.c, cl.bufs.r, up.c, up.bufs.r)
 		}
 		up.close()

@@ -96,6 +96,9 @@ type Config struct {
 	MaxIdlePerHost int           // default 64
 	Observer       Observer      // may be nil
 	Logger         *slog.Logger  // may be nil
+	// FastPath, when not nil, lets the kernel route the port's HTTP/1.1
+	// requests from callers it can reach (fast.go).
+	FastPath FastPath
 	// Relay moves the bytes of an L4 connection until both directions end.
 	// Nil copies in userspace (io.Copy, which uses splice(2) between TCP
 	// sockets); the agent may pass the kernel sockmap splice instead.
