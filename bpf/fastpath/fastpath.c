@@ -8,7 +8,8 @@
  *
  * A cgroup sock_ops program puts into fp_socks, keyed by their own 4-tuple,
  * the sockets of callers connecting to a fast port (a steered pod port the
- * agent named in fp_ports) and the sockets that the app and the
+ * agent named in fp_ports, or its Service's address, in fp_aliases) and
+ * the sockets that the app and the
  * destinations accept from the agent. The agent pairs a caller it serves
  * with the upstream connections it made for it: fp_callers gives the
  * caller's entry in fp_state, fp_slots the upstream of each destination
@@ -155,6 +156,11 @@ struct fp_conn {
 	__u64 requests; /* routed in the kernel */
 	__u64 responses; /* put into the caller's queue */
 	__u64 passed; /* messages the caller sent that went to the agent */
+	/* The fast port (pod address and port) the agent accepted the caller
+	 * on: its key in fp_ports. A caller that dialled a Service's address
+	 * has that address as its remote one; kube-proxy turned it into the
+	 * pod's only on the way. */
+	struct fp_addr port;
 };
 
 struct fp_up {
@@ -245,6 +251,15 @@ struct {
 	__type(key, struct fp_addr);
 	__type(value, struct fp_port);
 } fp_ports SEC(".maps");
+
+/* Services' addresses (ClusterIP and port) of fast ports: a caller that
+ * dials one is a caller of a fast port, as one that dials the pod's. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct fp_addr);
+	__type(value, __u32);
+} fp_aliases SEC(".maps");
 
 /* Addresses of the destinations of fast ports: their accepted sockets go
  * into fp_socks too. */
@@ -441,7 +456,8 @@ int fp_sockops(struct bpf_sock_ops *skops)
 		 * the app come from the pod's address and are left alone. */
 		a.ip4 = t.remote_ip4;
 		a.port = t.remote_port;
-		if (t.local_ip4 == t.remote_ip4 || !bpf_map_lookup_elem(&fp_ports, &a))
+		if (t.local_ip4 == t.remote_ip4 ||
+		    (!bpf_map_lookup_elem(&fp_ports, &a) && !bpf_map_lookup_elem(&fp_aliases, &a)))
 			return 1;
 		struct fp_seqs seqs = { .snd = skops->snd_nxt, .rcv = skops->rcv_nxt };
 
@@ -1057,8 +1073,8 @@ static __always_inline int fp_request(struct sk_msg_md *msg, __u32 idx, struct f
 		fp_stat(FP_ST_PIPELINED);
 		return SK_DROP;
 	}
-	pa.ip4 = t->remote_ip4;
-	pa.port = t->remote_port;
+	pa.ip4 = c->port.ip4;
+	pa.port = c->port.port;
 	port = bpf_map_lookup_elem(&fp_ports, &pa);
 	if (!port)
 		return fp_to_agent(c, FP_ST_PASS_UNPAIRED);

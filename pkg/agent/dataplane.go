@@ -248,7 +248,7 @@ func (d *dataplane) apply(assignments []*detourv1.Assignment, found *found) {
 	// addPort undoes what it made.
 	d.detachUnused()
 	for _, k := range p.update {
-		d.ports[k].setRoutes(p.ports[k].routes)
+		d.ports[k].setRoutes(p.ports[k])
 	}
 
 	d.logFailures(p.failing)

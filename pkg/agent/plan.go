@@ -43,8 +43,11 @@ type location struct {
 type desiredPort struct {
 	app    string
 	routes []proxy.Route
-	from   string // the path its namespace was found by, for logs
-	target string // the first target routed here, for logs
+	// services are the Service addresses (ClusterIP:port) of its
+	// intercepts, whose callers the fast path takes as the port's.
+	services []netip.AddrPort
+	from     string // the path its namespace was found by, for logs
+	target   string // the first target routed here, for logs
 }
 
 // attachment is a namespace to attach the steering to.
@@ -175,6 +178,11 @@ func (p *plan) route(a *detourv1.Assignment, where map[string]location) {
 			p.ports[k] = dp
 		}
 		dp.routes = append(dp.routes, proxy.Route{Intercept: id, Matcher: m, Destination: a.Destination, Destinations: a.Destinations, L4: a.L4, Sources: sources})
+		for _, s := range a.ServiceAddresses {
+			if sa, err := netip.ParseAddrPort(s); err == nil && sa.Addr().Is4() && !slices.Contains(dp.services, sa) {
+				dp.services = append(dp.services, sa)
+			}
+		}
 	}
 }
 

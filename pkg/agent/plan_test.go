@@ -445,3 +445,21 @@ func TestFlowPortsOf(t *testing.T) {
 		t.Errorf("flowPortsOf = %v, want [8080 9000 18080]", got)
 	}
 }
+
+// TestPlanServiceAddresses: a port carries the Service addresses of the
+// intercepts routed there, once each, for the fast path's callers of the
+// ClusterIP; what does not parse is left out.
+func TestPlanServiceAddresses(t *testing.T) {
+	tg := target("api-0", netip.MustParseAddr("10.0.0.7"), 8080)
+	alice, bob := intercept("alice", tg), intercept("bob", tg)
+	alice.ServiceAddresses = []string{"10.96.0.10:80", "not an address"}
+	bob.ServiceAddresses = []string{"10.96.0.10:80", "10.96.0.11:8080"}
+	p := planSync([]*detourv1.Assignment{alice, bob}, pods{"10.0.0.7": in(3)}.where(), nil, nil)
+	dp := p.ports[key(3, "10.0.0.7:8080")]
+	if dp == nil {
+		t.Fatalf("no port 10.0.0.7:8080 in the plan: %v", summarize(p))
+	}
+	if got := fmt.Sprint(dp.services); got != "[10.96.0.10:80 10.96.0.11:8080]" {
+		t.Errorf("service addresses %s, want [10.96.0.10:80 10.96.0.11:8080]", got)
+	}
+}

@@ -128,7 +128,7 @@ func (d *dataplane) addPort(k portKey, dp *desiredPort) error {
 	}
 	px := proxy.New(cfg)
 	p := &port{ln: tl, proxy: px, obs: obs, nsf: nsf, addr: addr, app: dp.app, fast: fp, log: log}
-	p.setRoutes(dp.routes)
+	p.setRoutes(dp)
 	go func() { _ = px.Serve(tl) }()
 	if err := d.steer.Steer(k.addr, k.port, tl); err != nil {
 		d.m.bpfErrors.WithLabelValues("steer").Inc()
@@ -142,13 +142,17 @@ func (d *dataplane) addPort(k portKey, dp *desiredPort) error {
 	return nil
 }
 
-// setRoutes gives the port's router and observer its routes; d.mu is held.
-func (p *port) setRoutes(routes []proxy.Route) {
-	p.obs.setRoutes(routes)
-	p.proxy.SetRoutes(routes)
+// setRoutes gives the port's router and observer its routes, and the fast
+// path the port's routes and Service addresses; d.mu is held.
+func (p *port) setRoutes(dp *desiredPort) {
+	p.obs.setRoutes(dp.routes)
+	p.proxy.SetRoutes(dp.routes)
 	if p.fast != nil {
-		if _, err := p.fast.FastPath().SetPort(p.addr, p.app, fastpath.RoutesOf(routes)); err != nil {
+		if _, err := p.fast.FastPath().SetPort(p.addr, p.app, fastpath.RoutesOf(dp.routes)); err != nil {
 			p.log.Info("the port's requests are routed by the agent, not the kernel", "why", err)
+		}
+		if err := p.fast.SetAliases(dp.services); err != nil {
+			p.log.Warn("callers of the Service's address are routed by the agent, not the kernel", "err", err)
 		}
 	}
 }

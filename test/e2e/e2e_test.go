@@ -170,6 +170,13 @@ func TestE2E(t *testing.T) {
 	c := newClient(t, e.podIP(t, "shop", "client"))
 	svc := "http://" + strings.TrimSpace(e.k(t, "-n", "shop", "get", "svc", "api", "-o", "jsonpath={.spec.clusterIP}")) + ":80/"
 
+	// kube-proxy answers a Service without endpoints with "no route to
+	// host": wait until it has the api pods.
+	testutil.Eventually(t, 30*time.Second, func() error {
+		_, err := c.get(c.fresh, svc, "")
+		return err
+	})
+
 	t.Log("intercepts made with the CLI: alice's by alice, bob's by the admin")
 	e.detour(t, "alice", "intercept", "create", "alice", "-n", "shop", "--service", "shop/api", "--port", "80",
 		"--session", "alice", "--to", "api-alice:8080", "--wait", "60s")
@@ -201,6 +208,34 @@ func TestE2E(t *testing.T) {
 		}
 		if n := c.dials.Load() - before; n != 1 {
 			t.Fatalf("the client opened %d connections for 15 requests, want 1 (keep-alive)", n)
+		}
+		// The agent runs with --fast-path=auto: after each destination's
+		// first request on a connection, which the agent serves and pairs,
+		// the kernel routes that connection's requests and counts them
+		// (docs/architecture.md, data path step 7). Callers that dial a
+		// pod's address are routed in the kernel; so are callers of the
+		// Service's ClusterIP.
+		kernel := func() float64 {
+			return agentMetric(t, `detour_agent_kernel_requests_total{intercept="shop/alice"}`)
+		}
+		viaService := kernel()
+		var podURL string
+		for _, ip := range baseline {
+			podURL = "http://" + ip + ":8080/"
+			break
+		}
+		for i := 0; i < 5; i++ {
+			if got, err := c.get(c.keep, podURL, "alice"); err != nil || got != "api-alice" {
+				t.Fatalf("alice's request to %s answered by %q (%v), want api-alice", podURL, got, err)
+			}
+		}
+		viaPod := kernel() - viaService
+		t.Logf("alice's requests routed in the kernel: %v of 5 through the ClusterIP, %v of 5 to a pod's address", viaService, viaPod)
+		if viaPod == 0 {
+			t.Errorf("the kernel routed none of alice's 5 requests to %s: is the fast path on in the DaemonSet? (the agent's log says)", podURL)
+		}
+		if viaService == 0 {
+			t.Errorf("the kernel routed none of alice's 5 requests through the ClusterIP")
 		}
 		// The agent's flows (the client's, steered to it, and its own to
 		// the pods) fed the sockops metrics.

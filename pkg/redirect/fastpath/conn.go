@@ -41,6 +41,21 @@ type Conn struct {
 	paired map[uint32]fastpathFpTuple // slot -> the upstream socket's key
 }
 
+// viaAlias: the caller's socket is not in the map under the pod's
+// address; if it is under one of the port's Service addresses (it dialled
+// the ClusterIP), t becomes that key. f.mu is held.
+func (p *Port) viaAlias(t *fastpathFpTuple) bool {
+	for _, a := range p.aliases {
+		k := *t
+		k.RemoteIp4, k.RemotePort = ip4(a.Addr()), a.Port()
+		if p.f.inMap(k) {
+			*t = k
+			return true
+		}
+	}
+	return false
+}
+
 // Caller registers the caller at the other end of ac, a connection the
 // agent accepted on the port. ErrNotOnNode: the kernel cannot reach the
 // caller's socket; the agent serves it as before.
@@ -57,7 +72,7 @@ func (p *Port) Caller(ac net.Conn) (*Conn, error) {
 		return nil, ErrClosed
 	case p.cur < 0:
 		return nil, fmt.Errorf("port %s is not fast", p.addr)
-	case !f.inMap(t):
+	case !f.inMap(t) && !p.viaAlias(&t):
 		return nil, ErrNotOnNode
 	case len(f.freeConns) == 0:
 		return nil, errors.New("fastpath: too many callers")
@@ -72,7 +87,7 @@ func (p *Port) Caller(ac net.Conn) (*Conn, error) {
 	// No program looks at the entry: no caller maps to it and no
 	// upstream of its new generation exists yet.
 	gen := c.Gen + 1
-	*c = fastpathFpConn{Gen: gen, Isn: seqs.Snd, Irs: seqs.Rcv}
+	*c = fastpathFpConn{Gen: gen, Isn: seqs.Snd, Irs: seqs.Rcv, Port: addrKey(p.addr)}
 	if err := f.objs.FpCallers.Update(&t, idx, ebpf.UpdateNoExist); err != nil {
 		f.freeConns = append(f.freeConns, idx)
 		return nil, fmt.Errorf("register caller: %w", err)

@@ -69,6 +69,7 @@ type FastPath struct {
 	counters  counterAlloc
 	ports     map[netip.AddrPort]*Port
 	dests     map[netip.AddrPort]int // destination address -> ports naming it
+	aliases   map[netip.AddrPort]int // Service address -> ports it leads to
 }
 
 // Stats are the program's counts since load, summed over CPUs.
@@ -104,7 +105,7 @@ func New(cfg Config) (*FastPath, error) {
 	if err := spec.Variables["fp_builtins"].Set(builtins()); err != nil {
 		return nil, fmt.Errorf("set fp_builtins: %w", err)
 	}
-	f := &FastPath{ports: map[netip.AddrPort]*Port{}, dests: map[netip.AddrPort]int{}}
+	f := &FastPath{ports: map[netip.AddrPort]*Port{}, dests: map[netip.AddrPort]int{}, aliases: map[netip.AddrPort]int{}}
 	if err := spec.LoadAndAssign(&f.objs, nil); err != nil {
 		return nil, bpfutil.LoadError("fastpath objects", err)
 	}

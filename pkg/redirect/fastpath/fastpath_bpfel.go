@@ -46,6 +46,7 @@ type fastpathFpConn struct {
 	Requests        uint64
 	Responses       uint64
 	Passed          uint64
+	Port            fastpathFpAddr
 }
 
 type fastpathFpIndexKey struct {
@@ -130,6 +131,7 @@ type fastpathFpUp struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	fastpathMapFpAliases  = "fp_aliases"
 	fastpathMapFpCallers  = "fp_callers"
 	fastpathMapFpCounts   = "fp_counts"
 	fastpathMapFpDests    = "fp_dests"
@@ -199,6 +201,7 @@ type fastpathProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fastpathMapSpecs struct {
+	FpAliases *ebpf.MapSpec `ebpf:"fp_aliases"`
 	FpCallers *ebpf.MapSpec `ebpf:"fp_callers"`
 	FpCounts  *ebpf.MapSpec `ebpf:"fp_counts"`
 	FpDests   *ebpf.MapSpec `ebpf:"fp_dests"`
@@ -242,6 +245,7 @@ func (o *fastpathObjects) Close() error {
 //
 // It can be passed to loadFastpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fastpathMaps struct {
+	FpAliases *ebpf.Map `ebpf:"fp_aliases"`
 	FpCallers *ebpf.Map `ebpf:"fp_callers"`
 	FpCounts  *ebpf.Map `ebpf:"fp_counts"`
 	FpDests   *ebpf.Map `ebpf:"fp_dests"`
@@ -259,6 +263,7 @@ type fastpathMaps struct {
 
 func (m *fastpathMaps) Close() error {
 	return _FastpathClose(
+		m.FpAliases,
 		m.FpCallers,
 		m.FpCounts,
 		m.FpDests,

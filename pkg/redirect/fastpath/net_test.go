@@ -253,8 +253,15 @@ type caller struct {
 
 func (n *testNet) dial(t testing.TB) *caller {
 	t.Helper()
+	return n.dialAt(t, fastPort)
+}
+
+// dialAt is dial to another address that leads to the fast port (a
+// Service's, NATed on the way).
+func (n *testNet) dialAt(t testing.TB, at netip.AddrPort) *caller {
+	t.Helper()
 	d := netns.Dialer{Path: n.peers}
-	c, err := d.DialContext(context.Background(), "tcp4", fastPort.String())
+	c, err := d.DialContext(context.Background(), "tcp4", at.String())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,6 +25,7 @@ type Port struct {
 	counters   map[string]uint32 // intercept -> its fp_counts entry
 	appCounter uint32
 	dests      []netip.AddrPort // in fp_dests for this port
+	aliases    []netip.AddrPort // in fp_aliases for this port
 }
 
 // SetPort makes addr (a steered pod address and port, whose app is app, a
@@ -86,6 +87,7 @@ func (f *FastPath) RemovePort(addr netip.AddrPort) {
 	}
 	f.putCounter(p.counterKey(""))
 	p.setDests(nil)
+	_ = p.setAliases(nil)
 	delete(f.ports, addr)
 }
 
@@ -254,43 +256,77 @@ func (p *Port) slot(dest string) (uint32, error) {
 // setDests makes want the destinations whose accepted sockets the sock_ops
 // program adds for this port.
 func (p *Port) setDests(want []netip.AddrPort) error {
-	f := p.f
-	have := map[netip.AddrPort]bool{}
-	for _, d := range p.dests {
-		have[d] = true
-	}
-	keep := map[netip.AddrPort]bool{}
-	for _, d := range want {
-		if keep[d] {
-			continue
-		}
-		keep[d] = true
-		if have[d] {
-			continue
-		}
-		if f.dests[d] == 0 {
-			k := addrKey(d)
-			if err := f.objs.FpDests.Put(&k, uint32(1)); err != nil {
-				return fmt.Errorf("write destination: %w", err)
-			}
-		}
-		f.dests[d]++
-	}
-	for d := range have {
-		if keep[d] {
-			continue
-		}
-		if f.dests[d]--; f.dests[d] <= 0 {
-			delete(f.dests, d)
-			k := addrKey(d)
-			_ = f.objs.FpDests.Delete(&k)
-		}
-	}
-	p.dests = p.dests[:0]
-	for d := range keep {
-		p.dests = append(p.dests, d)
+	var err error
+	p.dests, err = p.f.refSet(p.f.objs.FpDests, p.f.dests, p.dests, want)
+	if err != nil {
+		return fmt.Errorf("write destination: %w", err)
 	}
 	return nil
+}
+
+// SetAliases makes want the Service addresses (ClusterIP and port) that
+// lead to this port: a caller that dials one is taken as a caller of the
+// port, as one that dials the pod's address. kube-proxy turns the Service's
+// address into the pod's on the way, while the caller's socket keeps the
+// one it dialled.
+func (p *Port) SetAliases(want []netip.AddrPort) error {
+	p.f.mu.Lock()
+	defer p.f.mu.Unlock()
+	if p.f.closed {
+		return ErrClosed
+	}
+	return p.setAliases(want)
+}
+
+func (p *Port) setAliases(want []netip.AddrPort) error {
+	var err error
+	p.aliases, err = p.f.refSet(p.f.objs.FpAliases, p.f.aliases, p.aliases, want)
+	if err != nil {
+		return fmt.Errorf("write service address: %w", err)
+	}
+	return nil
+}
+
+// refSet makes want a port's share of the addresses in m, a map shared by
+// all ports and counted in refs: an address is in m while some port wants
+// it. It returns the port's new share; f.mu is held.
+func (f *FastPath) refSet(m *ebpf.Map, refs map[netip.AddrPort]int, have, want []netip.AddrPort) ([]netip.AddrPort, error) {
+	had := map[netip.AddrPort]bool{}
+	for _, a := range have {
+		had[a] = true
+	}
+	keep := map[netip.AddrPort]bool{}
+	var err error
+	for _, a := range want {
+		if keep[a] {
+			continue
+		}
+		if !had[a] && refs[a] == 0 {
+			k := addrKey(a)
+			if err = m.Put(&k, uint32(1)); err != nil {
+				break
+			}
+		}
+		keep[a] = true
+		if !had[a] {
+			refs[a]++
+		}
+	}
+	for a := range had {
+		if keep[a] {
+			continue
+		}
+		if refs[a]--; refs[a] <= 0 {
+			delete(refs, a)
+			k := addrKey(a)
+			_ = m.Delete(&k)
+		}
+	}
+	out := make([]netip.AddrPort, 0, len(keep))
+	for a := range keep {
+		out = append(out, a)
+	}
+	return out, err
 }
 
 // Live reports whether the port's routes are in the kernel.
