@@ -1,17 +1,12 @@
 package flowmetrics
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
 	"math"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -72,58 +67,11 @@ func TestCumulative(t *testing.T) {
 	}
 }
 
-// enterCgroup moves the test process into a new child of the cgroup v2
-// hierarchy (at /sys/fs/cgroup/unified on a hybrid host) and back out when
-// the test ends: sockets belong to the cgroup of the process that creates
-// them (accepted ones to their listener's).
-func enterCgroup(t *testing.T) string {
-	t.Helper()
-	root := "/sys/fs/cgroup/unified"
-	if _, err := os.Stat(filepath.Join(root, "cgroup.procs")); err != nil {
-		root = "/sys/fs/cgroup"
-	}
-	var orig string
-	f, err := os.Open("/proc/self/cgroup")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if p, ok := strings.CutPrefix(sc.Text(), "0::"); ok {
-			orig = filepath.Join(root, p)
-		}
-	}
-	f.Close()
-	if orig == "" {
-		t.Fatal("no cgroup v2 entry in /proc/self/cgroup")
-	}
-	dir := filepath.Join(root, fmt.Sprintf("detour-test-%d", os.Getpid()))
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	move := func(to string) error {
-		return os.WriteFile(filepath.Join(to, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0)
-	}
-	if err := move(dir); err != nil {
-		os.Remove(dir)
-		t.Fatalf("enter %s: %v", dir, err)
-	}
-	t.Cleanup(func() {
-		if err := move(orig); err != nil {
-			t.Errorf("back to %s: %v", orig, err)
-		}
-		if err := os.Remove(dir); err != nil {
-			t.Errorf("remove %s: %v", dir, err)
-		}
-	})
-	return dir
-}
-
 // TestPrivilegedSockOps splices a connection inside a cgroup with the flow
 // program attached and checks that the proxy's two flows have an RTT.
 func TestPrivilegedSockOps(t *testing.T) {
 	testutil.RequirePrivileged(t)
-	cg := enterCgroup(t)
+	cg := testutil.EnterCgroup(t)
 	ops, err := New(cg, proxyPort, serverPort)
 	if err != nil {
 		t.Fatal(err)
@@ -258,7 +206,7 @@ func cgroupLinks(t *testing.T, id ebpf.ProgramID) int {
 // connection is tracked when one of its ports was set as it was established.
 func TestPrivilegedSockOpsSetPorts(t *testing.T) {
 	testutil.RequirePrivileged(t)
-	cg := enterCgroup(t)
+	cg := testutil.EnterCgroup(t)
 	ops, err := NewOnPorts(cg)
 	if err != nil {
 		t.Fatal(err)
