@@ -41,9 +41,21 @@
  * fill) never hold its bytes at once.
  *
  * A request sent while the previous one's response is still on its way
- * (pipelining) is refused (SK_DROP: the caller's send fails): answered by
- * the agent, its response could reach the caller's TCP queue before the
- * end of the one the kernel was still queueing.
+ * (pipelining) goes to the agent, which serves it once that response is
+ * whole. So that the agent's answer, sent over TCP, cannot reach the
+ * caller before the last of the kernel's (the program lets go of a request
+ * before the kernel queues what it redirects), the request marks the
+ * caller's busy word (FP_BUSY_PIPE), and the upstream's program, which
+ * clears that word with a compare-and-swap on the response's last bytes,
+ * finds the mark and leaves those bytes to the agent instead (FP_F_TAIL):
+ * they then come after everything the kernel queued, by TCP, in order.
+ * One of the two wins the word: either the response ended first (the
+ * request is routed as any other) or the agent has the tail. In the first
+ * case the response's last bytes may still be on their way into the
+ * caller's queue as the request is routed; the next response comes by the
+ * same queue, and from the same upstream after them (its sendmsg calls are
+ * ordered); from another only if that one answers a whole request before
+ * the first finishes a sendmsg it has begun.
  */
 
 #include "types.h"
@@ -101,6 +113,13 @@ enum {
 #define FP_F_HEAD 1 /* the current request is a HEAD: its response has no body */
 #define FP_F_RESP 2 /* its response's head was seen: resp_left counts down */
 #define FP_F_TAKEN 4 /* its response was left to the agent */
+#define FP_F_TAIL 8 /* with FP_F_TAKEN: only its last resp_left bytes were (a request was pipelined) */
+
+/* fp_conn.busy: 0, or FP_BUSY while a request the kernel routed waits for
+ * the end of its response, with FP_BUSY_PIPE once a request pipelined
+ * behind it went to the agent. */
+#define FP_BUSY 1
+#define FP_BUSY_PIPE 2
 
 /* fp_stats: why messages went to the agent, and what the program did. */
 enum {
@@ -113,7 +132,7 @@ enum {
 	FP_ST_PASS_UNPAIRED, /* no upstream paired for the destination */
 	FP_ST_PASS_REDIRECT, /* the upstream's socket was gone */
 	FP_ST_TAKEN, /* responses left to the agent */
-	FP_ST_PIPELINED, /* requests refused while a response was on its way */
+	FP_ST_PIPELINED, /* requests pipelined behind a response on its way: the agent's */
 	FP_ST_HANDBACKS, /* callers taken back from the agent */
 	FP_ST_HANDBACK_WAIT, /* handbacks put off: bytes in flight */
 	FP_ST_COUNT,
@@ -142,7 +161,7 @@ struct fp_addr {
  */
 struct fp_conn {
 	__u32 mode; /* FP_MODE_* */
-	__u32 busy; /* 1 while a request the kernel routed waits for its response's end */
+	__u32 busy; /* FP_BUSY while a request the kernel routed waits for its response's end (| FP_BUSY_PIPE) */
 	__u32 slot; /* that request's destination */
 	__u32 flags; /* FP_F_* */
 	__u32 req_left; /* its body bytes still to come from the caller */
@@ -1070,8 +1089,13 @@ static __always_inline int fp_request(struct sk_msg_md *msg, __u32 idx, struct f
 		return SK_PASS;
 	}
 	if (c->busy) {
-		fp_stat(FP_ST_PIPELINED);
-		return SK_DROP;
+		/* Pipelined behind a response on its way: the agent's, and the
+		 * end of that response with it (see the top of this file). */
+		__u32 was = __sync_val_compare_and_swap(&c->busy, FP_BUSY, FP_BUSY | FP_BUSY_PIPE);
+
+		if (was != 0)
+			return fp_to_agent(c, FP_ST_PIPELINED);
+		/* The response ended meanwhile: route this one. */
 	}
 	pa.ip4 = c->port.ip4;
 	pa.port = c->port.port;
@@ -1119,9 +1143,9 @@ static __always_inline int fp_request(struct sk_msg_md *msg, __u32 idx, struct f
 	} else {
 		c->req_left = total - size;
 	}
-	__sync_fetch_and_add(&c->busy, 1);
+	__sync_fetch_and_add(&c->busy, FP_BUSY);
 	if (bpf_msg_redirect_hash(msg, &fp_socks, up, BPF_F_INGRESS) != SK_PASS) {
-		__sync_fetch_and_sub(&c->busy, 1);
+		__sync_fetch_and_sub(&c->busy, FP_BUSY);
 		c->req_left = 0;
 		return fp_to_agent(c, FP_ST_PASS_REDIRECT);
 	}
@@ -1169,13 +1193,23 @@ static __always_inline int fp_response(struct sk_msg_md *msg, struct fp_up *u)
 		bpf_msg_apply_bytes(msg, n); /* the rest is no one's: the agent drops it */
 	else
 		n = size;
-	c->resp_left -= n;
-	if (!c->resp_left) {
-		/* The last of it: the caller may send its next request. */
+	if (n == c->resp_left) {
+		/* The last of it: the caller may send its next request, unless
+		 * one was pipelined behind it and went to the agent: then these
+		 * last bytes are the agent's to forward, after what the kernel
+		 * queued (resp_left stays: how many). */
 		__sync_fetch_and_and(&c->flags, ~(FP_F_RESP | FP_F_HEAD));
-		__sync_fetch_and_sub(&c->busy, 1);
+		c->resp_left = 0; /* before the caller may start its next */
+		if (__sync_val_compare_and_swap(&c->busy, FP_BUSY, 0) != FP_BUSY) {
+			c->resp_left = n;
+			__sync_fetch_and_or(&c->flags, FP_F_TAKEN | FP_F_TAIL);
+			fp_stat(FP_ST_TAKEN);
+			return SK_PASS;
+		}
 		__sync_fetch_and_add(&c->responses, 1);
 		fp_stat(FP_ST_RESPONSES);
+	} else {
+		c->resp_left -= n;
 	}
 	if (bpf_msg_redirect_hash(msg, &fp_socks, &u->caller, BPF_F_INGRESS) != SK_PASS)
 		return SK_PASS; /* the caller is gone: the agent drops it */

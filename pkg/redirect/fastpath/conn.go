@@ -25,6 +25,7 @@ const (
 	flagHead  uint32 = 1
 	flagResp  uint32 = 2
 	flagTaken uint32 = 4
+	flagTail  uint32 = 8
 )
 
 // Conn is one caller the kernel may route: the other end of a connection
@@ -209,11 +210,23 @@ func (c *Conn) Fast() bool {
 	return m == modeFast || m == modeHandback
 }
 
+// Tail reports whether the program left the agent only the last n bytes
+// of the current response, which it had begun to put into the caller's
+// queue itself: a request was pipelined behind it and went to the agent,
+// whose answer must come after those bytes (bpf/fastpath/fastpath.c).
+func (c *Conn) Tail() (n uint32, ok bool) {
+	s := c.state()
+	if atomic.LoadUint32(&s.Flags)&(flagTaken|flagTail) != flagTaken|flagTail {
+		return 0, false
+	}
+	return atomic.LoadUint32(&s.RespLeft), true
+}
+
 // FinishTaken records that the agent forwarded the whole response the
-// program left it: the caller may send its next request.
+// program left it (or its tail): the caller may send its next request.
 func (c *Conn) FinishTaken() {
 	s := c.state()
-	atomic.AndUint32(&s.Flags, ^(flagTaken | flagResp | flagHead))
+	atomic.AndUint32(&s.Flags, ^(flagTaken | flagTail | flagResp | flagHead))
 	atomic.StoreUint32(&s.Busy, 0)
 }
 

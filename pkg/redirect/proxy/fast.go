@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -34,6 +35,9 @@ type FastCaller interface {
 	Handback(read, written uint64) bool
 	// Pending tells about the last request the kernel routed.
 	Pending() (busy bool, slot uint32, taken, head bool)
+	// Tail: the kernel left the proxy only the current response's last
+	// n bytes (a request was pipelined behind it).
+	Tail() (n uint32, ok bool)
 	// FinishTaken: the proxy forwarded the response the kernel left it,
 	// or ended the client because that response will not come.
 	FinishTaken()
@@ -177,6 +181,24 @@ func (cl *client) watch(slot uint32, up *upConn) {
 		_, err := up.bufs.r.Peek(1)
 		busy, cur, taken, head := f.fc.Pending()
 		if err == nil && busy && cur == slot && taken {
+			if n, ok := f.fc.Tail(); ok {
+				// The end of a response the kernel began: it comes
+				// after what the kernel queued, before the answer to
+				// the request pipelined behind it.
+				f.w.Lock()
+				_, err := io.CopyN(cl.bufs.w, up.bufs.r, int64(n))
+				if err == nil {
+					err = cl.bufs.w.Flush()
+				}
+				f.fc.FinishTaken()
+				f.w.Unlock()
+				if err == nil {
+					continue
+				}
+				cl.unpair(slot, up)
+				cl.abort()
+				return
+			}
 			method := "GET"
 			if head {
 				method = "HEAD"
