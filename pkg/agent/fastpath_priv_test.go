@@ -102,34 +102,11 @@ func TestPrivilegedFastPath(t *testing.T) {
 	if kernel < 30 || routed["default/api"] < 5 {
 		t.Fatalf("the kernel routed %d of 40 requests to the app, %d of 10 to the developer's pod", kernel, routed["default/api"])
 	}
-	if got := gathered(t, reg, "detour_agent_kernel_requests_total", ""); got != float64(kernel) {
+	if got := value(t, reg, "detour_agent_kernel_requests_total", ""); got != float64(kernel) {
 		t.Fatalf("detour_agent_kernel_requests_total{intercept=\"\"} = %v, want %d", got, kernel)
 	}
 	// Status counts the matched requests, the kernel's and the agent's.
 	if r := report(d.Reports(), "default/api"); r.Matched != 10 || r.Fallbacks != 0 {
 		t.Fatalf("%d matched and %d fallbacks counted, want 10 and none", r.Matched, r.Fallbacks)
 	}
-}
-
-// gathered is the value of the counter name{intercept=id}.
-func gathered(t *testing.T, reg *prometheus.Registry, name, id string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "intercept" && l.GetValue() == id {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	t.Fatalf("no series %s{intercept=%q}", name, id)
-	return 0
 }

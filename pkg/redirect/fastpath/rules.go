@@ -158,9 +158,6 @@ func compile(routes []Route) (*compiled, error) {
 		if key, ok := filing(r); ok {
 			if _, taken := c.index[key]; !taken {
 				c.index[key] = i
-				if key.kind == kSession {
-					c.session = true
-				}
 				continue
 			}
 			// One owner's routes may overlap; the later one is
