@@ -69,6 +69,10 @@ for i in $(seq 30); do
   sleep 0.1
 done
 $CTL status
+# The agent served each destination's first request on the connection;
+# after that the kernel routed them (its HTTP/1.1 fast path, --fast-path).
+echo "requests routed in the kernel, by intercept (\"\" = the app):"
+curl -s http://127.0.0.1:9471/metrics | grep '^detour_agent_kernel_requests_total' | sed 's/^/  /'
 
 fail=0
 while read -r line; do

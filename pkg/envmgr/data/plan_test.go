@@ -128,6 +128,10 @@ func TestScript(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// The server the steps use accepts connections at once.
+	if err := os.WriteFile(filepath.Join(bin, "pg_isready"), []byte("#!/bin/sh\nexit 0\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	work := filepath.Join(dir, "work dir's")
 	if err := os.Mkdir(work, 0o755); err != nil {
 		t.Fatal(err)
@@ -169,13 +173,14 @@ func TestScript(t *testing.T) {
 	if r, err := os.ReadFile(report); err != nil || strings.TrimSpace(string(r)) != "3|4096" {
 		t.Errorf("report: %q %v", r, err)
 	}
-	// A container's steps against the branch wait for it first; those
-	// against the baseline do not.
-	if s := Script(p.StepsOf(v1alpha1.DataRestoring), "/work", ""); !strings.Contains(s, "until pg_isready") {
-		t.Errorf("the restore does not wait for the branch:\n%s", s)
+	// A container's steps wait first for the server they use: the branch
+	// (5 minutes: it may be initialising), the baseline (a minute: its
+	// Service may not have its endpoint yet).
+	if s := Script(p.StepsOf(v1alpha1.DataRestoring), "/work", ""); !strings.Contains(s, "until pg_isready") || !strings.Contains(s, "-ge 300 ") {
+		t.Errorf("the restore does not wait 5 minutes for the branch:\n%s", s)
 	}
-	if s := Script(p.StepsOf(v1alpha1.DataSnapshotting), "/work", ""); strings.Contains(s, "pg_isready") {
-		t.Errorf("the snapshot waits for the branch:\n%s", s)
+	if s := Script(p.StepsOf(v1alpha1.DataSnapshotting), "/work", ""); !strings.Contains(s, "until pg_isready") || !strings.Contains(s, "baseline") || !strings.Contains(s, "-ge 60 ") {
+		t.Errorf("the snapshot does not wait a minute for the baseline:\n%s", s)
 	}
 }
 

@@ -1,6 +1,7 @@
 package data
 
 import (
+	"strconv"
 	"strings"
 )
 
@@ -14,8 +15,13 @@ import (
 func Script(steps []Step, dir, reportTo string) string {
 	var b strings.Builder
 	b.WriteString("set -eu\ncd " + shellQuote(dir) + "\n")
-	if len(steps) > 0 && steps[0].Side == Branch {
-		b.WriteString(waitForServer)
+	if len(steps) > 0 {
+		// The side's PG* variables name the server the steps use.
+		if steps[0].Side == Branch {
+			b.WriteString(waitFor(300, "the branch does not accept connections after 5 minutes"))
+		} else {
+			b.WriteString(waitFor(60, "the baseline's database does not accept connections after a minute"))
+		}
 	}
 	for _, s := range steps {
 		b.WriteString("echo " + shellQuote("detour: "+s.What) + " >&2\n")
@@ -36,16 +42,20 @@ func Script(steps []Step, dir, reportTo string) string {
 	return b.String()
 }
 
-// waitForServer waits, up to 5 minutes, until the database the
-// environment's PG* variables name accepts connections: a branch that was
-// just started may still be initialising its data directory.
-const waitForServer = `i=0
+// waitFor waits, up to secs seconds, until the database the container's
+// PG* variables name accepts connections, else ends the container with
+// why: a branch that was just started may still be initialising its data
+// directory, and a baseline's Service refuses connections for a moment
+// after its pod turns ready, until kube-proxy has its endpoint.
+func waitFor(secs int, why string) string {
+	return `i=0
 until pg_isready --quiet --timeout=2; do
   i=$((i+1))
-  if [ "$i" -ge 300 ]; then echo "detour: the branch does not accept connections after 5 minutes" >&2; exit 1; fi
+  if [ "$i" -ge ` + strconv.Itoa(secs) + ` ]; then echo ` + shellQuote("detour: "+why) + ` >&2; exit 1; fi
   sleep 1
 done
 `
+}
 
 // shellQuote quotes s for sh: inside single quotes nothing is special but
 // the single quote itself, which ends the quoted part, is escaped with a
