@@ -407,6 +407,20 @@ func judge(cases []*sample) []target {
 			return s.RatioRPS >= 0.5, fmt.Sprintf("%.3f", s.RatioRPS)
 		})
 	}
+	// HTTP/2 forwarded frame by frame (issue 13's second part): p50
+	// against h2-direct, and the agent's CPU per request against HTTP/1's
+	// through the agent (matched) in the same round.
+	add("h2-matched", "ratio_p50 <= 1.8 (×h2-direct)", func(s *sample) (bool, string) {
+		return s.RatioP50 <= 1.8, fmt.Sprintf("%.3f", s.RatioP50)
+	})
+	add("h2-matched", "agent CPU/request <= matched's ×1.5", func(s *sample) (bool, string) {
+		m := by["matched"]
+		if s.AgentCPUPer100k == nil || m.AgentCPUPer100k == nil {
+			return false, "agent CPU not measured"
+		}
+		r := *s.AgentCPUPer100k / *m.AgentCPUPer100k
+		return r <= 1.5, fmt.Sprintf("%.2f (%.2f vs %.2f s/100k)", r, *s.AgentCPUPer100k, *m.AgentCPUPer100k)
+	}, "matched")
 	// (f) for the two paths an L4 intercept's connection can take: a pod
 	// on the node (redirected at connect) and the host or another node
 	// (the agent's relay).

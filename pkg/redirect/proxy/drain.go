@@ -102,8 +102,8 @@ func (p *Proxy) Active() Activity {
 			a.Tunnels++
 		}
 	}
-	for f := range p.h2.fronts {
-		a.HTTP2Streams += f.gate.count()
+	for s := range p.h2.sessions {
+		a.HTTP2Streams += s.streamCount()
 	}
 	return a
 }
@@ -164,24 +164,19 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 }
 
 // drained reports whether a draining proxy has nothing left to serve. On
-// the way it tells the HTTP/2 connections that were not told yet to go
-// away: a connection the server took after the last GOAWAY round (an h2c
-// upgrade, or one accepted from the queue) is registered with it only once
-// it starts serving, so one round is not enough.
+// the way it tells the HTTP/2 sessions that were not told yet to go away:
+// a session that started after the last round (an h2c upgrade, or a
+// connection accepted from the queue) registers only once it is served,
+// so one round is not enough.
 func (p *Proxy) drained() bool {
 	p.mu.Lock()
 	done := p.closed || len(p.lns) == 0 && p.serving == 0
-	untold := false
-	for f := range p.h2.fronts {
-		select {
-		case <-f.goAway:
-		default:
-			untold = true
-		}
-	}
+	sessions := p.h2.takeSessions()
 	p.mu.Unlock()
-	if untold && !done {
-		p.h2.startGoAway()
+	if !done {
+		for _, s := range sessions {
+			s.startGoAway() // once per session
+		}
 	}
 	return done
 }

@@ -1,78 +1,90 @@
 package proxy
 
-// The HTTP/2 front: how a client connection becomes an HTTP/2 server
-// connection whose streams are routed one by one (h2route.go).
+// HTTP/2, forwarded frame by frame (docs/architecture.md, "Data path on a
+// node"; docs/performance.md, "HTTP/2 by forwarding frames").
 //
 // HTTP/1 can be routed by reading heads and copying bytes, but HTTP/2
 // multiplexes streams for different developers over one connection, with
-// one HPACK state and one flow-control window per direction: no stream can
-// be moved to another backend without re-encoding the frames. So the proxy
-// terminates HTTP/2 on both sides: golang.org/x/net/http2's server reads the
-// client's streams, and pooled HTTP/2 connections carry each one to its
-// backend.
+// one HPACK state and one flow-control window per direction. A client
+// connection that begins with the preface becomes an h2Session: the
+// client's connection and, per backend its streams go to, upstream
+// connections of its own, opened with prior knowledge (what gRPC servers
+// and h2c services speak). Of each stream only the header blocks are
+// decoded, for the decision, and encoded again for the connection they go
+// on (h2route.go); DATA, trailers and RST_STREAM pass through with the
+// stream's ID changed. SETTINGS, PING, WINDOW_UPDATE and GOAWAY belong to
+// one connection and are answered by the session.
 //
-// The x/net server is used although its API is deprecated in favour of
-// net/http's: net/http has no way to serve a connection the proxy has
-// already read from. Only ServeConn, ServeConnOpts and ConfigureServer are
-// used, which the go1.27 x/net implementation keeps by wrapping net/http.
+// Flow control: the session grants each peer h2StreamWindow per stream and
+// h2ConnWindow per connection, and gives credit back only for bytes it has
+// passed on to the other side, so what a session holds is bounded by what
+// it granted, however slow either peer reads.
 //
-// Only a connection that starts with the preface (prior knowledge, as gRPC
-// sends it) is served so. An h2c Upgrade is an HTTP/1 request like any
-// other Upgrade (conn.go): it goes to the backend its head routes it to,
-// and the connection switches protocols only if that backend answers 101,
-// after which it stays with that backend, as a WebSocket does. Taking the
-// upgrade over instead made a client that the app would have kept on
-// HTTP/1.1 end on HTTP/2 (docs/architecture.md, "Data path on a node").
+// Writes: frames are appended to their connection's out buffer under the
+// session's lock. The goroutine that appended them writes them once it has
+// handled every frame it had already read, so a burst becomes one write;
+// if another goroutine is writing that connection, that one takes them.
+// Nothing is written with the lock held.
+//
+// An h2c Upgrade is an HTTP/1 request like any other Upgrade (conn.go): it
+// goes to the backend its head routes it to, and the connection switches
+// protocols only if that backend answers 101, after which it stays with
+// that backend, as a WebSocket does.
 
 import (
-	"bytes"
+	"bufio"
 	"context"
-	"log/slog"
+	"errors"
 	"net"
-	"net/http"
+	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"time"
 
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 )
 
-//lint:file-ignore SA1019 x/net/http2 on purpose: net/http cannot serve one accepted connection (ServeConn), and its transport dials per request while none is up (see newUpstreamTransport)
+const (
+	// goAwayGrace bounds how long Close waits for every HTTP/2 client to
+	// have been sent its GOAWAY before closing connections anyway.
+	goAwayGrace = 500 * time.Millisecond
+	// h2StreamWindow and h2ConnWindow are the windows the session grants
+	// each peer, per stream and per connection: the most it buffers.
+	h2StreamWindow = 256 << 10
+	h2ConnWindow   = 1 << 20
+	// Credit goes back once this much of a window was passed on: often
+	// enough that a peer never waits for it, rarely enough that a small
+	// request costs no WINDOW_UPDATE at all.
+	h2StreamCredit = 32 << 10
+	h2ConnCredit   = h2ConnWindow / 4
+	// h2MaxStreams is the client's concurrent stream limit (x/net's).
+	h2MaxStreams = 250
+	// h2MaxHeaderList bounds a decoded header block, as
+	// http.DefaultMaxHeaderBytes bounds an HTTP/1 head.
+	h2MaxHeaderList = 1 << 20
+	// h2DefaultWindow and h2DefaultFrame are RFC 9113's initial values.
+	h2DefaultWindow = 65535
+	h2DefaultFrame  = 16384
+	h2MaxWindow     = 1<<31 - 1
+	h2MaxStreamID   = 1<<31 - 1
+	// h2CloseGrace is how long a client told to go away may take to
+	// close after its last stream, so it reads the GOAWAY, not a reset.
+	h2CloseGrace = time.Second
+)
 
-// goAwayGrace bounds how long Close waits for every HTTP/2 client to have
-// been sent its GOAWAY before closing connections anyway.
-const goAwayGrace = 500 * time.Millisecond
+// upstreamPing is how long an upstream connection may stay silent before it
+// is probed with a PING, and then how long the PING may go unanswered: a
+// backend pod that vanished without a FIN must not hold streams forever.
+const upstreamPing = 30 * time.Second
 
-// h2Side is what a Proxy shares between its HTTP/2 connections.
+// h2Side is what a Proxy keeps of its HTTP/2 sessions; guarded by Proxy.mu.
 type h2Side struct {
-	srv  *http2.Server
-	base *http.Server // logger for srv; its Shutdown makes srv send GOAWAY
-	up   *http2.Transport
-	bufs sync.Pool // *[]byte for response bodies
-
-	fronts map[*h2Front]struct{} // guarded by Proxy.mu
+	sessions map[*h2Session]struct{}
 }
 
-func newH2(p *Proxy) *h2Side {
-	h := &h2Side{
-		srv: &http2.Server{},
-		base: &http.Server{
-			// The server logs protocol errors of clients; they are
-			// the client's problem, not the operator's.
-			ErrorLog: slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
-		},
-		fronts: map[*h2Front]struct{}{},
-	}
-	h.bufs.New = func() any { b := make([]byte, 32<<10); return &b }
-	// ConfigureServer registers srv's connections with base, so that
-	// base.Shutdown sends GOAWAY on all of them; it fails only on TLS
-	// settings, which base has none of.
-	if err := http2.ConfigureServer(h.base, h.srv); err != nil {
-		p.log.Warn("http2 server", "err", err)
-	}
-	h.up = newUpstreamTransport(p)
-	return h
-}
+func newH2() *h2Side { return &h2Side{sessions: map[*h2Session]struct{}{}} }
 
 // sawPreface reports whether the client's first bytes are the HTTP/2
 // connection preface. It is asked once the HTTP/1 parser has ruled the
@@ -100,203 +112,462 @@ func hasToken(v, tok string) bool {
 	return false
 }
 
-// serveH2 serves the client connection as HTTP/2 from the bytes buffered so
-// far on: the connection began with the preface.
-func (cl *client) serveH2() {
-	// The server's reader may outlive ServeConn by a moment, so it must
-	// not read from the pooled buffer, which is reused once this returns.
-	br := cl.bufs.r
-	b, _ := br.Peek(br.Buffered())
-	pending := bytes.Clone(b)
-	br.Discard(len(b))
-	cl.kind.Store(kindH2)
-	cl.p.serveH2(cl.ctx, cl.c, pending)
+// h2Session is one client connection served as HTTP/2, with the upstream
+// connections its streams were sent on.
+type h2Session struct {
+	p    *Proxy
+	ctx  context.Context
+	src  netip.Addr
+	down *h2conn
+	wg   sync.WaitGroup // upstream readers
+
+	mu        sync.Mutex
+	ups       map[string][]*h2conn // by address
+	dirty     []*h2conn            // connections with frames to write and no writer
+	closing   []net.Conn           // to close once the lock is released (unlock)
+	lastID    uint32               // the highest stream ID the client opened
+	goingAway bool                 // GOAWAY was queued for the client
+	told      chan struct{}        // closed once it was written (or cannot be)
+	toldOnce  sync.Once
+	hungUp    bool // the connection to the client was half-closed after the GOAWAY
+	ended     bool // the client's connection ended
 }
 
-func (p *Proxy) serveH2(ctx context.Context, c net.Conn, pending []byte) {
-	gate := &handlerGate{}
-	f := &h2Front{Conn: c, pending: pending, gate: gate, goAway: make(chan struct{}), done: make(chan struct{})}
+// h2conn is one connection of a session: the client's, or an upstream one.
+// The fields after mu's comment are guarded by the session's lock.
+type h2conn struct {
+	s    *h2Session
+	c    net.Conn
+	br   *bufio.Reader
+	fr   *http2.Framer // reads; used by this connection's reader alone
+	addr string        // an upstream's address; "" for the client
+	// deadline is an upstream's read deadline; its reader's alone
+	deadline time.Time
+
+	// guarded by s.mu
+	out, spare   []byte // frames to write; the buffer being written
+	writing      bool   // a goroutine is writing out
+	queued       bool   // in s.dirty
+	failed       bool   // ended or failed: nothing more is written
+	goAwayQueued bool   // out holds a GOAWAY to the client
+	enc          *hpack.Encoder
+	hbuf         []byte
+	streams      map[uint32]*h2stream // by this connection's stream IDs
+	blocked      []*h2half            // halves with DATA for this peer, waiting for its window
+	sendWin      int64                // connection window for what is sent to this peer
+	initWin      int64                // the peer's SETTINGS_INITIAL_WINDOW_SIZE
+	maxFrame     int                  // the peer's SETTINGS_MAX_FRAME_SIZE
+	maxStreams   uint32               // an upstream's SETTINGS_MAX_CONCURRENT_STREAMS
+	recvUsed     int64                // DATA received and not given back as credit
+	credit       int64                // credit owed to the peer, not sent yet
+	nextID       uint32               // an upstream's next stream ID
+	noNew        bool                 // an upstream that sent GOAWAY: no new streams
+	pinged       bool                 // an upstream was sent a PING for its silence
+}
+
+func (s *h2Session) newConn(c net.Conn, br *bufio.Reader, addr string) *h2conn {
+	x := &h2conn{
+		s: s, c: c, br: br, addr: addr,
+		fr:         http2.NewFramer(nil, br),
+		streams:    map[uint32]*h2stream{},
+		sendWin:    h2DefaultWindow,
+		initWin:    h2DefaultWindow,
+		maxFrame:   h2DefaultFrame,
+		maxStreams: h2MaxStreamID,
+		nextID:     1,
+	}
+	x.fr.SetReuseFrames()
+	x.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	x.fr.MaxHeaderListSize = h2MaxHeaderList
+	x.enc = hpack.NewEncoder((*hpackSink)(x))
+	return x
+}
+
+// hpackSink collects what a connection's HPACK encoder writes.
+type hpackSink h2conn
+
+func (w *hpackSink) Write(p []byte) (int, error) {
+	w.hbuf = append(w.hbuf, p...)
+	return len(p), nil
+}
+
+// serveH2 serves the client connection as HTTP/2; it began with the
+// preface, which br holds.
+func (cl *client) serveH2() {
+	cl.kind.Store(kindH2)
+	cl.bufs.r.Discard(len(http2.ClientPreface))
+	cl.p.serveH2(cl.ctx, cl.c, cl.bufs.r, cl.src)
+}
+
+func (p *Proxy) serveH2(ctx context.Context, c net.Conn, br *bufio.Reader, src netip.Addr) {
+	s := &h2Session{p: p, ctx: ctx, src: src, ups: map[string][]*h2conn{}, told: make(chan struct{})}
+	s.down = s.newConn(c, br, "")
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
 		return
 	}
-	p.h2.fronts[f] = struct{}{}
+	p.h2.sessions[s] = struct{}{}
 	p.mu.Unlock()
-	// A drain that began before the server registers this connection
-	// tells it to go away on a later round (Proxy.drained).
 	defer func() {
 		p.mu.Lock()
-		delete(p.h2.fronts, f)
+		delete(p.h2.sessions, s)
 		p.mu.Unlock()
-		close(f.done)
 	}()
 
-	ctx, cancel := context.WithCancel(ctx)
-	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !gate.enter() {
-			return // the connection is gone; see handlerGate
+	s.mu.Lock()
+	s.down.settings(
+		http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: h2MaxStreams},
+		http2.Setting{ID: http2.SettingInitialWindowSize, Val: h2StreamWindow},
+		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: h2MaxHeaderList},
+	)
+	s.down.windowUpdate(0, h2ConnWindow-h2DefaultWindow)
+	s.unlock()
+	// A drain that began before this session was registered tells it to
+	// go away on a later round (Proxy.drained).
+	s.read(s.down)
+	s.end()
+}
+
+// read handles the frames of one connection until it ends.
+func (s *h2Session) read(x *h2conn) {
+	for {
+		if x.br.Buffered() == 0 {
+			s.flush()
+			if x != s.down && !s.awaitUpstream(x) {
+				return
+			}
 		}
-		defer gate.exit()
-		p.serveStream(w, r)
+		f, err := x.fr.ReadFrame()
+		if err != nil {
+			var se http2.StreamError
+			if errors.As(err, &se) {
+				s.mu.Lock()
+				s.streamError(x, se)
+				s.unlock()
+				continue
+			}
+			var ce http2.ConnectionError
+			if errors.As(err, &ce) {
+				s.connError(x, http2.ErrCode(ce))
+			} else if errors.Is(err, http2.ErrFrameTooLarge) {
+				s.connError(x, http2.ErrCodeFrameSize)
+			}
+			return
+		}
+		if !s.handle(x, f) {
+			return
+		}
+	}
+}
+
+// awaitUpstream waits for an upstream's next frame: after upstreamPing of
+// silence it sends a PING, and gives the connection up if that is not
+// answered in as long again.
+func (s *h2Session) awaitUpstream(x *h2conn) bool {
+	for {
+		// Moving the deadline costs a timer update: once a second is
+		// often enough.
+		if now := time.Now(); x.deadline.Sub(now) < upstreamPing-time.Second {
+			x.deadline = now.Add(upstreamPing)
+			x.c.SetReadDeadline(x.deadline)
+		}
+		_, err := x.br.Peek(1)
+		if err == nil {
+			return true
+		}
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			return false
+		}
+		s.mu.Lock()
+		if x.pinged {
+			s.unlock()
+			s.p.log.Debug("upstream silent, giving it up", "upstream", x.addr)
+			return false
+		}
+		x.pinged = true
+		x.ping()
+		x.deadline = time.Time{}
+		s.unlock()
+		s.flush()
+	}
+}
+
+// connError tells the peer of x why its connection ends.
+func (s *h2Session) connError(x *h2conn, code http2.ErrCode) {
+	s.mu.Lock()
+	last := s.lastID
+	if x != s.down {
+		last = 0 // the session never accepts streams from upstreams
+	}
+	x.goAway(last, code)
+	s.unlock()
+	s.flush()
+}
+
+// handle acts on one frame; false ends the connection.
+func (s *h2Session) handle(x *h2conn, f http2.Frame) bool {
+	if h, ok := f.(*http2.MetaHeadersFrame); ok && x == s.down {
+		return s.clientHeaders(h)
+	}
+	s.mu.Lock()
+	defer s.unlock()
+	switch f := f.(type) {
+	case *http2.MetaHeadersFrame:
+		s.upstreamHeaders(x, f)
+	case *http2.DataFrame:
+		return s.onData(x, f)
+	case *http2.RSTStreamFrame:
+		s.onReset(x, f.StreamID, f.ErrCode)
+	case *http2.WindowUpdateFrame:
+		return s.onWindowUpdate(x, f)
+	case *http2.SettingsFrame:
+		return s.onSettings(x, f)
+	case *http2.PingFrame:
+		if f.IsAck() {
+			x.pinged = false
+		} else {
+			x.pingAck(f.Data)
+		}
+	case *http2.GoAwayFrame:
+		if x != s.down {
+			s.upstreamGoAway(x, f.LastStreamID)
+		}
+	case *http2.PushPromiseFrame:
+		// Push was turned off in the session's SETTINGS.
+		x.goAway(0, http2.ErrCodeProtocol)
+		return false
+	}
+	// PRIORITY and unknown frame types are ignored, as RFC 9113 allows.
+	return true
+}
+
+// onSettings applies a peer's SETTINGS and acknowledges them.
+func (s *h2Session) onSettings(x *h2conn, f *http2.SettingsFrame) bool {
+	if f.IsAck() {
+		return true
+	}
+	err := f.ForeachSetting(func(st http2.Setting) error {
+		if err := st.Valid(); err != nil {
+			return err
+		}
+		switch st.ID {
+		case http2.SettingInitialWindowSize:
+			delta := int64(st.Val) - x.initWin
+			x.initWin = int64(st.Val)
+			for _, str := range x.streams {
+				h := str.halfTo(x)
+				h.sendWin += delta
+				if h.sendWin > h2MaxWindow {
+					return http2.ConnectionError(http2.ErrCodeFlowControl)
+				}
+			}
+		case http2.SettingMaxFrameSize:
+			x.maxFrame = int(st.Val)
+		case http2.SettingHeaderTableSize:
+			x.enc.SetMaxDynamicTableSizeLimit(st.Val)
+		case http2.SettingMaxConcurrentStreams:
+			x.maxStreams = st.Val
+		}
+		return nil
 	})
-	p.h2.srv.ServeConn(f, &http2.ServeConnOpts{
-		Context:    ctx,
-		BaseConfig: p.h2.base,
-		Handler:    handler,
-	})
-	// ServeConn returns when the connection ends, but handlers may still
-	// be running: cancel their requests and wait, so that Close waits for
-	// them too and nothing outlives the connection.
-	cancel()
-	gate.closeAndWait()
+	if err != nil {
+		code := http2.ErrCodeProtocol
+		var ce http2.ConnectionError
+		if errors.As(err, &ce) {
+			code = http2.ErrCode(ce)
+		}
+		x.goAway(s.lastIDFor(x), code)
+		return false
+	}
+	x.settingsAck()
+	for _, str := range x.streams {
+		s.pump(str.halfTo(x))
+	}
+	return true
+}
+
+func (s *h2Session) lastIDFor(x *h2conn) uint32 {
+	if x == s.down {
+		return s.lastID
+	}
+	return 0
+}
+
+// onWindowUpdate adds a peer's credit and sends what waited for it.
+func (s *h2Session) onWindowUpdate(x *h2conn, f *http2.WindowUpdateFrame) bool {
+	inc := int64(f.Increment)
+	if f.StreamID == 0 {
+		x.sendWin += inc
+		if inc == 0 || x.sendWin > h2MaxWindow {
+			x.goAway(s.lastIDFor(x), http2.ErrCodeFlowControl)
+			return false
+		}
+		blocked := x.blocked
+		x.blocked = nil
+		for _, h := range blocked {
+			h.blocked = false
+			s.pump(h)
+		}
+		return true
+	}
+	str := x.streams[f.StreamID]
+	if str == nil {
+		return true // a stream that has ended
+	}
+	h := str.halfTo(x)
+	h.sendWin += inc
+	if inc == 0 || h.sendWin > h2MaxWindow {
+		s.reset(str, http2.ErrCodeFlowControl)
+		return true
+	}
+	s.pump(h)
+	return true
+}
+
+// queue marks x as having frames to write; s.mu is held.
+func (s *h2Session) queue(x *h2conn) {
+	if !x.queued && !x.writing {
+		x.queued = true
+		s.dirty = append(s.dirty, x)
+	}
+}
+
+// unlock releases the session's lock, then closes the connections that
+// were given up while it was held (closing one takes the proxy's lock).
+func (s *h2Session) unlock() {
+	cs := s.closing
+	s.closing = nil
+	s.mu.Unlock()
+	for _, c := range cs {
+		c.Close()
+	}
+}
+
+// flush writes the frames queued on every connection that no other
+// goroutine is writing.
+func (s *h2Session) flush() {
+	s.mu.Lock()
+	for len(s.dirty) > 0 {
+		x := s.dirty[len(s.dirty)-1]
+		s.dirty = s.dirty[:len(s.dirty)-1]
+		x.queued = false
+		if x.writing {
+			continue
+		}
+		x.writing = true
+		for len(x.out) > 0 && !x.failed {
+			buf, told := x.out, x.goAwayQueued
+			x.out, x.spare, x.goAwayQueued = x.spare[:0], nil, false
+			s.mu.Unlock()
+			_, err := x.c.Write(buf)
+			s.mu.Lock()
+			if cap(buf) <= 4*h2DefaultFrame {
+				x.spare = buf[:0]
+			}
+			if err != nil {
+				x.failed = true
+				x.out = nil
+				s.closing = append(s.closing, x.c)
+			}
+			if told || err != nil && x == s.down {
+				s.toldOnce.Do(func() { close(s.told) })
+			}
+		}
+		x.writing = false
+		if x == s.down {
+			s.hangUpIfDone()
+		}
+	}
+	s.unlock()
+}
+
+// startGoAway tells the client that the session takes no new stream; the
+// connection ends once its streams have. It returns at once.
+func (s *h2Session) startGoAway() {
+	s.mu.Lock()
+	if s.goingAway || s.ended {
+		s.mu.Unlock()
+		return
+	}
+	s.goingAway = true
+	s.down.goAway(s.lastID, http2.ErrCodeNo)
+	s.down.goAwayQueued = !s.down.failed
+	if s.down.failed {
+		s.toldOnce.Do(func() { close(s.told) })
+	}
+	s.unlock()
+	// The write may wait for the client: not on the caller's time.
+	go s.flush()
+}
+
+// hangUpIfDone half-closes the client's connection once it was told to go
+// away, has no stream left and every frame went out; the client then
+// closes, or the connection is closed h2CloseGrace later. s.mu is held.
+func (s *h2Session) hangUpIfDone() {
+	x := s.down
+	if !s.goingAway || s.hungUp || len(x.streams) > 0 || x.writing || len(x.out) > 0 {
+		return
+	}
+	s.hungUp = true
+	if cw, ok := x.c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	time.AfterFunc(h2CloseGrace, func() { x.c.Close() })
+}
+
+// end takes down what is left once the client's connection has ended:
+// its streams, and the upstream connections, whose readers it waits for.
+func (s *h2Session) end() {
+	s.mu.Lock()
+	s.ended = true
+	s.down.failed = true
+	for _, str := range s.down.streams {
+		s.drop(str)
+	}
+	for _, us := range s.ups {
+		for _, u := range us {
+			s.closing = append(s.closing, u.c)
+		}
+	}
+	s.unlock()
+	s.toldOnce.Do(func() { close(s.told) })
+	s.wg.Wait()
+}
+
+// streamCount is the number of streams being forwarded.
+func (s *h2Session) streamCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.down.streams)
 }
 
 // goAway sends GOAWAY to every HTTP/2 client of the closing proxy and waits,
 // at most goAwayGrace, until it has gone out, so clients learn that the
 // connection ended on purpose and which streams were not processed.
-func (h *h2Side) goAway(fronts []*h2Front) {
-	if len(fronts) == 0 {
+func (h *h2Side) goAway(sessions []*h2Session) {
+	if len(sessions) == 0 {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), goAwayGrace)
 	defer cancel()
-	h.startGoAway()
-	for _, f := range fronts {
+	for _, s := range sessions {
+		s.startGoAway()
+	}
+	for _, s := range sessions {
 		select {
-		case <-f.goAway:
-		case <-f.done:
+		case <-s.told:
 		case <-ctx.Done():
 			return
 		}
 	}
 }
 
-// startGoAway makes the server send GOAWAY (NO_ERROR, with the last stream
-// it took) on every connection it serves that was not sent one yet; each
-// then closes once its last stream is done (after a second, to let the
-// client read the GOAWAY: x/net's goAwayTimeout). It returns at once.
-func (h *h2Side) startGoAway() {
-	// Shutdown runs the GOAWAY hook ConfigureServer registered; base has
-	// no listeners or connections of its own, so it returns at once.
-	_ = h.base.Shutdown(context.Background())
-}
-
-// takeFronts returns the HTTP/2 client connections; p.mu must be held.
-func (h *h2Side) takeFronts() []*h2Front {
-	fs := make([]*h2Front, 0, len(h.fronts))
-	for f := range h.fronts {
-		fs = append(fs, f)
+// takeSessions returns the HTTP/2 sessions; p.mu must be held.
+func (h *h2Side) takeSessions() []*h2Session {
+	ss := make([]*h2Session, 0, len(h.sessions))
+	for s := range h.sessions {
+		ss = append(ss, s)
 	}
-	return fs
-}
-
-// h2Front is a client connection served as HTTP/2: the bytes already read
-// come first, and writes are watched for the GOAWAY frame.
-type h2Front struct {
-	net.Conn
-	pending []byte    // read by the server's single reader goroutine only
-	scan    frameScan // written by the server's single writer at a time
-	gate    *handlerGate
-	goAway  chan struct{}
-	once    sync.Once
-	done    chan struct{} // closed when the connection has been served
-}
-
-func (f *h2Front) Read(b []byte) (int, error) {
-	if len(f.pending) > 0 {
-		n := copy(b, f.pending)
-		f.pending = f.pending[n:]
-		return n, nil
-	}
-	return f.Conn.Read(b)
-}
-
-func (f *h2Front) Write(b []byte) (int, error) {
-	sawGoAway := f.scan.goAway(b)
-	n, err := f.Conn.Write(b)
-	if sawGoAway || err != nil {
-		f.once.Do(func() { close(f.goAway) })
-	}
-	return n, err
-}
-
-// frameScan follows frame boundaries in what the HTTP/2 server writes (it
-// writes nothing but frames) to tell when a GOAWAY frame goes out.
-type frameScan struct {
-	hdr  [9]byte
-	nhdr int
-	left int // payload bytes of the current frame still to come
-}
-
-func (s *frameScan) goAway(p []byte) bool {
-	saw := false
-	for len(p) > 0 {
-		if s.left > 0 {
-			n := min(s.left, len(p))
-			s.left -= n
-			p = p[n:]
-			continue
-		}
-		n := copy(s.hdr[s.nhdr:], p)
-		s.nhdr += n
-		p = p[n:]
-		if s.nhdr == len(s.hdr) {
-			s.nhdr = 0
-			s.left = int(s.hdr[0])<<16 | int(s.hdr[1])<<8 | int(s.hdr[2])
-			saw = saw || http2.FrameType(s.hdr[3]) == http2.FrameGoAway
-		}
-	}
-	return saw
-}
-
-// handlerGate counts the stream handlers of one connection. The server
-// starts each handler on its own goroutine, which may first run after
-// ServeConn has returned; once closeAndWait has begun such a late handler
-// must not start work nobody waits for, so enter refuses it.
-type handlerGate struct {
-	mu     sync.Mutex
-	n      int
-	closed bool
-	idle   chan struct{}
-}
-
-func (g *handlerGate) enter() bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.closed {
-		return false
-	}
-	g.n++
-	return true
-}
-
-// count is the number of handlers running.
-func (g *handlerGate) count() int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.n
-}
-
-func (g *handlerGate) exit() {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.n--
-	if g.n == 0 && g.idle != nil {
-		close(g.idle)
-		g.idle = nil
-	}
-}
-
-func (g *handlerGate) closeAndWait() {
-	g.mu.Lock()
-	g.closed = true
-	if g.n == 0 {
-		g.mu.Unlock()
-		return
-	}
-	idle := make(chan struct{})
-	g.idle = idle
-	g.mu.Unlock()
-	<-idle
+	return ss
 }

@@ -24,7 +24,7 @@ import (
 	"github.com/detourdev/detour/pkg/redirect/match"
 )
 
-//lint:file-ignore SA1019 x/net/http2 on purpose: net/http cannot serve one accepted connection (ServeConn), and its transport dials per request while none is up (see newUpstreamTransport)
+//lint:file-ignore SA1019 x/net/http2 on purpose: the tests serve single accepted connections (ServeConn) and drive a client whose connections they control, which net/http cannot
 
 // h2Backend is an HTTP server speaking HTTP/1.1 and prior-knowledge h2c,
 // as the lab's echo server and gRPC servers do, that names itself in

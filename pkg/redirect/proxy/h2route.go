@@ -1,55 +1,450 @@
 package proxy
 
-// Per-stream routing for HTTP/2: each stream the front (h2.go) accepts is
-// matched against the routes on its own and forwarded, full duplex, over a
-// pooled HTTP/2 connection to its backend. Backends are reached with
-// prior-knowledge cleartext HTTP/2, which is what gRPC servers and h2c
-// services speak; connections are dialled through Config.Dial, because the
-// agent dials from inside the pod's network namespace.
+// Per-stream routing for HTTP/2 (h2.go has the session): each stream the
+// client opens is matched against the routes on its own and forwarded over
+// one of the session's connections to its backend. Upstream connections
+// are dialled through Config.Dial, because the agent dials from inside the
+// pod's network namespace. Everything here runs with the session's lock
+// held, except the routing and dialling of a new stream.
 
 import (
+	"bufio"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
-	"net/netip"
-	"net/textproto"
-	"net/url"
-	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 )
 
-//lint:file-ignore SA1019 x/net/http2 on purpose: net/http cannot serve one accepted connection (ServeConn), and its transport dials per request while none is up (see newUpstreamTransport)
+// h2stream is one request and its response: a stream of the client's
+// connection and the stream of an upstream connection it is forwarded on.
+type h2stream struct {
+	down, up  uint32 // its ID on the client's and on the upstream connection
+	upc       *h2conn
+	req, res  h2half // client → upstream, upstream → client
+	answered  bool   // a final response head went to the client
+	gone      bool   // dropped
+	intercept string
+	outcome   Outcome
+	start     time.Time
+}
 
-// upstreamPing is how long an upstream connection may stay silent before it
-// is probed with a PING: a backend pod that vanished without a FIN must not
-// hold streams forever.
-const upstreamPing = 30 * time.Second
+// h2half is one direction of a stream.
+type h2half struct {
+	str          *h2stream
+	from, to     *h2conn
+	fromID, toID uint32
+	buf          []byte // DATA received, waiting for the window of to
+	off          int    // buf[off:] is still to send
+	trailers     []hpack.HeaderField
+	ended        bool  // END_STREAM received
+	done         bool  // END_STREAM sent on
+	sendWin      int64 // to's window for this stream
+	recvUsed     int64 // received on this stream and not given back as credit
+	credit       int64 // stream credit owed to from, not sent yet
+	blocked      bool  // in to.blocked
+}
 
-// newUpstreamTransport returns the pool of upstream connections. It is
-// x/net's transport rather than net/http's, although deprecated, because
-// net/http dials a connection per request while none is up yet, so a burst
-// of streams to a backend opens as many connections; x/net's shares one
-// dial per address and adds connections only when a backend's stream limit
-// is reached.
-func newUpstreamTransport(p *Proxy) *http2.Transport {
-	return &http2.Transport{
-		AllowHTTP: true,
-		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-			return p.dialUpstream(ctx, network, addr) // cleartext: "TLS" is only the hook's name
-		},
-		// Bodies pass through as the backend encoded them, and the
-		// transport must not ask for gzip on the client's behalf.
-		DisableCompression: true,
-		IdleConnTimeout:    p.cfg.IdleTimeout,
-		ReadIdleTimeout:    upstreamPing,
+// halfTo is the direction of str whose frames go to x.
+func (str *h2stream) halfTo(x *h2conn) *h2half {
+	if str.res.to == x {
+		return &str.res
+	}
+	return &str.req
+}
+
+// halfFrom is the direction of str whose frames come from x.
+func (str *h2stream) halfFrom(x *h2conn) *h2half {
+	if str.req.from == x {
+		return &str.req
+	}
+	return &str.res
+}
+
+var errUpstreamGone = errors.New("the upstream connection ended")
+
+// clientHeaders handles a header block from the client: a new stream, or
+// the trailers of one. A new stream is routed and its upstream connection
+// found (or dialled) without the session's lock.
+func (s *h2Session) clientHeaders(f *http2.MetaHeadersFrame) bool {
+	id := f.StreamID
+	s.mu.Lock()
+	if str := s.down.streams[id]; str != nil {
+		s.trailers(&str.req, f)
+		s.unlock()
+		return true
+	}
+	switch {
+	case id <= s.lastID:
+		// A stream that ended (reset by the proxy, say): what the
+		// client sent before it knew is dropped.
+		s.unlock()
+		return true
+	case id%2 == 0:
+		s.down.goAway(s.lastID, http2.ErrCodeProtocol)
+		s.unlock()
+		return false
+	}
+	s.lastID = id
+	if s.goingAway || len(s.down.streams) >= h2MaxStreams {
+		s.down.rst(id, http2.ErrCodeRefusedStream) // the client may retry it elsewhere
+		s.unlock()
+		return true
+	}
+	s.unlock()
+
+	head := h2Head(f.Fields)
+	method := head.Method()
+	if method == "" || head.pseudo(":path") == "" && method != "CONNECT" || head.pseudo(":status") != "" {
+		s.mu.Lock()
+		s.down.rst(id, http2.ErrCodeProtocol)
+		s.unlock()
+		return true
+	}
+	p := s.p
+	str := &h2stream{down: id, outcome: OutcomeUnmatched, start: time.Now()}
+	addr := p.cfg.App
+	if rt := p.route(head, s.src); rt != nil {
+		str.intercept, str.outcome = rt.Intercept, OutcomeFallback
+		if dest, ok := p.pick(rt); ok {
+			str.outcome, addr = OutcomeMatched, dest
+		}
+	}
+	u, err := s.upstream(addr)
+	var de *dialError
+	if err != nil && addr != p.cfg.App && errors.As(err, &de) {
+		p.log.Info("destination unreachable, falling back to the app",
+			"intercept", str.intercept, "destination", addr, "err", err)
+		p.markDown(addr)
+		str.outcome, addr = OutcomeFallback, p.cfg.App
+		u, err = s.upstream(addr)
+	}
+
+	s.mu.Lock()
+	defer s.unlock()
+	if err == nil && u.failed {
+		err = errUpstreamGone
+	}
+	end := f.StreamEnded()
+	if err != nil {
+		p.log.Warn("upstream unreachable", "upstream", addr, "err", err)
+		s.down.headers(id, true, []hpack.HeaderField{{Name: ":status", Value: "502"}})
+		if !end {
+			s.down.rst(id, http2.ErrCodeNo) // the request's body is not wanted
+		}
+		p.observe(str.intercept, str.outcome, str.start)
+		return true
+	}
+	str.up, str.upc = u.nextID, u
+	u.nextID += 2
+	if u.nextID > h2MaxStreamID {
+		u.noNew = true
+	}
+	str.req = h2half{str: str, from: s.down, to: u, fromID: id, toID: str.up, sendWin: u.initWin, ended: end, done: end}
+	str.res = h2half{str: str, from: u, to: s.down, fromID: str.up, toID: id, sendWin: s.down.initWin}
+	s.down.streams[id] = str
+	u.streams[str.up] = str
+	u.headers(str.up, end, forwarded(f.Fields))
+	return true
+}
+
+// upstream returns a connection to addr that can take one more stream,
+// dialling one if none can.
+func (s *h2Session) upstream(addr string) (*h2conn, error) {
+	s.mu.Lock()
+	for _, u := range s.ups[addr] {
+		if !u.failed && !u.noNew && uint32(len(u.streams)) < u.maxStreams {
+			s.mu.Unlock()
+			return u, nil
+		}
+	}
+	s.mu.Unlock()
+	c, err := s.p.dialUpstream(s.ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	u := s.newConn(c, bufio.NewReaderSize(c, 32<<10), addr)
+	u.nextID = 1
+	s.mu.Lock()
+	u.out = append(u.out, http2.ClientPreface...)
+	u.settings(
+		http2.Setting{ID: http2.SettingEnablePush, Val: 0},
+		http2.Setting{ID: http2.SettingInitialWindowSize, Val: h2StreamWindow},
+		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: h2MaxHeaderList},
+	)
+	u.windowUpdate(0, h2ConnWindow-h2DefaultWindow)
+	s.ups[addr] = append(s.ups[addr], u)
+	s.mu.Unlock()
+	s.wg.Go(func() {
+		s.read(u)
+		s.upstreamEnded(u)
+	})
+	return u, nil
+}
+
+// upstreamHeaders handles a header block from an upstream: a response
+// head (informational ones included), or trailers.
+func (s *h2Session) upstreamHeaders(x *h2conn, f *http2.MetaHeadersFrame) {
+	str := x.streams[f.StreamID]
+	if str == nil {
+		return
+	}
+	h := &str.res
+	switch {
+	case h.ended:
+		s.reset(str, http2.ErrCodeStreamClosed)
+		return
+	case str.answered:
+		s.trailers(h, f)
+		return
+	}
+	end := f.StreamEnded()
+	if st := h2Head(f.Fields).pseudo(":status"); len(st) == 3 && st[0] == '1' && !end {
+		s.down.headers(str.down, false, forwarded(f.Fields)) // 1xx: the final head is still to come
+		return
+	}
+	str.answered = true
+	s.down.headers(str.down, end, forwarded(f.Fields))
+	if end {
+		h.ended, h.done = true, true
+		s.finish(str)
+	}
+}
+
+// trailers takes the header block that ends h, to be sent once its DATA
+// has gone.
+func (s *h2Session) trailers(h *h2half, f *http2.MetaHeadersFrame) {
+	if h.ended || !f.StreamEnded() {
+		s.reset(h.str, http2.ErrCodeProtocol)
+		return
+	}
+	h.trailers = forwarded(f.Fields)
+	h.ended = true
+	s.pump(h)
+}
+
+// onData passes a DATA frame on, or holds what the other side's window
+// does not take yet.
+func (s *h2Session) onData(x *h2conn, f *http2.DataFrame) bool {
+	n := int64(f.Length)
+	x.recvUsed += n
+	if x.recvUsed > h2ConnWindow {
+		x.goAway(s.lastIDFor(x), http2.ErrCodeFlowControl)
+		return false
+	}
+	str := x.streams[f.StreamID]
+	if str == nil {
+		s.creditConn(x, n) // a stream that ended
+		return true
+	}
+	h := str.halfFrom(x)
+	if h.ended {
+		s.creditConn(x, n)
+		s.reset(str, http2.ErrCodeStreamClosed)
+		return true
+	}
+	h.recvUsed += n
+	if h.recvUsed > h2StreamWindow {
+		s.reset(str, http2.ErrCodeFlowControl)
+		return true
+	}
+	data := f.Data()
+	if pad := n - int64(len(data)); pad > 0 {
+		s.credit(h, pad)
+	}
+	h.ended = f.StreamEnded()
+	if h.off == len(h.buf) && int64(len(data)) <= min(h.sendWin, h.to.sendWin) && len(data) <= h.to.maxFrame {
+		// The common case: all of it goes at once, without a copy
+		// into the stream's buffer.
+		if len(data) > 0 || h.ended {
+			h.to.data(h.toID, h.ended, data)
+		}
+		k := int64(len(data))
+		h.sendWin -= k
+		h.to.sendWin -= k
+		s.credit(h, k)
+		if h.ended {
+			h.done = true
+			s.finish(str)
+		}
+		return true
+	}
+	h.buf = append(h.buf, data...)
+	s.pump(h)
+	return true
+}
+
+// pump sends what h holds as far as the windows allow, then its end.
+func (s *h2Session) pump(h *h2half) {
+	if h.str.gone || h.done {
+		return
+	}
+	for h.off < len(h.buf) {
+		k := int(min(int64(len(h.buf)-h.off), h.sendWin, h.to.sendWin, int64(h.to.maxFrame)))
+		if k <= 0 {
+			if !h.blocked {
+				h.blocked = true
+				h.to.blocked = append(h.to.blocked, h)
+			}
+			return
+		}
+		end := h.off+k == len(h.buf) && h.ended && h.trailers == nil
+		h.to.data(h.toID, end, h.buf[h.off:h.off+k])
+		h.off += k
+		h.sendWin -= int64(k)
+		h.to.sendWin -= int64(k)
+		s.credit(h, int64(k))
+		h.done = end
+	}
+	h.buf, h.off = h.buf[:0], 0
+	if h.ended && !h.done {
+		if h.trailers != nil {
+			h.to.headers(h.toID, true, h.trailers)
+		} else {
+			h.to.data(h.toID, true, nil)
+		}
+		h.done = true
+	}
+	if h.done {
+		s.finish(h.str)
+	}
+}
+
+// credit gives n bytes of h's window back to its sender, once enough have
+// gathered to be worth a WINDOW_UPDATE.
+func (s *h2Session) credit(h *h2half, n int64) {
+	s.creditConn(h.from, n)
+	h.recvUsed -= n
+	if h.ended {
+		return // the sender has nothing more to send on it
+	}
+	h.credit += n
+	if h.credit >= h2StreamCredit {
+		h.from.windowUpdate(h.fromID, h.credit)
+		h.credit = 0
+	}
+}
+
+func (s *h2Session) creditConn(x *h2conn, n int64) {
+	x.recvUsed -= n
+	x.credit += n
+	if x.credit >= h2ConnCredit {
+		x.windowUpdate(0, x.credit)
+		x.credit = 0
+	}
+}
+
+// finish drops a stream whose both directions have ended.
+func (s *h2Session) finish(str *h2stream) {
+	if str.req.done && str.res.done {
+		s.drop(str)
+	}
+}
+
+// onReset passes a RST_STREAM on to the other side of the stream.
+func (s *h2Session) onReset(x *h2conn, id uint32, code http2.ErrCode) {
+	str := x.streams[id]
+	if str == nil {
+		return
+	}
+	if x == s.down {
+		str.upc.rst(str.up, code)
+	} else {
+		s.down.rst(str.down, code)
+	}
+	s.drop(str)
+}
+
+// reset ends a stream on both sides.
+func (s *h2Session) reset(str *h2stream, code http2.ErrCode) {
+	s.down.rst(str.down, code)
+	str.upc.rst(str.up, code)
+	s.drop(str)
+}
+
+// streamError answers a frame the framer refused for one stream.
+func (s *h2Session) streamError(x *h2conn, se http2.StreamError) {
+	if str := x.streams[se.StreamID]; str != nil {
+		s.reset(str, se.Code)
+		return
+	}
+	if x == s.down && se.StreamID > s.lastID {
+		s.lastID = se.StreamID
+	}
+	x.rst(se.StreamID, se.Code)
+}
+
+// upstreamGoAway: the streams the upstream did not take are refused to the
+// client, which may retry them; new streams go over another connection.
+func (s *h2Session) upstreamGoAway(x *h2conn, last uint32) {
+	x.noNew = true
+	for id, str := range x.streams {
+		if id > last {
+			s.down.rst(str.down, http2.ErrCodeRefusedStream)
+			s.drop(str)
+		}
+	}
+	s.closeIfDone(x)
+}
+
+// upstreamEnded ends the streams of an upstream connection that ended:
+// one not answered yet is answered 502, as an HTTP/1 request would be.
+func (s *h2Session) upstreamEnded(u *h2conn) {
+	s.mu.Lock()
+	u.failed = true
+	us := s.ups[u.addr]
+	for i := range us {
+		if us[i] == u {
+			s.ups[u.addr] = append(us[:i:i], us[i+1:]...)
+			break
+		}
+	}
+	for _, str := range u.streams {
+		switch {
+		case str.res.done:
+			s.down.rst(str.down, http2.ErrCodeNo)
+		case !str.answered:
+			s.down.headers(str.down, true, []hpack.HeaderField{{Name: ":status", Value: "502"}})
+			if !str.req.ended {
+				s.down.rst(str.down, http2.ErrCodeNo)
+			}
+		default:
+			s.down.rst(str.down, http2.ErrCodeInternal)
+		}
+		s.drop(str)
+	}
+	s.closing = append(s.closing, u.c)
+	s.unlock()
+	s.flush()
+}
+
+// drop forgets a stream: what it held is credited back, and it is
+// observed.
+func (s *h2Session) drop(str *h2stream) {
+	if str.gone {
+		return
+	}
+	str.gone = true
+	s.creditConn(s.down, int64(len(str.req.buf)-str.req.off))
+	s.creditConn(str.upc, int64(len(str.res.buf)-str.res.off))
+	str.req.buf, str.res.buf = nil, nil
+	delete(s.down.streams, str.down)
+	delete(str.upc.streams, str.up)
+	s.p.observe(str.intercept, str.outcome, str.start)
+	s.closeIfDone(str.upc)
+	s.hangUpIfDone()
+}
+
+// closeIfDone closes an upstream connection that takes no new stream once
+// its last one has ended.
+func (s *h2Session) closeIfDone(u *h2conn) {
+	if u.noNew && len(u.streams) == 0 && !u.failed {
+		u.failed = true
+		s.closing = append(s.closing, u.c)
 	}
 }
 
@@ -64,10 +459,7 @@ func (e *dialError) Error() string { return fmt.Sprintf("dial %s: %v", e.addr, e
 func (e *dialError) Unwrap() error { return e.err }
 
 func (p *Proxy) dialUpstream(ctx context.Context, network, addr string) (net.Conn, error) {
-	// The transport may share one dial among the streams waiting for a
-	// connection to addr, so one stream's cancellation must not fail the
-	// others: the dial is bounded by DialTimeout alone.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.DialTimeout)
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.DialTimeout)
 	defer cancel()
 	c, err := p.cfg.Dial(ctx, network, addr)
 	if err != nil {
@@ -80,8 +472,8 @@ func (p *Proxy) dialUpstream(ctx context.Context, network, addr string) (net.Con
 	return &trackedConn{Conn: c, p: p}, nil
 }
 
-// trackedConn is an upstream connection owned by the transport but known
-// to the proxy, so that Close reaches it.
+// trackedConn is an upstream connection of a session, known to the proxy
+// so that Close reaches it.
 type trackedConn struct {
 	net.Conn
 	p    *Proxy
@@ -92,249 +484,4 @@ func (c *trackedConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(func() { c.p.forget(c.Conn) })
 	return err
-}
-
-// serveStream routes and forwards one HTTP/2 request; it is the handler of
-// every stream of every HTTP/2 client connection.
-func (p *Proxy) serveStream(w http.ResponseWriter, r *http.Request) {
-	start := time.Now()
-	intercept, outcome, addr := "", OutcomeUnmatched, p.cfg.App
-	src, _ := netip.ParseAddrPort(r.RemoteAddr) // set from the client connection
-	if rt := p.route(h2Request{r}, src.Addr().Unmap()); rt != nil {
-		intercept, outcome = rt.Intercept, OutcomeFallback
-		if dest, ok := p.pick(rt); ok {
-			outcome, addr = OutcomeMatched, dest
-		}
-	}
-	defer func() { p.observe(intercept, outcome, start) }()
-
-	body := r.Body
-	var held *heldBody
-	if addr != p.cfg.App && r.ContentLength != 0 {
-		held = &heldBody{rc: r.Body}
-		body = held
-	}
-	res, err := p.roundTrip(r, addr, body)
-	var de *dialError
-	if err != nil && addr != p.cfg.App && errors.As(err, &de) && r.Context().Err() == nil &&
-		(held == nil || !held.read.Load()) {
-		p.log.Info("destination unreachable, falling back to the app",
-			"intercept", intercept, "destination", addr, "err", err)
-		p.markDown(addr)
-		outcome, addr = OutcomeFallback, p.cfg.App
-		res, err = p.roundTrip(r, addr, r.Body)
-	}
-	if err != nil {
-		switch {
-		case r.Context().Err() != nil:
-			// The client reset the stream or left: nobody to answer.
-		case errors.As(err, &de):
-			p.log.Warn("upstream unreachable", "upstream", addr, "err", err)
-			w.WriteHeader(http.StatusBadGateway)
-		case errors.As(err, new(http2.StreamError)):
-			// The backend reset the stream before answering: so
-			// does the proxy, to the client (see forwardResponse).
-			p.log.Debug("upstream reset the stream", "upstream", addr, "err", err)
-			panic(http.ErrAbortHandler)
-		default:
-			p.log.Debug("upstream request failed", "upstream", addr, "err", err)
-			w.WriteHeader(http.StatusBadGateway)
-		}
-		return
-	}
-	defer res.Body.Close() // before the response ends, this resets the upstream stream
-	p.forwardResponse(w, r, res)
-}
-
-// roundTrip sends r to addr over a pooled HTTP/2 connection and returns
-// once the response head has arrived; the body goes up concurrently.
-func (p *Proxy) roundTrip(r *http.Request, addr string, body io.ReadCloser) (*http.Response, error) {
-	out := &http.Request{
-		Method:        r.Method,
-		URL:           upstreamURL(r, addr),
-		Proto:         "HTTP/2.0",
-		ProtoMajor:    2,
-		Header:        upstreamHeader(r.Header),
-		Host:          r.Host,
-		Body:          body,
-		ContentLength: r.ContentLength,
-		Trailer:       r.Trailer,
-	}
-	if r.ContentLength == 0 {
-		out.Body = http.NoBody // END_STREAM on the headers, as the client sent it
-	}
-	return p.h2.up.RoundTrip(out.WithContext(r.Context()))
-}
-
-// forwardResponse copies the response head, then the body with a flush
-// after every read so that streams (gRPC server streaming, bidi, SSE) flow
-// message by message, then the trailers.
-func (p *Proxy) forwardResponse(w http.ResponseWriter, r *http.Request, res *http.Response) {
-	h := w.Header()
-	for k, vv := range res.Header {
-		if !hopByHop(k) && k != "Trailer" {
-			h[k] = vv
-		}
-	}
-	// The server would make these up when absent; a nil value stops it,
-	// so the client sees the backend's head and nothing else.
-	for _, k := range [...]string{"Content-Type", "Content-Length", "Date"} {
-		if _, ok := res.Header[k]; !ok {
-			h[k] = nil
-		}
-	}
-	w.WriteHeader(res.StatusCode)
-	rc := http.NewResponseController(w)
-	rc.EnableFullDuplex() // HTTP/2 always is; harmless
-	// A response with no body at all (a gRPC error is headers only, with
-	// END_STREAM) must stay that way: flushing now would split it into
-	// headers and an empty end, which a gRPC client reads as a missing
-	// status. Any other response's head goes out at once.
-	if res.ContentLength != 0 {
-		if err := rc.Flush(); err != nil {
-			return
-		}
-	}
-	bp := p.h2.bufs.Get().(*[]byte)
-	defer p.h2.bufs.Put(bp)
-	buf := *bp
-	for {
-		n, err := res.Body.Read(buf)
-		if n > 0 {
-			if _, werr := w.Write(buf[:n]); werr != nil {
-				return // the client stream is gone; returning resets the upstream one
-			}
-			if werr := rc.Flush(); werr != nil {
-				return
-			}
-		}
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			if r.Context().Err() == nil {
-				p.log.Debug("upstream stream failed", "err", err)
-				// The one way to reset a client stream from a
-				// handler: the server answers the panic with
-				// RST_STREAM and keeps the connection.
-				panic(http.ErrAbortHandler)
-			}
-			return
-		}
-	}
-	for k, vv := range res.Trailer {
-		h[http.TrailerPrefix+k] = vv
-	}
-}
-
-// heldBody lets a stream whose destination cannot be dialled go to the app
-// instead: the transport closes a request's body on every error, and a
-// server request body once closed cannot be read again, so until the
-// transport has read from it, Close is ignored. The server closes the body
-// itself when the handler returns.
-type heldBody struct {
-	rc   io.ReadCloser
-	read atomic.Bool
-}
-
-func (b *heldBody) Read(p []byte) (int, error) {
-	b.read.Store(true)
-	return b.rc.Read(p)
-}
-
-func (b *heldBody) Close() error {
-	if b.read.Load() {
-		return b.rc.Close()
-	}
-	return nil
-}
-
-// upstreamURL addresses addr with the client's :path unchanged.
-func upstreamURL(r *http.Request, addr string) *url.URL {
-	u := &url.URL{Scheme: "http", Host: addr}
-	uri := r.RequestURI
-	if uri == "*" || strings.HasPrefix(uri, "/") && !strings.HasPrefix(uri, "//") {
-		u.Opaque = uri // sent as is, query included
-		return u
-	}
-	// Absolute form (possible on an h2c Upgrade request) and oddities.
-	u.Path, u.RawPath, u.RawQuery = r.URL.Path, r.URL.RawPath, r.URL.RawQuery
-	return u
-}
-
-// upstreamHeader is h without the fields that describe the client's
-// connection rather than the request (RFC 9113 8.2.2), which only an h2c
-// Upgrade request carries. The values are shared, not copied: nobody
-// writes to them.
-func upstreamHeader(h http.Header) http.Header {
-	out := make(http.Header, len(h)+1)
-	for k, vv := range h {
-		if hopByHop(k) || k == "Trailer" { // the transport declares r.Trailer itself
-			continue
-		}
-		out[k] = vv
-	}
-	for _, v := range h["Connection"] {
-		for name := range strings.SplitSeq(v, ",") {
-			delete(out, textproto.CanonicalMIMEHeaderKey(strings.TrimSpace(name)))
-		}
-	}
-	if te, ok := h["Te"]; ok {
-		delete(out, "Te")
-		if hasToken(strings.Join(te, ","), "trailers") {
-			out["Te"] = []string{"trailers"} // gRPC requires it; the only TE HTTP/2 allows
-		}
-	}
-	if _, ok := out["User-Agent"]; !ok {
-		out["User-Agent"] = []string{""} // else the transport adds its own
-	}
-	return out
-}
-
-func hopByHop(k string) bool {
-	switch k {
-	case "Connection", "Proxy-Connection", "Keep-Alive", "Transfer-Encoding", "Upgrade", "Http2-Settings":
-		return true
-	}
-	return false
-}
-
-// h2Request is what the matcher sees of an HTTP/2 request.
-type h2Request struct{ r *http.Request }
-
-func (q h2Request) Method() string { return q.r.Method }
-
-// Path is the :path without its query, as for HTTP/1 (a gRPC method is
-// "/package.Service/Method").
-func (q h2Request) Path() string {
-	uri := q.r.RequestURI
-	if strings.HasPrefix(uri, "/") {
-		if i := strings.IndexAny(uri, "?#"); i >= 0 {
-			return uri[:i]
-		}
-		return uri
-	}
-	if uri == "*" {
-		return "*"
-	}
-	if p := q.r.URL.EscapedPath(); p != "" {
-		return p
-	}
-	return "/"
-}
-
-// Header answers for :authority as "host", so a host rule works as in
-// HTTP/1; gRPC metadata are ordinary header fields.
-func (q h2Request) Header(name string) (string, bool) {
-	if strings.EqualFold(name, "host") {
-		return q.r.Host, q.r.Host != ""
-	}
-	vv, ok := q.r.Header[textproto.CanonicalMIMEHeaderKey(name)]
-	switch {
-	case !ok:
-		return "", false
-	case len(vv) == 1:
-		return vv[0], true
-	}
-	return strings.Join(vv, ", "), true
 }

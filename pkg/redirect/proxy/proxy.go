@@ -9,8 +9,9 @@
 // Because the decision is per request, one keep-alive connection from a
 // shared client can carry requests for several developers. HTTP/2 (prior
 // knowledge, as gRPC uses, or h2c Upgrade) multiplexes developers on one
-// connection, so it is terminated and each stream forwarded over pooled
-// HTTP/2 connections to its backend (h2.go, h2route.go). Anything else is
+// connection, so its streams are routed one by one: header blocks are
+// decoded for the decision and the frames forwarded to each stream's
+// backend (h2.go, h2route.go). Anything else is
 // passed to the app untouched: the proxy must never be the reason a service
 // stops working.
 package proxy
@@ -133,7 +134,7 @@ type Proxy struct {
 	janny    bool                       // janitor started
 	bufs     sync.Pool                  // *connBufs
 	upBufs   sync.Pool                  // *connBufs for upstream conns
-	h2       *h2Side                    // HTTP/2 front and upstream pool (h2.go)
+	h2       *h2Side                    // HTTP/2 sessions (h2.go)
 	slow     *SlowHeads                 // connections waiting for a head (heads.go)
 }
 
@@ -193,7 +194,7 @@ func New(cfg Config) *Proxy {
 		}
 	}
 	p.bufs.New, p.upBufs.New = newBufs, newBufs
-	p.h2 = newH2(p)
+	p.h2 = newH2()
 	p.SetRoutes(nil)
 	return p
 }
@@ -294,14 +295,12 @@ func (p *Proxy) Close() error {
 		conns = append(conns, c)
 	}
 	p.idle = map[string][]*upConn{}
-	fronts := p.h2.takeFronts()
+	sessions := p.h2.takeSessions()
 	p.mu.Unlock()
-	p.h2.goAway(fronts)
+	p.h2.goAway(sessions)
 	for _, c := range conns {
 		c.Close()
 	}
-	//lint:ignore SA1019 x/net's transport on purpose (see newUpstreamTransport)
-	p.h2.up.CloseIdleConnections()
 	p.wg.Wait()
 	return nil
 }
