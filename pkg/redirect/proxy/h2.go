@@ -37,7 +37,6 @@ import (
 	"errors"
 	"net"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -59,6 +58,11 @@ const (
 	// request costs no WINDOW_UPDATE at all.
 	h2StreamCredit = 32 << 10
 	h2ConnCredit   = h2ConnWindow / 4
+	// h2OutRoom is how much DATA may wait in a connection's out buffer:
+	// a peer that grants a large window but reads slowly must not make
+	// the session hold that much. h2OutCap is the most anything may.
+	h2OutRoom = 256 << 10
+	h2OutCap  = 4 << 20
 	// h2MaxStreams is the client's concurrent stream limit (x/net's).
 	h2MaxStreams = 250
 	// h2MaxHeaderList bounds a decoded header block, as
@@ -74,10 +78,20 @@ const (
 	h2CloseGrace = time.Second
 )
 
-// upstreamPing is how long an upstream connection may stay silent before it
-// is probed with a PING, and then how long the PING may go unanswered: a
-// backend pod that vanished without a FIN must not hold streams forever.
-const upstreamPing = 30 * time.Second
+// A backend pod that vanished without a FIN must not hold streams forever.
+// Its connection is probed by TCP keepalive, not by HTTP/2 PINGs, which
+// servers count against a client when nothing else was sent (gRPC's
+// keepalive policy answers the third in five minutes with GOAWAY), and
+// unacknowledged data or a write that does not complete gives it up after
+// upstreamTimeout.
+const (
+	upstreamTimeout   = 30 * time.Second
+	upstreamKeepAlive = 15 * time.Second
+)
+
+// h2MaxSettings bounds the entries of one SETTINGS frame (each may touch
+// every stream), as x/net does.
+const h2MaxSettings = 100
 
 // h2Side is what a Proxy keeps of its HTTP/2 sessions; guarded by Proxy.mu.
 type h2Side struct {
@@ -141,8 +155,8 @@ type h2conn struct {
 	br   *bufio.Reader
 	fr   *http2.Framer // reads; used by this connection's reader alone
 	addr string        // an upstream's address; "" for the client
-	// deadline is an upstream's read deadline; its reader's alone
-	deadline time.Time
+	// wdeadline is an upstream's write deadline; the writer's alone
+	wdeadline time.Time
 
 	// guarded by s.mu
 	out, spare   []byte // frames to write; the buffer being written
@@ -162,7 +176,7 @@ type h2conn struct {
 	credit       int64                // credit owed to the peer, not sent yet
 	nextID       uint32               // an upstream's next stream ID
 	noNew        bool                 // an upstream that sent GOAWAY: no new streams
-	pinged       bool                 // an upstream was sent a PING for its silence
+	idle         *time.Timer          // closes an upstream left without streams
 }
 
 func (s *h2Session) newConn(c net.Conn, br *bufio.Reader, addr string) *h2conn {
@@ -177,6 +191,7 @@ func (s *h2Session) newConn(c net.Conn, br *bufio.Reader, addr string) *h2conn {
 		nextID:     1,
 	}
 	x.fr.SetReuseFrames()
+	x.fr.SetMaxReadFrameSize(h2DefaultFrame) // the session never asks for more
 	x.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	x.fr.MaxHeaderListSize = h2MaxHeaderList
 	x.enc = hpack.NewEncoder((*hpackSink)(x))
@@ -234,9 +249,6 @@ func (s *h2Session) read(x *h2conn) {
 	for {
 		if x.br.Buffered() == 0 {
 			s.flush()
-			if x != s.down && !s.awaitUpstream(x) {
-				return
-			}
 		}
 		f, err := x.fr.ReadFrame()
 		if err != nil {
@@ -256,40 +268,9 @@ func (s *h2Session) read(x *h2conn) {
 			return
 		}
 		if !s.handle(x, f) {
+			s.flush() // the GOAWAY that says why
 			return
 		}
-	}
-}
-
-// awaitUpstream waits for an upstream's next frame: after upstreamPing of
-// silence it sends a PING, and gives the connection up if that is not
-// answered in as long again.
-func (s *h2Session) awaitUpstream(x *h2conn) bool {
-	for {
-		// Moving the deadline costs a timer update: once a second is
-		// often enough.
-		if now := time.Now(); x.deadline.Sub(now) < upstreamPing-time.Second {
-			x.deadline = now.Add(upstreamPing)
-			x.c.SetReadDeadline(x.deadline)
-		}
-		_, err := x.br.Peek(1)
-		if err == nil {
-			return true
-		}
-		if !errors.Is(err, os.ErrDeadlineExceeded) {
-			return false
-		}
-		s.mu.Lock()
-		if x.pinged {
-			s.unlock()
-			s.p.log.Debug("upstream silent, giving it up", "upstream", x.addr)
-			return false
-		}
-		x.pinged = true
-		x.ping()
-		x.deadline = time.Time{}
-		s.unlock()
-		s.flush()
 	}
 }
 
@@ -324,9 +305,7 @@ func (s *h2Session) handle(x *h2conn, f http2.Frame) bool {
 	case *http2.SettingsFrame:
 		return s.onSettings(x, f)
 	case *http2.PingFrame:
-		if f.IsAck() {
-			x.pinged = false
-		} else {
+		if !f.IsAck() {
 			x.pingAck(f.Data)
 		}
 	case *http2.GoAwayFrame:
@@ -346,6 +325,10 @@ func (s *h2Session) handle(x *h2conn, f http2.Frame) bool {
 func (s *h2Session) onSettings(x *h2conn, f *http2.SettingsFrame) bool {
 	if f.IsAck() {
 		return true
+	}
+	if f.NumSettings() > h2MaxSettings {
+		x.goAway(s.lastIDFor(x), http2.ErrCodeEnhanceYourCalm)
+		return false
 	}
 	err := f.ForeachSetting(func(st http2.Setting) error {
 		if err := st.Valid(); err != nil {
@@ -403,12 +386,7 @@ func (s *h2Session) onWindowUpdate(x *h2conn, f *http2.WindowUpdateFrame) bool {
 			x.goAway(s.lastIDFor(x), http2.ErrCodeFlowControl)
 			return false
 		}
-		blocked := x.blocked
-		x.blocked = nil
-		for _, h := range blocked {
-			h.blocked = false
-			s.pump(h)
-		}
+		s.unblock(x)
 		return true
 	}
 	str := x.streams[f.StreamID]
@@ -423,6 +401,25 @@ func (s *h2Session) onWindowUpdate(x *h2conn, f *http2.WindowUpdateFrame) bool {
 	}
 	s.pump(h)
 	return true
+}
+
+// unblock sends what waited for x's window or for room in its out buffer.
+func (s *h2Session) unblock(x *h2conn) {
+	blocked := x.blocked
+	x.blocked = nil
+	for _, h := range blocked {
+		h.blocked = false
+		s.pump(h)
+	}
+}
+
+// giveUp ends a connection that cannot be written to any more.
+func (s *h2Session) giveUp(x *h2conn) {
+	if !x.failed {
+		x.failed = true
+		x.out = nil
+		s.closing = append(s.closing, x.c)
+	}
 }
 
 // queue marks x as having frames to write; s.mu is held.
@@ -460,15 +457,23 @@ func (s *h2Session) flush() {
 			buf, told := x.out, x.goAwayQueued
 			x.out, x.spare, x.goAwayQueued = x.spare[:0], nil, false
 			s.mu.Unlock()
+			if x != s.down {
+				// A backend that stops reading is given up;
+				// moving the deadline once a second is enough.
+				if now := time.Now(); x.wdeadline.Sub(now) < upstreamTimeout-time.Second {
+					x.wdeadline = now.Add(upstreamTimeout)
+					x.c.SetWriteDeadline(x.wdeadline)
+				}
+			}
 			_, err := x.c.Write(buf)
 			s.mu.Lock()
 			if cap(buf) <= 4*h2DefaultFrame {
 				x.spare = buf[:0]
 			}
 			if err != nil {
-				x.failed = true
-				x.out = nil
-				s.closing = append(s.closing, x.c)
+				s.giveUp(x)
+			} else if len(x.blocked) > 0 {
+				s.unblock(x) // there is room in out again
 			}
 			if told || err != nil && x == s.down {
 				s.toldOnce.Do(func() { close(s.told) })
@@ -527,9 +532,15 @@ func (s *h2Session) end() {
 	}
 	for _, us := range s.ups {
 		for _, u := range us {
+			if u.idle != nil {
+				u.idle.Stop()
+			}
 			s.closing = append(s.closing, u.c)
 		}
 	}
+	// An upstream's reader may be writing to the client: closing it
+	// now ends that write.
+	s.closing = append(s.closing, s.down.c)
 	s.unlock()
 	s.toldOnce.Do(func() { close(s.told) })
 	s.wg.Wait()

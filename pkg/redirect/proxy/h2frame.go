@@ -17,6 +17,13 @@ func (x *h2conn) appendFrame(t http2.FrameType, flags http2.Flags, id uint32, p 
 	if x.failed {
 		return
 	}
+	if len(x.out) > h2OutCap {
+		// Only frames that need no credit can pile up so far (PING
+		// and SETTINGS acknowledgements, resets): a peer that asks
+		// for them and does not read is given up.
+		x.s.giveUp(x)
+		return
+	}
 	n := len(p)
 	x.out = append(x.out, byte(n>>16), byte(n>>8), byte(n), byte(t), byte(flags),
 		byte(id>>24)&0x7f, byte(id>>16), byte(id>>8), byte(id))
@@ -42,10 +49,6 @@ func (x *h2conn) windowUpdate(id uint32, n int64) {
 
 func (x *h2conn) pingAck(data [8]byte) {
 	x.appendFrame(http2.FramePing, http2.FlagPingAck, 0, data[:]...)
-}
-
-func (x *h2conn) ping() {
-	x.appendFrame(http2.FramePing, 0, 0, make([]byte, 8)...)
 }
 
 func (x *h2conn) settings(ss ...http2.Setting) {

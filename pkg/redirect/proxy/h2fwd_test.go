@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -204,5 +205,82 @@ func TestH2UpstreamVanishes(t *testing.T) {
 	}
 	if got := h.ln.n.Load(); got != 1 {
 		t.Errorf("%d client connections, want 1", got)
+	}
+}
+
+// TestH2SlowReaderWithLargeWindowIsBounded: a client that grants a huge
+// window and then does not read holds up its backends after a bounded
+// amount, instead of making the proxy buffer whole responses, and gets
+// everything once it reads. Two backends, because the goroutine reading
+// one of them waits in its write to the client, and the other's must not
+// pile up meanwhile.
+func TestH2SlowReaderWithLargeWindowIsBounded(t *testing.T) {
+	const size = 64 << 20
+	var written atomic.Int64
+	backend := func() string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var protos http.Protocols
+		protos.SetUnencryptedHTTP2(true)
+		srv := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			chunk := make([]byte, 64<<10)
+			for range size / len(chunk) {
+				if _, err := w.Write(chunk); err != nil {
+					return
+				}
+				written.Add(int64(len(chunk)))
+			}
+		})}
+		go srv.Serve(l)
+		t.Cleanup(func() { srv.Close() })
+		return l.Addr().String()
+	}
+	p, addr, _ := startProxy(t, Config{App: backend()})
+	p.SetRoutes([]Route{sessionRoute(t, "alice", "alice", backend())})
+
+	c := dialRaw(t, addr)
+	io.WriteString(c, http2.ClientPreface)
+	raw := &rawH2{t: t, c: c, fr: http2.NewFramer(c, c)}
+	raw.enc = hpack.NewEncoder(&raw.buf)
+	raw.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1<<31 - 1})
+	raw.fr.WriteWindowUpdate(0, 1<<31-1-65535)
+	raw.request(1, "GET", "/")
+	raw.request(3, "GET", "/", "x-detour-session", "alice")
+	// Nothing is read: the backends must come to a stop well short of
+	// their 128 MiB, after what the socket buffers and the proxy's
+	// windows and out buffer hold.
+	var last int64 = -1
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		time.Sleep(300 * time.Millisecond)
+		n := written.Load()
+		if n == last {
+			break
+		}
+		last = n
+	}
+	if n := written.Load(); n != last || n > 48<<20 {
+		t.Fatalf("the backends wrote %d MiB to a client that reads nothing (still growing: %v)", n>>20, n != last)
+	}
+	t.Logf("backends stopped after %.1f MiB", float64(last)/(1<<20))
+	// Then the client reads, and gets all of it.
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	got := map[uint32]int{}
+	for ended := 0; ended < 2; {
+		f, err := raw.fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("after %v bytes: %v", got, err)
+		}
+		if d, ok := f.(*http2.DataFrame); ok {
+			got[d.StreamID] += len(d.Data())
+			if d.StreamEnded() {
+				ended++
+			}
+		}
+	}
+	if got[1] != size || got[3] != size {
+		t.Fatalf("read %v bytes, want %d on each stream", got, size)
 	}
 }

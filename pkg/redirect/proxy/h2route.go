@@ -13,11 +13,13 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+	"golang.org/x/sys/unix"
 )
 
 // h2stream is one request and its response: a stream of the client's
@@ -25,9 +27,11 @@ import (
 type h2stream struct {
 	down, up  uint32 // its ID on the client's and on the upstream connection
 	upc       *h2conn
-	req, res  h2half // client → upstream, upstream → client
-	answered  bool   // a final response head went to the client
-	gone      bool   // dropped
+	req, res  h2half        // client → upstream, upstream → client
+	answered  bool          // a final response head went to the client
+	detached  bool          // the upstream is done with it: its whole response came
+	resetCode http2.ErrCode // for the client once that response has gone, if it still sends
+	gone      bool          // dropped
 	intercept string
 	outcome   Outcome
 	start     time.Time
@@ -123,11 +127,18 @@ func (s *h2Session) clientHeaders(f *http2.MetaHeadersFrame) bool {
 		str.outcome, addr = OutcomeFallback, p.cfg.App
 		u, err = s.upstream(addr)
 	}
-
 	s.mu.Lock()
 	defer s.unlock()
-	if err == nil && u.failed {
-		err = errUpstreamGone
+	for try := 0; err == nil && !u.open(); try++ {
+		// It went away (GOAWAY, closed, idle) while the lock was
+		// released: another, dialled if need be.
+		if try == 2 {
+			err = errUpstreamGone
+			break
+		}
+		s.mu.Unlock()
+		u, err = s.upstream(addr)
+		s.mu.Lock()
 	}
 	end := f.StreamEnded()
 	if err != nil {
@@ -148,8 +159,17 @@ func (s *h2Session) clientHeaders(f *http2.MetaHeadersFrame) bool {
 	str.res = h2half{str: str, from: u, to: s.down, fromID: str.up, toID: id, sendWin: s.down.initWin}
 	s.down.streams[id] = str
 	u.streams[str.up] = str
+	if u.idle != nil {
+		u.idle.Stop()
+	}
 	u.headers(str.up, end, forwarded(f.Fields))
 	return true
+}
+
+// open reports whether an upstream connection can take one more stream;
+// s.mu is held.
+func (u *h2conn) open() bool {
+	return !u.failed && !u.noNew && uint32(len(u.streams)) < u.maxStreams
 }
 
 // upstream returns a connection to addr that can take one more stream,
@@ -157,7 +177,7 @@ func (s *h2Session) clientHeaders(f *http2.MetaHeadersFrame) bool {
 func (s *h2Session) upstream(addr string) (*h2conn, error) {
 	s.mu.Lock()
 	for _, u := range s.ups[addr] {
-		if !u.failed && !u.noNew && uint32(len(u.streams)) < u.maxStreams {
+		if u.open() {
 			s.mu.Unlock()
 			return u, nil
 		}
@@ -242,13 +262,21 @@ func (s *h2Session) onData(x *h2conn, f *http2.DataFrame) bool {
 		return true
 	}
 	h := str.halfFrom(x)
-	if h.ended {
+	switch {
+	case h.ended:
 		s.creditConn(x, n)
 		s.reset(str, http2.ErrCodeStreamClosed)
+		return true
+	case h.done:
+		// The request of a stream the upstream is done with: nobody
+		// wants it any more.
+		s.creditConn(x, n)
+		h.ended = f.StreamEnded()
 		return true
 	}
 	h.recvUsed += n
 	if h.recvUsed > h2StreamWindow {
+		s.creditConn(x, n)
 		s.reset(str, http2.ErrCodeFlowControl)
 		return true
 	}
@@ -257,7 +285,7 @@ func (s *h2Session) onData(x *h2conn, f *http2.DataFrame) bool {
 		s.credit(h, pad)
 	}
 	h.ended = f.StreamEnded()
-	if h.off == len(h.buf) && int64(len(data)) <= min(h.sendWin, h.to.sendWin) && len(data) <= h.to.maxFrame {
+	if h.off == len(h.buf) && int64(len(data)) <= h.room() {
 		// The common case: all of it goes at once, without a copy
 		// into the stream's buffer.
 		if len(data) > 0 || h.ended {
@@ -284,7 +312,7 @@ func (s *h2Session) pump(h *h2half) {
 		return
 	}
 	for h.off < len(h.buf) {
-		k := int(min(int64(len(h.buf)-h.off), h.sendWin, h.to.sendWin, int64(h.to.maxFrame)))
+		k := int(min(int64(len(h.buf)-h.off), h.room()))
 		if k <= 0 {
 			if !h.blocked {
 				h.blocked = true
@@ -312,6 +340,12 @@ func (s *h2Session) pump(h *h2half) {
 	if h.done {
 		s.finish(h.str)
 	}
+}
+
+// room is how much DATA h may send now, in one frame: what the peer's
+// windows and the room in its out buffer allow.
+func (h *h2half) room() int64 {
+	return min(h.sendWin, h.to.sendWin, int64(h.to.maxFrame), int64(h2OutRoom-len(h.to.out)))
 }
 
 // credit gives n bytes of h's window back to its sender, once enough have
@@ -351,12 +385,37 @@ func (s *h2Session) onReset(x *h2conn, id uint32, code http2.ErrCode) {
 	if str == nil {
 		return
 	}
-	if x == s.down {
-		str.upc.rst(str.up, code)
-	} else {
+	switch {
+	case x == s.down:
+		if !str.detached {
+			str.upc.rst(str.up, code)
+		}
+	case str.res.ended:
+		// The whole response came first (RFC 9113 8.1 allows a server
+		// to reset a request it has answered): what is held of it
+		// still goes to the client.
+		str.resetCode = code
+		s.detach(str)
+		return
+	default:
 		s.down.rst(str.down, code)
 	}
 	s.drop(str)
+}
+
+// detach takes a stream whose response the upstream has sent whole off its
+// upstream connection, which may then end: the response is still sent as
+// the client's window allows, and the rest of the request is dropped.
+func (s *h2Session) detach(str *h2stream) {
+	u := str.upc
+	str.detached = true
+	delete(u.streams, str.up)
+	if h := &str.req; !h.done {
+		s.creditConn(s.down, int64(len(h.buf)-h.off))
+		h.buf, h.off, h.done = nil, 0, true
+	}
+	s.upstreamIdle(u)
+	s.finish(str)
 }
 
 // reset ends a stream on both sides.
@@ -388,7 +447,7 @@ func (s *h2Session) upstreamGoAway(x *h2conn, last uint32) {
 			s.drop(str)
 		}
 	}
-	s.closeIfDone(x)
+	s.upstreamIdle(x)
 }
 
 // upstreamEnded ends the streams of an upstream connection that ended:
@@ -405,8 +464,9 @@ func (s *h2Session) upstreamEnded(u *h2conn) {
 	}
 	for _, str := range u.streams {
 		switch {
-		case str.res.done:
-			s.down.rst(str.down, http2.ErrCodeNo)
+		case str.res.ended:
+			s.detach(str) // the client still gets what is held of the response
+			continue
 		case !str.answered:
 			s.down.headers(str.down, true, []hpack.HeaderField{{Name: ":status", Value: "502"}})
 			if !str.req.ended {
@@ -417,9 +477,16 @@ func (s *h2Session) upstreamEnded(u *h2conn) {
 		}
 		s.drop(str)
 	}
-	s.closing = append(s.closing, u.c)
-	s.unlock()
+	if u.idle != nil {
+		u.idle.Stop()
+	}
+	closing := append(s.closing, u.c)
+	s.closing = nil
+	s.mu.Unlock()
 	s.flush()
+	for _, c := range closing {
+		c.Close()
+	}
 }
 
 // drop forgets a stream: what it held is credited back, and it is
@@ -429,23 +496,48 @@ func (s *h2Session) drop(str *h2stream) {
 		return
 	}
 	str.gone = true
-	s.creditConn(s.down, int64(len(str.req.buf)-str.req.off))
-	s.creditConn(str.upc, int64(len(str.res.buf)-str.res.off))
-	str.req.buf, str.res.buf = nil, nil
+	if str.detached && !str.req.ended {
+		s.down.rst(str.down, str.resetCode) // after the response: stop sending
+	}
+	for _, h := range [...]*h2half{&str.req, &str.res} {
+		s.creditConn(h.from, int64(len(h.buf)-h.off))
+		h.buf = nil
+		if h.blocked {
+			h.to.blocked = slices.DeleteFunc(h.to.blocked, func(b *h2half) bool { return b == h })
+		}
+	}
 	delete(s.down.streams, str.down)
-	delete(str.upc.streams, str.up)
+	if !str.detached {
+		delete(str.upc.streams, str.up)
+		s.upstreamIdle(str.upc)
+	}
 	s.p.observe(str.intercept, str.outcome, str.start)
-	s.closeIfDone(str.upc)
 	s.hangUpIfDone()
 }
 
-// closeIfDone closes an upstream connection that takes no new stream once
-// its last one has ended.
-func (s *h2Session) closeIfDone(u *h2conn) {
-	if u.noNew && len(u.streams) == 0 && !u.failed {
-		u.failed = true
-		s.closing = append(s.closing, u.c)
+// upstreamIdle looks after an upstream connection that may have been left
+// without streams: one that takes no new stream is closed, another is
+// closed once it has had none for Config.IdleTimeout.
+func (s *h2Session) upstreamIdle(u *h2conn) {
+	if len(u.streams) > 0 || u.failed {
+		return
 	}
+	if u.noNew || u.maxStreams == 0 {
+		s.giveUp(u)
+		return
+	}
+	if u.idle != nil {
+		u.idle.Reset(s.p.cfg.IdleTimeout)
+		return
+	}
+	u.idle = time.AfterFunc(s.p.cfg.IdleTimeout, func() {
+		s.mu.Lock()
+		if len(u.streams) == 0 {
+			u.noNew = true
+			s.upstreamIdle(u)
+		}
+		s.unlock()
+	})
 }
 
 // dialError marks a failure to reach a backend at all, the one failure
@@ -465,11 +557,28 @@ func (p *Proxy) dialUpstream(ctx context.Context, network, addr string) (net.Con
 	if err != nil {
 		return nil, &dialError{addr: addr, err: err}
 	}
+	keepUpstreamAlive(c)
 	if !p.track(c, nil) {
 		c.Close()
 		return nil, &dialError{addr: addr, err: net.ErrClosed}
 	}
 	return &trackedConn{Conn: c, p: p}, nil
+}
+
+// keepUpstreamAlive makes the kernel find out about a backend that vanished
+// without a FIN: keepalive probes while the connection is idle, and a bound
+// on how long sent data may stay unacknowledged (see upstreamTimeout).
+func keepUpstreamAlive(c net.Conn) {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return
+	}
+	tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: upstreamKeepAlive, Interval: upstreamKeepAlive / 3, Count: 3})
+	if rc, err := tc.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) {
+			unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(upstreamTimeout/time.Millisecond))
+		})
+	}
 }
 
 // trackedConn is an upstream connection of a session, known to the proxy

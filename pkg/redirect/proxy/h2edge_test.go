@@ -1,0 +1,247 @@
+package proxy
+
+// HTTP/2 forwarding at its edges: peers that end, reset or refuse at
+// awkward moments, and frames the session must refuse.
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// rawH2Backend accepts connections and, for the first request HEADERS,
+// sends a 200 with size bytes of DATA ending the stream, then calls after.
+func rawH2Backend(t *testing.T, size int, after func(c net.Conn, fr *http2.Framer, id uint32)) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.ReadFull(c, make([]byte, len(http2.ClientPreface)))
+				fr := http2.NewFramer(c, c)
+				fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+				fr.WriteSettings()
+				for {
+					f, err := fr.ReadFrame()
+					if err != nil {
+						return
+					}
+					h, ok := f.(*http2.MetaHeadersFrame)
+					if !ok {
+						continue
+					}
+					var b bytes.Buffer
+					hpack.NewEncoder(&b).WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+					fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: b.Bytes(), EndHeaders: true})
+					chunk := make([]byte, 16384)
+					for left := size; left > 0; {
+						k := min(left, len(chunk))
+						left -= k
+						fr.WriteData(h.StreamID, left == 0, chunk[:k])
+					}
+					after(c, fr, h.StreamID)
+					return
+				}
+			}()
+		}
+	}()
+	return l.Addr().String()
+}
+
+// readBody reads stream 1 with the default 65535 windows; once they are
+// used up it waits, then opens them wide, and returns what it got and how
+// the stream ended.
+func readBody(t *testing.T, raw *rawH2) (int, string) {
+	got, opened := 0, false
+	for {
+		f, err := raw.fr.ReadFrame()
+		if err != nil {
+			return got, err.Error()
+		}
+		switch f := f.(type) {
+		case *http2.DataFrame:
+			got += len(f.Data())
+			if f.StreamEnded() {
+				return got, "END_STREAM"
+			}
+			if got >= 65535 && !opened {
+				opened = true
+				time.Sleep(300 * time.Millisecond) // the backend finishes meanwhile
+				raw.fr.WriteWindowUpdate(0, 1<<20)
+				raw.fr.WriteWindowUpdate(1, 1<<20)
+			}
+		case *http2.RSTStreamFrame:
+			return got, "RST_STREAM " + f.ErrCode.String()
+		case *http2.GoAwayFrame:
+			return got, "GOAWAY " + f.ErrCode.String()
+		}
+	}
+}
+
+// TestH2UpstreamClosesAfterCompleteResponse: a backend that sends a
+// complete response and then closes its connection (graceful shutdown,
+// gRPC's MaxConnectionAge): the part still waiting for the client's window
+// reaches the client all the same.
+func TestH2UpstreamClosesAfterCompleteResponse(t *testing.T) {
+	const size = 200000
+	back := rawH2Backend(t, size, func(c net.Conn, fr *http2.Framer, id uint32) {
+		fr.WriteGoAway(id, http2.ErrCodeNo, nil)
+		time.Sleep(50 * time.Millisecond)
+	})
+	_, addr, _ := startProxy(t, Config{App: back})
+	c := dialRaw(t, addr)
+	raw := newRawH2(t, c, c)
+	raw.request(1, "GET", "/")
+	if got, how := readBody(t, raw); got != size || how != "END_STREAM" {
+		t.Fatalf("got %d of %d bytes, then %s", got, size, how)
+	}
+}
+
+// TestH2UpstreamResetsAfterCompleteResponse: a backend that answers before
+// reading the request body and then sends RST_STREAM(NO_ERROR) (RFC 9113
+// 8.1; Go's server does this): the whole response reaches the client, then
+// the reset, which tells it to stop sending.
+func TestH2UpstreamResetsAfterCompleteResponse(t *testing.T) {
+	const size = 200000
+	back := rawH2Backend(t, size, func(c net.Conn, fr *http2.Framer, id uint32) {
+		fr.WriteRSTStream(id, http2.ErrCodeNo)
+		time.Sleep(2 * time.Second)
+	})
+	_, addr, _ := startProxy(t, Config{App: back})
+	c := dialRaw(t, addr)
+	raw := newRawH2(t, c, c)
+	// A request whose body is still to come.
+	raw.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: raw.headers("POST", "/"), EndHeaders: true})
+	if got, how := readBody(t, raw); got != size || how != "END_STREAM" {
+		t.Fatalf("got %d of %d bytes, then %s", got, size, how)
+	}
+	for {
+		f, err := raw.fr.ReadFrame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r, ok := f.(*http2.RSTStreamFrame); ok {
+			if r.StreamID != 1 || r.ErrCode != http2.ErrCodeNo {
+				t.Fatalf("%v, want RST_STREAM NO_ERROR on stream 1", r)
+			}
+			break
+		}
+	}
+}
+
+// TestH2OversizedFrame: the session never raised SETTINGS_MAX_FRAME_SIZE,
+// so a larger frame is a FRAME_SIZE_ERROR (RFC 9113 4.2), not 16 MiB
+// buffered for the connection's life.
+func TestH2OversizedFrame(t *testing.T) {
+	h := newH2Harness(t)
+	c := dialRaw(t, h.addr)
+	raw := newRawH2(t, c, c)
+	n := 1<<24 - 1
+	c.Write(append([]byte{byte(n >> 16), byte(n >> 8), byte(n), 0xfa, 0, 0, 0, 0, 0}, make([]byte, n)...))
+	for {
+		f, err := raw.fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("%v before GOAWAY", err)
+		}
+		if g, ok := f.(*http2.GoAwayFrame); ok {
+			if g.ErrCode != http2.ErrCodeFrameSize {
+				t.Fatalf("GOAWAY %v, want FRAME_SIZE_ERROR", g.ErrCode)
+			}
+			return
+		}
+	}
+}
+
+// TestH2GoAwaySaysWhy: a connection error found in a client's frame is
+// told in a GOAWAY before the connection closes.
+func TestH2GoAwaySaysWhy(t *testing.T) {
+	h := newH2Harness(t)
+	c := dialRaw(t, h.addr)
+	raw := newRawH2(t, c, c)
+	raw.fr.WriteWindowUpdate(0, 1<<31-1) // overflows the connection window
+	for {
+		f, err := raw.fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("%v before GOAWAY", err)
+		}
+		if g, ok := f.(*http2.GoAwayFrame); ok {
+			if g.ErrCode != http2.ErrCodeFlowControl {
+				t.Fatalf("GOAWAY %v, want FLOW_CONTROL_ERROR", g.ErrCode)
+			}
+			return
+		}
+	}
+}
+
+// TestH2UpstreamTakingNoStreams: a backend that advertises
+// SETTINGS_MAX_CONCURRENT_STREAMS 0 (and answers anyway) does not leave an
+// upstream connection open per stream.
+func TestH2UpstreamTakingNoStreams(t *testing.T) {
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	t.Cleanup(func() { l.Close() })
+	var accepted atomic.Int32
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			go func() {
+				defer c.Close()
+				io.ReadFull(c, make([]byte, len(http2.ClientPreface)))
+				fr := http2.NewFramer(c, c)
+				fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+				fr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 0})
+				enc := new(bytes.Buffer)
+				e := hpack.NewEncoder(enc)
+				for {
+					f, err := fr.ReadFrame()
+					if err != nil {
+						return
+					}
+					if h, ok := f.(*http2.MetaHeadersFrame); ok {
+						enc.Reset()
+						e.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+						fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: enc.Bytes(), EndHeaders: true, EndStream: true})
+					}
+				}
+			}()
+		}
+	}()
+	p, addr, _ := startProxy(t, Config{App: l.Addr().String()})
+	c := dialRaw(t, addr)
+	raw := newRawH2(t, c, c)
+	const n = 50
+	for i := range n {
+		raw.request(uint32(1+2*i), "GET", "/")
+		raw.responses(1)
+	}
+	p.mu.Lock()
+	ups := 0
+	for s := range p.h2.sessions {
+		s.mu.Lock()
+		for _, us := range s.ups {
+			ups += len(us)
+		}
+		s.mu.Unlock()
+	}
+	p.mu.Unlock()
+	if ups > 2 {
+		t.Fatalf("%d sequential streams: %d upstream connections dialled, %d still open", n, accepted.Load(), ups)
+	}
+}
