@@ -31,6 +31,8 @@ type scaleResult struct {
 	// PairedP50 is the median over slices of scale-n's p50 over
 	// scale-1's in the same slice: what the target is held to.
 	PairedP50 float64 `json:"paired_ratio_p50"`
+	// Pairs are the per-slice ratios PairedP50 is the median of.
+	Pairs []float64 `json:"paired_ratios_p50"`
 	// CreateSeconds and DeleteSeconds: the extra intercepts created and
 	// deleted through the controller's API, eight calls at a time, until
 	// the agent applied them all (median over slices).
@@ -160,7 +162,7 @@ func (b *bench) scaleSlices(ctx context.Context, res *scaleResult) error {
 			pairs = append(pairs, many.p50s[i]/one.p50s[i])
 		}
 	}
-	res.PairedP50 = median(pairs)
+	res.PairedP50, res.Pairs = median(pairs), pairs
 	one.finish()
 	many.finish()
 	many.RatioP50, many.RatioP99, many.RatioRPS = many.P50US/one.P50US, many.P99US/one.P99US, many.RPS/one.RPS
