@@ -25,33 +25,18 @@ import (
 // the proxy measures the proxy and not an HTTP server.
 func rawUpstream(b *testing.B) string {
 	b.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { ln.Close() })
 	resp := []byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-	go func() {
+	return serveTCP(b, func(c net.Conn) {
+		br := bufio.NewReader(c)
 		for {
-			c, err := ln.Accept()
-			if err != nil {
+			if err := skipHead(br); err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					if err := skipHead(br); err != nil {
-						return
-					}
-					if _, err := c.Write(resp); err != nil {
-						return
-					}
-				}
-			}()
+			if _, err := c.Write(resp); err != nil {
+				return
+			}
 		}
-	}()
-	return ln.Addr().String()
+	})
 }
 
 // skipHead reads one message head (no body follows in these benchmarks).
@@ -349,49 +334,34 @@ func BenchmarkH2(b *testing.B) {
 // rawH2Upstream is an h2c backend that answers every request with a 200,
 // two header fields and 5 bytes, doing as little as a backend can.
 func rawH2Upstream(b *testing.B) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { ln.Close() })
-	go func() {
+	return serveTCP(b, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		if _, err := br.Discard(len(http2.ClientPreface)); err != nil {
+			return
+		}
+		fr := http2.NewFramer(c, br)
+		fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+		fr.WriteSettings()
+		var hb bytes.Buffer
+		enc := hpack.NewEncoder(&hb)
 		for {
-			c, err := ln.Accept()
+			f, err := fr.ReadFrame()
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				if _, err := br.Discard(len(http2.ClientPreface)); err != nil {
-					return
+			switch f := f.(type) {
+			case *http2.SettingsFrame:
+				if !f.IsAck() {
+					fr.WriteSettingsAck()
 				}
-				fr := http2.NewFramer(c, br)
-				fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-				fr.WriteSettings()
-				var hb bytes.Buffer
-				enc := hpack.NewEncoder(&hb)
-				for {
-					f, err := fr.ReadFrame()
-					if err != nil {
-						return
-					}
-					switch f := f.(type) {
-					case *http2.SettingsFrame:
-						if !f.IsAck() {
-							fr.WriteSettingsAck()
-						}
-					case *http2.MetaHeadersFrame:
-						hb.Reset()
-						enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
-						enc.WriteField(hpack.HeaderField{Name: "content-type", Value: "text/plain"})
-						enc.WriteField(hpack.HeaderField{Name: "content-length", Value: "5"})
-						fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, BlockFragment: hb.Bytes(), EndHeaders: true})
-						fr.WriteData(f.StreamID, true, []byte("hello"))
-					}
-				}
-			}()
+			case *http2.MetaHeadersFrame:
+				hb.Reset()
+				enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+				enc.WriteField(hpack.HeaderField{Name: "content-type", Value: "text/plain"})
+				enc.WriteField(hpack.HeaderField{Name: "content-length", Value: "5"})
+				fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, BlockFragment: hb.Bytes(), EndHeaders: true})
+				fr.WriteData(f.StreamID, true, []byte("hello"))
+			}
 		}
-	}()
-	return ln.Addr().String()
+	})
 }

@@ -18,48 +18,33 @@ import (
 // rawH2Backend accepts connections and, for the first request HEADERS,
 // sends a 200 with size bytes of DATA ending the stream, then calls after.
 func rawH2Backend(t *testing.T, size int, after func(c net.Conn, fr *http2.Framer, id uint32)) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
+	return serveTCP(t, func(c net.Conn) {
+		io.ReadFull(c, make([]byte, len(http2.ClientPreface)))
+		fr := http2.NewFramer(c, c)
+		fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+		fr.WriteSettings()
 		for {
-			c, err := l.Accept()
+			f, err := fr.ReadFrame()
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				io.ReadFull(c, make([]byte, len(http2.ClientPreface)))
-				fr := http2.NewFramer(c, c)
-				fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-				fr.WriteSettings()
-				for {
-					f, err := fr.ReadFrame()
-					if err != nil {
-						return
-					}
-					h, ok := f.(*http2.MetaHeadersFrame)
-					if !ok {
-						continue
-					}
-					var b bytes.Buffer
-					hpack.NewEncoder(&b).WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
-					fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: b.Bytes(), EndHeaders: true})
-					chunk := make([]byte, 16384)
-					for left := size; left > 0; {
-						k := min(left, len(chunk))
-						left -= k
-						fr.WriteData(h.StreamID, left == 0, chunk[:k])
-					}
-					after(c, fr, h.StreamID)
-					return
-				}
-			}()
+			h, ok := f.(*http2.MetaHeadersFrame)
+			if !ok {
+				continue
+			}
+			var b bytes.Buffer
+			hpack.NewEncoder(&b).WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: b.Bytes(), EndHeaders: true})
+			chunk := make([]byte, 16384)
+			for left := size; left > 0; {
+				k := min(left, len(chunk))
+				left -= k
+				fr.WriteData(h.StreamID, left == 0, chunk[:k])
+			}
+			after(c, fr, h.StreamID)
+			return
 		}
-	}()
-	return l.Addr().String()
+	})
 }
 
 // readBody reads stream 1 with the default 65535 windows; once they are
@@ -191,39 +176,28 @@ func TestH2GoAwaySaysWhy(t *testing.T) {
 // SETTINGS_MAX_CONCURRENT_STREAMS 0 (and answers anyway) does not leave an
 // upstream connection open per stream.
 func TestH2UpstreamTakingNoStreams(t *testing.T) {
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	t.Cleanup(func() { l.Close() })
 	var accepted atomic.Int32
-	go func() {
+	back := serveTCP(t, func(c net.Conn) {
+		accepted.Add(1)
+		io.ReadFull(c, make([]byte, len(http2.ClientPreface)))
+		fr := http2.NewFramer(c, c)
+		fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+		fr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 0})
+		enc := new(bytes.Buffer)
+		e := hpack.NewEncoder(enc)
 		for {
-			c, err := l.Accept()
+			f, err := fr.ReadFrame()
 			if err != nil {
 				return
 			}
-			accepted.Add(1)
-			go func() {
-				defer c.Close()
-				io.ReadFull(c, make([]byte, len(http2.ClientPreface)))
-				fr := http2.NewFramer(c, c)
-				fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-				fr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 0})
-				enc := new(bytes.Buffer)
-				e := hpack.NewEncoder(enc)
-				for {
-					f, err := fr.ReadFrame()
-					if err != nil {
-						return
-					}
-					if h, ok := f.(*http2.MetaHeadersFrame); ok {
-						enc.Reset()
-						e.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
-						fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: enc.Bytes(), EndHeaders: true, EndStream: true})
-					}
-				}
-			}()
+			if h, ok := f.(*http2.MetaHeadersFrame); ok {
+				enc.Reset()
+				e.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+				fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: enc.Bytes(), EndHeaders: true, EndStream: true})
+			}
 		}
-	}()
-	p, addr, _ := startProxy(t, Config{App: l.Addr().String()})
+	})
+	p, addr, _ := startProxy(t, Config{App: back})
 	c := dialRaw(t, addr)
 	raw := newRawH2(t, c, c)
 	const n = 50

@@ -172,28 +172,13 @@ func TestH2UpstreamStreamLimit(t *testing.T) {
 // TestH2UpstreamVanishes: streams on an upstream connection that ends
 // before answering are answered 502; the client's connection stays.
 func TestH2UpstreamVanishes(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				// Read the preface and the first frames, then hang up.
-				buf := make([]byte, 1024)
-				c.Read(buf)
-				time.Sleep(50 * time.Millisecond)
-				c.Close()
-			}()
-		}
-	}()
+	gone := serveTCP(t, func(c net.Conn) {
+		// Read the preface and the first frames, then hang up.
+		c.Read(make([]byte, 1024))
+		time.Sleep(50 * time.Millisecond)
+	})
 	h := newH2Harness(t)
-	h.p.SetRoutes([]Route{sessionRoute(t, "carol", "carol", l.Addr().String()), sessionRoute(t, "bob", "bob", h.bob.addr)})
+	h.p.SetRoutes([]Route{sessionRoute(t, "carol", "carol", gone), sessionRoute(t, "bob", "bob", h.bob.addr)})
 	for range 3 {
 		_, resp, err := h.get(t, "/", "carol")
 		if err != nil || resp.StatusCode != http.StatusBadGateway {

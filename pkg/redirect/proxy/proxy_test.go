@@ -579,11 +579,22 @@ func TestWebSocket(t *testing.T) {
 // echoServer is a raw TCP echo server, to show non-HTTP bytes reach the
 // app untouched.
 func echoServer(t *testing.T, banner string) string {
+	return serveTCP(t, func(c net.Conn) {
+		io.WriteString(c, banner)
+		io.Copy(c, c)
+	})
+}
+
+// serveTCP accepts connections on a loopback port until the test ends and
+// serves each on a goroutine of its own, closing it after; it returns the
+// address.
+func serveTCP(tb testing.TB, serve func(c net.Conn)) string {
+	tb.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
+	tb.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -592,8 +603,7 @@ func echoServer(t *testing.T, banner string) string {
 			}
 			go func() {
 				defer c.Close()
-				io.WriteString(c, banner)
-				io.Copy(c, c)
+				serve(c)
 			}()
 		}
 	}()
