@@ -137,18 +137,7 @@ func TestH2OversizedFrame(t *testing.T) {
 	raw := newRawH2(t, c, c)
 	n := 1<<24 - 1
 	c.Write(append([]byte{byte(n >> 16), byte(n >> 8), byte(n), 0xfa, 0, 0, 0, 0, 0}, make([]byte, n)...))
-	for {
-		f, err := raw.fr.ReadFrame()
-		if err != nil {
-			t.Fatalf("%v before GOAWAY", err)
-		}
-		if g, ok := f.(*http2.GoAwayFrame); ok {
-			if g.ErrCode != http2.ErrCodeFrameSize {
-				t.Fatalf("GOAWAY %v, want FRAME_SIZE_ERROR", g.ErrCode)
-			}
-			return
-		}
-	}
+	raw.wantGoAway(http2.ErrCodeFrameSize)
 }
 
 // TestH2GoAwaySaysWhy: a connection error found in a client's frame is
@@ -158,14 +147,20 @@ func TestH2GoAwaySaysWhy(t *testing.T) {
 	c := dialRaw(t, h.addr)
 	raw := newRawH2(t, c, c)
 	raw.fr.WriteWindowUpdate(0, 1<<31-1) // overflows the connection window
+	raw.wantGoAway(http2.ErrCodeFlowControl)
+}
+
+// wantGoAway reads frames until a GOAWAY, which must carry code.
+func (h *rawH2) wantGoAway(code http2.ErrCode) {
+	h.t.Helper()
 	for {
-		f, err := raw.fr.ReadFrame()
+		f, err := h.fr.ReadFrame()
 		if err != nil {
-			t.Fatalf("%v before GOAWAY", err)
+			h.t.Fatalf("%v before GOAWAY", err)
 		}
 		if g, ok := f.(*http2.GoAwayFrame); ok {
-			if g.ErrCode != http2.ErrCodeFlowControl {
-				t.Fatalf("GOAWAY %v, want FLOW_CONTROL_ERROR", g.ErrCode)
+			if g.ErrCode != code {
+				h.t.Fatalf("GOAWAY %v, want %v", g.ErrCode, code)
 			}
 			return
 		}
