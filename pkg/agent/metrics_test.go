@@ -111,11 +111,17 @@ func TestInterceptSeriesLeaveWithIt(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// The observer runs as the response goes out: wait for it.
+	// The observer runs as the response goes out, and counts a request
+	// before it records its duration: wait for all four series.
 	testutil.Eventually(t, 5*time.Second, func() error {
-		if s := strings.Join(series(t, reg), " "); !strings.Contains(s, "intercept=default/keep,outcome=matched") ||
-			!strings.Contains(s, "intercept=,outcome=unmatched") {
-			return fmt.Errorf("series %s", s)
+		s := strings.Join(series(t, reg), " ")
+		for _, want := range []string{
+			"intercept=default/keep,outcome=matched", "intercept=,outcome=unmatched",
+			"request_duration_seconds{outcome=matched}", "request_duration_seconds{outcome=unmatched}",
+		} {
+			if !strings.Contains(s, want) {
+				return fmt.Errorf("no %s in %s", want, s)
+			}
 		}
 		return nil
 	})
