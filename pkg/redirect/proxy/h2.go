@@ -277,11 +277,7 @@ func (s *h2Session) read(x *h2conn) {
 // connError tells the peer of x why its connection ends.
 func (s *h2Session) connError(x *h2conn, code http2.ErrCode) {
 	s.mu.Lock()
-	last := s.lastID
-	if x != s.down {
-		last = 0 // the session never accepts streams from upstreams
-	}
-	x.goAway(last, code)
+	x.goAway(s.lastIDFor(x), code)
 	s.unlock()
 	s.flush()
 }
@@ -370,6 +366,8 @@ func (s *h2Session) onSettings(x *h2conn, f *http2.SettingsFrame) bool {
 	return true
 }
 
+// lastIDFor is the last stream ID a GOAWAY to x names: the session never
+// accepts streams from upstreams.
 func (s *h2Session) lastIDFor(x *h2conn) uint32 {
 	if x == s.down {
 		return s.lastID
@@ -476,7 +474,7 @@ func (s *h2Session) flush() {
 				s.unblock(x) // there is room in out again
 			}
 			if told || err != nil && x == s.down {
-				s.toldOnce.Do(func() { close(s.told) })
+				s.markTold()
 			}
 		}
 		x.writing = false
@@ -499,12 +497,15 @@ func (s *h2Session) startGoAway() {
 	s.down.goAway(s.lastID, http2.ErrCodeNo)
 	s.down.goAwayQueued = !s.down.failed
 	if s.down.failed {
-		s.toldOnce.Do(func() { close(s.told) })
+		s.markTold()
 	}
 	s.unlock()
 	// The write may wait for the client: not on the caller's time.
 	go s.flush()
 }
+
+// markTold records that the client was sent its GOAWAY, or never will be.
+func (s *h2Session) markTold() { s.toldOnce.Do(func() { close(s.told) }) }
 
 // hangUpIfDone half-closes the client's connection once it was told to go
 // away, has no stream left and every frame went out; the client then
@@ -542,7 +543,7 @@ func (s *h2Session) end() {
 	// now ends that write.
 	s.closing = append(s.closing, s.down.c)
 	s.unlock()
-	s.toldOnce.Do(func() { close(s.told) })
+	s.markTold()
 	s.wg.Wait()
 }
 

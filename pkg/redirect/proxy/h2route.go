@@ -71,6 +71,10 @@ func (str *h2stream) halfFrom(x *h2conn) *h2half {
 
 var errUpstreamGone = errors.New("the upstream connection ended")
 
+// h2BadGateway is the head the session answers a stream with when its
+// upstream cannot be reached or ended before answering.
+var h2BadGateway = []hpack.HeaderField{{Name: ":status", Value: "502"}}
+
 // clientHeaders handles a header block from the client: a new stream, or
 // the trailers of one. A new stream is routed and its upstream connection
 // found (or dialled) without the session's lock.
@@ -143,7 +147,7 @@ func (s *h2Session) clientHeaders(f *http2.MetaHeadersFrame) bool {
 	end := f.StreamEnded()
 	if err != nil {
 		p.log.Warn("upstream unreachable", "upstream", addr, "err", err)
-		s.down.headers(id, true, []hpack.HeaderField{{Name: ":status", Value: "502"}})
+		s.down.headers(id, true, h2BadGateway)
 		if !end {
 			s.down.rst(id, http2.ErrCodeNo) // the request's body is not wanted
 		}
@@ -188,7 +192,6 @@ func (s *h2Session) upstream(addr string) (*h2conn, error) {
 		return nil, err
 	}
 	u := s.newConn(c, bufio.NewReaderSize(c, 32<<10), addr)
-	u.nextID = 1
 	s.mu.Lock()
 	u.out = append(u.out, http2.ClientPreface...)
 	u.settings(
@@ -468,7 +471,7 @@ func (s *h2Session) upstreamEnded(u *h2conn) {
 			s.detach(str) // the client still gets what is held of the response
 			continue
 		case !str.answered:
-			s.down.headers(str.down, true, []hpack.HeaderField{{Name: ":status", Value: "502"}})
+			s.down.headers(str.down, true, h2BadGateway)
 			if !str.req.ended {
 				s.down.rst(str.down, http2.ErrCodeNo)
 			}
