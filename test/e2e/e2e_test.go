@@ -122,6 +122,7 @@ type client struct {
 	dials atomic.Int64
 	keep  *http.Client // one keep-alive connection
 	fresh *http.Client // a new connection per request
+	h2    *http.Client // HTTP/2 with prior knowledge (h2c, as gRPC): one connection, every request a stream
 }
 
 func newClient(t *testing.T, podIP string) *client {
@@ -138,6 +139,9 @@ func newClient(t *testing.T, podIP string) *client {
 	}
 	c.keep = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dial, MaxIdleConnsPerHost: 1, MaxConnsPerHost: 1}}
 	c.fresh = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}}
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	c.h2 = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dial, Protocols: &protos, MaxConnsPerHost: 1}}
 	return c
 }
 
@@ -245,6 +249,27 @@ func TestE2E(t *testing.T) {
 			}
 			return nil
 		})
+	})
+
+	t.Run("HTTP/2 streams on one connection from a client pod reach the right pod", func(t *testing.T) {
+		// The agent forwards HTTP/2 frame by frame and routes each
+		// stream on its own (docs/architecture.md, data path).
+		baseline := e.baselinePods(t)
+		before := c.dials.Load()
+		for round := 0; round < 5; round++ {
+			for _, s := range []string{"alice", "bob", ""} {
+				got, err := c.get(c.h2, svc, s)
+				if err != nil {
+					t.Fatalf("session %q over HTTP/2: %v", s, err)
+				}
+				if _, ok := baseline[got]; s == "" && !ok || s != "" && got != "api-"+s {
+					t.Fatalf("session %q over HTTP/2: answered by %q", s, got)
+				}
+			}
+		}
+		if n := c.dials.Load() - before; n != 1 {
+			t.Fatalf("the HTTP/2 client opened %d connections for 15 requests, want 1", n)
+		}
 	})
 
 	t.Run("the Intercept resources show what the controller and the agent did", func(t *testing.T) {
