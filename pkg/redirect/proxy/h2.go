@@ -10,10 +10,10 @@ package proxy
 // client's connection and, per backend its streams go to, upstream
 // connections of its own, opened with prior knowledge (what gRPC servers
 // and h2c services speak). Of each stream only the header blocks are
-// decoded, for the decision, and encoded again for the connection they go
-// on (h2route.go); DATA, trailers and RST_STREAM pass through with the
-// stream's ID changed. SETTINGS, PING, WINDOW_UPDATE and GOAWAY belong to
-// one connection and are answered by the session.
+// decoded (h2read.go), for the decision, and encoded again for the
+// connection they go on (h2route.go); DATA, trailers and RST_STREAM pass
+// through with the stream's ID changed. SETTINGS, PING, WINDOW_UPDATE and
+// GOAWAY belong to one connection and are answered by the session.
 //
 // Flow control: the session grants each peer h2StreamWindow per stream and
 // h2ConnWindow per connection, and gives credit back only for bytes it has
@@ -150,11 +150,12 @@ type h2Session struct {
 // h2conn is one connection of a session: the client's, or an upstream one.
 // The fields after mu's comment are guarded by the session's lock.
 type h2conn struct {
-	s    *h2Session
-	c    net.Conn
-	br   *bufio.Reader
-	fr   *http2.Framer // reads; used by this connection's reader alone
-	addr string        // an upstream's address; "" for the client
+	s      *h2Session
+	c      net.Conn
+	br     *bufio.Reader
+	fr     *http2.Framer // reads frames other than header blocks; the reader's alone
+	blocks h2Blocks      // reads header blocks (h2read.go); the reader's alone
+	addr   string        // an upstream's address; "" for the client
 	// wdeadline is an upstream's write deadline; the writer's alone
 	wdeadline time.Time
 
@@ -192,8 +193,7 @@ func (s *h2Session) newConn(c net.Conn, br *bufio.Reader, addr string) *h2conn {
 	}
 	x.fr.SetReuseFrames()
 	x.fr.SetMaxReadFrameSize(h2DefaultFrame) // the session never asks for more
-	x.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	x.fr.MaxHeaderListSize = h2MaxHeaderList
+	x.blocks.init()
 	x.enc = hpack.NewEncoder((*hpackSink)(x))
 	return x
 }
@@ -250,7 +250,7 @@ func (s *h2Session) read(x *h2conn) {
 		if x.br.Buffered() == 0 {
 			s.flush()
 		}
-		f, err := x.fr.ReadFrame()
+		f, b, err := x.readFrame()
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {
@@ -267,6 +267,13 @@ func (s *h2Session) read(x *h2conn) {
 			}
 			return
 		}
+		if b != nil {
+			if !s.handleBlock(x, b) {
+				s.flush() // the GOAWAY that says why
+				return
+			}
+			continue
+		}
 		if !s.handle(x, f) {
 			s.flush() // the GOAWAY that says why
 			return
@@ -282,16 +289,23 @@ func (s *h2Session) connError(x *h2conn, code http2.ErrCode) {
 	s.flush()
 }
 
-// handle acts on one frame; false ends the connection.
-func (s *h2Session) handle(x *h2conn, f http2.Frame) bool {
-	if h, ok := f.(*http2.MetaHeadersFrame); ok && x == s.down {
-		return s.clientHeaders(h)
+// handleBlock acts on one header block; false ends the connection.
+func (s *h2Session) handleBlock(x *h2conn, b *h2Block) bool {
+	if x == s.down {
+		return s.clientHeaders(b)
 	}
+	s.mu.Lock()
+	s.upstreamHeaders(x, b)
+	s.unlock()
+	return true
+}
+
+// handle acts on one frame other than a header block; false ends the
+// connection.
+func (s *h2Session) handle(x *h2conn, f http2.Frame) bool {
 	s.mu.Lock()
 	defer s.unlock()
 	switch f := f.(type) {
-	case *http2.MetaHeadersFrame:
-		s.upstreamHeaders(x, f)
 	case *http2.DataFrame:
 		return s.onData(x, f)
 	case *http2.RSTStreamFrame:

@@ -75,10 +75,14 @@ var errUpstreamGone = errors.New("the upstream connection ended")
 // upstream cannot be reached or ended before answering.
 var h2BadGateway = []hpack.HeaderField{{Name: ":status", Value: "502"}}
 
+// h2HeadersTooLarge answers a request whose header fields exceed
+// h2MaxHeaderList.
+var h2HeadersTooLarge = []hpack.HeaderField{{Name: ":status", Value: "431"}}
+
 // clientHeaders handles a header block from the client: a new stream, or
 // the trailers of one. A new stream is routed and its upstream connection
 // found (or dialled) without the session's lock.
-func (s *h2Session) clientHeaders(f *http2.MetaHeadersFrame) bool {
+func (s *h2Session) clientHeaders(f *h2Block) bool {
 	id := f.StreamID
 	s.mu.Lock()
 	if str := s.down.streams[id]; str != nil {
@@ -103,9 +107,18 @@ func (s *h2Session) clientHeaders(f *http2.MetaHeadersFrame) bool {
 		s.unlock()
 		return true
 	}
+	if f.tooBig {
+		// As an HTTP/1 head over http1.MaxHeadBytes is answered.
+		s.down.headers(id, true, h2HeadersTooLarge)
+		if !f.StreamEnded() {
+			s.down.rst(id, http2.ErrCodeNo)
+		}
+		s.unlock()
+		return true
+	}
 	s.unlock()
 
-	head := h2Head(f.Fields)
+	head := h2Head(f.fields)
 	method := head.Method()
 	if method == "" || head.pseudo(":path") == "" && method != "CONNECT" || head.pseudo(":status") != "" {
 		s.mu.Lock()
@@ -166,7 +179,7 @@ func (s *h2Session) clientHeaders(f *http2.MetaHeadersFrame) bool {
 	if u.idle != nil {
 		u.idle.Stop()
 	}
-	u.headers(str.up, end, forwarded(f.Fields))
+	u.headers(str.up, end, forwarded(f.fields))
 	return true
 }
 
@@ -211,13 +224,24 @@ func (s *h2Session) upstream(addr string) (*h2conn, error) {
 
 // upstreamHeaders handles a header block from an upstream: a response
 // head (informational ones included), or trailers.
-func (s *h2Session) upstreamHeaders(x *h2conn, f *http2.MetaHeadersFrame) {
+func (s *h2Session) upstreamHeaders(x *h2conn, f *h2Block) {
 	str := x.streams[f.StreamID]
 	if str == nil {
 		return
 	}
 	h := &str.res
 	switch {
+	case f.tooBig && !str.answered:
+		str.upc.rst(str.up, http2.ErrCodeCancel)
+		s.down.headers(str.down, true, h2BadGateway)
+		if !str.req.ended {
+			s.down.rst(str.down, http2.ErrCodeNo)
+		}
+		s.drop(str)
+		return
+	case f.tooBig:
+		s.reset(str, http2.ErrCodeProtocol)
+		return
 	case h.ended:
 		s.reset(str, http2.ErrCodeStreamClosed)
 		return
@@ -226,12 +250,12 @@ func (s *h2Session) upstreamHeaders(x *h2conn, f *http2.MetaHeadersFrame) {
 		return
 	}
 	end := f.StreamEnded()
-	if st := h2Head(f.Fields).pseudo(":status"); len(st) == 3 && st[0] == '1' && !end {
-		s.down.headers(str.down, false, forwarded(f.Fields)) // 1xx: the final head is still to come
+	if st := h2Head(f.fields).pseudo(":status"); len(st) == 3 && st[0] == '1' && !end {
+		s.down.headers(str.down, false, forwarded(f.fields)) // 1xx: the final head is still to come
 		return
 	}
 	str.answered = true
-	s.down.headers(str.down, end, forwarded(f.Fields))
+	s.down.headers(str.down, end, forwarded(f.fields))
 	if end {
 		h.ended, h.done = true, true
 		s.finish(str)
@@ -240,12 +264,14 @@ func (s *h2Session) upstreamHeaders(x *h2conn, f *http2.MetaHeadersFrame) {
 
 // trailers takes the header block that ends h, to be sent once its DATA
 // has gone.
-func (s *h2Session) trailers(h *h2half, f *http2.MetaHeadersFrame) {
-	if h.ended || !f.StreamEnded() {
+func (s *h2Session) trailers(h *h2half, f *h2Block) {
+	if h.ended || !f.StreamEnded() || f.tooBig || len(f.fields) > 0 && f.fields[0].IsPseudo() {
 		s.reset(h.str, http2.ErrCodeProtocol)
 		return
 	}
-	h.trailers = forwarded(f.Fields)
+	// Kept until its DATA has gone: not the connection's fields, which
+	// its next block overwrites.
+	h.trailers = slices.Clone(forwarded(f.fields))
 	h.ended = true
 	s.pump(h)
 }

@@ -1,0 +1,276 @@
+package proxy
+
+// Header blocks as the session reads them (h2read.go): what a client may
+// not send in one, and what ends its stream or its connection.
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"strings"
+	"testing"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// answer reads frames until stream id is answered with a head, reset, or
+// the connection goes away, and says which.
+func (h *rawH2) answer(id uint32) string {
+	h.t.Helper()
+	for {
+		f, err := h.fr.ReadFrame()
+		if err != nil {
+			h.t.Fatalf("stream %d: %v", id, err)
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				h.fr.WriteSettingsAck()
+			}
+		case *http2.GoAwayFrame:
+			return "GOAWAY " + f.ErrCode.String()
+		case *http2.MetaHeadersFrame:
+			if f.StreamID == id {
+				return f.PseudoValue("status")
+			}
+		case *http2.RSTStreamFrame:
+			if f.StreamID == id {
+				return "RST_STREAM " + f.ErrCode.String()
+			}
+		}
+	}
+}
+
+// block encodes fields (name, value pairs) with the connection's encoder,
+// as they are, valid or not.
+func (h *rawH2) block(kv ...string) []byte {
+	h.buf.Reset()
+	for i := 0; i < len(kv); i += 2 {
+		h.enc.WriteField(hpack.HeaderField{Name: kv[i], Value: kv[i+1]})
+	}
+	return bytes.Clone(h.buf.Bytes())
+}
+
+// TestH2HeaderBlockStreamErrors: a header block with a field HTTP/2 does
+// not allow resets its stream alone. The block is decoded all the same, so
+// the connection's HPACK state stays in step and the next request on it,
+// encoded against that state, is routed as usual.
+func TestH2HeaderBlockStreamErrors(t *testing.T) {
+	h := newH2Harness(t)
+	c := dialRaw(t, h.addr)
+	raw := newRawH2(t, c, c)
+	req := []string{":method", "GET", ":scheme", "http", ":authority", "x", ":path", "/"}
+	cases := []struct {
+		name   string
+		fields []string
+	}{
+		{"upper-case field name", append(req, "X-Detour-Session", "alice")},
+		{"pseudo-header after a regular field", []string{":method", "GET", "x-detour-session", "alice", ":path", "/", ":scheme", "http"}},
+		{"unknown pseudo-header", append(req, ":tenant", "alice")},
+		{"pseudo-header twice", append(req, ":path", "/other")},
+		{"request and response pseudo-headers", append(req, ":status", "200")},
+		{"NUL in a value", append(req, "x-detour-session", "ali\x00ce")},
+		{"newline in a value", append(req, "x-note", "a\r\nx-detour-session: alice")},
+		{"space in a name", append(req, "x detour", "alice")},
+	}
+	for i, tc := range cases {
+		id := uint32(1 + 4*i)
+		raw.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: raw.block(tc.fields...), EndHeaders: true, EndStream: true})
+		if got := raw.answer(id); got != "RST_STREAM PROTOCOL_ERROR" {
+			t.Errorf("%s: %s, want RST_STREAM PROTOCOL_ERROR", tc.name, got)
+		}
+		raw.request(id+2, "GET", "/", "x-detour-session", "alice")
+		if got := raw.responses(1)[id+2]; got == nil || got.status != "200" || got.body != "alice" {
+			t.Fatalf("after %s: the next request got %+v, want 200 from alice", tc.name, got)
+		}
+	}
+	// The session refused them itself: none reached a backend.
+	h.rec.waitCount(t, event{"alice", OutcomeMatched}, len(cases))
+	h.rec.mu.Lock()
+	defer h.rec.mu.Unlock()
+	if len(h.rec.events) != len(cases) {
+		t.Fatalf("%d requests forwarded, want %d: %v", len(h.rec.events), len(cases), h.rec.events)
+	}
+}
+
+// TestH2HeaderBlockShapes: padding, a priority, CONTINUATION frames and a
+// priority that names the stream itself.
+func TestH2HeaderBlockShapes(t *testing.T) {
+	h := newH2Harness(t)
+	c := dialRaw(t, h.addr)
+	raw := newRawH2(t, c, c)
+
+	b := raw.headers("GET", "/", "x-detour-session", "bob")
+	raw.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: b, EndHeaders: true, EndStream: true,
+		PadLength: 200, Priority: http2.PriorityParam{StreamDep: 0, Weight: 7}})
+	if got := raw.responses(1)[1]; got == nil || got.body != "bob" {
+		t.Fatalf("padded HEADERS with a priority: %+v, want bob", got)
+	}
+
+	b = raw.headers("GET", "/", "x-detour-session", "alice", "x-pad", strings.Repeat("p", 100))
+	raw.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: b[:5], EndStream: true})
+	raw.fr.WriteContinuation(3, false, b[5:40])
+	raw.fr.WriteContinuation(3, false, nil)
+	raw.fr.WriteContinuation(3, true, b[40:])
+	if got := raw.responses(1)[3]; got == nil || got.body != "alice" {
+		t.Fatalf("a block over four frames: %+v, want alice", got)
+	}
+
+	b = raw.headers("GET", "/")
+	raw.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 5, BlockFragment: b, EndHeaders: true, EndStream: true,
+		Priority: http2.PriorityParam{StreamDep: 5, Weight: 1}})
+	if got := raw.answer(5); got != "RST_STREAM PROTOCOL_ERROR" {
+		t.Fatalf("a stream that depends on itself: %s, want RST_STREAM PROTOCOL_ERROR", got)
+	}
+	raw.request(7, "GET", "/")
+	if got := raw.responses(1)[7]; got == nil || got.body != "app" {
+		t.Fatalf("after it: %+v, want app", got)
+	}
+}
+
+// TestH2HeaderListTooLarge: header fields over the SETTINGS_MAX_HEADER_LIST_SIZE
+// the session announced are answered 431, as an HTTP/1 head over its
+// bound is, and the connection goes on.
+func TestH2HeaderListTooLarge(t *testing.T) {
+	h := newH2Harness(t)
+	c := dialRaw(t, h.addr)
+	raw := newRawH2(t, c, c)
+	big := strings.Repeat("v", 15000)
+	fields := []string{":method", "GET", ":scheme", "http", ":authority", "x", ":path", "/", "x-detour-session", "alice"}
+	for range 80 { // 80 × 15 KB: over 1 MiB
+		fields = append(fields, "x-big", big)
+	}
+	raw.buf.Reset()
+	for i := 0; i < len(fields); i += 2 {
+		// Never indexed: the session's table must not fill with them.
+		raw.enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1], Sensitive: i > 8})
+	}
+	b := raw.buf.Bytes()
+	first := true
+	for len(b) > 0 {
+		k := min(len(b), 16000)
+		if first {
+			raw.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: b[:k], EndHeaders: k == len(b), EndStream: true})
+			first = false
+		} else {
+			raw.fr.WriteContinuation(1, k == len(b), b[:k])
+		}
+		b = b[k:]
+	}
+	if got := raw.answer(1); got != "431" {
+		t.Fatalf("a header list over 1 MiB: %s, want 431", got)
+	}
+	raw.request(3, "GET", "/", "x-detour-session", "alice")
+	if got := raw.responses(1)[3]; got == nil || got.body != "alice" {
+		t.Fatalf("the next request: %+v, want alice", got)
+	}
+}
+
+// TestH2HeaderBlockConnectionErrors: what breaks the framing of header
+// blocks, or their compression, ends the connection with a GOAWAY that
+// says why.
+func TestH2HeaderBlockConnectionErrors(t *testing.T) {
+	h := newH2Harness(t)
+	for _, tc := range []struct {
+		name string
+		send func(raw *rawH2)
+		want http2.ErrCode
+	}{
+		{"CONTINUATION without HEADERS", func(raw *rawH2) {
+			raw.fr.WriteContinuation(1, true, raw.headers("GET", "/"))
+		}, http2.ErrCodeProtocol},
+		{"another frame inside a block", func(raw *rawH2) {
+			raw.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: raw.headers("GET", "/")})
+			raw.fr.WritePing(false, [8]byte{})
+		}, http2.ErrCodeProtocol},
+		{"CONTINUATION of another stream", func(raw *rawH2) {
+			b := raw.headers("GET", "/")
+			raw.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: b[:2]})
+			raw.fr.WriteContinuation(3, true, b[2:])
+		}, http2.ErrCodeProtocol},
+		{"HEADERS on stream 0", func(raw *rawH2) {
+			raw.fr.WriteRawFrame(http2.FrameHeaders, 0x4, 0, raw.headers("GET", "/"))
+		}, http2.ErrCodeProtocol},
+		{"padding longer than the frame", func(raw *rawH2) {
+			raw.fr.WriteRawFrame(http2.FrameHeaders, 0x4|0x8, 1, append([]byte{200}, raw.headers("GET", "/")...))
+		}, http2.ErrCodeProtocol},
+		{"a priority cut short", func(raw *rawH2) {
+			raw.fr.WriteRawFrame(http2.FrameHeaders, 0x4|0x20, 1, []byte{0, 0})
+		}, http2.ErrCodeFrameSize},
+		{"an index past the table", func(raw *rawH2) {
+			raw.fr.WriteRawFrame(http2.FrameHeaders, 0x4, 1, []byte{0xff, 0x7f})
+		}, http2.ErrCodeCompression},
+		{"a block that ends inside a field", func(raw *rawH2) {
+			b := raw.headers("GET", "/", "x-detour-session", "alice")
+			raw.fr.WriteRawFrame(http2.FrameHeaders, 0x4, 1, b[:len(b)-2])
+		}, http2.ErrCodeCompression},
+		{"endless CONTINUATION", func(raw *rawH2) {
+			raw.buf.Reset()
+			raw.enc.WriteField(hpack.HeaderField{Name: "x-big", Value: strings.Repeat("v", 15000), Sensitive: true})
+			one := bytes.Clone(raw.buf.Bytes())
+			raw.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: raw.headers("GET", "/")})
+			for range 200 { // 3 MB encoded
+				if raw.fr.WriteContinuation(1, false, one) != nil {
+					return // the session closed the connection
+				}
+			}
+		}, http2.ErrCodeEnhanceYourCalm},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dialRaw(t, h.addr)
+			raw := newRawH2(t, c, c)
+			go tc.send(raw)
+			raw.wantGoAway(tc.want)
+		})
+	}
+}
+
+// TestH2UpstreamHeadTooLarge: a response head over the bound the session
+// announced to the backend is answered 502, as a backend that cannot be
+// understood is; the next response on the same connections is forwarded.
+func TestH2UpstreamHeadTooLarge(t *testing.T) {
+	back := serveTCP(t, func(c net.Conn) {
+		io.ReadFull(c, make([]byte, len(http2.ClientPreface)))
+		fr := http2.NewFramer(c, c)
+		fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+		fr.WriteSettings()
+		var b bytes.Buffer
+		enc := hpack.NewEncoder(&b)
+		for n := 0; ; {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			h, ok := f.(*http2.MetaHeadersFrame)
+			if !ok {
+				continue
+			}
+			b.Reset()
+			enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+			if n++; n == 1 {
+				for range 80 {
+					enc.WriteField(hpack.HeaderField{Name: "x-big", Value: strings.Repeat("v", 15000), Sensitive: true})
+				}
+			}
+			p := b.Bytes()
+			k := min(len(p), 16000)
+			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: p[:k], EndHeaders: k == len(p), EndStream: true})
+			for p = p[k:]; len(p) > 0; p = p[k:] {
+				k = min(len(p), 16000)
+				fr.WriteContinuation(h.StreamID, k == len(p), p[:k])
+			}
+		}
+	})
+	_, addr, _ := startProxy(t, Config{App: back})
+	c := dialRaw(t, addr)
+	raw := newRawH2(t, c, c)
+	raw.request(1, "GET", "/")
+	if got := raw.answer(1); got != "502" {
+		t.Fatalf("a response head over 1 MiB: %s, want 502", got)
+	}
+	raw.request(3, "GET", "/")
+	if got := raw.answer(3); got != "200" {
+		t.Fatalf("the next response: %s, want 200", got)
+	}
+}
