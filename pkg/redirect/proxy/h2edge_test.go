@@ -4,9 +4,9 @@ package proxy
 // awkward moments, and frames the session must refuse.
 
 import (
-	"bytes"
 	"io"
 	"net"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,35 +15,55 @@ import (
 	"golang.org/x/net/http2/hpack"
 )
 
-// rawH2Backend accepts connections and, for the first request HEADERS,
-// sends a 200 with size bytes of DATA ending the stream, then calls after.
-func rawH2Backend(t *testing.T, size int, after func(c net.Conn, fr *http2.Framer, id uint32)) string {
+// serveRawH2 accepts connections that begin with the preface, sends
+// SETTINGS (ss), and hands each request head to answer, which writes what
+// it likes with fr; false ends the connection.
+func serveRawH2(t *testing.T, answer func(c net.Conn, fr *http2.Framer, h *http2.MetaHeadersFrame) bool, ss ...http2.Setting) string {
 	return serveTCP(t, func(c net.Conn) {
 		io.ReadFull(c, make([]byte, len(http2.ClientPreface)))
 		fr := http2.NewFramer(c, c)
 		fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-		fr.WriteSettings()
+		fr.WriteSettings(ss...)
 		for {
 			f, err := fr.ReadFrame()
 			if err != nil {
 				return
 			}
-			h, ok := f.(*http2.MetaHeadersFrame)
-			if !ok {
-				continue
+			if h, ok := f.(*http2.MetaHeadersFrame); ok && !answer(c, fr, h) {
+				return
 			}
-			var b bytes.Buffer
-			hpack.NewEncoder(&b).WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
-			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: b.Bytes(), EndHeaders: true})
-			chunk := make([]byte, 16384)
-			for left := size; left > 0; {
-				k := min(left, len(chunk))
-				left -= k
-				fr.WriteData(h.StreamID, left == 0, chunk[:k])
-			}
-			after(c, fr, h.StreamID)
-			return
 		}
+	})
+}
+
+// status200 is a header block of ":status: 200" alone, from the static
+// table: it leaves the HPACK state of any connection as it was.
+func status200() []byte { return []byte{0x88} }
+
+// writeBlock sends a header block as HEADERS and as many CONTINUATION
+// frames as 16,000-byte pieces need.
+func writeBlock(fr *http2.Framer, id uint32, endStream bool, b []byte) {
+	k := min(len(b), 16000)
+	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: b[:k], EndHeaders: k == len(b), EndStream: endStream})
+	for b = b[k:]; len(b) > 0; b = b[k:] {
+		k = min(len(b), 16000)
+		fr.WriteContinuation(id, k == len(b), b[:k])
+	}
+}
+
+// rawH2Backend accepts connections and, for the first request HEADERS,
+// sends a 200 with size bytes of DATA ending the stream, then calls after.
+func rawH2Backend(t *testing.T, size int, after func(c net.Conn, fr *http2.Framer, id uint32)) string {
+	return serveRawH2(t, func(c net.Conn, fr *http2.Framer, h *http2.MetaHeadersFrame) bool {
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: status200(), EndHeaders: true})
+		chunk := make([]byte, 16384)
+		for left := size; left > 0; {
+			k := min(left, len(chunk))
+			left -= k
+			fr.WriteData(h.StreamID, left == 0, chunk[:k])
+		}
+		after(c, fr, h.StreamID)
+		return false
 	})
 }
 
@@ -172,26 +192,18 @@ func (h *rawH2) wantGoAway(code http2.ErrCode) {
 // upstream connection open per stream.
 func TestH2UpstreamTakingNoStreams(t *testing.T) {
 	var accepted atomic.Int32
-	back := serveTCP(t, func(c net.Conn) {
-		accepted.Add(1)
-		io.ReadFull(c, make([]byte, len(http2.ClientPreface)))
-		fr := http2.NewFramer(c, c)
-		fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-		fr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 0})
-		enc := new(bytes.Buffer)
-		e := hpack.NewEncoder(enc)
-		for {
-			f, err := fr.ReadFrame()
-			if err != nil {
-				return
-			}
-			if h, ok := f.(*http2.MetaHeadersFrame); ok {
-				enc.Reset()
-				e.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
-				fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: enc.Bytes(), EndHeaders: true, EndStream: true})
-			}
+	var mu sync.Mutex
+	counted := map[net.Conn]bool{}
+	back := serveRawH2(t, func(c net.Conn, fr *http2.Framer, h *http2.MetaHeadersFrame) bool {
+		mu.Lock()
+		if !counted[c] {
+			counted[c] = true
+			accepted.Add(1)
 		}
-	})
+		mu.Unlock()
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: status200(), EndHeaders: true, EndStream: true})
+		return true
+	}, http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 0})
 	p, addr, _ := startProxy(t, Config{App: back})
 	c := dialRaw(t, addr)
 	raw := newRawH2(t, c, c)

@@ -5,9 +5,9 @@ package proxy
 
 import (
 	"bytes"
-	"io"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"golang.org/x/net/http2"
@@ -146,18 +146,7 @@ func TestH2HeaderListTooLarge(t *testing.T) {
 		// Never indexed: the session's table must not fill with them.
 		raw.enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1], Sensitive: i > 8})
 	}
-	b := raw.buf.Bytes()
-	first := true
-	for len(b) > 0 {
-		k := min(len(b), 16000)
-		if first {
-			raw.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: b[:k], EndHeaders: k == len(b), EndStream: true})
-			first = false
-		} else {
-			raw.fr.WriteContinuation(1, k == len(b), b[:k])
-		}
-		b = b[k:]
-	}
+	writeBlock(raw.fr, 1, true, raw.buf.Bytes())
 	if got := raw.answer(1); got != "431" {
 		t.Fatalf("a header list over 1 MiB: %s, want 431", got)
 	}
@@ -230,37 +219,21 @@ func TestH2HeaderBlockConnectionErrors(t *testing.T) {
 // announced to the backend is answered 502, as a backend that cannot be
 // understood is; the next response on the same connections is forwarded.
 func TestH2UpstreamHeadTooLarge(t *testing.T) {
-	back := serveTCP(t, func(c net.Conn) {
-		io.ReadFull(c, make([]byte, len(http2.ClientPreface)))
-		fr := http2.NewFramer(c, c)
-		fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-		fr.WriteSettings()
-		var b bytes.Buffer
-		enc := hpack.NewEncoder(&b)
-		for n := 0; ; {
-			f, err := fr.ReadFrame()
-			if err != nil {
-				return
+	var n atomic.Int32
+	back := serveRawH2(t, func(c net.Conn, fr *http2.Framer, h *http2.MetaHeadersFrame) bool {
+		b := status200()
+		if n.Add(1) == 1 {
+			// Never indexed, as status200: the connection's HPACK
+			// state stays empty, so a fresh encoder will do.
+			var big bytes.Buffer
+			enc := hpack.NewEncoder(&big)
+			for range 80 {
+				enc.WriteField(hpack.HeaderField{Name: "x-big", Value: strings.Repeat("v", 15000), Sensitive: true})
 			}
-			h, ok := f.(*http2.MetaHeadersFrame)
-			if !ok {
-				continue
-			}
-			b.Reset()
-			enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
-			if n++; n == 1 {
-				for range 80 {
-					enc.WriteField(hpack.HeaderField{Name: "x-big", Value: strings.Repeat("v", 15000), Sensitive: true})
-				}
-			}
-			p := b.Bytes()
-			k := min(len(p), 16000)
-			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: p[:k], EndHeaders: k == len(p), EndStream: true})
-			for p = p[k:]; len(p) > 0; p = p[k:] {
-				k = min(len(p), 16000)
-				fr.WriteContinuation(h.StreamID, k == len(p), p[:k])
-			}
+			b = append(b, big.Bytes()...)
 		}
+		writeBlock(fr, h.StreamID, true, b)
+		return true
 	})
 	_, addr, _ := startProxy(t, Config{App: back})
 	c := dialRaw(t, addr)
