@@ -268,7 +268,9 @@ func (s *h2Session) read(x *h2conn) {
 			return
 		}
 		if b != nil {
-			if !s.handleBlock(x, b) {
+			ok := s.handleBlock(x, b)
+			x.blocks.release()
+			if !ok {
 				s.flush() // the GOAWAY that says why
 				return
 			}

@@ -81,6 +81,9 @@ func (x *h2conn) headers(id uint32, end bool, fields []hpack.HeaderField) {
 		x.enc.WriteField(f) // appends to hbuf: no error
 	}
 	block := x.hbuf
+	if cap(x.hbuf) > 4*h2DefaultFrame {
+		x.hbuf = nil // one large block must not stay for the connection's life
+	}
 	t, flags := http2.FrameHeaders, http2.Flags(0)
 	if end {
 		flags = http2.FlagHeadersEndStream
@@ -176,17 +179,31 @@ func (h h2Head) Header(name string) (string, bool) {
 			return a, true
 		}
 	}
-	v, n := "", 0
+	first, n, size := "", 0, 0
 	for _, f := range h {
 		if f.IsPseudo() || !strings.EqualFold(f.Name, name) {
 			continue
 		}
 		if n == 0 {
-			v = f.Value
-		} else {
-			v += ", " + f.Value
+			first = f.Value
 		}
 		n++
+		size += len(f.Value)
 	}
-	return v, n > 0
+	if n <= 1 {
+		return first, n == 1
+	}
+	// Joined once: HPACK can repeat a long value for a byte a time.
+	var b strings.Builder
+	b.Grow(size + 2*(n-1))
+	sep := ""
+	for _, f := range h {
+		if f.IsPseudo() || !strings.EqualFold(f.Name, name) {
+			continue
+		}
+		b.WriteString(sep)
+		b.WriteString(f.Value)
+		sep = ", "
+	}
+	return b.String(), true
 }

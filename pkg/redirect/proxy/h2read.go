@@ -19,7 +19,7 @@ import (
 
 // h2Block is a header block as decoded: a request or response head, or
 // trailers. Its fields belong to the connection it came from and are
-// valid until that connection's next block.
+// valid until the block has been handled (the reader then releases them).
 type h2Block struct {
 	StreamID uint32
 	end      bool // END_STREAM
@@ -48,11 +48,12 @@ func (r *h2Blocks) init() {
 }
 
 func (r *h2Blocks) emit(f hpack.HeaderField) {
-	if r.block.tooBig {
-		return
-	}
 	if r.size += int(f.Size()); r.size > h2MaxHeaderList {
-		r.block.tooBig, r.block.fields = true, r.block.fields[:0]
+		// The rest is decoded for the HPACK state only: no strings for
+		// fields it does not index.
+		r.block.tooBig = true
+		r.dec.SetEmitEnabled(false)
+		r.release()
 		return
 	}
 	if r.bad == nil {
@@ -69,6 +70,21 @@ func (r *h2Blocks) emit(f hpack.HeaderField) {
 	r.block.fields = append(r.block.fields, f)
 }
 
+// h2KeepFields is the most fields a connection's block buffer keeps
+// between blocks: one large block must not hold its memory for the
+// connection's life.
+const h2KeepFields = 64
+
+// release lets go of the fields of the block just handled.
+func (r *h2Blocks) release() {
+	clear(r.block.fields) // their strings
+	if cap(r.block.fields) > h2KeepFields {
+		r.block.fields = nil
+	} else {
+		r.block.fields = r.block.fields[:0]
+	}
+}
+
 // validFieldName: a token in lower case, as RFC 9113 8.2 wants on the wire.
 func validFieldName(v string) bool {
 	if v == "" {
@@ -82,8 +98,9 @@ func validFieldName(v string) bool {
 	return true
 }
 
-// h2MaxBlockBytes bounds the encoded size of a header block: endless
-// CONTINUATION frames that decode to nothing must end the connection.
+// h2MaxBlockBytes bounds the size of a header block's frames, their
+// 9-byte headers included: endless CONTINUATION frames, empty or decoding
+// to nothing, must end the connection.
 const h2MaxBlockBytes = 2 * h2MaxHeaderList
 
 // Frame header flags of header blocks (RFC 9113 6.2).
@@ -163,13 +180,15 @@ func (r *h2Blocks) frame(t http2.FrameType, flags byte, id uint32, p []byte) (*h
 			return nil, protocol
 		}
 		p = p[:len(p)-pad]
-		r.block = h2Block{StreamID: id, end: flags&flagEndStream != 0, fields: r.block.fields[:0]}
+		r.release()
+		r.block = h2Block{StreamID: id, end: flags&flagEndStream != 0, fields: r.block.fields}
 		r.open, r.coded, r.size, r.regular, r.bad = true, 0, 0, false, nil
+		r.dec.SetEmitEnabled(true)
 		if selfDep {
 			r.bad = errors.New("a stream that depends on itself")
 		}
 	}
-	if r.coded += len(p); r.coded > h2MaxBlockBytes {
+	if r.coded += 9 + len(p); r.coded > h2MaxBlockBytes {
 		return nil, http2.ConnectionError(http2.ErrCodeEnhanceYourCalm)
 	}
 	if _, err := r.dec.Write(p); err != nil {

@@ -247,3 +247,94 @@ func TestH2UpstreamHeadTooLarge(t *testing.T) {
 		t.Fatalf("the next response: %s, want 200", got)
 	}
 }
+
+// TestH2EmptyContinuationIsCutOff: CONTINUATION frames that carry nothing
+// count against the block's bound by their headers, so they cannot keep a
+// block open for ever.
+func TestH2EmptyContinuationIsCutOff(t *testing.T) {
+	h := newH2Harness(t)
+	c := dialRaw(t, h.addr)
+	raw := newRawH2(t, c, c)
+	go func() {
+		raw.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: raw.headers("GET", "/"), EndStream: true})
+		empty := bytes.Repeat([]byte{0, 0, 0, byte(http2.FrameContinuation), 0, 0, 0, 0, 1}, 1000)
+		for range 400 { // 3.6 MB of frame headers
+			if _, err := c.Write(empty); err != nil {
+				return
+			}
+		}
+		raw.fr.WriteContinuation(1, true, nil)
+	}()
+	if got := raw.answer(1); got != "GOAWAY ENHANCE_YOUR_CALM" {
+		t.Fatalf("400,000 empty CONTINUATION frames: %s, want GOAWAY ENHANCE_YOUR_CALM", got)
+	}
+}
+
+// TestH2RepeatedFieldJoinedOnce: a request may repeat a long field value
+// for one byte each (an index into the HPACK table); the matcher's view
+// joins the values in one allocation, not one per repeat.
+func TestH2RepeatedFieldJoinedOnce(t *testing.T) {
+	head := h2Head{{Name: ":method", Value: "GET"}, {Name: ":path", Value: "/"}}
+	v := strings.Repeat("a", 4000)
+	for range 250 {
+		head = append(head, hpack.HeaderField{Name: "baggage", Value: v})
+	}
+	got, ok := head.Header("Baggage")
+	if !ok || len(got) != 250*4000+249*2 || !strings.HasPrefix(got, v+", "+v) || !strings.HasSuffix(got, v) {
+		t.Fatalf("joined %d bytes (%v), want %d", len(got), ok, 250*4000+249*2)
+	}
+	if n := testing.AllocsPerRun(5, func() { head.Header("baggage") }); n > 1 {
+		t.Fatalf("%v allocations to join 250 values, want 1", n)
+	}
+	if got, ok := head.Header("x-none"); ok || got != "" {
+		t.Fatalf("a missing field: %q, %v", got, ok)
+	}
+}
+
+// TestH2BlockBufferReleased: once a block was handled its fields are let
+// go, and a connection keeps no large buffer from one large block; past
+// the header list's bound, fields the table does not keep cost nothing.
+func TestH2BlockBufferReleased(t *testing.T) {
+	var r h2Blocks
+	r.init()
+	var enc bytes.Buffer
+	e := hpack.NewEncoder(&enc)
+	for _, kv := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "x"}, {":path", "/"}, {"a", ""}} {
+		e.WriteField(hpack.HeaderField{Name: kv[0], Value: kv[1]})
+	}
+	b := bytes.Clone(enc.Bytes())
+	for range 5000 {
+		b = append(b, 0x80|62) // "a" again, from the table
+	}
+	got, err := r.frame(http2.FrameHeaders, flagEndHeaders|flagEndStream, 1, b)
+	if err != nil || len(got.fields) != 5005 {
+		t.Fatalf("a block of 5,005 fields: %v fields, %v", got, err)
+	}
+	r.release()
+	if cap(r.block.fields) > h2KeepFields {
+		t.Fatalf("after it, the connection keeps room for %d fields", cap(r.block.fields))
+	}
+
+	// Over the bound: 80 fields of 15,000 bytes, never indexed.
+	enc.Reset()
+	e.WriteField(hpack.HeaderField{Name: ":method", Value: "GET"})
+	big := hpack.HeaderField{Name: "x-big", Value: strings.Repeat("v", 15000), Sensitive: true}
+	got, err = r.frame(http2.FrameHeaders, 0, 3, bytes.Clone(enc.Bytes()))
+	for i := 0; i < 80 && err == nil; i++ {
+		enc.Reset()
+		e.WriteField(big)
+		got, err = r.frame(http2.FrameContinuation, 0, 3, bytes.Clone(enc.Bytes()))
+	}
+	if err != nil || !r.block.tooBig || len(r.block.fields) != 0 || cap(r.block.fields) > h2KeepFields {
+		t.Fatalf("over the bound: err %v, tooBig %v, %d fields kept (room for %d)", err, r.block.tooBig, len(r.block.fields), cap(r.block.fields))
+	}
+	enc.Reset()
+	e.WriteField(big)
+	more := bytes.Clone(enc.Bytes())
+	if n := testing.AllocsPerRun(20, func() { r.frame(http2.FrameContinuation, 0, 3, more) }); n > 0 {
+		t.Fatalf("%v allocations per field decoded past the bound, want 0", n)
+	}
+	if got, err = r.frame(http2.FrameContinuation, flagEndHeaders, 3, nil); err != nil || !got.tooBig {
+		t.Fatalf("the block's end: %+v, %v", got, err)
+	}
+}

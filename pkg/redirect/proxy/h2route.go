@@ -108,7 +108,8 @@ func (s *h2Session) clientHeaders(f *h2Block) bool {
 		return true
 	}
 	if f.tooBig {
-		// As an HTTP/1 head over http1.MaxHeadBytes is answered.
+		// Its fields were not kept, so it cannot go to the app
+		// unrouted, as an HTTP/1 head over its bound does.
 		s.down.headers(id, true, h2HeadersTooLarge)
 		if !f.StreamEnded() {
 			s.down.rst(id, http2.ErrCodeNo)
