@@ -319,11 +319,11 @@ func TestH2BlockBufferReleased(t *testing.T) {
 	enc.Reset()
 	e.WriteField(hpack.HeaderField{Name: ":method", Value: "GET"})
 	big := hpack.HeaderField{Name: "x-big", Value: strings.Repeat("v", 15000), Sensitive: true}
-	got, err = r.frame(http2.FrameHeaders, 0, 3, bytes.Clone(enc.Bytes()))
+	_, err = r.frame(http2.FrameHeaders, 0, 3, bytes.Clone(enc.Bytes()))
 	for i := 0; i < 80 && err == nil; i++ {
 		enc.Reset()
 		e.WriteField(big)
-		got, err = r.frame(http2.FrameContinuation, 0, 3, bytes.Clone(enc.Bytes()))
+		_, err = r.frame(http2.FrameContinuation, 0, 3, bytes.Clone(enc.Bytes()))
 	}
 	if err != nil || !r.block.tooBig || len(r.block.fields) != 0 || cap(r.block.fields) > h2KeepFields {
 		t.Fatalf("over the bound: err %v, tooBig %v, %d fields kept (room for %d)", err, r.block.tooBig, len(r.block.fields), cap(r.block.fields))
