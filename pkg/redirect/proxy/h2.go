@@ -379,6 +379,11 @@ func (s *h2Session) onSettings(x *h2conn, f *http2.SettingsFrame) bool {
 	for _, str := range x.streams {
 		s.pump(str.halfTo(x))
 	}
+	if x != s.down {
+		// An upstream that takes no streams, and has none because the
+		// stream it was dialled for went elsewhere meanwhile, closes.
+		s.upstreamIdle(x)
+	}
 	return true
 }
 

@@ -4,6 +4,7 @@ package proxy
 // awkward moments, and frames the session must refuse.
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/detourdev/detour/internal/testutil"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 )
@@ -212,17 +214,22 @@ func TestH2UpstreamTakingNoStreams(t *testing.T) {
 		raw.request(uint32(1+2*i), "GET", "/")
 		raw.responses(1)
 	}
-	p.mu.Lock()
-	ups := 0
-	for s := range p.h2.sessions {
-		s.mu.Lock()
-		for _, us := range s.ups {
-			ups += len(us)
+	// Each is closed once its stream has ended, a moment after the
+	// client has the response: wait for that, not for ever.
+	testutil.Eventually(t, 5*time.Second, func() error {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		ups := 0
+		for s := range p.h2.sessions {
+			s.mu.Lock()
+			for _, us := range s.ups {
+				ups += len(us)
+			}
+			s.mu.Unlock()
 		}
-		s.mu.Unlock()
-	}
-	p.mu.Unlock()
-	if ups > 2 {
-		t.Fatalf("%d sequential streams: %d upstream connections dialled, %d still open", n, accepted.Load(), ups)
-	}
+		if ups > 2 {
+			return fmt.Errorf("%d sequential streams: %d upstream connections dialled, %d still open", n, accepted.Load(), ups)
+		}
+		return nil
+	})
 }
