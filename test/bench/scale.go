@@ -99,16 +99,20 @@ func (b *bench) scaleSlices(ctx context.Context, res *scaleResult) error {
 		}
 	}()
 	base := b.activeIntercepts(ctx)
-	measureOne := func() error {
+	for k := 0; k < b.slices(); k++ {
+		// One before many, always. Measuring the many first every other
+		// slice put the creation of 999 right after the previous
+		// slice's deletion of 999, and the agent's and controller's
+		// work after two bursts into scale-n's loaded pass: req/s 0.76
+		// and 0.81x in two runs so, 1.15x in one without
+		// (docs/performance.md, "Cost flat in intercept count").
+		say("scale slice %d of %d: 1, then %d intercepts on the port", k+1, b.slices(), res.Intercepts)
 		res.Idle1.sample(ctx, b, time.Second)
 		for pass := 0; pass < 2; pass++ {
 			if err := b.measure(ctx, one, caseScale1, pass); err != nil {
 				return err
 			}
 		}
-		return nil
-	}
-	measureMany := func() error {
 		t0 := time.Now()
 		if err := b.sessionIntercepts(ctx, ctl, extra, true); err != nil {
 			return err
@@ -135,22 +139,6 @@ func (b *bench) scaleSlices(ctx context.Context, res *scaleResult) error {
 			return err
 		}
 		deletes = append(deletes, time.Since(t0).Seconds())
-		return nil
-	}
-	for k := 0; k < b.slices(); k++ {
-		// One before many, always. Measuring the many first every other
-		// slice put the creation of 999 right after the previous
-		// slice's deletion of 999, and the agent's and controller's
-		// work after two bursts into scale-n's loaded pass: req/s 0.76
-		// and 0.81x in two runs so, 1.15x in one without
-		// (docs/performance.md, "Cost flat in intercept count").
-		say("scale slice %d of %d: 1, then %d intercepts on the port", k+1, b.slices(), res.Intercepts)
-		if err := measureOne(); err != nil {
-			return err
-		}
-		if err := measureMany(); err != nil {
-			return err
-		}
 	}
 	// Each slice measured both once: its own ratio is free of the drift
 	// between slices, which on this machine is as large as the bound.

@@ -150,6 +150,28 @@ func (c *client) get(hc *http.Client, url, session string) (string, error) {
 	return echo.WhoAnswers(hc, url, session)
 }
 
+// sessionRounds sends five rounds of alice, bob and no session to url
+// over hc, which must take a single connection for all 15 requests, and
+// checks that api-alice, api-bob and a baseline pod answer them.
+func (c *client) sessionRounds(t *testing.T, hc *http.Client, url, proto string, baseline map[string]string) {
+	t.Helper()
+	before := c.dials.Load()
+	for round := 0; round < 5; round++ {
+		for _, s := range []string{"alice", "bob", ""} {
+			got, err := c.get(hc, url, s)
+			if err != nil {
+				t.Fatalf("session %q over %s: %v", s, proto, err)
+			}
+			if _, ok := baseline[got]; s == "" && !ok || s != "" && got != "api-"+s {
+				t.Fatalf("session %q over %s: answered by %q, want api-%s (a baseline pod of %v for none)", s, proto, got, s, baseline)
+			}
+		}
+	}
+	if n := c.dials.Load() - before; n != 1 {
+		t.Fatalf("the %s client opened %d connections for 15 requests, want 1", proto, n)
+	}
+}
+
 func TestE2E(t *testing.T) {
 	testutil.RequirePrivileged(t)
 	e := setup(t)
@@ -191,28 +213,7 @@ func TestE2E(t *testing.T) {
 
 	t.Run("requests from a client pod over one keep-alive connection reach the right pod", func(t *testing.T) {
 		baseline := e.baselinePods(t)
-		before := c.dials.Load()
-		for round := 0; round < 5; round++ {
-			for _, s := range []string{"alice", "bob", ""} {
-				got, err := c.get(c.keep, svc, s)
-				if err != nil {
-					t.Fatalf("session %q: %v", s, err)
-				}
-				switch s {
-				case "":
-					if _, ok := baseline[got]; !ok {
-						t.Fatalf("no session: answered by %q, want a baseline pod of %v", got, baseline)
-					}
-				default:
-					if got != "api-"+s {
-						t.Fatalf("session %s: answered by %q, want api-%s", s, got, s)
-					}
-				}
-			}
-		}
-		if n := c.dials.Load() - before; n != 1 {
-			t.Fatalf("the client opened %d connections for 15 requests, want 1 (keep-alive)", n)
-		}
+		c.sessionRounds(t, c.keep, svc, "HTTP/1.1 keep-alive", baseline)
 		// The agent runs with --fast-path=auto: after each destination's
 		// first request on a connection, which the agent serves and pairs,
 		// the kernel routes that connection's requests and counts them
@@ -254,22 +255,7 @@ func TestE2E(t *testing.T) {
 	t.Run("HTTP/2 streams on one connection from a client pod reach the right pod", func(t *testing.T) {
 		// The agent forwards HTTP/2 frame by frame and routes each
 		// stream on its own (docs/architecture.md, data path).
-		baseline := e.baselinePods(t)
-		before := c.dials.Load()
-		for round := 0; round < 5; round++ {
-			for _, s := range []string{"alice", "bob", ""} {
-				got, err := c.get(c.h2, svc, s)
-				if err != nil {
-					t.Fatalf("session %q over HTTP/2: %v", s, err)
-				}
-				if _, ok := baseline[got]; s == "" && !ok || s != "" && got != "api-"+s {
-					t.Fatalf("session %q over HTTP/2: answered by %q", s, got)
-				}
-			}
-		}
-		if n := c.dials.Load() - before; n != 1 {
-			t.Fatalf("the HTTP/2 client opened %d connections for 15 requests, want 1", n)
-		}
+		c.sessionRounds(t, c.h2, svc, "HTTP/2", e.baselinePods(t))
 	})
 
 	t.Run("the Intercept resources show what the controller and the agent did", func(t *testing.T) {
