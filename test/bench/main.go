@@ -76,7 +76,7 @@ func main() {
 		c.agentFlags = append(c.agentFlags, v)
 		return nil
 	})
-	flag.BoolVar(&c.fastPath, "fast-path", true, "run the agent with --fast-path=auto and measure fast-passthrough and fast-matched (routed in the kernel); passthrough and matched then send \"Connection: keep-alive\", which the kernel leaves to the agent")
+	flag.BoolVar(&c.fastPath, "fast-path", true, "run the agent with --fast-path=auto and measure fast-passthrough and fast-matched (routed in the kernel); passthrough and matched then send \"Connection: keep-alive\", which the kernel leaves to the agent (false: the agent runs with --fast-path=off)")
 	flag.IntVar(&c.slices, "slices", 5, "cut each measurement into this many interleaved slices (at least 1s each)")
 	flag.IntVar(&c.scale, "scale", 1000, "session intercepts on the port in the scale stage (0 skips it)")
 	flag.IntVar(&c.creations, "creations", 20, "intercepts created and deleted in the control stage (0 skips it)")
@@ -328,8 +328,13 @@ func (b *bench) up(ctx context.Context) error {
 		b.cfg.agentProfile = prof
 		agentArgs = append(agentArgs, "--cpu-profile", prof)
 	}
+	// A later --agent-flag wins. The agent's default is auto: without
+	// --fast-path=off, passthrough and matched (no keep-alive header
+	// then) would be routed in the kernel and measure nothing of it.
 	if c.fastPath {
-		agentArgs = append(agentArgs, "--fast-path=auto") // a later --agent-flag wins
+		agentArgs = append(agentArgs, "--fast-path=auto")
+	} else {
+		agentArgs = append(agentArgs, "--fast-path=off")
 	}
 	agentArgs = append(agentArgs, c.agentFlags...)
 	agent, err := startProc("agent", filepath.Join(b.tmp, "agent.log"), append([]string{agentBin}, agentArgs...)...)
