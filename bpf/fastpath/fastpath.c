@@ -280,14 +280,27 @@ struct {
 	__type(value, __u32);
 } fp_aliases SEC(".maps");
 
-/* Addresses of the destinations of fast ports: their accepted sockets go
- * into fp_socks too. */
+/* Addresses of the destinations of fast ports: the sockets they accept
+ * from a fast port's pod address (fp_froms) go into fp_socks too. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
 	__type(key, struct fp_addr);
 	__type(value, __u32);
 } fp_dests SEC(".maps");
+
+/* The pod addresses of fast ports (IPv4, network order): the agent dials a
+ * port's destinations from inside its pod, so from that address. A socket
+ * a destination accepts from anywhere else (an environment's fork called
+ * by another fork, redirected at connect()) is not the agent's and stays
+ * out of fp_socks: in the sockhash it would pay for sk_msg on every
+ * message and gain nothing. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u32);
+} fp_froms SEC(".maps");
 
 /* A caller's first sequence numbers, both ways. */
 struct fp_seqs {
@@ -483,12 +496,16 @@ int fp_sockops(struct bpf_sock_ops *skops)
 		bpf_map_update_elem(&fp_isn, &t, &seqs, BPF_ANY);
 	} else {
 		/* The app accepts the agent's connection (from the pod's own
-		 * address), or a destination accepts one. */
+		 * address), or a destination accepts one (from a fast port's
+		 * pod address). */
 		a.ip4 = t.local_ip4;
 		a.port = t.local_port;
-		if (!bpf_map_lookup_elem(&fp_dests, &a) &&
-		    (t.local_ip4 != t.remote_ip4 || !bpf_map_lookup_elem(&fp_ports, &a)))
+		if (bpf_map_lookup_elem(&fp_dests, &a)) {
+			if (!bpf_map_lookup_elem(&fp_froms, &t.remote_ip4))
+				return 1;
+		} else if (t.local_ip4 != t.remote_ip4 || !bpf_map_lookup_elem(&fp_ports, &a)) {
 			return 1;
+		}
 	}
 	bpf_sock_hash_update(skops, &fp_socks, &t, BPF_ANY);
 	return 1;

@@ -70,6 +70,7 @@ type FastPath struct {
 	ports     map[netip.AddrPort]*Port
 	dests     map[netip.AddrPort]int // destination address -> ports naming it
 	aliases   map[netip.AddrPort]int // Service address -> ports it leads to
+	froms     map[netip.Addr]int     // pod address -> its ports with destinations (fp_froms)
 }
 
 // Stats are the program's counts since load, summed over CPUs.
@@ -105,7 +106,7 @@ func New(cfg Config) (*FastPath, error) {
 	if err := spec.Variables["fp_builtins"].Set(builtins()); err != nil {
 		return nil, fmt.Errorf("set fp_builtins: %w", err)
 	}
-	f := &FastPath{ports: map[netip.AddrPort]*Port{}, dests: map[netip.AddrPort]int{}, aliases: map[netip.AddrPort]int{}}
+	f := &FastPath{ports: map[netip.AddrPort]*Port{}, dests: map[netip.AddrPort]int{}, aliases: map[netip.AddrPort]int{}, froms: map[netip.Addr]int{}}
 	if err := spec.LoadAndAssign(&f.objs, nil); err != nil {
 		return nil, bpfutil.LoadError("fastpath objects", err)
 	}

@@ -135,6 +135,7 @@ const (
 	fastpathMapFpCallers  = "fp_callers"
 	fastpathMapFpCounts   = "fp_counts"
 	fastpathMapFpDests    = "fp_dests"
+	fastpathMapFpFroms    = "fp_froms"
 	fastpathMapFpIndex    = "fp_index"
 	fastpathMapFpIsn      = "fp_isn"
 	fastpathMapFpPorts    = "fp_ports"
@@ -205,6 +206,7 @@ type fastpathMapSpecs struct {
 	FpCallers *ebpf.MapSpec `ebpf:"fp_callers"`
 	FpCounts  *ebpf.MapSpec `ebpf:"fp_counts"`
 	FpDests   *ebpf.MapSpec `ebpf:"fp_dests"`
+	FpFroms   *ebpf.MapSpec `ebpf:"fp_froms"`
 	FpIndex   *ebpf.MapSpec `ebpf:"fp_index"`
 	FpIsn     *ebpf.MapSpec `ebpf:"fp_isn"`
 	FpPorts   *ebpf.MapSpec `ebpf:"fp_ports"`
@@ -249,6 +251,7 @@ type fastpathMaps struct {
 	FpCallers *ebpf.Map `ebpf:"fp_callers"`
 	FpCounts  *ebpf.Map `ebpf:"fp_counts"`
 	FpDests   *ebpf.Map `ebpf:"fp_dests"`
+	FpFroms   *ebpf.Map `ebpf:"fp_froms"`
 	FpIndex   *ebpf.Map `ebpf:"fp_index"`
 	FpIsn     *ebpf.Map `ebpf:"fp_isn"`
 	FpPorts   *ebpf.Map `ebpf:"fp_ports"`
@@ -267,6 +270,7 @@ func (m *fastpathMaps) Close() error {
 		m.FpCallers,
 		m.FpCounts,
 		m.FpDests,
+		m.FpFroms,
 		m.FpIndex,
 		m.FpIsn,
 		m.FpPorts,

@@ -25,6 +25,7 @@ type Port struct {
 	counters   map[string]uint32 // intercept -> its fp_counts entry
 	appCounter uint32
 	dests      []netip.AddrPort // in fp_dests for this port
+	from       bool             // the port's address counts in fp_froms (it has dests)
 	aliases    []netip.AddrPort // in fp_aliases for this port
 }
 
@@ -261,6 +262,31 @@ func (p *Port) setDests(want []netip.AddrPort) error {
 	if err != nil {
 		return fmt.Errorf("write destination: %w", err)
 	}
+	return p.setFrom(len(p.dests) > 0)
+}
+
+// setFrom puts the port's pod address in fp_froms while the port has
+// destinations, and takes it out once no port of that address has: the
+// program adds a destination's accepted socket only when it came from
+// there, the agent's dial (docs/architecture.md, data path step 7).
+func (p *Port) setFrom(want bool) error {
+	if want == p.from {
+		return nil
+	}
+	a, froms := p.addr.Addr().Unmap(), p.f.froms
+	k := ip4(a)
+	if want {
+		if froms[a] == 0 {
+			if err := p.f.objs.FpFroms.Put(&k, uint32(1)); err != nil {
+				return fmt.Errorf("write pod address: %w", err)
+			}
+		}
+		froms[a]++
+	} else if froms[a]--; froms[a] <= 0 {
+		delete(froms, a)
+		_ = p.f.objs.FpFroms.Delete(&k)
+	}
+	p.from = want
 	return nil
 }
 
