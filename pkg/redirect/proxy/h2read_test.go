@@ -255,15 +255,23 @@ func TestH2EmptyContinuationIsCutOff(t *testing.T) {
 	h := newH2Harness(t)
 	c := dialRaw(t, h.addr)
 	raw := newRawH2(t, c, c)
+	// The frames are written from another goroutine, whole frames per
+	// Write, with a Framer of its own: answer writes on raw.fr (SETTINGS
+	// acknowledgements) meanwhile.
+	var head, last bytes.Buffer
+	http2.NewFramer(&head, nil).WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: raw.headers("GET", "/"), EndStream: true})
+	http2.NewFramer(&last, nil).WriteContinuation(1, true, nil)
 	go func() {
-		raw.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: raw.headers("GET", "/"), EndStream: true})
+		if _, err := c.Write(head.Bytes()); err != nil {
+			return
+		}
 		empty := bytes.Repeat([]byte{0, 0, 0, byte(http2.FrameContinuation), 0, 0, 0, 0, 1}, 1000)
 		for range 400 { // 3.6 MB of frame headers
 			if _, err := c.Write(empty); err != nil {
 				return
 			}
 		}
-		raw.fr.WriteContinuation(1, true, nil)
+		c.Write(last.Bytes())
 	}()
 	if got := raw.answer(1); got != "GOAWAY ENHANCE_YOUR_CALM" {
 		t.Fatalf("400,000 empty CONTINUATION frames: %s, want GOAWAY ENHANCE_YOUR_CALM", got)
