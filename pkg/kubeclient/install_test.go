@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"reflect"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/util/flowcontrol"
 
 	"github.com/detourdev/detour/internal/envtest"
 	"github.com/detourdev/detour/internal/testutil"
@@ -263,5 +265,32 @@ func TestInstallerFixture(t *testing.T) {
 		if get(t, dyn, u) != nil {
 			t.Errorf("%s is still there", Ref(u))
 		}
+	}
+}
+
+// TestPollRateLimitedAtDeadline: client-go's rate limiter refuses a request
+// whose turn would come after the context's deadline, a moment before the
+// deadline. The wait then ends as a timeout naming what is pending, as it
+// would have a moment later, not with the limiter's words; any other error
+// still ends it as that error.
+func TestPollRateLimitedAtDeadline(t *testing.T) {
+	in := &Installer{Out: io.Discard, Poll: 10 * time.Millisecond}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	lim := flowcontrol.NewTokenBucketRateLimiter(0.01, 1) // one request, the next in 100 s
+	err := in.poll(ctx, "ready", func() (map[string]string, error) {
+		if err := lim.Wait(ctx); err != nil {
+			return nil, fmt.Errorf("client rate limiter Wait returned an error: %w", err) // as client-go's request does
+		}
+		return map[string]string{"deployment.apps/x": "0 of 1 replicas ready"}, nil
+	})
+	var te *TimeoutError
+	if !errors.As(err, &te) || te.Pending["deployment.apps/x"] != "0 of 1 replicas ready" {
+		t.Fatalf("poll ended with %v, want a timeout naming deployment.apps/x", err)
+	}
+
+	forbidden := errors.New("deployments.apps is forbidden")
+	if err := in.poll(context.Background(), "ready", func() (map[string]string, error) { return nil, forbidden }); err != forbidden {
+		t.Fatalf("poll ended with %v, want %v", err, forbidden)
 	}
 }
