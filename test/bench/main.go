@@ -330,7 +330,7 @@ func (b *bench) up(ctx context.Context) error {
 	}
 	// A later --agent-flag wins. The agent's default is auto: without
 	// --fast-path=off, passthrough and matched (no keep-alive header
-	// then) would be routed in the kernel and measure nothing of it.
+	// then) would be routed in the kernel, not by the agent they measure.
 	if c.fastPath {
 		agentArgs = append(agentArgs, "--fast-path=auto")
 	} else {
