@@ -183,20 +183,16 @@ func grantClientRole(t *testing.T, kube kubernetes.Interface, user string) {
 		User:               user,
 		ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: role.Namespace, Verb: "list", Resource: "pods"},
 	}}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testutil.Eventually(t, 10*time.Second, func() error {
 		got, err := kube.AuthorizationV1().SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{})
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
-		if got.Status.Allowed {
-			return
+		if !got.Status.Allowed {
+			return fmt.Errorf("%s may still not list pods in %s after the binding: %s", user, role.Namespace, got.Status.Reason)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s may still not list pods in %s 10 s after the binding: %s", user, role.Namespace, got.Status.Reason)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // Commands through a cluster: the Ready controller pod is reached, its

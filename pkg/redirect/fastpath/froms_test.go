@@ -3,10 +3,12 @@ package fastpath
 import (
 	"bufio"
 	"context"
+	"errors"
 	"net"
 	"testing"
 	"time"
 
+	"github.com/detourdev/detour/internal/testutil"
 	"github.com/detourdev/detour/pkg/netns"
 )
 
@@ -44,13 +46,12 @@ func TestPrivilegedDestinationCallers(t *testing.T) {
 	}
 
 	agents := dialAlice(n.pod) // from podAddr, as the agent dials
-	deadline := time.Now().Add(5 * time.Second)
-	for !inMap(agents) {
-		if time.Now().After(deadline) {
-			t.Fatal("alice's socket of a connection from the pod's address is not in fp_socks")
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if !inMap(agents) {
+			return errors.New("alice's socket of a connection from the pod's address is not in fp_socks")
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 	other := dialAlice(n.peers) // from peerAddr: not a fast port's pod
 	if inMap(other) {
 		t.Error("alice's socket of a connection from another address is in fp_socks")
