@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"slices"
 	"sync"
@@ -205,7 +206,11 @@ func (s *h2Session) upstream(addr string) (*h2conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	u := s.newConn(c, bufio.NewReaderSize(c, 32<<10), addr)
+	var rd io.Reader = c
+	if h := c.hold(); h != nil {
+		rd = h
+	}
+	u := s.newConn(c, bufio.NewReaderSize(rd, 32<<10), addr)
 	s.mu.Lock()
 	u.out = append(u.out, http2.ClientPreface...)
 	u.settings(
@@ -580,7 +585,7 @@ type dialError struct {
 func (e *dialError) Error() string { return fmt.Sprintf("dial %s: %v", e.addr, e.err) }
 func (e *dialError) Unwrap() error { return e.err }
 
-func (p *Proxy) dialUpstream(ctx context.Context, network, addr string) (net.Conn, error) {
+func (p *Proxy) dialUpstream(ctx context.Context, network, addr string) (*trackedConn, error) {
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.DialTimeout)
 	defer cancel()
 	c, err := p.cfg.Dial(ctx, network, addr)
@@ -617,9 +622,20 @@ type trackedConn struct {
 	net.Conn
 	p    *Proxy
 	once sync.Once
+	held *heldReader // reads the connection, if hold made one
+}
+
+// hold returns a reader of c that leaves what it read queued until more
+// comes (held_linux.go), or nil where the kernel cannot.
+func (c *trackedConn) hold() *heldReader {
+	c.held = newHeldReader(c.Conn)
+	return c.held
 }
 
 func (c *trackedConn) Close() error {
+	if c.held != nil {
+		c.held.drop() // a FIN, not the reset unread bytes would cause
+	}
 	err := c.Conn.Close()
 	c.once.Do(func() { c.p.forget(c.Conn) })
 	return err
