@@ -65,12 +65,11 @@ func heldStream(t *testing.T, seed uint64) {
 	c, peer := tcpPair(t)
 	r := mustHold(t, c)
 	want := make([]byte, 12<<20)
+	rand.NewChaCha8([32]byte{byte(seed)}).Read(want)
 	rng := rand.New(rand.NewPCG(seed, 2))
-	for i := range want {
-		want[i] = byte(rng.Uint32())
-	}
-	stalled := time.AfterFunc(20*time.Second, func() { c.Close() })
-	defer stalled.Stop()
+	var stalled atomic.Bool
+	deadline := time.AfterFunc(20*time.Second, func() { stalled.Store(true); c.Close() })
+	defer deadline.Stop()
 	go func() {
 		rng := rand.New(rand.NewPCG(seed, 4))
 		for rest := want; len(rest) > 0; {
@@ -97,6 +96,9 @@ func heldStream(t *testing.T, seed uint64) {
 		got = append(got, buf[:n]...)
 		maxHeld = max(maxHeld, r.held)
 		if err != nil {
+			if stalled.Load() {
+				t.Fatalf("round %d: stalled for 20 s after %d bytes, %d of them held", seed, len(got), r.held)
+			}
 			if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
 				t.Fatalf("round %d: after %d bytes: %v", seed, len(got), err)
 			}
@@ -189,8 +191,10 @@ func TestH2UpstreamResponsesAreAckedByRequests(t *testing.T) {
 	}
 	pure := info.Segs_in - info.Data_segs_in
 	t.Logf("the backend received %d segments, %d of them without data, for %d requests", info.Segs_in, pure, n)
-	if pure > n/10 {
-		t.Errorf("the agent sent %d ACK-only segments for %d requests, want at most %d", pure, n, n/10)
+	// Reading as usual sends one per request; a few more than none
+	// allow for delayed ACKs on a loaded machine.
+	if pure > n/4 {
+		t.Errorf("the agent sent %d ACK-only segments for %d requests, want at most %d", pure, n, n/4)
 	}
 }
 
