@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/durationpb"
 	appsv1 "k8s.io/api/apps/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -67,6 +68,9 @@ func TestEnvironmentsKube(t *testing.T) {
 		t.Fatal(err)
 	}
 	bind("mallory", "Role", "env-only")
+	for _, user := range []string{"alice", "mallory"} {
+		kubetest.Allowed(t, admin, user, authorizationv1.ResourceAttributes{Namespace: "shop", Verb: "create", Group: "detour.dev", Resource: "environments"})
+	}
 
 	// The baseline: web and api, each a Deployment with one ready pod on
 	// node n1 and a Service.

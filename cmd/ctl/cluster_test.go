@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -176,23 +175,8 @@ func grantClientRole(t *testing.T, kube kubernetes.Interface, user string) {
 	if _, err := kube.RbacV1().RoleBindings(role.Namespace).Create(ctx, rb, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	// The API server's authorizer learns of the binding through a watch:
-	// wait until it allows what the CLI does first (list the controller's
-	// pods), or the next command may still be refused.
-	sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
-		User:               user,
-		ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: role.Namespace, Verb: "list", Resource: "pods"},
-	}}
-	testutil.Eventually(t, 10*time.Second, func() error {
-		got, err := kube.AuthorizationV1().SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{})
-		if err != nil {
-			return err
-		}
-		if !got.Status.Allowed {
-			return fmt.Errorf("%s may still not list pods in %s after the binding: %s", user, role.Namespace, got.Status.Reason)
-		}
-		return nil
-	})
+	// What the CLI does first: list the controller's pods.
+	kubetest.Allowed(t, kube, user, authorizationv1.ResourceAttributes{Namespace: role.Namespace, Verb: "list", Resource: "pods"})
 }
 
 // Commands through a cluster: the Ready controller pod is reached, its

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 	authnv1 "k8s.io/api/authentication/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -140,6 +141,7 @@ func startAccess(t *testing.T) *accessEnv {
 	}, create); err != nil {
 		t.Fatal(err)
 	}
+	kubetest.Allowed(t, admin, "alice", authorizationv1.ResourceAttributes{Namespace: "shop", Verb: "create", Group: "detour.dev", Resource: "intercepts"})
 
 	// Agents: a node, and pods on it whose tokens the agents would mount.
 	if _, err := admin.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeA}}, create); err != nil {

@@ -6,9 +6,12 @@ package kubetest
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"testing"
+	"time"
 
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -17,6 +20,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/detourdev/detour/internal/envtest"
+	"github.com/detourdev/detour/internal/testutil"
 )
 
 // AdminConfig is a rest.Config for env's admin (system:masters).
@@ -124,4 +128,31 @@ func setState(t testing.TB, kube kubernetes.Interface, p *corev1.Pod, st PodStat
 		t.Fatal(err)
 	}
 	return p
+}
+
+// WaitAllowed waits until the API server lets user do what attrs say: the
+// authorizer learns of a new RoleBinding through a watch, so a request
+// made at once after creating one may still be refused (a loaded machine
+// shows it). It asks with a SubjectAccessReview, as kubectl auth can-i
+// does.
+func WaitAllowed(kube kubernetes.Interface, user string, attrs authorizationv1.ResourceAttributes) error {
+	sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{User: user, ResourceAttributes: &attrs}}
+	return testutil.Poll(30*time.Second, func() error {
+		got, err := kube.AuthorizationV1().SubjectAccessReviews().Create(context.Background(), sar, metav1.CreateOptions{})
+		if err != nil {
+			return err
+		}
+		if !got.Status.Allowed {
+			return fmt.Errorf("%s may still not %s %s in %q after the binding: %s", user, attrs.Verb, attrs.Resource, attrs.Namespace, got.Status.Reason)
+		}
+		return nil
+	})
+}
+
+// Allowed is WaitAllowed for a test, which it fails.
+func Allowed(t testing.TB, kube kubernetes.Interface, user string, attrs authorizationv1.ResourceAttributes) {
+	t.Helper()
+	if err := WaitAllowed(kube, user, attrs); err != nil {
+		t.Fatal(err)
+	}
 }

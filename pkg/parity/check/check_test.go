@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	appsv1 "k8s.io/api/apps/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -132,6 +133,10 @@ func controllerClients(ctx context.Context, env *envtest.Env, admin kubernetes.I
 		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role.Name},
 		Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: controllerUser}},
 	}, metav1.CreateOptions{}); err != nil {
+		return nil, nil, err
+	}
+	r := role.Rules[0]
+	if err := kubetest.WaitAllowed(admin, controllerUser, authorizationv1.ResourceAttributes{Verb: r.Verbs[0], Group: r.APIGroups[0], Resource: r.Resources[0]}); err != nil {
 		return nil, nil, err
 	}
 	cfg := kubetest.AdminConfig(env)
@@ -515,6 +520,7 @@ func TestParityCheckAdmission(t *testing.T) {
 			Subjects: []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: "carol"}}}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
+		kubetest.Allowed(t, f.kube, "carol", authorizationv1.ResourceAttributes{Namespace: ns, Verb: "list", Resource: resources[0]})
 	}
 	grant(ops, "paritychecks")
 	grant(a, "configmaps", "secrets")

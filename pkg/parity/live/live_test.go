@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -371,6 +372,7 @@ func testReadOnly(t *testing.T, env *envtest.Env, admin kubernetes.Interface, fp
 	if _, err := admin.RbacV1().RoleBindings("staging").Create(ctx, rb, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	kubetest.Allowed(t, admin, envtest.UserName, authorizationv1.ResourceAttributes{Namespace: "staging", Verb: "list", Resource: "configmaps"})
 	user := kubetest.Clientset(t, env.UserKubeconfig)
 	res, err := Read(ctx, user, "staging", Options{Runtime: true})
 	if err != nil {
