@@ -25,7 +25,7 @@ type Port struct {
 	counters   map[string]uint32 // intercept -> its fp_counts entry
 	appCounter uint32
 	dests      []netip.AddrPort // in fp_dests for this port
-	from       bool             // the port's address counts in fp_froms (it has dests)
+	froms      []netip.Addr     // in fp_froms for this port: its pod address while it has dests
 	aliases    []netip.AddrPort // in fp_aliases for this port
 }
 
@@ -258,35 +258,20 @@ func (p *Port) slot(dest string) (uint32, error) {
 // program adds for this port.
 func (p *Port) setDests(want []netip.AddrPort) error {
 	var err error
-	p.dests, err = p.f.refSet(p.f.objs.FpDests, p.f.dests, p.dests, want)
+	p.dests, err = refSet(p.f.objs.FpDests, p.f.dests, addrKey, p.dests, want)
 	if err != nil {
 		return fmt.Errorf("write destination: %w", err)
 	}
-	return p.setFrom(len(p.dests) > 0)
-}
-
-// setFrom puts the port's pod address in fp_froms while the port has
-// destinations, and takes it out once no port of that address has: the
-// program adds a destination's accepted socket only when it came from
-// there, the agent's dial (docs/architecture.md, data path step 7).
-func (p *Port) setFrom(want bool) error {
-	if want == p.from {
-		return nil
+	// The program adds a destination's accepted socket only when it came
+	// from a pod address of a port with destinations, the agent's dial
+	// (docs/architecture.md, data path step 7).
+	var from []netip.Addr
+	if len(p.dests) > 0 {
+		from = []netip.Addr{p.addr.Addr().Unmap()}
 	}
-	a, froms := p.addr.Addr().Unmap(), p.f.froms
-	k := ip4(a)
-	if want {
-		if froms[a] == 0 {
-			if err := p.f.objs.FpFroms.Put(&k, uint32(1)); err != nil {
-				return fmt.Errorf("write pod address: %w", err)
-			}
-		}
-		froms[a]++
-	} else if froms[a]--; froms[a] <= 0 {
-		delete(froms, a)
-		_ = p.f.objs.FpFroms.Delete(&k)
+	if p.froms, err = refSet(p.f.objs.FpFroms, p.f.froms, ip4, p.froms, from); err != nil {
+		return fmt.Errorf("write pod address: %w", err)
 	}
-	p.from = want
 	return nil
 }
 
@@ -306,29 +291,30 @@ func (p *Port) SetAliases(want []netip.AddrPort) error {
 
 func (p *Port) setAliases(want []netip.AddrPort) error {
 	var err error
-	p.aliases, err = p.f.refSet(p.f.objs.FpAliases, p.f.aliases, p.aliases, want)
+	p.aliases, err = refSet(p.f.objs.FpAliases, p.f.aliases, addrKey, p.aliases, want)
 	if err != nil {
 		return fmt.Errorf("write service address: %w", err)
 	}
 	return nil
 }
 
-// refSet makes want a port's share of the addresses in m, a map shared by
-// all ports and counted in refs: an address is in m while some port wants
-// it. It returns the port's new share; f.mu is held.
-func (f *FastPath) refSet(m *ebpf.Map, refs map[netip.AddrPort]int, have, want []netip.AddrPort) ([]netip.AddrPort, error) {
-	had := map[netip.AddrPort]bool{}
+// refSet makes want a port's share of the addresses in m (keyed by
+// key(address)), a map shared by all ports and counted in refs: an address
+// is in m while some port wants it. It returns the port's new share; f.mu
+// is held.
+func refSet[A comparable, K any](m *ebpf.Map, refs map[A]int, key func(A) K, have, want []A) ([]A, error) {
+	had := map[A]bool{}
 	for _, a := range have {
 		had[a] = true
 	}
-	keep := map[netip.AddrPort]bool{}
+	keep := map[A]bool{}
 	var err error
 	for _, a := range want {
 		if keep[a] {
 			continue
 		}
 		if !had[a] && refs[a] == 0 {
-			k := addrKey(a)
+			k := key(a)
 			if err = m.Put(&k, uint32(1)); err != nil {
 				break
 			}
@@ -344,11 +330,11 @@ func (f *FastPath) refSet(m *ebpf.Map, refs map[netip.AddrPort]int, have, want [
 		}
 		if refs[a]--; refs[a] <= 0 {
 			delete(refs, a)
-			k := addrKey(a)
+			k := key(a)
 			_ = m.Delete(&k)
 		}
 	}
-	out := make([]netip.AddrPort, 0, len(keep))
+	out := make([]A, 0, len(keep))
 	for a := range keep {
 		out = append(out, a)
 	}
